@@ -1,0 +1,314 @@
+"""ClusterIndex: the single owner of cluster state, with the lookups the resolver needs.
+
+Sources feed it objects (upsert / delete / replace); every applied change bumps `generation`
+and tells subscribers which dependency keys it touched, so caches drop exactly what changed:
+
+  ("svc", ns, name)  anything under <name>.<ns>.svc.<zone> (service, its slices, its endpoints)
+  ("ns", ns)         existence of namespace <ns>
+  ("pods", ns)       the pods of <ns> (pods verified)
+  ("ip", ip)         PTR answers for <ip>
+  ANY                every change (negative answers and the SOA serial depend on everything)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from .objects import Endpoint, EndpointSlice, Namespace, Pod, Service, ServicePort
+
+ANY = ("any",)
+DepKey = tuple
+
+Listener = Callable[[set], None]
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRecord:
+    """One served address of a service: `name` is the endpoint's DNS label (hostname or dashed IP)."""
+
+    name: str
+    ip: str
+    ready: bool
+    pod_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceView:
+    """A service joined with its effective endpoints (EndpointSlices, else v1 Endpoints)."""
+
+    service: Service
+    endpoints: tuple[EndpointRecord, ...]
+    # named port -> (number, protocol) as the endpoints expose them (target ports)
+    endpoint_ports: dict
+
+    def served_endpoints(self) -> list[EndpointRecord]:
+        """Endpoints DNS serves: ready ones, or all with publishNotReadyAddresses."""
+        if self.service.publish_not_ready:
+            return list(self.endpoints)
+        return [e for e in self.endpoints if e.ready]
+
+
+def dashed_ip(ip: str) -> str:
+    """The spec's system-assigned endpoint name: 10.244.1.7 -> 10-244-1-7, fd00::1 -> fd00--1."""
+    name = ip.replace(".", "-").replace(":", "-")
+    if name.startswith("-"):
+        name = "0" + name
+    if name.endswith("-"):
+        name = name + "0"
+    return name
+
+
+class ClusterIndex:
+    def __init__(self, implicit_namespaces: bool = False):
+        # implicit_namespaces: a namespace named by any object exists (manifest mode).
+        self.implicit_namespaces = implicit_namespaces
+        self.generation = 0
+        self.serial = int(time.time())
+        self.synced = False
+        self.services: dict[tuple[str, str], Service] = {}
+        self.slices: dict[tuple[str, str], dict[str, EndpointSlice]] = {}  # (ns, svc) -> name -> slice
+        self.legacy: dict[tuple[str, str], EndpointSlice] = {}  # (ns, svc) -> converted v1 Endpoints
+        self.slice_owner: dict[tuple[str, str], str] = {}  # (ns, slice name) -> svc
+        self.pods: dict[tuple[str, str], Pod] = {}
+        self.pod_ips: dict[tuple[str, str], set[str]] = {}  # (ns, ip) -> pod names
+        self.namespaces: dict[str, Namespace] = {}
+        self._ns_refs: dict[str, int] = {}
+        self.views: dict[tuple[str, str], ServiceView] = {}
+        self.reverse: dict[str, set[tuple[str, str, str]]] = {}  # ip -> {(ns, svc, endpoint name or "")}
+        self._reverse_of: dict[tuple[str, str], set[tuple[str, str]]] = {}  # (ns, svc) -> {(ip, epname)}
+        self._listeners: list[Listener] = []
+        self._batch: set | None = None
+
+    # ---------------------------------------------------------------- subscription / batching
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def begin(self) -> None:
+        """Start a batch: listeners hear about all changes once, at commit()."""
+        if self._batch is None:
+            self._batch = set()
+
+    def commit(self) -> None:
+        touched, self._batch = self._batch, None
+        if touched:
+            self._notify(touched)
+
+    def _touch(self, keys: Iterable[DepKey]) -> None:
+        keys = set(keys)
+        keys.add(ANY)
+        self.generation += 1
+        self.serial = max(self.serial + 1, int(time.time()))
+        if self._batch is not None:
+            self._batch |= keys
+        else:
+            self._notify(keys)
+
+    def _notify(self, keys: set) -> None:
+        for listener in self._listeners:
+            listener(keys)
+
+    def mark_synced(self, synced: bool = True) -> None:
+        if self.synced != synced:
+            self.synced = synced
+            self._touch(())
+
+    # ---------------------------------------------------------------- namespaces
+
+    def namespace_exists(self, ns: str) -> bool:
+        return ns in self.namespaces or (self.implicit_namespaces and self._ns_refs.get(ns, 0) > 0)
+
+    def _ref(self, ns: str, delta: int, touched: set) -> None:
+        before = self.namespace_exists(ns)
+        count = self._ns_refs.get(ns, 0) + delta
+        if count:
+            self._ns_refs[ns] = count
+        else:
+            self._ns_refs.pop(ns, None)
+        if before != self.namespace_exists(ns):
+            touched.add(("ns", ns))
+
+    # ---------------------------------------------------------------- upsert / delete
+
+    def upsert(self, obj: Service | EndpointSlice | Pod | Namespace) -> None:
+        touched: set = set()
+        if isinstance(obj, Service):
+            old = self.services.get(obj.key)
+            if old == obj:
+                return
+            self.services[obj.key] = obj
+            if old is None:
+                self._ref(obj.namespace, 1, touched)
+            self._rebuild_view(obj.key, touched)
+        elif isinstance(obj, EndpointSlice):
+            svc_key = (obj.namespace, obj.service)
+            if obj.legacy:
+                if self.legacy.get(svc_key) == obj:
+                    return
+                if svc_key not in self.legacy:
+                    self._ref(obj.namespace, 1, touched)
+                self.legacy[svc_key] = obj
+            else:
+                old_owner = self.slice_owner.get(obj.key)
+                if old_owner is not None and self.slices.get((obj.namespace, old_owner), {}).get(obj.name) == obj:
+                    return
+                if old_owner is not None and old_owner != obj.service:
+                    # the slice moved to another service (label changed)
+                    self._drop_slice(obj.namespace, obj.name, touched)
+                    old_owner = None
+                if old_owner is None:
+                    self._ref(obj.namespace, 1, touched)
+                self.slices.setdefault(svc_key, {})[obj.name] = obj
+                self.slice_owner[obj.key] = obj.service
+            self._rebuild_view(svc_key, touched)
+        elif isinstance(obj, Pod):
+            old = self.pods.get(obj.key)
+            if old == obj:
+                return
+            if old is not None:
+                self._unindex_pod(old)
+            else:
+                self._ref(obj.namespace, 1, touched)
+            self.pods[obj.key] = obj
+            for ip in obj.ips:
+                self.pod_ips.setdefault((obj.namespace, ip), set()).add(obj.name)
+            touched.add(("pods", obj.namespace))
+        elif isinstance(obj, Namespace):
+            if self.namespaces.get(obj.name) == obj:
+                return
+            existed = self.namespace_exists(obj.name)
+            self.namespaces[obj.name] = obj
+            if not existed:
+                touched.add(("ns", obj.name))
+        else:  # pragma: no cover - programming error
+            raise TypeError(f"cannot index {type(obj).__name__}")
+        self._touch(touched)
+
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        """Delete by kind ("Service", "EndpointSlice", "Endpoints", "Pod", "Namespace")."""
+        touched: set = set()
+        if kind == "Service":
+            if self.services.pop((namespace, name), None) is None:
+                return
+            self._ref(namespace, -1, touched)
+            self._rebuild_view((namespace, name), touched)
+        elif kind == "EndpointSlice":
+            if (namespace, name) not in self.slice_owner:
+                return
+            self._drop_slice(namespace, name, touched)
+        elif kind == "Endpoints":
+            if self.legacy.pop((namespace, name), None) is None:
+                return
+            self._ref(namespace, -1, touched)
+            self._rebuild_view((namespace, name), touched)
+        elif kind == "Pod":
+            pod = self.pods.pop((namespace, name), None)
+            if pod is None:
+                return
+            self._unindex_pod(pod)
+            self._ref(namespace, -1, touched)
+            touched.add(("pods", namespace))
+        elif kind == "Namespace":
+            if self.namespaces.pop(name, None) is None:
+                return
+            if not self.namespace_exists(name):
+                touched.add(("ns", name))
+        else:  # pragma: no cover
+            raise ValueError(f"unknown kind {kind}")
+        self._touch(touched)
+
+    def remove(self, obj: Service | EndpointSlice | Pod | Namespace) -> None:
+        if isinstance(obj, EndpointSlice) and obj.legacy:
+            self.delete("Endpoints", obj.namespace, obj.service)
+        elif isinstance(obj, Namespace):
+            self.delete("Namespace", "", obj.name)
+        else:
+            self.delete(type(obj).__name__, obj.namespace, obj.name)
+
+    def _drop_slice(self, namespace: str, name: str, touched: set) -> None:
+        svc = self.slice_owner.pop((namespace, name))
+        group = self.slices.get((namespace, svc), {})
+        group.pop(name, None)
+        if not group:
+            self.slices.pop((namespace, svc), None)
+        self._ref(namespace, -1, touched)
+        self._rebuild_view((namespace, svc), touched)
+
+    def _unindex_pod(self, pod: Pod) -> None:
+        for ip in pod.ips:
+            names = self.pod_ips.get((pod.namespace, ip))
+            if names is not None:
+                names.discard(pod.name)
+                if not names:
+                    del self.pod_ips[(pod.namespace, ip)]
+
+    # ---------------------------------------------------------------- derived views
+
+    def _rebuild_view(self, key: tuple[str, str], touched: set) -> None:
+        ns, name = key
+        touched.add(("svc", ns, name))
+        service = self.services.get(key)
+        new_reverse: set[tuple[str, str]] = set()
+        if service is None:
+            self.views.pop(key, None)
+        else:
+            slices = list(self.slices.get(key, {}).values())
+            if not slices and key in self.legacy:
+                slices = [self.legacy[key]]
+            records: list[EndpointRecord] = []
+            seen: set[tuple[str, str]] = set()
+            ports: dict[str, tuple[int, str]] = {}
+            for sl in sorted(slices, key=lambda s: s.name):
+                for ep in sl.endpoints:
+                    records.extend(self._endpoint_records(ep, seen))
+                for p in sl.ports:
+                    if p.name and p.name not in ports:
+                        ports[p.name] = (p.port, p.protocol)
+            view = ServiceView(service, tuple(records), ports)
+            self.views[key] = view
+            if service.kind == "ClusterIP":
+                for ip in service.cluster_ips:
+                    new_reverse.add((ip, ""))
+            if service.kind != "ExternalName":
+                for rec in view.served_endpoints():
+                    new_reverse.add((rec.ip, rec.name))
+        old_reverse = self._reverse_of.get(key, set())
+        for ip, ep in old_reverse - new_reverse:
+            entries = self.reverse.get(ip)
+            if entries is not None:
+                entries.discard((ns, name, ep))
+                if not entries:
+                    del self.reverse[ip]
+            touched.add(("ip", ip))
+        for ip, ep in new_reverse - old_reverse:
+            self.reverse.setdefault(ip, set()).add((ns, name, ep))
+            touched.add(("ip", ip))
+        if new_reverse:
+            self._reverse_of[key] = new_reverse
+        else:
+            self._reverse_of.pop(key, None)
+
+    @staticmethod
+    def _endpoint_records(ep: Endpoint, seen: set) -> Iterable[EndpointRecord]:
+        for ip in ep.addresses:
+            name = ep.hostname or dashed_ip(ip)
+            if (name, ip) in seen:
+                continue
+            seen.add((name, ip))
+            yield EndpointRecord(name, ip, ep.ready, ep.pod_name)
+
+    # ---------------------------------------------------------------- queries (for the resolver)
+
+    def view(self, namespace: str, name: str) -> ServiceView | None:
+        return self.views.get((namespace, name))
+
+    def pod_with_ip(self, namespace: str, ip: str) -> bool:
+        return (namespace, ip) in self.pod_ips
+
+    def reverse_names(self, ip: str) -> list[tuple[str, str, str]]:
+        return sorted(self.reverse.get(ip, ()))
+
+    def ports_of(self, view: ServiceView) -> tuple[ServicePort, ...]:
+        return view.service.ports

@@ -1,0 +1,300 @@
+"""Slotted views of Service / EndpointSlice / Endpoints / Pod / Namespace holding only what DNS needs.
+
+Sources convert API objects (plain dicts, as YAML or JSON decode them) here, at the boundary,
+and hand only these records inward. A field that is wrong raises ObjectError naming the field
+path, so the caller can add the file and line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+
+class ObjectError(ValueError):
+    """A Kubernetes object that cannot be used; `path` names the offending field."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}" if path else reason)
+        self.path = path
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    name: str  # "" for an unnamed port
+    port: int
+    protocol: str  # upper case: TCP, UDP, SCTP
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    namespace: str
+    name: str
+    kind: str  # "ClusterIP" (also NodePort/LoadBalancer), "Headless" or "ExternalName"
+    cluster_ips: tuple[str, ...] = ()
+    ports: tuple[ServicePort, ...] = ()
+    external_name: str = ""
+    publish_not_ready: bool = False
+    labels: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    @property
+    def headless(self) -> bool:
+        return self.kind == "Headless"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    addresses: tuple[str, ...]
+    ready: bool = True
+    hostname: str = ""
+    pod_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSlice:
+    """One EndpointSlice, or a v1 Endpoints object converted to the same shape (`legacy`)."""
+
+    namespace: str
+    name: str
+    service: str
+    endpoints: tuple[Endpoint, ...] = ()
+    ports: tuple[ServicePort, ...] = ()
+    legacy: bool = False
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class Pod:
+    namespace: str
+    name: str
+    ips: tuple[str, ...] = ()
+    hostname: str = ""
+    subdomain: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    name: str
+    labels: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return ("", self.name)
+
+
+# --------------------------------------------------------------------------------------------
+# conversion helpers
+
+
+def _get(obj: Mapping[str, Any], path: str, kind: type | tuple[type, ...], default: Any = None,
+         required: bool = False) -> Any:
+    cur: Any = obj
+    walked = []
+    for part in path.split("."):
+        walked.append(part)
+        if not isinstance(cur, Mapping):
+            raise ObjectError(".".join(walked[:-1]), "expected a mapping")
+        if part not in cur or cur[part] is None:
+            if required:
+                raise ObjectError(path, "required field is missing")
+            return default
+        cur = cur[part]
+    if not isinstance(cur, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ObjectError(path, f"expected {names}, got {type(cur).__name__} {cur!r}")
+    return cur
+
+
+def _name(obj: Mapping[str, Any]) -> str:
+    name = _get(obj, "metadata.name", str, required=True)
+    if not name:
+        raise ObjectError("metadata.name", "must not be empty")
+    return name
+
+
+def _namespace(obj: Mapping[str, Any], default_namespace: str) -> str:
+    return _get(obj, "metadata.namespace", str, default=default_namespace) or default_namespace
+
+
+def _labels(obj: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    labels = _get(obj, "metadata.labels", Mapping, default={})
+    return tuple(sorted((str(k), str(v)) for k, v in labels.items()))
+
+
+def _ip(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise ObjectError(path, f"expected an IP address string, got {value!r}")
+    try:
+        return ipaddress.ip_address(value).compressed
+    except ValueError:
+        raise ObjectError(path, f"not an IP address: {value!r}") from None
+
+
+def _list(obj: Mapping[str, Any], path: str) -> list:
+    return _get(obj, path, list, default=[])
+
+
+def _ports(items: list, path: str) -> tuple[ServicePort, ...]:
+    ports = []
+    for i, item in enumerate(items):
+        p = f"{path}[{i}]"
+        if not isinstance(item, Mapping):
+            raise ObjectError(p, "expected a mapping")
+        number = item.get("port")
+        if isinstance(number, bool) or not isinstance(number, int) or not 0 < number < 65536:
+            raise ObjectError(f"{p}.port", f"expected a port number 1-65535, got {number!r}")
+        name = item.get("name") or ""
+        if not isinstance(name, str):
+            raise ObjectError(f"{p}.name", f"expected a string, got {name!r}")
+        protocol = item.get("protocol") or "TCP"
+        if protocol not in ("TCP", "UDP", "SCTP"):
+            raise ObjectError(f"{p}.protocol", f"expected TCP, UDP or SCTP, got {protocol!r}")
+        ports.append(ServicePort(name=name, port=number, protocol=protocol))
+    return tuple(ports)
+
+
+def service_from_dict(obj: Mapping[str, Any], default_namespace: str = "default") -> Service:
+    name = _name(obj)
+    namespace = _namespace(obj, default_namespace)
+    stype = _get(obj, "spec.type", str, default="ClusterIP")
+    ports = _ports(_list(obj, "spec.ports"), "spec.ports")
+    publish = bool(_get(obj, "spec.publishNotReadyAddresses", bool, default=False))
+    labels = _labels(obj)
+    if stype == "ExternalName":
+        ext = _get(obj, "spec.externalName", str, required=True).rstrip(".").lower()
+        if not ext:
+            raise ObjectError("spec.externalName", "must not be empty for type ExternalName")
+        return Service(namespace, name, "ExternalName", ports=ports, external_name=ext,
+                       publish_not_ready=publish, labels=labels)
+    if stype not in ("ClusterIP", "NodePort", "LoadBalancer"):
+        raise ObjectError("spec.type", f"unknown service type {stype!r}")
+    cluster_ip = _get(obj, "spec.clusterIP", str, default="")
+    cluster_ips = _list(obj, "spec.clusterIPs")
+    if cluster_ip == "None" or cluster_ips == ["None"]:
+        return Service(namespace, name, "Headless", ports=ports, publish_not_ready=publish,
+                       labels=labels)
+    if not cluster_ips and not cluster_ip:
+        raise ObjectError("spec.clusterIP", "required field is missing (set an address, or "
+                          "\"None\" for a headless service: kdns does not allocate addresses)")
+    ips = [_ip(v, f"spec.clusterIPs[{i}]") for i, v in enumerate(cluster_ips)]
+    if cluster_ip:
+        first = _ip(cluster_ip, "spec.clusterIP")
+        if ips and ips[0] != first:
+            raise ObjectError("spec.clusterIPs[0]", f"must equal spec.clusterIP {cluster_ip!r}")
+        if not ips:
+            ips = [first]
+    return Service(namespace, name, "ClusterIP", cluster_ips=tuple(ips), ports=ports,
+                   publish_not_ready=publish, labels=labels)
+
+
+def endpointslice_from_dict(obj: Mapping[str, Any], default_namespace: str = "default") -> EndpointSlice | None:
+    """Convert a discovery.k8s.io/v1 EndpointSlice; None for an FQDN slice (not served by DNS)."""
+    name = _name(obj)
+    namespace = _namespace(obj, default_namespace)
+    labels = _get(obj, "metadata.labels", Mapping, default={})
+    service = labels.get(SERVICE_NAME_LABEL)
+    if not isinstance(service, str) or not service:
+        raise ObjectError(f"metadata.labels.{SERVICE_NAME_LABEL}",
+                          "required label is missing: it names the Service this slice belongs to")
+    address_type = _get(obj, "addressType", str, required=True)
+    if address_type not in ("IPv4", "IPv6", "FQDN"):
+        raise ObjectError("addressType", f"expected IPv4, IPv6 or FQDN, got {address_type!r}")
+    if address_type == "FQDN":
+        return None
+    endpoints = []
+    for i, ep in enumerate(_list(obj, "endpoints")):
+        p = f"endpoints[{i}]"
+        if not isinstance(ep, Mapping):
+            raise ObjectError(p, "expected a mapping")
+        addrs = ep.get("addresses")
+        if not isinstance(addrs, list) or not addrs:
+            raise ObjectError(f"{p}.addresses", "required: a non-empty list of addresses")
+        ips = tuple(_ip(a, f"{p}.addresses[{j}]") for j, a in enumerate(addrs))
+        want_v6 = address_type == "IPv6"
+        for j, ip in enumerate(ips):
+            if (":" in ip) != want_v6:
+                raise ObjectError(f"{p}.addresses[{j}]", f"{ip} does not match addressType {address_type}")
+        conditions = ep.get("conditions") or {}
+        if not isinstance(conditions, Mapping):
+            raise ObjectError(f"{p}.conditions", "expected a mapping")
+        ready = conditions.get("ready")
+        if ready is not None and not isinstance(ready, bool):
+            raise ObjectError(f"{p}.conditions.ready", f"expected true or false, got {ready!r}")
+        hostname = ep.get("hostname") or ""
+        if not isinstance(hostname, str):
+            raise ObjectError(f"{p}.hostname", f"expected a string, got {hostname!r}")
+        target = ep.get("targetRef") or {}
+        pod_name = target.get("name", "") if isinstance(target, Mapping) and target.get("kind", "Pod") == "Pod" else ""
+        endpoints.append(Endpoint(addresses=ips, ready=ready is not False, hostname=hostname.lower(),
+                                  pod_name=str(pod_name or "")))
+    ports = _slice_ports(_list(obj, "ports"), "ports")
+    return EndpointSlice(namespace, name, service, tuple(endpoints), ports)
+
+
+def _slice_ports(items: list, path: str) -> tuple[ServicePort, ...]:
+    # EndpointSlice / Endpoints ports use the same shape as service ports.
+    return _ports(items, path)
+
+
+def endpoints_from_dict(obj: Mapping[str, Any], default_namespace: str = "default") -> EndpointSlice:
+    """Convert a v1 Endpoints object: one legacy slice named after the service."""
+    name = _name(obj)
+    namespace = _namespace(obj, default_namespace)
+    endpoints: list[Endpoint] = []
+    ports: list[ServicePort] = []
+    for i, subset in enumerate(_list(obj, "subsets")):
+        p = f"subsets[{i}]"
+        if not isinstance(subset, Mapping):
+            raise ObjectError(p, "expected a mapping")
+        for field_name, ready in (("addresses", True), ("notReadyAddresses", False)):
+            for j, addr in enumerate(subset.get(field_name) or []):
+                q = f"{p}.{field_name}[{j}]"
+                if not isinstance(addr, Mapping):
+                    raise ObjectError(q, "expected a mapping")
+                ip = _ip(addr.get("ip"), f"{q}.ip")
+                hostname = addr.get("hostname") or ""
+                target = addr.get("targetRef") or {}
+                pod_name = target.get("name", "") if isinstance(target, Mapping) else ""
+                endpoints.append(Endpoint((ip,), ready=ready, hostname=str(hostname).lower(),
+                                          pod_name=str(pod_name or "")))
+        for port in _slice_ports(subset.get("ports") or [], f"{p}.ports"):
+            if port not in ports:
+                ports.append(port)
+    return EndpointSlice(namespace, name, name, tuple(endpoints), tuple(ports), legacy=True)
+
+
+def pod_from_dict(obj: Mapping[str, Any], default_namespace: str = "default") -> Pod:
+    name = _name(obj)
+    namespace = _namespace(obj, default_namespace)
+    ips: list[str] = []
+    for i, item in enumerate(_list(obj, "status.podIPs")):
+        if not isinstance(item, Mapping):
+            raise ObjectError(f"status.podIPs[{i}]", "expected a mapping with an ip field")
+        ips.append(_ip(item.get("ip"), f"status.podIPs[{i}].ip"))
+    pod_ip = _get(obj, "status.podIP", str, default="")
+    if pod_ip:
+        first = _ip(pod_ip, "status.podIP")
+        if first not in ips:
+            ips.insert(0, first)
+    hostname = _get(obj, "spec.hostname", str, default="")
+    subdomain = _get(obj, "spec.subdomain", str, default="")
+    return Pod(namespace, name, tuple(ips), hostname.lower(), subdomain.lower())
+
+
+def namespace_from_dict(obj: Mapping[str, Any]) -> Namespace:
+    return Namespace(_name(obj), _labels(obj))

@@ -1,0 +1,1 @@
+"""Sources turn the outside world (manifests, the API) into index events."""

@@ -1,0 +1,299 @@
+"""Kubernetes YAML manifests on disk as a source: load, validate with file:line errors, poll for edits.
+
+A file is applied atomically: if any document in it is broken, the whole file keeps its last
+good state (its previous objects stay served) and every problem is logged with file, line and
+field. Objects are merged across files; the same object in two files is reported, first path wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import yaml
+
+from ..index import ClusterIndex
+from ..log import Logger
+from ..objects import (ObjectError, endpoints_from_dict, endpointslice_from_dict, namespace_from_dict,
+                       pod_from_dict, service_from_dict)
+
+SUFFIXES = (".yaml", ".yml", ".json")
+
+# (apiVersion, kind) -> converter
+CONVERTERS: dict[tuple[str, str], Callable] = {
+    ("v1", "Service"): service_from_dict,
+    ("v1", "Pod"): pod_from_dict,
+    ("v1", "Endpoints"): endpoints_from_dict,
+    ("v1", "Namespace"): lambda obj, default_namespace="default": namespace_from_dict(obj),
+    ("discovery.k8s.io/v1", "EndpointSlice"): endpointslice_from_dict,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestProblem:
+    path: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.message}"
+
+
+ObjKey = tuple  # (kind, namespace, name)
+
+
+def object_key(obj) -> ObjKey:
+    kind = type(obj).__name__
+    if kind == "EndpointSlice" and obj.legacy:
+        return ("Endpoints", obj.namespace, obj.service)
+    if kind == "Namespace":
+        return ("Namespace", "", obj.name)
+    return (kind, obj.namespace, obj.name)
+
+
+def _field_line(node: yaml.Node | None, path: str) -> int:
+    """Best line for a field path like spec.ports[1].port inside a YAML node (1-based)."""
+    if node is None:
+        return 0
+    best = node
+    parts: list[Any] = []
+    for part in path.replace("]", "").split("."):
+        name, *indexes = part.split("[")
+        if name:
+            parts.append(name)
+        parts.extend(int(i) for i in indexes if i.isdigit())
+    cur = node
+    for part in parts:
+        nxt = None
+        if isinstance(part, int) and isinstance(cur, yaml.SequenceNode) and part < len(cur.value):
+            nxt = cur.value[part]
+        elif isinstance(part, str) and isinstance(cur, yaml.MappingNode):
+            for key_node, value_node in cur.value:
+                if getattr(key_node, "value", None) == part:
+                    nxt = value_node
+                    best = key_node
+                    break
+        if nxt is None:
+            break
+        cur = best = nxt
+    return best.start_mark.line + 1
+
+
+def parse_manifest_text(text: str, path: str, log: Logger | None = None) -> tuple[list, list[ManifestProblem]]:
+    """Parse one file. Returns (objects with their lines, problems). Unsupported kinds are logged, not errors."""
+    objects: list[tuple[Any, int]] = []
+    problems: list[ManifestProblem] = []
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            while loader.check_node():
+                node = loader.get_node()
+                if node is None:
+                    continue
+                data = loader.construct_document(node)
+                _collect(data, node, path, objects, problems, log)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+            line = mark.line + 1 if mark else 0
+            reason = getattr(exc, "problem", None) or str(exc)
+            problems.append(ManifestProblem(path, line, f"invalid YAML: {reason}"))
+    finally:
+        loader.dispose()
+    return objects, problems
+
+
+def _collect(data: Any, node: yaml.Node, path: str, objects: list, problems: list, log: Logger | None) -> None:
+    line = node.start_mark.line + 1
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        problems.append(ManifestProblem(path, line, f"expected a Kubernetes object (a mapping), got {type(data).__name__}"))
+        return
+    kind = data.get("kind")
+    api_version = data.get("apiVersion")
+    if not isinstance(kind, str) or not kind:
+        problems.append(ManifestProblem(path, line, "kind: required field is missing"))
+        return
+    if kind == "List" or (kind.endswith("List") and isinstance(data.get("items"), list)):
+        items = data.get("items")
+        if not isinstance(items, list):
+            problems.append(ManifestProblem(path, _field_line(node, "items"), "items: expected a list"))
+            return
+        items_node = _child(node, "items")
+        for i, item in enumerate(items):
+            item_node = items_node.value[i] if isinstance(items_node, yaml.SequenceNode) else node
+            _collect(item, item_node, path, objects, problems, log)
+        return
+    if not isinstance(api_version, str) or not api_version:
+        problems.append(ManifestProblem(path, line, "apiVersion: required field is missing"))
+        return
+    convert = CONVERTERS.get((api_version, kind))
+    if convert is None:
+        if log is not None:
+            log.info("manifest_object_ignored", file=path, line=line, apiVersion=api_version, kind=kind,
+                     reason="kdns serves only v1 Service/Endpoints/Pod/Namespace and discovery.k8s.io/v1 EndpointSlice")
+        return
+    try:
+        obj = convert(data, default_namespace="default")
+    except ObjectError as exc:
+        name = (data.get("metadata") or {}).get("name") if isinstance(data.get("metadata"), dict) else None
+        what = f"{kind} {name}" if name else kind
+        problems.append(ManifestProblem(path, _field_line(node, exc.path), f"{what}: {exc}"))
+        return
+    if obj is None:  # e.g. an FQDN EndpointSlice
+        if log is not None:
+            log.info("manifest_object_ignored", file=path, line=line, kind=kind,
+                     name=data["metadata"]["name"], reason="addressType FQDN is not served by cluster DNS")
+        return
+    objects.append((obj, line))
+
+
+def _child(node: yaml.Node, key: str) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if getattr(key_node, "value", None) == key:
+                return value_node
+    return None
+
+
+class ManifestSource:
+    """Feeds a ClusterIndex from files and directories; `poll()` picks up edits, new and deleted files."""
+
+    def __init__(self, paths: Iterable[str], index: ClusterIndex, log: Logger):
+        self.roots = [os.path.abspath(p) for p in paths]
+        self.index = index
+        self.log = log
+        self._signatures: dict[str, tuple] = {}
+        self._file_objects: dict[str, dict[ObjKey, tuple[Any, int]]] = {}
+        self._applied: dict[ObjKey, Any] = {}
+        self.problems: dict[str, list[ManifestProblem]] = {}  # current problems per file
+        self.loads = 0
+
+    # -------------------------------------------------------------------- discovery
+
+    def _files(self) -> list[str]:
+        files: list[str] = []
+        for root in self.roots:
+            if os.path.isdir(root):
+                for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+                    # hidden entries (and ConfigMap volumes' ..data internals) are skipped
+                    dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                    files.extend(os.path.join(dirpath, f) for f in sorted(filenames)
+                                 if f.endswith(SUFFIXES) and not f.startswith("."))
+            else:
+                files.append(root)
+        return list(dict.fromkeys(files))
+
+    @staticmethod
+    def _signature(path: str) -> tuple | None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+
+    # -------------------------------------------------------------------- loading
+
+    def load(self) -> int:
+        """Load every file once (or reload what changed). Returns the number of files (re)read."""
+        changed = 0
+        current = self._files()
+        for root in self.roots:
+            if not os.path.exists(root) and root not in self.problems:
+                self.problems[root] = [ManifestProblem(root, 0, "no such file or directory")]
+                self.log.error("manifest_error", file=root, line=0, reason="no such file or directory")
+        seen = set()
+        for path in current:
+            seen.add(path)
+            sig = self._signature(path)
+            if sig == self._signatures.get(path) and path in self._signatures:
+                continue
+            self._signatures[path] = sig
+            changed += 1
+            self._load_file(path, sig)
+        for path in list(self._signatures):
+            if path not in seen:
+                del self._signatures[path]
+                changed += 1
+                self.log.info("manifest_removed", file=path)
+                self._file_objects.pop(path, None)
+                self.problems.pop(path, None)
+        if changed:
+            self._apply()
+        self.loads += 1
+        return changed
+
+    def _load_file(self, path: str, sig: tuple | None) -> None:
+        if sig is None:
+            self._file_objects.pop(path, None)
+            return
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            self._report(path, [ManifestProblem(path, 0, f"cannot read: {exc}")])
+            return
+        objects, problems = parse_manifest_text(text, path, self.log)
+        if problems:
+            self._report(path, problems)
+            return
+        by_key: dict[ObjKey, tuple[Any, int]] = {}
+        dup_problems = []
+        for obj, line in objects:
+            key = object_key(obj)
+            if key in by_key:
+                dup_problems.append(ManifestProblem(
+                    path, line, f"{key[0]} {key[1] + '/' if key[1] else ''}{key[2]} is defined twice "
+                    f"(first at line {by_key[key][1]})"))
+            by_key[key] = (obj, line)
+        if dup_problems:
+            self._report(path, dup_problems)
+            return
+        if self.problems.pop(path, None):
+            self.log.info("manifest_fixed", file=path, objects=len(by_key))
+        self._file_objects[path] = by_key
+        self.log.info("manifest_loaded", file=path, objects=len(by_key))
+
+    def _report(self, path: str, problems: list[ManifestProblem]) -> None:
+        self.problems[path] = problems
+        kept = len(self._file_objects.get(path, {}))
+        for p in problems:
+            self.log.error("manifest_error", file=p.path, line=p.line, reason=p.message,
+                           kept_objects=kept)
+
+    def _apply(self) -> None:
+        merged: dict[ObjKey, Any] = {}
+        owner: dict[ObjKey, tuple[str, int]] = {}
+        for path in sorted(self._file_objects):
+            for key, (obj, line) in self._file_objects[path].items():
+                if key in merged:
+                    first_path, first_line = owner[key]
+                    if merged[key] != obj:
+                        self.log.warning("manifest_conflict", object="/".join(k for k in key if k),
+                                         file=path, line=line, kept=f"{first_path}:{first_line}")
+                    continue
+                merged[key] = obj
+                owner[key] = (path, line)
+        index = self.index
+        index.begin()
+        try:
+            for key, obj in self._applied.items():
+                if key not in merged:
+                    index.remove(obj)
+            for key, obj in merged.items():
+                if self._applied.get(key) != obj:
+                    index.upsert(obj)
+        finally:
+            index.commit()
+        self._applied = merged
+
+    async def run(self, interval: float = 0.25) -> None:
+        """Poll for edits forever (cancel to stop). Edits are served within `interval` plus a parse."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.load()
+            except Exception as exc:  # noqa: BLE001 - a source bug must not stop serving
+                self.log.error("manifest_poll_failed", error=repr(exc))

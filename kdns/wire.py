@@ -1,0 +1,224 @@
+"""DNS wire format on the hot path: struct parse of header + question + OPT, packing, ID/question patching, truncation.
+
+dnslib is used only to build a response on a cache miss (`pack_answer`); a cache hit never touches it.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
+
+HEADER = struct.Struct("!HHHHHH")
+U16 = struct.Struct("!H")
+RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
+
+OUR_UDP_SIZE = 1232  # what we advertise in OPT (DNS flag day 2020)
+MIN_UDP_SIZE = 512
+T_OPT = 41
+FLAG_QR = 0x8000
+FLAG_TC = 0x0200
+
+
+class WireError(ValueError):
+    """A packet we cannot answer normally. `respond` tells whether a FORMERR/NOTIMP reply is possible."""
+
+    def __init__(self, offset: int, reason: str, rcode: int | None = RCODE.FORMERR):
+        super().__init__(f"offset {offset}: {reason}")
+        self.offset = offset
+        self.reason = reason
+        self.rcode = rcode  # None: drop silently (count it), else answer with this rcode
+
+
+@dataclass(slots=True)
+class Query:
+    data: bytes  # the raw packet
+    id: int
+    flags: int
+    qname: bytes  # wire-format name exactly as asked (case preserved)
+    qtype: int
+    qclass: int
+    qend: int  # offset just past the question
+    edns: bool = False
+    udp_size: int = MIN_UDP_SIZE
+    do: bool = False
+    edns_version: int = 0
+
+    @property
+    def key(self) -> tuple:
+        return (self.qname.lower(), self.qtype, self.qclass, self.edns, self.do)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Lower-case labels as text (latin-1 keeps every byte; non-ASCII simply matches nothing)."""
+        out = []
+        pos = 0
+        name = self.qname.lower()
+        while name[pos]:
+            n = name[pos]
+            out.append(name[pos + 1: pos + 1 + n].decode("latin-1"))
+            pos += 1 + n
+        return tuple(out)
+
+    @property
+    def name_text(self) -> str:
+        return ".".join(self.labels) + "."
+
+
+def parse_header(data: bytes) -> tuple[int, int, int, int, int, int]:
+    if len(data) < 12:
+        raise WireError(len(data), f"packet of {len(data)} bytes is shorter than the 12-byte header", rcode=None)
+    return HEADER.unpack_from(data)
+
+
+def _read_name(data: bytes, pos: int, allow_pointers: bool) -> int:
+    """Walk a name at pos; return the offset after it. Pointers end the name (we never follow them here)."""
+    start = pos
+    total = 0
+    end = len(data)
+    while True:
+        if pos >= end:
+            raise WireError(pos, "name runs past the end of the packet")
+        n = data[pos]
+        if n == 0:
+            return pos + 1
+        if n & 0xC0 == 0xC0:
+            if not allow_pointers:
+                raise WireError(pos, "compression pointer in the question name")
+            if pos + 2 > end:
+                raise WireError(pos, "compression pointer runs past the end of the packet")
+            return pos + 2
+        if n & 0xC0:
+            raise WireError(pos, f"unsupported label type 0x{n & 0xC0:02x}")
+        total += n + 1
+        if total > 255:
+            raise WireError(start, "name longer than 255 bytes")
+        pos += 1 + n
+
+
+def parse_query(data: bytes) -> Query:
+    """Parse a query. Raises WireError; its rcode is None when the packet must be dropped."""
+    qid, flags, qd, an, ns, ar = parse_header(data)
+    if flags & FLAG_QR:
+        raise WireError(2, "QR bit set: a response, not a query", rcode=None)
+    opcode = (flags >> 11) & 0xF
+    if qd != 1:
+        raise WireError(4, f"question count is {qd}, expected 1")
+    qend_name = _read_name(data, 12, allow_pointers=False)
+    if qend_name + 4 > len(data):
+        raise WireError(qend_name, "question type/class missing")
+    qtype, qclass = struct.unpack_from("!HH", data, qend_name)
+    qend = qend_name + 4
+    query = Query(data, qid, flags, data[12:qend_name], qtype, qclass, qend)
+    if opcode != 0:
+        raise WireError(2, f"opcode {opcode} not implemented", rcode=RCODE.NOTIMP)
+    pos = qend
+    # skip answer and authority records (a query should carry none, but it may)
+    for _ in range(an + ns):
+        pos = _skip_rr(data, pos)
+    opt_seen = False
+    for _ in range(ar):
+        rr_start = pos
+        name_end = _read_name(data, pos, allow_pointers=True)
+        if name_end + 10 > len(data):
+            raise WireError(name_end, "resource record header runs past the end of the packet")
+        rtype, rclass, ttl, rdlen = RR_FIXED.unpack_from(data, name_end)
+        pos = name_end + 10 + rdlen
+        if pos > len(data):
+            raise WireError(name_end + 8, f"rdlength {rdlen} runs past the end of the packet")
+        if rtype == T_OPT:
+            if opt_seen:
+                raise WireError(rr_start, "more than one OPT record")
+            if data[rr_start] != 0:
+                raise WireError(rr_start, "OPT record owner is not the root")
+            opt_seen = True
+            query.edns = True
+            query.udp_size = max(MIN_UDP_SIZE, rclass)
+            query.edns_version = (ttl >> 16) & 0xFF
+            query.do = bool(ttl & 0x8000)
+    return query
+
+
+def _skip_rr(data: bytes, pos: int) -> int:
+    name_end = _read_name(data, pos, allow_pointers=True)
+    if name_end + 10 > len(data):
+        raise WireError(name_end, "resource record header runs past the end of the packet")
+    rdlen = U16.unpack_from(data, name_end + 8)[0]
+    end = name_end + 10 + rdlen
+    if end > len(data):
+        raise WireError(name_end + 8, f"rdlength {rdlen} runs past the end of the packet")
+    return end
+
+
+# ------------------------------------------------------------------------------ building
+
+
+def opt_record(do: bool, ext_rcode: int = 0, udp_size: int = OUR_UDP_SIZE) -> bytes:
+    ttl = (ext_rcode << 24) | (0x8000 if do else 0)
+    return b"\x00" + RR_FIXED.pack(T_OPT, udp_size, ttl, 0)
+
+
+def pack_answer(query: Query, answer, recursion_available: bool) -> bytes:
+    """Build the full response for `answer` (a resolver.Answer), question in lower case.
+
+    The result is reusable for any query with the same Query.key: `patch` writes the ID,
+    RD/CD bits and the asked question bytes back in.
+    """
+    header = DNSHeader(id=0, qr=1, aa=int(answer.authoritative), ra=int(recursion_available),
+                       rcode=answer.rcode & 0xF)
+    qname = DNSLabel(list(_wire_labels(query.qname.lower())) or ".")
+    record = DNSRecord(header, q=DNSQuestion(qname, query.qtype, query.qclass))
+    record.rr = list(answer.answer)
+    record.auth = list(answer.authority)
+    record.ar = list(answer.additional)
+    if query.edns:
+        record.ar.append(EDNS0(udp_len=OUR_UDP_SIZE, flags="do" if query.do else "",
+                               ext_rcode=answer.rcode >> 4))
+    return record.pack()
+
+
+def _wire_labels(name: bytes):
+    pos = 0
+    while name[pos]:
+        n = name[pos]
+        yield name[pos + 1: pos + 1 + n]
+        pos += 1 + n
+
+
+def patch(packed: bytes, query: Query) -> bytes:
+    """Reuse a packed response for `query`: its ID, RD and CD bits, and its question bytes (0x20 case)."""
+    q = query.data
+    flags_hi = (packed[2] & 0xFE) | (q[2] & 0x01)
+    flags_lo = (packed[3] & 0xEF) | (q[3] & 0x10)
+    return b"".join((q[0:2], bytes((flags_hi, flags_lo)), packed[4:12], q[12:query.qend], packed[query.qend:]))
+
+
+def truncate(response: bytes, query: Query) -> bytes:
+    """The header and question of `response` with TC set and no records (plus OPT when EDNS)."""
+    flags = U16.unpack_from(response, 2)[0] | FLAG_TC
+    rcode = flags & 0xF
+    ar = 1 if query.edns else 0
+    head = HEADER.pack(U16.unpack_from(response, 0)[0], flags, 1, 0, 0, ar)
+    out = head + response[12:query.qend]
+    if query.edns:
+        out += opt_record(query.do, rcode >> 4)
+    return out
+
+
+def error_response(data: bytes, rcode: int, query: Query | None = None) -> bytes:
+    """FORMERR / NOTIMP / REFUSED / SERVFAIL: header (ID, opcode, RD echoed) and the question when known."""
+    qid, flags = struct.unpack_from("!HH", data)
+    out_flags = FLAG_QR | (flags & 0x7900) | (rcode & 0xF)  # opcode + RD kept
+    out_flags |= flags & 0x0010  # CD
+    if query is None:
+        return HEADER.pack(qid, out_flags, 0, 0, 0, 0)
+    ar = 1 if query.edns else 0
+    body = HEADER.pack(qid, out_flags, 1, 0, 0, ar) + data[12:query.qend]
+    if query.edns:
+        body += opt_record(query.do, rcode >> 4)
+    return body
+
+
+def qtype_name(qtype: int) -> str:
+    return QTYPE.get(qtype, f"TYPE{qtype}")
