@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default none: such names are REFUSED)")
     serve.add_argument("--poll-interval", type=float, default=0.25, metavar="SECONDS",
                        help="how often manifest files are checked for edits (default 0.25)")
+    serve.add_argument("--stats-interval", type=float, default=10.0, metavar="SECONDS",
+                       help="how often a summary of malformed packets is logged, if any arrived (default 10)")
     serve.add_argument("--log-format", choices=["text", "json"], default="text")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     return parser
@@ -85,7 +87,7 @@ async def serve(args: argparse.Namespace, log: Logger) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     poller = asyncio.create_task(source.run(args.poll_interval))
-    reporter = asyncio.create_task(_report_bad_packets(handler, log))
+    reporter = asyncio.create_task(_report_bad_packets(handler, log, args.stats_interval))
     await stop.wait()
     log.info("shutting_down")
     poller.cancel()

@@ -91,6 +91,8 @@ def _read_name(data: bytes, pos: int, allow_pointers: bool) -> int:
             return pos + 2
         if n & 0xC0:
             raise WireError(pos, f"unsupported label type 0x{n & 0xC0:02x}")
+        if pos + 1 + n >= end:
+            raise WireError(pos, f"label of {n} bytes runs past the end of the packet")
         total += n + 1
         if total > 255:
             raise WireError(start, "name longer than 255 bytes")

@@ -1,0 +1,54 @@
+"""Hand-built cluster objects for tests: short constructors with realistic defaults."""
+
+from __future__ import annotations
+
+from kdns.index import ClusterIndex
+from kdns.objects import Endpoint, EndpointSlice, Namespace, Pod, Service, ServicePort
+from kdns.resolver import Resolver, ResolverConfig, ZoneSet
+
+
+def port(name: str, number: int, protocol: str = "TCP") -> ServicePort:
+    return ServicePort(name, number, protocol)
+
+
+def clusterip(ns: str, name: str, *ips: str, ports=(), publish=False) -> Service:
+    return Service(ns, name, "ClusterIP", cluster_ips=tuple(ips), ports=tuple(ports), publish_not_ready=publish)
+
+
+def headless(ns: str, name: str, ports=(), publish=False) -> Service:
+    return Service(ns, name, "Headless", ports=tuple(ports), publish_not_ready=publish)
+
+
+def external(ns: str, name: str, target: str) -> Service:
+    return Service(ns, name, "ExternalName", external_name=target)
+
+
+def ep(*ips: str, ready: bool = True, hostname: str = "", pod: str = "") -> Endpoint:
+    return Endpoint(tuple(ips), ready=ready, hostname=hostname, pod_name=pod)
+
+
+def eps(ns: str, svc: str, *endpoints: Endpoint, ports=(), name: str | None = None) -> EndpointSlice:
+    return EndpointSlice(ns, name or f"{svc}-abc12", svc, tuple(endpoints), tuple(ports))
+
+
+def legacy(ns: str, svc: str, *endpoints: Endpoint, ports=()) -> EndpointSlice:
+    return EndpointSlice(ns, svc, svc, tuple(endpoints), tuple(ports), legacy=True)
+
+
+def namespace(name: str) -> Namespace:
+    return Namespace(name)
+
+
+def pod(ns: str, name: str, *ips: str) -> Pod:
+    return Pod(ns, name, tuple(ips))
+
+
+def build(*objects, zones=("cluster.local", "in-addr.arpa", "ip6.arpa"), ttl=5, pods="disabled",
+          implicit=False, synced=True, can_chase=False):
+    index = ClusterIndex(implicit_namespaces=implicit)
+    for obj in objects:
+        index.upsert(obj)
+    if synced:
+        index.mark_synced()
+    config = ResolverConfig(zones=ZoneSet(list(zones)), ttl=ttl, pods=pods, can_chase=can_chase)
+    return index, Resolver(index, config)

@@ -1,0 +1,107 @@
+"""Run the real `kdns serve` as a subprocess on a free loopback port and talk to it."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import dns.message
+import dns.query
+import dns.rdatatype
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE = os.path.join(ROOT, "examples", "cluster.yaml")
+
+
+class KdnsProcess:
+    def __init__(self, *args: str, startup_timeout: float = 15.0):
+        self.args = list(args)
+        self.startup_timeout = startup_timeout
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "KdnsProcess":
+        cmd = [sys.executable, "-m", "kdns", "serve", "--listen", "127.0.0.1:0", *self.args]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True)
+        threading.Thread(target=self._pump, daemon=True).start()
+        line = self.wait_for_log(r"\blistening\b", self.startup_timeout)
+        self.port = int(re.search(r"udp=127\.0\.0\.1:(\d+)", line).group(1))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def _pump(self) -> None:
+        assert self.proc and self.proc.stdout
+        for line in self.proc.stdout:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_for_log(self, pattern: str, timeout: float = 5.0, start: int = 0) -> str:
+        """Wait (with a deadline) for a log line matching `pattern`; returns it."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in self.lines[start:]:
+                    if rx.search(line):
+                        return line
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc and self.proc.poll() is not None and not self._more()):
+                    raise AssertionError(f"no log line matching {pattern!r} within {timeout}s; log:\n"
+                                         + "\n".join(self.lines[-30:]))
+                self._cond.wait(min(left, 0.2))
+
+    def _more(self) -> bool:
+        return False
+
+    # ---------------------------------------------------------------- querying
+
+    def query(self, name: str, rdtype: str = "A", tcp: bool = False, **make_kwargs) -> dns.message.Message:
+        msg = dns.message.make_query(name, rdtype, **make_kwargs)
+        if tcp:
+            return dns.query.tcp(msg, "127.0.0.1", port=self.port, timeout=3)
+        return dns.query.udp(msg, "127.0.0.1", port=self.port, timeout=3, ignore_trailing=True)
+
+    def dig(self, *args: str) -> str:
+        out = subprocess.run(["dig", "@127.0.0.1", "-p", str(self.port), "+tries=1", "+time=3", *args],
+                             capture_output=True, text=True, timeout=20)
+        return out.stdout
+
+
+def answers(msg: dns.message.Message) -> list[str]:
+    """Answer-section rdata as text, sorted, e.g. ['10.96.0.1']."""
+    return sorted(rd.to_text() for rrset in msg.answer for rd in rrset)
+
+
+def wait_until(predicate, timeout: float = 5.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{what} not met within {timeout}s (last value {last!r})")
+
+
+def have_dig() -> bool:
+    return shutil.which("dig") is not None

@@ -1,0 +1,143 @@
+"""Wire parsing and the packed-answer cache, through QueryHandler in-process (no sockets)."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import dns.flags
+import dns.message
+import dns.rcode
+import pytest
+
+from builders import build, clusterip, ep, eps, headless, namespace
+from kdns.cache import AnswerCache
+from kdns.log import Logger
+from kdns.server import QueryHandler
+from kdns.wire import WireError, parse_query
+
+
+def handler_for(*objects, **kwargs):
+    index, resolver = build(*objects, **kwargs)
+    return index, QueryHandler(index, resolver, Logger(stream=io.StringIO()))
+
+
+def ask(handler, name, rdtype="A", **kwargs):
+    msg = dns.message.make_query(name, rdtype, **kwargs)
+    wire = handler.handle(msg.to_wire(), False)
+    return dns.message.from_wire(wire)
+
+
+def addresses(msg):
+    return sorted(rd.to_text() for rrset in msg.answer for rd in rrset)
+
+
+# ---------------------------------------------------------------- parse_query
+
+def test_parse_plain_query():
+    wire = dns.message.make_query("Kubernetes.default.svc.cluster.local", "AAAA", use_edns=0, payload=4096,
+                                  want_dnssec=True).to_wire()
+    q = parse_query(wire)
+    assert q.labels == ("kubernetes", "default", "svc", "cluster", "local")
+    assert q.qtype == 28 and q.qclass == 1 and q.edns and q.udp_size == 4096 and q.do
+    assert q.qend == 12 + len(b"\x0aKubernetes\x07default\x03svc\x07cluster\x05local\x00") + 4
+
+
+@pytest.mark.parametrize("packet,offset,reason", [
+    (b"\x00\x01\x00", 3, "shorter than the 12-byte header"),
+    (b"\x00\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00", 4, "question count is 0"),
+    (b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x05abc", 12, "label of 5 bytes runs past the end"),
+    (b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c\x00\x01\x00\x01", 12, "compression pointer"),
+    (b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x40abc\x00\x00\x01\x00\x01", 12, "unsupported label type"),
+    (b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x01", 13, "question type/class missing"),
+    (b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x01\x00\x00\x01\x00\x01\x00\x00\x29\x10\x00\x00\x00\x00\x00\x00\x09",
+     26, "rdlength 9 runs past the end"),
+])
+def test_parse_errors_name_the_offset(packet, offset, reason):
+    with pytest.raises(WireError) as err:
+        parse_query(packet)
+    assert err.value.offset == offset and reason in err.value.reason
+
+
+def test_overlong_name_is_rejected():
+    name = b"".join(b"\x3f" + b"a" * 63 for _ in range(5)) + b"\x00"
+    with pytest.raises(WireError, match="longer than 255"):
+        parse_query(b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + name + b"\x00\x01\x00\x01")
+
+
+def test_two_opt_records_are_formerr():
+    opt = b"\x00\x00\x29\x10\x00\x00\x00\x00\x00\x00\x00"
+    packet = b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x02" + b"\x00\x00\x01\x00\x01" + opt + opt
+    with pytest.raises(WireError, match="more than one OPT"):
+        parse_query(packet)
+
+
+# ---------------------------------------------------------------- the cache and invalidation
+
+def test_second_query_is_a_cache_hit_with_its_own_id():
+    _, h = handler_for(namespace("ns"), clusterip("ns", "s", "10.0.0.1"))
+    first = ask(h, "s.ns.svc.cluster.local")
+    second = ask(h, "S.NS.svc.cluster.local")
+    assert addresses(first) == addresses(second) == ["10.0.0.1"]
+    assert h.cache.hits == 1 and h.cache.misses == 1
+    assert str(second.question[0].name) == "S.NS.svc.cluster.local."
+
+
+def test_every_index_change_is_seen_by_the_next_query():
+    index, h = handler_for(namespace("ns"), clusterip("ns", "s", "10.0.0.1"), headless("ns", "h"),
+                           eps("ns", "h", ep("10.1.0.1")))
+    assert addresses(ask(h, "s.ns.svc.cluster.local")) == ["10.0.0.1"]
+    assert addresses(ask(h, "h.ns.svc.cluster.local")) == ["10.1.0.1"]
+    assert ask(h, "t.ns.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
+    index.upsert(clusterip("ns", "s", "10.0.0.2"))
+    index.upsert(eps("ns", "h", ep("10.1.0.2")))
+    index.upsert(clusterip("ns", "t", "10.0.0.3"))
+    assert addresses(ask(h, "s.ns.svc.cluster.local")) == ["10.0.0.2"]
+    assert addresses(ask(h, "h.ns.svc.cluster.local")) == ["10.1.0.2"]
+    assert addresses(ask(h, "t.ns.svc.cluster.local")) == ["10.0.0.3"]
+    index.delete("Service", "ns", "s")
+    assert ask(h, "s.ns.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
+    assert addresses(ask(h, "3.0.0.10.in-addr.arpa", "PTR")) == ["t.ns.svc.cluster.local."]
+    index.delete("Service", "ns", "t")
+    assert ask(h, "3.0.0.10.in-addr.arpa", "PTR").rcode() == dns.rcode.NXDOMAIN
+
+
+def test_unrelated_change_keeps_positive_entries_cached():
+    index, h = handler_for(namespace("ns"), clusterip("ns", "s", "10.0.0.1"))
+    ask(h, "s.ns.svc.cluster.local")
+    index.upsert(clusterip("ns", "other", "10.0.0.9"))
+    ask(h, "s.ns.svc.cluster.local")
+    assert h.cache.hits == 1
+
+
+def test_cache_eviction_is_bounded_and_drops_dependency_links():
+    cache = AnswerCache(maxsize=2)
+    cache.put("a", b"A", [("svc", "n", "a")])
+    cache.put("b", b"B", [("svc", "n", "b")])
+    cache.put("c", b"C", [("svc", "n", "c")])
+    assert len(cache) == 2 and cache.get("a") is None and cache.evictions == 1
+    assert cache.invalidate([("svc", "n", "b")]) == 1 and cache.get("b") is None and cache.get("c") == b"C"
+
+
+def test_cached_answer_for_external_name_chain_follows_the_target():
+    from builders import external
+    index, h = handler_for(namespace("ns"), clusterip("ns", "api", "10.0.0.1"),
+                           external("ns", "alias", "api.ns.svc.cluster.local"))
+    assert addresses(ask(h, "alias.ns.svc.cluster.local")) == ["10.0.0.1", "api.ns.svc.cluster.local."]
+    index.upsert(clusterip("ns", "api", "10.0.0.2"))
+    assert addresses(ask(h, "alias.ns.svc.cluster.local")) == ["10.0.0.2", "api.ns.svc.cluster.local."]
+
+
+def test_formerr_reply_keeps_id_and_rd():
+    _, h = handler_for(namespace("ns"))
+    packet = struct.pack("!HHHHHH", 0xBEEF, 0x0100, 2, 0, 0, 0)
+    reply = dns.message.from_wire(h.handle(packet, False))
+    assert reply.id == 0xBEEF and reply.rcode() == dns.rcode.FORMERR and reply.flags & dns.flags.RD
+    assert h.stats["formerr"] == 1
+
+
+def test_servfail_before_sync_is_not_cached():
+    index, h = handler_for(namespace("ns"), synced=False)
+    assert ask(h, "s.ns.svc.cluster.local").rcode() == dns.rcode.SERVFAIL
+    index.mark_synced()
+    assert ask(h, "s.ns.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
