@@ -32,6 +32,7 @@ class EndpointRecord:
     ip: str
     ready: bool
     pod_name: str
+    ports: tuple[ServicePort, ...] = ()  # the ports of the slice this address came from
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +41,6 @@ class ServiceView:
 
     service: Service
     endpoints: tuple[EndpointRecord, ...]
-    # named port -> (number, protocol) as the endpoints expose them (target ports)
-    endpoint_ports: dict
 
     def served_endpoints(self) -> list[EndpointRecord]:
         """Endpoints DNS serves: ready ones, or all with publishNotReadyAddresses."""
@@ -259,14 +258,10 @@ class ClusterIndex:
                 slices = [self.legacy[key]]
             records: list[EndpointRecord] = []
             seen: set[tuple[str, str]] = set()
-            ports: dict[str, tuple[int, str]] = {}
             for sl in sorted(slices, key=lambda s: s.name):
                 for ep in sl.endpoints:
-                    records.extend(self._endpoint_records(ep, seen))
-                for p in sl.ports:
-                    if p.name and p.name not in ports:
-                        ports[p.name] = (p.port, p.protocol)
-            view = ServiceView(service, tuple(records), ports)
+                    records.extend(self._endpoint_records(ep, sl.ports, seen))
+            view = ServiceView(service, tuple(records))
             self.views[key] = view
             if service.kind == "ClusterIP":
                 for ip in service.cluster_ips:
@@ -291,13 +286,13 @@ class ClusterIndex:
             self._reverse_of.pop(key, None)
 
     @staticmethod
-    def _endpoint_records(ep: Endpoint, seen: set) -> Iterable[EndpointRecord]:
+    def _endpoint_records(ep: Endpoint, ports: tuple[ServicePort, ...], seen: set) -> Iterable[EndpointRecord]:
         for ip in ep.addresses:
             name = ep.hostname or dashed_ip(ip)
             if (name, ip) in seen:
                 continue
             seen.add((name, ip))
-            yield EndpointRecord(name, ip, ep.ready, ep.pod_name)
+            yield EndpointRecord(name, ip, ep.ready, ep.pod_name, ports)
 
     # ---------------------------------------------------------------- queries (for the resolver)
 
@@ -308,7 +303,7 @@ class ClusterIndex:
         return (namespace, ip) in self.pod_ips
 
     def reverse_names(self, ip: str) -> list[tuple[str, str, str]]:
-        return sorted(self.reverse.get(ip, ()))
-
-    def ports_of(self, view: ServiceView) -> tuple[ServicePort, ...]:
-        return view.service.ports
+        """(ns, svc, endpoint name) owning `ip`; a ClusterIP hides endpoint names for the same IP."""
+        entries = sorted(self.reverse.get(ip, ()))
+        services = [e for e in entries if not e[2]]
+        return services or entries

@@ -156,6 +156,8 @@ class Resolver:
             if not self._address_records(owner, ips, qtype, ans):
                 return self._nodata(zone, ans)
             return
+        if rel == ("dns",):  # empty non-terminal above ns.dns.<zone>
+            return self._nodata(zone, ans)
         kind = rel[-1]
         if kind == "svc":
             return self._svc(zone, owner, rel[:-1], qtype, ans, depth)
@@ -168,7 +170,7 @@ class Resolver:
             ans.answer.append(self._soa(zone))
             ans.deps.add(ANY)  # the serial moves with every change
         if qtype in (T_NS, T_ANY):
-            ns_name = _name(_fqdn("ns.dns", self.config.zones.primary.name))
+            ns_name = _name(_fqdn("ns.dns", zone.name))
             ans.answer.append(RR(owner, T_NS, ttl=self.config.ttl, rdata=NS(ns_name)))
             self._address_records(ns_name, self._nameserver_ips(ans), T_ANY, ans, section=ans.additional)
         if not ans.answer:
@@ -178,8 +180,10 @@ class Resolver:
         ns, name = self.config.nameserver_service
         ans.deps.add(("svc", ns, name))
         view = self.index.view(ns, name)
-        if view is None or view.service.kind != "ClusterIP":
+        if view is None or view.service.kind == "ExternalName":
             return []
+        if view.service.kind == "Headless":
+            return list(dict.fromkeys(rec.ip for rec in view.served_endpoints()))
         return list(view.service.cluster_ips)
 
     def _address_records(self, owner: DNSLabel, ips, qtype: int, ans: Answer, section: list | None = None) -> bool:
@@ -230,6 +234,9 @@ class Resolver:
     def _service(self, zone: Zone, owner, view: ServiceView, qtype: int, ans: Answer, depth: int) -> None:
         svc = view.service
         if svc.kind == "ExternalName":  # §2.5
+            if _is_ip(svc.external_name):
+                # an IP is not a name a CNAME can point at (CoreDNS answers NXDOMAIN too)
+                return self._nx(zone, ans)
             return self._external_name(zone, owner, svc.external_name, qtype, ans, depth)
         if svc.kind == "ClusterIP":  # §2.3.1 A, §2.3.2 AAAA
             ips = list(svc.cluster_ips)
@@ -279,7 +286,9 @@ class Resolver:
         if svc.kind == "ExternalName":
             return self._nx(zone, ans)
         if label in PROTOCOLS:
-            # _tcp.<svc>...: exists (empty non-terminal) if some named port uses that protocol
+            # _tcp.<svc>...: exists (empty non-terminal) if some SRV name below it exists
+            if svc.kind == "Headless" and not view.served_endpoints():
+                return self._nx(zone, ans)
             if self._srv_ports(view, None, PROTOCOLS[label]):
                 return self._nodata(zone, ans)
             return self._nx(zone, ans)
@@ -335,24 +344,21 @@ class Resolver:
     def _srv_headless(self, zone: Zone, owner, view: ServiceView, name, protocol, ans: Answer) -> None:
         # §2.4.3: one SRV per ready endpoint per named port, target <hostname>.<service>...
         ports = self._srv_ports(view, name, protocol)
-        served = view.served_endpoints()
         if not ports:
             return self._nodata(zone, ans)
-        targets: dict[str, list[str]] = {}
-        for rec in served:
-            targets.setdefault(self._endpoint_fqdn(view, rec), []).append(rec.ip)
-        count = len(targets) * len(ports)
-        weight = max(1, 100 // count)
+        targets: dict[str, list[EndpointRecord]] = {}
+        for rec in view.served_endpoints():
+            targets.setdefault(self._endpoint_fqdn(view, rec), []).append(rec)
+        weight = max(1, 100 // (len(targets) * len(ports)))
         for pname, number, pproto in ports:
-            # The number a client must dial is the endpoint's (target) port; the Service's
-            # port number is only used when the endpoints do not list the port.
-            ep_port = view.endpoint_ports.get(pname)
-            if ep_port is not None and ep_port[1] == pproto:
-                number = ep_port[0]
-            for target in targets:
-                ans.answer.append(RR(owner, T_SRV, ttl=self.config.ttl, rdata=SRV(0, weight, number, _name(target))))
-        for target, ips in targets.items():
-            self._address_records(_name(target), ips, T_ANY, ans, section=ans.additional)
+            for target, recs in targets.items():
+                # The number a client must dial on a headless service is the endpoint's (target)
+                # port from its EndpointSlice; the Service's port when the slice lists none.
+                port = next((p.port for p in recs[0].ports if p.name.lower() == pname and p.protocol == pproto),
+                            number)
+                ans.answer.append(RR(owner, T_SRV, ttl=self.config.ttl, rdata=SRV(0, weight, port, _name(target))))
+        for target, recs in targets.items():
+            self._address_records(_name(target), [r.ip for r in recs], T_ANY, ans, section=ans.additional)
 
     # ---------------------------------------------------------------- <ip>.<ns>.pod.<zone>  (§2.6)
 
@@ -360,13 +366,15 @@ class Resolver:
         n = len(parts)
         if n == 0:
             return self._nodata(zone, ans)
+        if self.config.pods == "disabled":  # nothing exists below pod.<zone>
+            return self._nx(zone, ans)
         ns = parts[-1]
         ans.deps.add(("ns", ns))
         if not self.index.namespace_exists(ns):
             return self._nx(zone, ans)
         if n == 1:
             return self._nodata(zone, ans)
-        if n > 2 or self.config.pods == "disabled":
+        if n > 2:
             return self._nx(zone, ans)
         ip = parse_dashed_ip(parts[0])
         if ip is None:
@@ -412,6 +420,14 @@ class Resolver:
 
 
 # -------------------------------------------------------------------- name helpers
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
 
 
 def parse_dashed_ip(label: str) -> str | None:

@@ -425,3 +425,49 @@ def test_any_query_returns_addresses(cluster):
     ans = ask(cluster[1], "api.shop.svc.cluster.local", "ANY")
     assert sorted(rrs(ans.answer)) == ["api.shop.svc.cluster.local. 5 A 10.96.200.20",
                                        "api.shop.svc.cluster.local. 5 AAAA fd00:10:96::c8"]
+
+
+# ---------------------------------------------------------------- consistency rules (RFC 8020: NXDOMAIN means nothing below)
+
+def test_2_4_3_headless_srv_port_comes_from_each_endpoints_own_slice():
+    _, r = build(namespace("ns"), headless("ns", "h", ports=[port("web", 80)]),
+                 eps("ns", "h", ep("10.0.0.1", hostname="a"), ports=[port("web", 8080)], name="h-1"),
+                 eps("ns", "h", ep("10.0.0.2", hostname="b"), ports=[port("web", 9090)], name="h-2"),
+                 eps("ns", "h", ep("10.0.0.3", hostname="c"), name="h-3"))
+    ans = ask(r, "_web._tcp.h.ns.svc.cluster.local", "SRV")
+    assert sorted(x.split(" ", 3)[3] for x in rrs(ans.answer)) == [
+        "0 33 80 c.h.ns.svc.cluster.local.",  # no port in its slice: the Service's port (spec §2.4.3)
+        "0 33 8080 a.h.ns.svc.cluster.local.",
+        "0 33 9090 b.h.ns.svc.cluster.local."]
+
+
+def test_protocol_label_of_headless_without_ready_endpoints_is_nxdomain(cluster):
+    assert nxdomain(ask(cluster[1], "_tcp.empty.data.svc.cluster.local", "SRV"))
+
+
+def test_dns_label_above_ns_dns_is_nodata(cluster):
+    assert nodata(ask(cluster[1], "dns.cluster.local"))
+
+
+def test_external_name_holding_an_ip_is_nxdomain():
+    _, r = build(namespace("ns"), external("ns", "e", "192.0.2.10"))
+    assert nxdomain(ask(r, "e.ns.svc.cluster.local"))
+
+
+def test_pods_disabled_nothing_below_pod_zone():
+    _, r = build(namespace("ns"))
+    assert nxdomain(ask(r, "ns.pod.cluster.local"))
+    assert nodata(ask(r, "pod.cluster.local"))
+
+
+def test_ns_record_names_the_queried_zone_and_headless_kube_dns_gives_endpoint_glue():
+    _, r = build(namespace("kube-system"), headless("kube-system", "kube-dns"),
+                 eps("kube-system", "kube-dns", ep("10.244.0.5")), zones=("cluster.local", "other.test"))
+    ans = ask(r, "other.test", "NS")
+    assert rrs(ans.answer) == ["other.test. 5 NS ns.dns.other.test."]
+    assert rrs(ans.additional) == ["ns.dns.other.test. 5 A 10.244.0.5"]
+
+
+def test_ptr_of_a_cluster_ip_is_the_service_only():
+    _, r = build(namespace("ns"), clusterip("ns", "s", "10.0.0.5"), headless("ns", "h"), eps("ns", "h", ep("10.0.0.5")))
+    assert rrs(ask(r, "5.0.0.10.in-addr.arpa", "PTR").answer) == ["5.0.0.10.in-addr.arpa. 5 PTR s.ns.svc.cluster.local."]
