@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default none: such names are REFUSED)")
     serve.add_argument("--poll-interval", type=float, default=0.25, metavar="SECONDS",
                        help="how often manifest files are checked for edits (default 0.25)")
+    serve.add_argument("--tcp-idle-timeout", type=float, default=10.0, metavar="SECONDS",
+                       help="close TCP connections idle this long (default 10, RFC 7766)")
     serve.add_argument("--stats-interval", type=float, default=10.0, metavar="SECONDS",
                        help="how often a summary of malformed packets is logged, if any arrived (default 10)")
     serve.add_argument("--log-format", choices=["text", "json"], default="text")
@@ -75,7 +77,8 @@ async def serve(args: argparse.Namespace, log: Logger) -> int:
     handler = QueryHandler(index, Resolver(index, config), log, upstream=upstream)
     try:
         host, port = parse_hostport(args.listen, 53)
-        udp, tcp_server, _, bound = await bind(handler, log, host, port)
+        udp, tcp_server, _, bound = await bind(handler, log, host, port,
+                                                  tcp_idle_timeout=args.tcp_idle_timeout)
     except (OSError, ValueError) as exc:
         log.error("listen_failed", address=args.listen, error=str(exc))
         return 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import traceback
 from collections import Counter
 from typing import Awaitable
 
@@ -38,13 +39,23 @@ class QueryHandler:
         self.stats: Counter = Counter()
         index.subscribe(self.cache.invalidate)
 
-    # Returns response bytes, None (drop), or an awaitable producing bytes or None.
     def handle(self, data: bytes, tcp: bool) -> bytes | None | Awaitable[bytes | None]:
+        """Response bytes, None (drop), or an awaitable producing bytes or None."""
         self.stats["queries_tcp" if tcp else "queries_udp"] += 1
         try:
             query = parse_query(data)
         except WireError as exc:
             return self._bad_packet(data, exc)
+        try:
+            return self._answer(query, tcp)
+        except Exception as exc:  # noqa: BLE001 - a bug must cost one SERVFAIL, never the server
+            self.stats["internal_errors"] += 1
+            self.log.error("internal_error", name=query.name_text, type=qtype_name(query.qtype),
+                           error=repr(exc), trace=traceback.format_exc(limit=-3).replace("\n", " | "))
+            return error_response(data, RCODE.SERVFAIL, query)
+
+    def _answer(self, query: Query, tcp: bool) -> bytes | Awaitable[bytes | None]:
+        data = query.data
         if query.edns and query.edns_version > 0:
             self.stats["badvers"] += 1
             return error_response(data, 16, query)  # BADVERS (RFC 6891 §6.1.3)
@@ -192,7 +203,8 @@ class TCPServer:
             writer.write(struct.pack("!H", len(response)) + response)
 
 
-async def bind(handler: QueryHandler, log: Logger, host: str, port: int, attempts: int = 20):
+async def bind(handler: QueryHandler, log: Logger, host: str, port: int, attempts: int = 20,
+               tcp_idle_timeout: float = 10.0):
     """Bind UDP and TCP on the same port (port 0: pick a free one both can use)."""
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -201,7 +213,7 @@ async def bind(handler: QueryHandler, log: Logger, host: str, port: int, attempt
         udp_transport, _ = await loop.create_datagram_endpoint(
             lambda: UDPProtocol(handler), local_addr=(host, port), family=family)
         bound_port = udp_transport.get_extra_info("sockname")[1]
-        tcp = TCPServer(handler, log)
+        tcp = TCPServer(handler, log, idle_timeout=tcp_idle_timeout)
         try:
             server = await asyncio.start_server(tcp.serve_client, host, bound_port, family=family,
                                                 reuse_address=True)

@@ -26,6 +26,7 @@ class KdnsProcess:
         self._cond = threading.Condition()
         self.port = 0
         self.proc: subprocess.Popen | None = None
+        self._eof = False
 
     def __enter__(self) -> "KdnsProcess":
         cmd = [sys.executable, "-m", "kdns", "serve", "--listen", "127.0.0.1:0", *self.args]
@@ -34,7 +35,7 @@ class KdnsProcess:
                                      text=True)
         threading.Thread(target=self._pump, daemon=True).start()
         line = self.wait_for_log(r"\blistening\b", self.startup_timeout)
-        self.port = int(re.search(r"udp=127\.0\.0\.1:(\d+)", line).group(1))
+        self.port = int(re.search(r"udp[=\": ]+127\.0\.0\.1:(\d+)", line).group(1))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -53,6 +54,7 @@ class KdnsProcess:
                 self.lines.append(line.rstrip("\n"))
                 self._cond.notify_all()
         with self._cond:
+            self._eof = True
             self._cond.notify_all()
 
     def wait_for_log(self, pattern: str, timeout: float = 5.0, start: int = 0) -> str:
@@ -65,13 +67,10 @@ class KdnsProcess:
                     if rx.search(line):
                         return line
                 left = deadline - time.monotonic()
-                if left <= 0 or (self.proc and self.proc.poll() is not None and not self._more()):
+                if left <= 0 or self._eof:
                     raise AssertionError(f"no log line matching {pattern!r} within {timeout}s; log:\n"
                                          + "\n".join(self.lines[-30:]))
                 self._cond.wait(min(left, 0.2))
-
-    def _more(self) -> bool:
-        return False
 
     # ---------------------------------------------------------------- querying
 

@@ -164,11 +164,11 @@ def test_live_edit_is_served_and_broken_edit_keeps_last_good_state(tmp_path):
         # an edit is served within a second (poll 0.25 s + parse)
         _write(path, SERVICE.format(name="web", ns="shop", ip="10.96.0.51"))
         wait_until(lambda: answers(kdns.query("web.shop.svc.cluster.local")) == ["10.96.0.51"],
-                   timeout=1.5, what="edited address served")
+                   timeout=1.0, what="edited address served")
         # a new file with a new service
         _write(tmp_path / "more.yaml", SERVICE.format(name="db", ns="data", ip="10.96.0.60"))
         wait_until(lambda: answers(kdns.query("db.data.svc.cluster.local")) == ["10.96.0.60"],
-                   timeout=1.5, what="new file served")
+                   timeout=1.0, what="new file served")
         # a broken edit: logged with file and line, last good state kept
         mark = len(kdns.lines)
         _write(path, SERVICE.format(name="web", ns="shop", ip="10.96.0.52") + "---\napiVersion: v1\nkind: Service\nmetadata: {}\n")

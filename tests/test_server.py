@@ -13,7 +13,8 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from harness import EXAMPLE, KdnsProcess, answers, have_dig, wait_until
+from harness import EXAMPLE, KdnsProcess, answers, have_dig
+from upstream import recv_exact
 
 pytestmark = pytest.mark.skipif(not have_dig() and os.environ.get("CI") != "true",
                                 reason="dig (bind9-dnsutils) is not installed; .ci/run installs it")
@@ -174,19 +175,29 @@ def _udp_raw(port: int, wire: bytes, timeout: float = 3.0) -> bytes:
 
 
 def _read_tcp(s: socket.socket) -> bytes:
-    def exact(n):
-        buf = b""
-        while len(buf) < n:
-            chunk = s.recv(n - len(buf))
-            if not chunk:
-                raise ConnectionError("closed")
-            buf += chunk
-        return buf
-    size = struct.unpack("!H", exact(2))[0]
-    return exact(size)
+    size = struct.unpack("!H", recv_exact(s, 2))[0]
+    return recv_exact(s, size)
 
 
 def _tcp_raw(port: int, wire: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
         s.sendall(struct.pack("!H", len(wire)) + wire)
         return _read_tcp(s)
+
+
+def test_idle_tcp_connections_are_closed(tmp_path):
+    with KdnsProcess("--manifests", EXAMPLE, "--tcp-idle-timeout", "0.3") as proc:
+        with socket.create_connection(("127.0.0.1", proc.port), timeout=5) as s:
+            wire = dns.message.make_query("kubernetes.default.svc.cluster.local", "A").to_wire()
+            s.sendall(struct.pack("!H", len(wire)) + wire)
+            assert answers(dns.message.from_wire(_read_tcp(s))) == ["10.96.0.1"]
+            # then idle: the server closes its side (recv returns b"") well before our 5 s timeout
+            assert s.recv(1) == b""
+
+
+def test_json_log_format(tmp_path):
+    import json
+    with KdnsProcess("--manifests", EXAMPLE, "--log-format", "json") as proc:
+        line = proc.wait_for_log(r'"event": "listening"')
+        record = json.loads(line)
+        assert record["level"] == "info" and record["udp"] == f"127.0.0.1:{proc.port}"

@@ -141,3 +141,27 @@ def test_servfail_before_sync_is_not_cached():
     assert ask(h, "s.ns.svc.cluster.local").rcode() == dns.rcode.SERVFAIL
     index.mark_synced()
     assert ask(h, "s.ns.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
+
+
+def test_cache_hit_does_not_run_dnslib(monkeypatch):
+    import kdns.server
+    _, h = handler_for(namespace("ns"), clusterip("ns", "s", "10.0.0.1"))
+    assert addresses(ask(h, "s.ns.svc.cluster.local")) == ["10.0.0.1"]
+
+    def boom(*a, **k):
+        raise AssertionError("dnslib packing ran on a cache hit")
+    monkeypatch.setattr(kdns.server, "pack_answer", boom)
+    monkeypatch.setattr(h.resolver, "resolve", boom)
+    assert addresses(ask(h, "S.ns.svc.cluster.local")) == ["10.0.0.1"]
+
+
+def test_a_resolver_bug_costs_one_servfail_and_is_logged(monkeypatch):
+    _, h = handler_for(namespace("ns"), clusterip("ns", "s", "10.0.0.1"))
+
+    def broken(*a, **k):
+        raise KeyError("bug")
+    monkeypatch.setattr(h.resolver, "resolve", broken)
+    assert ask(h, "s.ns.svc.cluster.local").rcode() == dns.rcode.SERVFAIL
+    assert h.stats["internal_errors"] == 1 and "internal_error" in h.log.stream.getvalue()
+    monkeypatch.undo()
+    assert addresses(ask(h, "s.ns.svc.cluster.local")) == ["10.0.0.1"]

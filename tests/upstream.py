@@ -32,8 +32,8 @@ class FakeUpstream:
             def handle(self):
                 self.request.settimeout(5)
                 try:
-                    size = struct.unpack("!H", _exact(self.request, 2))[0]
-                    reply = outer.answer(_exact(self.request, size), "tcp")
+                    size = struct.unpack("!H", recv_exact(self.request, 2))[0]
+                    reply = outer.answer(recv_exact(self.request, size), "tcp")
                 except (OSError, struct.error):
                     return
                 if reply is not None:
@@ -85,7 +85,8 @@ class FakeUpstream:
         self.close()
 
 
-def _exact(sock: socket.socket, n: int) -> bytes:
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    """Read exactly n bytes from a stream socket; OSError if it closes first."""
     buf = b""
     while len(buf) < n:
         chunk = sock.recv(n - len(buf))
