@@ -60,9 +60,14 @@ def dashed_ip(ip: str) -> str:
 
 
 class ClusterIndex:
-    def __init__(self, implicit_namespaces: bool = False):
+    def __init__(self, implicit_namespaces: bool = False, namespaces: Iterable[str] | None = None,
+                 namespace_selector=None):
         # implicit_namespaces: a namespace named by any object exists (manifest mode).
+        # namespaces / namespace_selector: only these namespaces are exposed (CoreDNS `namespaces`,
+        # `namespace_labels`); objects elsewhere are kept but answer NXDOMAIN.
         self.implicit_namespaces = implicit_namespaces
+        self.allowed_namespaces = frozenset(namespaces) if namespaces else None
+        self.namespace_selector = namespace_selector
         self.generation = 0
         self.serial = int(time.time())
         self.synced = False
@@ -117,6 +122,12 @@ class ClusterIndex:
     # ---------------------------------------------------------------- namespaces
 
     def namespace_exists(self, ns: str) -> bool:
+        """Whether names under <ns> are served: it exists and passes the namespace filters."""
+        if self.allowed_namespaces is not None and ns not in self.allowed_namespaces:
+            return False
+        if self.namespace_selector is not None:
+            obj = self.namespaces.get(ns)
+            return obj is not None and self.namespace_selector.matches(obj.labels)
         return ns in self.namespaces or (self.implicit_namespaces and self._ns_refs.get(ns, 0) > 0)
 
     def _ref(self, ns: str, delta: int, touched: set) -> None:
@@ -177,10 +188,8 @@ class ClusterIndex:
         elif isinstance(obj, Namespace):
             if self.namespaces.get(obj.name) == obj:
                 return
-            existed = self.namespace_exists(obj.name)
             self.namespaces[obj.name] = obj
-            if not existed:
-                touched.add(("ns", obj.name))
+            touched.add(("ns", obj.name))  # existence or labels (namespace_selector) changed
         else:  # pragma: no cover - programming error
             raise TypeError(f"cannot index {type(obj).__name__}")
         self._touch(touched)
@@ -212,8 +221,7 @@ class ClusterIndex:
         elif kind == "Namespace":
             if self.namespaces.pop(name, None) is None:
                 return
-            if not self.namespace_exists(name):
-                touched.add(("ns", name))
+            touched.add(("ns", name))
         else:  # pragma: no cover
             raise ValueError(f"unknown kind {kind}")
         self._touch(touched)
@@ -295,6 +303,18 @@ class ClusterIndex:
             yield EndpointRecord(name, ip, ep.ready, ep.pod_name, ports)
 
     # ---------------------------------------------------------------- queries (for the resolver)
+
+    def keys(self, kind: str) -> list[tuple[str, str]]:
+        """(namespace, name) of every stored object of `kind` (namespaces: ("", name))."""
+        if kind == "Service":
+            return list(self.services)
+        if kind == "EndpointSlice":
+            return list(self.slice_owner)
+        if kind == "Pod":
+            return list(self.pods)
+        if kind == "Namespace":
+            return [("", name) for name in self.namespaces]
+        raise ValueError(f"unknown kind {kind}")
 
     def view(self, namespace: str, name: str) -> ServiceView | None:
         return self.views.get((namespace, name))

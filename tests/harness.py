@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import dns.message
 import dns.query
@@ -36,6 +38,7 @@ class KdnsProcess:
         threading.Thread(target=self._pump, daemon=True).start()
         line = self.wait_for_log(r"\blistening\b", self.startup_timeout)
         self.port = int(re.search(r"udp[=\": ]+127\.0\.0\.1:(\d+)", line).group(1))
+        self.http = {name: int(port) for name, port in re.findall(r"(health|ready|metrics)=[\d.]+:(\d+)", line)}
         return self
 
     def __exit__(self, *exc) -> None:
@@ -79,6 +82,25 @@ class KdnsProcess:
         if tcp:
             return dns.query.tcp(msg, "127.0.0.1", port=self.port, timeout=3)
         return dns.query.udp(msg, "127.0.0.1", port=self.port, timeout=3, ignore_trailing=True)
+
+    def get(self, endpoint: str, path: str) -> tuple[int, str]:
+        """GET http://127.0.0.1:<port of health|ready|metrics><path> -> (status, body)."""
+        url = f"http://127.0.0.1:{self.http[endpoint]}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
+    def metric(self, name: str, **labels) -> float | None:
+        """One sample from /metrics, parsed with prometheus_client's parser."""
+        from prometheus_client.parser import text_string_to_metric_families
+        _, body = self.get("metrics", "/metrics")
+        for family in text_string_to_metric_families(body):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+        return None
 
     def dig(self, *args: str) -> str:
         out = subprocess.run(["dig", "@127.0.0.1", "-p", str(self.port), "+tries=1", "+time=3", *args],

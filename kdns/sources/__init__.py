@@ -1,1 +1,21 @@
-"""Sources turn the outside world (manifests, the API) into index events."""
+"""Sources turn the outside world (manifests, the API) into index changes."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ..selectors import LabelSelector
+
+
+def object_filter(namespaces: frozenset[str] | None, service_selector: LabelSelector | None) -> Callable[[Any], bool]:
+    """Which objects a source stores: CoreDNS's `namespaces` and `labels` (services only) options."""
+
+    def wanted(obj: Any) -> bool:
+        kind = type(obj).__name__
+        if namespaces is not None and kind != "Namespace" and obj.namespace not in namespaces:
+            return False
+        if service_selector is not None and kind == "Service":
+            return service_selector.matches(obj.labels)
+        return True
+
+    return wanted

@@ -161,10 +161,12 @@ def _child(node: yaml.Node, key: str) -> yaml.Node | None:
 class ManifestSource:
     """Feeds a ClusterIndex from files and directories; `poll()` picks up edits, new and deleted files."""
 
-    def __init__(self, paths: Iterable[str], index: ClusterIndex, log: Logger):
+    def __init__(self, paths: Iterable[str], index: ClusterIndex, log: Logger,
+                 wanted: Callable[[Any], bool] = lambda obj: True):
         self.roots = [os.path.abspath(p) for p in paths]
         self.index = index
         self.log = log
+        self.wanted = wanted
         self._signatures: dict[str, tuple] = {}
         self._file_objects: dict[str, dict[ObjKey, tuple[Any, int]]] = {}
         self._applied: dict[ObjKey, Any] = {}
@@ -265,17 +267,18 @@ class ManifestSource:
 
     def _apply(self) -> None:
         merged: dict[ObjKey, Any] = {}
-        owner: dict[ObjKey, tuple[str, int]] = {}
+        owner: dict[ObjKey, tuple[str, int, Any]] = {}
         for path in sorted(self._file_objects):
             for key, (obj, line) in self._file_objects[path].items():
-                if key in merged:
-                    first_path, first_line = owner[key]
-                    if merged[key] != obj:
+                if key in owner:
+                    first_path, first_line, first = owner[key]
+                    if first != obj:
                         self.log.warning("manifest_conflict", object="/".join(k for k in key if k),
                                          file=path, line=line, kept=f"{first_path}:{first_line}")
                     continue
-                merged[key] = obj
-                owner[key] = (path, line)
+                owner[key] = (path, line, obj)
+                if self.wanted(obj):
+                    merged[key] = obj
         index = self.index
         index.begin()
         try:

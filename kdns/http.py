@@ -1,0 +1,85 @@
+"""HTTP side doors (aiohttp): /health, /ready and /metrics, each on its own address as CoreDNS binds them.
+
+Readiness is a set of named checks (e.g. `kubernetes`); /ready is 200 `OK` when all pass, else 503
+listing the failing ones. `/ready?verbose=1` adds one line of detail per check.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+# name -> () -> (ready, detail)
+ReadyCheck = Callable[[], tuple[bool, str]]
+
+
+class HttpEndpoints:
+    def __init__(self, registry: CollectorRegistry):
+        self.registry = registry
+        self.checks: dict[str, ReadyCheck] = {}
+        self.lameduck = False
+        self._runners: list[web.AppRunner] = []
+
+    def add_ready_check(self, name: str, check: ReadyCheck) -> None:
+        self.checks[name] = check
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(text="OK")
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        results = {name: check() for name, check in self.checks.items()}
+        failing = sorted(name for name, (ok, _) in results.items() if not ok)
+        if self.lameduck:
+            failing.insert(0, "lameduck")
+        verbose = request.query.get("verbose") not in (None, "", "0", "false")
+        if failing:
+            text = ", ".join(failing)
+        else:
+            text = "OK"
+        if verbose:
+            text += "\n" + "".join(f"{name}: {'ready' if ok else 'not ready'}; {detail}\n"
+                                   for name, (ok, detail) in sorted(results.items()))
+        return web.Response(status=503 if failing else 200, text=text)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def start(self, health: str | None, ready: str | None, metrics: str | None) -> dict[str, str]:
+        """Start the requested listeners ("HOST:PORT"; port 0 picks one). Returns name -> bound address."""
+        bound = {}
+        for name, address, path, handler in (("health", health, "/health", self._health),
+                                             ("ready", ready, "/ready", self._ready),
+                                             ("metrics", metrics, "/metrics", self._metrics)):
+            if not address:
+                continue
+            app = web.Application()
+            app.router.add_get(path, handler)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            host, port = split_address(address)
+            site = web.TCPSite(runner, host or None, port)
+            await site.start()
+            self._runners.append(runner)
+            sock = site._server.sockets[0].getsockname()  # the port actually bound (port 0)
+            shown_host = host or "0.0.0.0"
+            bound[name] = f"[{shown_host}]:{sock[1]}" if ":" in shown_host else f"{shown_host}:{sock[1]}"
+        return bound
+
+    async def stop(self) -> None:
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """":8080" -> ("", 8080); "127.0.0.1:0" -> ("127.0.0.1", 0); "[::1]:9153" -> ("::1", 9153)."""
+    if address.startswith("["):
+        host, _, port = address[1:].partition("]:")
+        return host, int(port)
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {address!r}")
+    return host, int(port)
