@@ -7,13 +7,13 @@ answer outlives the event that changed it.
 
 from __future__ import annotations
 
-from typing import Hashable, Iterable
+from typing import Any, Hashable, Iterable
 
 
 class AnswerCache:
     def __init__(self, maxsize: int = 100_000):
         self.maxsize = maxsize
-        self._entries: dict[Hashable, bytes] = {}
+        self._entries: dict[Hashable, Any] = {}
         self._deps_of: dict[Hashable, tuple] = {}
         self._by_dep: dict[Hashable, set] = {}
         self.hits = 0
@@ -23,7 +23,7 @@ class AnswerCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: Hashable) -> bytes | None:
+    def get(self, key: Hashable) -> Any:
         packed = self._entries.get(key)
         if packed is None:
             self.misses += 1
@@ -31,7 +31,7 @@ class AnswerCache:
             self.hits += 1
         return packed
 
-    def put(self, key: Hashable, packed: bytes, deps: Iterable[Hashable]) -> None:
+    def put(self, key: Hashable, packed: Any, deps: Iterable[Hashable]) -> None:
         if key in self._entries:
             self._drop(key)
         elif len(self._entries) >= self.maxsize:

@@ -1,4 +1,4 @@
-"""Command line: `kdns serve ...`."""
+"""Command line: `kdns serve ...`, `kdns check-config COREFILE`, and CoreDNS's `kdns -conf COREFILE`."""
 
 from __future__ import annotations
 
@@ -8,16 +8,12 @@ import os
 import signal
 import sys
 
-from .forward import Upstream, parse_hostport
-from .http import HttpEndpoints
-from .index import ClusterIndex
+from .config import (DEFAULT_RESOLV_CONF, AutopathConfig, BlockConfig, ForwardConfig, KubernetesConfig, Settings,
+                     load_corefile, normalize_zone)
+from .corefile import CorefileError
+from .forward import parse_hostport
 from .log import Logger
-from .metrics import build_registry
-from .resolver import Resolver, ResolverConfig, ZoneSet
 from .selectors import SelectorError, parse_selector
-from .server import QueryHandler, bind
-from .sources import object_filter
-from .sources.manifests import ManifestSource
 
 DEFAULT_ZONES = ["cluster.local", "in-addr.arpa", "ip6.arpa"]
 
@@ -30,10 +26,23 @@ def _ttl(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kdns", description="Kubernetes cluster DNS server.")
+    parser = argparse.ArgumentParser(prog="kdns", description="Kubernetes cluster DNS server.", allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="serve DNS for a cluster (API watch, or manifests on disk)")
-    source = serve.add_argument_group("cluster source (one of)")
+    serve = sub.add_parser("serve", help="serve DNS for a cluster (Corefile, API watch, or manifests on disk)",
+                           allow_abbrev=False)
+    conf = serve.add_argument_group("Corefile (CoreDNS drop-in)")
+    conf.add_argument("--corefile", "-conf", dest="corefile", metavar="PATH",
+                      help="serve what this Corefile says (CoreDNS syntax; kdns -conf PATH works as coredns does)")
+    conf.add_argument("--dns-port", "-dns.port", "-p", dest="dns_port", type=int, default=53, metavar="PORT",
+                      help="port for Corefile server blocks that name none (default 53)")
+    conf.add_argument("--port-map", action="append", default=[], metavar="FROM=TO",
+                      help="serve the Corefile's port FROM on port TO instead (TO 0: a free port); e.g. run the "
+                           "kind Corefile unprivileged with --port-map 53=5353 (repeatable)")
+    conf.add_argument("--bind", default=None, metavar="HOST",
+                      help="address the Corefile's listeners bind (default: every interface)")
+    conf.add_argument("--resolv-conf", default=DEFAULT_RESOLV_CONF, metavar="PATH",
+                      help="the host's resolv.conf: search domains for autopath (default %(default)s)")
+    source = serve.add_argument_group("cluster source (overrides the Corefile's kubernetes source when given)")
     source.add_argument("--manifests", action="append", default=[], metavar="PATH",
                         help="file or directory of Kubernetes YAML (repeatable); edits are picked up live")
     source.add_argument("--kubeconfig", metavar="PATH", help="follow the API server of this kubeconfig")
@@ -51,150 +60,225 @@ def build_parser() -> argparse.ArgumentParser:
                         help="list in pages of N objects, so a relist never holds the whole list (default %(default)s)")
     source.add_argument("--api-backoff-max", type=float, default=30.0, metavar="SECONDS",
                         help="cap of the exponential reconnect backoff (default %(default)s)")
-    filters = serve.add_argument_group("what is served (as CoreDNS's namespaces / labels / namespace_labels)")
-    filters.add_argument("--namespaces", metavar="NS,NS", help="serve only these namespaces")
-    filters.add_argument("--labels", metavar="SELECTOR", help="serve only services matching this label selector")
-    filters.add_argument("--namespace-labels", metavar="SELECTOR",
-                         help="serve only namespaces whose labels match this selector")
-    http = serve.add_argument_group("HTTP endpoints (off unless given; HOST:PORT, port 0 picks one)")
-    http.add_argument("--health-listen", metavar="HOST:PORT", help="GET /health -> 200 OK (CoreDNS: :8080)")
-    http.add_argument("--ready-listen", metavar="HOST:PORT",
-                      help="GET /ready -> 200 OK once synced, else 503 naming what is not (CoreDNS: :8181)")
-    http.add_argument("--metrics-listen", metavar="HOST:PORT", help="GET /metrics, Prometheus (CoreDNS: :9153)")
-    serve.add_argument("--listen", default="127.0.0.1:5353", metavar="HOST:PORT",
+    flags = serve.add_argument_group("without a Corefile: what to serve")
+    flags.add_argument("--listen", default="127.0.0.1:5353", metavar="HOST:PORT",
                        help="address for UDP and TCP (port 0 picks a free port; default %(default)s)")
-    serve.add_argument("--zone", action="append", default=[], metavar="ZONE",
+    flags.add_argument("--zone", action="append", default=[], metavar="ZONE",
                        help="authoritative zone (repeatable; default: cluster.local in-addr.arpa ip6.arpa); "
                             "the first forward zone names PTR targets and SOA records")
-    serve.add_argument("--ttl", type=_ttl, default=5, help="TTL of cluster answers (0-3600, default 5)")
-    serve.add_argument("--pods", choices=["disabled", "insecure", "verified"], default="disabled",
+    flags.add_argument("--ttl", type=_ttl, default=5, help="TTL of cluster answers (0-3600, default 5)")
+    flags.add_argument("--pods", choices=["disabled", "insecure", "verified"], default="disabled",
                        help="pod A records <a-b-c-d>.<ns>.pod.<zone> (default disabled)")
-    serve.add_argument("--upstream", default="none", metavar="HOST:PORT|none",
+    flags.add_argument("--upstream", default="none", metavar="HOST:PORT|none",
                        help="forward names outside our zones here and chase ExternalName targets "
                             "(default none: such names are REFUSED)")
-    serve.add_argument("--poll-interval", type=float, default=0.25, metavar="SECONDS",
-                       help="how often manifest files are checked for edits (default 0.25)")
-    serve.add_argument("--tcp-idle-timeout", type=float, default=10.0, metavar="SECONDS",
-                       help="close TCP connections idle this long (default 10, RFC 7766)")
-    serve.add_argument("--stats-interval", type=float, default=10.0, metavar="SECONDS",
-                       help="how often a summary of malformed packets is logged, if any arrived (default 10)")
-    serve.add_argument("--log-format", choices=["text", "json"], default="text")
-    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    flags.add_argument("--autopath", action="store_true",
+                       help="server-side search path for <name>.<ns>.svc.<zone> misses (as autopath @kubernetes)")
+    flags.add_argument("--namespaces", metavar="NS,NS", help="serve only these namespaces")
+    flags.add_argument("--labels", metavar="SELECTOR", help="serve only services matching this label selector")
+    flags.add_argument("--namespace-labels", metavar="SELECTOR",
+                       help="serve only namespaces whose labels match this selector")
+    flags.add_argument("--health-listen", metavar="HOST:PORT", help="GET /health -> 200 OK (CoreDNS: :8080)")
+    flags.add_argument("--ready-listen", metavar="HOST:PORT",
+                       help="GET /ready -> 200 OK once synced, else 503 naming what is not (CoreDNS: :8181)")
+    flags.add_argument("--metrics-listen", metavar="HOST:PORT", help="GET /metrics, Prometheus (CoreDNS: :9153)")
+    flags.add_argument("--lameduck", type=float, default=0.0, metavar="SECONDS",
+                       help="on SIGTERM keep serving this long with /ready failing (Corefile: health { lameduck })")
+    misc = serve.add_argument_group("runtime")
+    misc.add_argument("--poll-interval", type=float, default=0.25, metavar="SECONDS",
+                      help="how often manifest files are checked for edits (default 0.25)")
+    misc.add_argument("--tcp-idle-timeout", type=float, default=10.0, metavar="SECONDS",
+                      help="close TCP connections idle this long (default 10, RFC 7766)")
+    misc.add_argument("--stats-interval", type=float, default=10.0, metavar="SECONDS",
+                      help="how often a summary of malformed packets is logged, if any arrived (default 10)")
+    misc.add_argument("--log-format", choices=["text", "json"], default="text")
+    misc.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    check = sub.add_parser("check-config", help="validate a Corefile without serving (exit 0 when valid)",
+                           allow_abbrev=False)
+    check.add_argument("corefile", metavar="COREFILE")
+    check.add_argument("--resolv-conf", default=DEFAULT_RESOLV_CONF, metavar="PATH")
+    check.add_argument("--dns-port", "-dns.port", dest="dns_port", type=int, default=53)
     return parser
 
 
-async def serve(args: argparse.Namespace, log: Logger) -> int:
-    try:
-        zones = ZoneSet(args.zone or DEFAULT_ZONES)
-    except ValueError as exc:
-        log.error("bad_config", field="--zone", reason=str(exc))
-        return 2
-    upstream = None
-    if args.upstream != "none":
-        try:
-            host, port = parse_hostport(args.upstream, 53)
-        except ValueError:
-            log.error("bad_config", field="--upstream", reason=f"expected HOST:PORT or none, got {args.upstream!r}")
-            return 2
-        upstream = Upstream(host, port)
+class ConfigProblem(Exception):
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason = field, reason
+
+
+def _source_overrides(args: argparse.Namespace, k: KubernetesConfig) -> None:
+    """--manifests / --kubeconfig on the command line replace the kubernetes source of a Corefile."""
+    if args.manifests:
+        k.manifests, k.kubeconfig, k.endpoint, k.tls = list(args.manifests), None, None, None
+    elif args.kubeconfig:
+        k.manifests, k.kubeconfig, k.context = [], args.kubeconfig, args.context
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """The single server block the flags describe (what `kdns serve` does without a Corefile)."""
     try:
         labels = parse_selector(args.labels) if args.labels else None
         ns_labels = parse_selector(args.namespace_labels) if args.namespace_labels else None
     except SelectorError as exc:
-        log.error("bad_config", field="--labels/--namespace-labels", reason=str(exc))
-        return 2
-    namespaces = frozenset(n.strip() for n in args.namespaces.split(",") if n.strip()) if args.namespaces else None
+        raise ConfigProblem("--labels/--namespace-labels", str(exc)) from None
     use_api = bool(args.kubeconfig or args.in_cluster)
     if args.manifests and use_api:
-        log.error("bad_config", field="--manifests", reason="give either --manifests or --kubeconfig/--in-cluster")
-        return 2
-    if not args.manifests and not use_api:
-        if os.environ.get("KUBERNETES_SERVICE_HOST"):
-            use_api = True
-        else:
-            log.error("bad_config", field="--manifests",
-                      reason="no cluster source: give --manifests PATH or --kubeconfig PATH (or run in a pod)")
-            return 2
-
-    index = ClusterIndex(implicit_namespaces=not use_api, namespaces=namespaces, namespace_selector=ns_labels)
-    wanted = object_filter(namespaces, labels)
-    manifest_source = api_source = None
-    if use_api:
-        from .sources.api import ApiSource, ConfigError, build_api_client  # the client is heavy to import
+        raise ConfigProblem("--manifests", "give either --manifests or --kubeconfig/--in-cluster")
+    if not args.manifests and not use_api and not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        raise ConfigProblem("--manifests", "no cluster source: give --manifests PATH or --kubeconfig PATH "
+                                           "(or run in a pod), or a Corefile with -conf")
+    zones = [normalize_zone(z) for z in (args.zone or DEFAULT_ZONES)]
+    if not any(z and not z.endswith(("in-addr.arpa", "ip6.arpa")) for z in zones):
+        raise ConfigProblem("--zone", "at least one forward zone (such as cluster.local) is required")
+    k = KubernetesConfig(zones=zones, ttl=args.ttl, pods=args.pods, labels=labels, namespace_labels=ns_labels,
+                         namespaces=frozenset(n.strip() for n in args.namespaces.split(",") if n.strip())
+                         if args.namespaces else None,
+                         kubeconfig=args.kubeconfig, context=args.context, manifests=list(args.manifests))
+    forward = None
+    if args.upstream != "none":
         try:
-            api_client, where = build_api_client(args.kubeconfig, args.context, args.serviceaccount_dir)
-        except ConfigError as exc:
-            log.error("bad_config", field="--kubeconfig" if args.kubeconfig else "--in-cluster", reason=str(exc))
-            return 2
-        kinds = ["Service", "EndpointSlice", "Namespace"] + (["Pod"] if args.pods == "verified" else [])
-        api_source = ApiSource(api_client, index, log, kinds, wanted=wanted, watch_timeout=args.api_watch_timeout,
-                               stall_timeout=args.api_stall_timeout, backoff_max=args.api_backoff_max,
-                               page_size=args.api_page_size)
-        log.info("api_source", server=api_client.configuration.host, config=where, resources=",".join(kinds))
-    else:
-        manifest_source = ManifestSource(args.manifests, index, log, wanted=wanted)
-        manifest_source.load()
-        index.mark_synced()
-    config = ResolverConfig(zones=zones, ttl=args.ttl, pods=args.pods, can_chase=upstream is not None)
-    handler = QueryHandler(index, Resolver(index, config), log, upstream=upstream)
-
-    http = HttpEndpoints(build_registry(handler, index, api_source, manifest_source))
-    if api_source is not None:
-        http.add_ready_check("kubernetes", api_source.ready)
+            host, port = parse_hostport(args.upstream, 53)
+        except ValueError:
+            raise ConfigProblem("--upstream", f"expected HOST:PORT or none, got {args.upstream!r}") from None
+        forward = ForwardConfig(from_zone="", to=[(host, port)], to_text=[args.upstream])
     try:
-        host, port = parse_hostport(args.listen, 53)
-        udp, tcp_server, _, bound = await bind(handler, log, host, port,
-                                                  tcp_idle_timeout=args.tcp_idle_timeout)
-        http_bound = await http.start(args.health_listen, args.ready_listen, args.metrics_listen)
-    except (OSError, ValueError) as exc:
+        _, port = parse_hostport(args.listen, 53)
+    except ValueError:
+        raise ConfigProblem("--listen", f"expected HOST:PORT, got {args.listen!r}") from None
+    block = BlockConfig(zones=[""], port=port, kubernetes=k, forward=forward,
+                        autopath=AutopathConfig(zones=[""]) if args.autopath else None)
+    return Settings(blocks=[block], health=args.health_listen, ready=args.ready_listen,
+                    prometheus=args.metrics_listen, lameduck=args.lameduck)
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    if args.corefile:
+        settings = load_corefile(args.corefile, args.resolv_conf, args.dns_port)
+        k = settings.kubernetes
+        if k is not None:
+            _source_overrides(args, k)
+        elif args.manifests or args.kubeconfig:
+            raise ConfigProblem("--manifests", "the Corefile has no kubernetes directive to feed")
+        return settings
+    return settings_from_args(args)
+
+
+async def serve(args: argparse.Namespace, log: Logger) -> int:
+    from .app import Runtime  # the runtime pulls in aiohttp and prometheus; check-config does not need them
+    try:
+        settings = load_settings(args)
+    except CorefileError as exc:
+        log.error("bad_config", file=exc.path, line=exc.line, column=exc.col, reason=exc.message)
+        return 2
+    except ConfigProblem as exc:
+        log.error("bad_config", field=exc.field, reason=exc.reason)
+        return 2
+    if args.corefile:
+        bind_host = args.bind if args.bind is not None else ""
+    else:
+        bind_host = parse_hostport(args.listen, 53)[0]
+    port_map = {}
+    for item in args.port_map:
+        try:
+            src, dst = (int(x) for x in item.split("="))
+            if not (0 < src < 65536 and 0 <= dst < 65536):
+                raise ValueError
+        except ValueError:
+            log.error("bad_config", field="--port-map", reason=f"expected FROM=TO port numbers, got {item!r}")
+            return 2
+        port_map[src] = dst
+    api_options = dict(watch_timeout=args.api_watch_timeout, stall_timeout=args.api_stall_timeout,
+                       backoff_max=args.api_backoff_max, page_size=args.api_page_size)
+    runtime = Runtime(settings, log, bind_host=bind_host, resolv_conf=args.resolv_conf,
+                      tcp_idle_timeout=args.tcp_idle_timeout, poll_interval=args.poll_interval,
+                      api_options=api_options, serviceaccount_dir=args.serviceaccount_dir,
+                      reload_settings=lambda: load_settings(args), port_map=port_map)
+    try:
+        await runtime.start()
+    except OSError as exc:
         log.error("listen_failed", error=str(exc))
+        await runtime.shutdown()
         return 1
-    shown = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
-    log.info("listening", udp=shown, tcp=shown, **http_bound, zones=",".join(z.name for z in zones.zones),
-             upstream=str(upstream) if upstream else "none")
+    except Exception as exc:  # noqa: BLE001 - e.g. an API client that cannot be configured
+        from .sources.api import ConfigError
+        if isinstance(exc, ConfigError):
+            log.error("bad_config", field="--kubeconfig" if args.kubeconfig else "kubernetes source", reason=str(exc))
+            await runtime.shutdown()
+            return 2
+        raise
+    for port, (_, _, bound) in sorted(runtime.listeners.items()):
+        host = bind_host or "[::]"
+        shown = f"[{host}]:{bound}" if ":" in host and not host.startswith("[") else f"{host}:{bound}"
+        log.info("listening", server=f"dns://:{port}", udp=shown, tcp=shown, **runtime.http_bound,
+                 zones=",".join(z or "." for b in settings.blocks if b.port == port for z in b.zones))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(_report_bad_packets(handler, log, args.stats_interval))]
-    if manifest_source is not None:
-        tasks.append(asyncio.create_task(manifest_source.run(args.poll_interval)))
-    if api_source is not None:
-        api_source.start()
+    reporter = asyncio.create_task(_report_bad_packets(runtime, log, args.stats_interval))
     await stop.wait()
-    log.info("shutting_down")
-    if api_source is not None:
-        api_source.stop()
-    for task in tasks:
-        task.cancel()
-    udp.close()
-    tcp_server.close()
-    await http.stop()
+    log.info("shutting_down", lameduck=runtime.settings.lameduck)
+    reporter.cancel()
+    await runtime.shutdown(runtime.settings.lameduck)
+    log.info("stopped")
     return 0
 
 
-async def _report_bad_packets(handler: QueryHandler, log: Logger, every: float = 10.0) -> None:
+async def _report_bad_packets(runtime, log: Logger, every: float = 10.0) -> None:
     """One log line per interval when malformed packets arrived (never one line per packet)."""
     last = (0, 0, 0)
     while True:
         await asyncio.sleep(every)
-        s = handler.stats
-        now = (s["dropped"], s["formerr"], s["notimp"])
+        totals = [0, 0, 0]
+        for handler in runtime.handlers.values():
+            s = handler.stats
+            totals[0] += s["dropped"]
+            totals[1] += s["formerr"]
+            totals[2] += s["notimp"]
+        now = tuple(totals)
         if now != last:
             log.warning("bad_packets", dropped=now[0] - last[0], formerr=now[1] - last[1],
                         notimp=now[2] - last[2], total_dropped=now[0], total_formerr=now[1])
             last = now
 
 
+def check_config(args: argparse.Namespace, log: Logger) -> int:
+    try:
+        settings = load_corefile(args.corefile, args.resolv_conf, args.dns_port)
+    except CorefileError as exc:
+        print(f"{exc}", file=sys.stderr)
+        return 1
+    for warning in settings.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for block in settings.blocks:
+        plugins = [n for n, on in (("kubernetes", block.kubernetes), ("hosts", block.hosts),
+                                   ("autopath", block.autopath), ("cache", block.cache), ("forward", block.forward),
+                                   ("loadbalance", block.loadbalance), ("log", block.log), ("errors", block.errors),
+                                   ("loop", block.loop)) if on]
+        zones = " ".join(z or "." for z in block.zones)
+        print(f"{args.corefile}:{block.line}: server {zones} port {block.port}: {', '.join(plugins) or 'no plugins'}")
+    print(f"{args.corefile}: OK")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `kdns -conf /etc/coredns/Corefile` (the coredns image's arguments) means `kdns serve -conf ...`
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv.insert(0, "serve")
+    if argv[0] == "serve" and "-version" in argv:
+        from . import __version__
+        print(f"kdns-{__version__}")
+        return 0
     args = build_parser().parse_args(argv)
-    log = Logger(fmt=args.log_format, level=args.log_level)
-    if args.command == "serve":
-        try:
-            return asyncio.run(serve(args, log))
-        except KeyboardInterrupt:
-            return 0
-    return 2
+    log = Logger(fmt=getattr(args, "log_format", "text"), level=getattr(args, "log_level", "info"))
+    if args.command == "check-config":
+        return check_config(args, log)
+    try:
+        return asyncio.run(serve(args, log))
+    except KeyboardInterrupt:
+        return 0
 
 
 if __name__ == "__main__":

@@ -19,11 +19,17 @@ class HttpEndpoints:
     def __init__(self, registry: CollectorRegistry):
         self.registry = registry
         self.checks: dict[str, ReadyCheck] = {}
+        self.advisories: dict[str, Callable[[], str]] = {}
         self.lameduck = False
         self._runners: list[web.AppRunner] = []
 
     def add_ready_check(self, name: str, check: ReadyCheck) -> None:
         self.checks[name] = check
+
+    def add_advisory(self, name: str, report: Callable[[], str]) -> None:
+        """A problem shown by /ready?verbose=1 that does not fail readiness (e.g. a forwarding loop:
+        failing readiness on every replica would take all cluster DNS down)."""
+        self.advisories[name] = report
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(text="OK")
@@ -41,6 +47,8 @@ class HttpEndpoints:
         if verbose:
             text += "\n" + "".join(f"{name}: {'ready' if ok else 'not ready'}; {detail}\n"
                                    for name, (ok, detail) in sorted(results.items()))
+            text += "".join(f"{name}: warning; {note}\n" for name, report in sorted(self.advisories.items())
+                            if (note := report()))
         return web.Response(status=503 if failing else 200, text=text)
 
     async def _metrics(self, request: web.Request) -> web.Response:

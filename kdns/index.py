@@ -61,13 +61,15 @@ def dashed_ip(ip: str) -> str:
 
 class ClusterIndex:
     def __init__(self, implicit_namespaces: bool = False, namespaces: Iterable[str] | None = None,
-                 namespace_selector=None):
+                 namespace_selector=None, endpoint_pod_names: bool = False):
         # implicit_namespaces: a namespace named by any object exists (manifest mode).
         # namespaces / namespace_selector: only these namespaces are exposed (CoreDNS `namespaces`,
         # `namespace_labels`); objects elsewhere are kept but answer NXDOMAIN.
         self.implicit_namespaces = implicit_namespaces
         self.allowed_namespaces = frozenset(namespaces) if namespaces else None
         self.namespace_selector = namespace_selector
+        # CoreDNS endpoint_pod_names: an endpoint without hostname is named after its pod (< 64 chars)
+        self.endpoint_pod_names = endpoint_pod_names
         self.generation = 0
         self.serial = int(time.time())
         self.synced = False
@@ -77,6 +79,7 @@ class ClusterIndex:
         self.slice_owner: dict[tuple[str, str], str] = {}  # (ns, slice name) -> svc
         self.pods: dict[tuple[str, str], Pod] = {}
         self.pod_ips: dict[tuple[str, str], set[str]] = {}  # (ns, ip) -> pod names
+        self._pod_ns: dict[str, dict[str, int]] = {}  # ip -> {namespace: pods}
         self.namespaces: dict[str, Namespace] = {}
         self._ns_refs: dict[str, int] = {}
         self.views: dict[tuple[str, str], ServiceView] = {}
@@ -184,6 +187,8 @@ class ClusterIndex:
             self.pods[obj.key] = obj
             for ip in obj.ips:
                 self.pod_ips.setdefault((obj.namespace, ip), set()).add(obj.name)
+                by_ns = self._pod_ns.setdefault(ip, {})
+                by_ns[obj.namespace] = by_ns.get(obj.namespace, 0) + 1
             touched.add(("pods", obj.namespace))
         elif isinstance(obj, Namespace):
             if self.namespaces.get(obj.name) == obj:
@@ -245,6 +250,13 @@ class ClusterIndex:
 
     def _unindex_pod(self, pod: Pod) -> None:
         for ip in pod.ips:
+            by_ns = self._pod_ns.get(ip)
+            if by_ns is not None:
+                by_ns[pod.namespace] -= 1
+                if not by_ns[pod.namespace]:
+                    del by_ns[pod.namespace]
+                if not by_ns:
+                    del self._pod_ns[ip]
             names = self.pod_ips.get((pod.namespace, ip))
             if names is not None:
                 names.discard(pod.name)
@@ -268,7 +280,7 @@ class ClusterIndex:
             seen: set[tuple[str, str]] = set()
             for sl in sorted(slices, key=lambda s: s.name):
                 for ep in sl.endpoints:
-                    records.extend(self._endpoint_records(ep, sl.ports, seen))
+                    records.extend(self._endpoint_records(ep, sl.ports, seen, self.endpoint_pod_names))
             view = ServiceView(service, tuple(records))
             self.views[key] = view
             if service.kind == "ClusterIP":
@@ -294,9 +306,13 @@ class ClusterIndex:
             self._reverse_of.pop(key, None)
 
     @staticmethod
-    def _endpoint_records(ep: Endpoint, ports: tuple[ServicePort, ...], seen: set) -> Iterable[EndpointRecord]:
+    def _endpoint_records(ep: Endpoint, ports: tuple[ServicePort, ...], seen: set,
+                          pod_names: bool = False) -> Iterable[EndpointRecord]:
         for ip in ep.addresses:
-            name = ep.hostname or dashed_ip(ip)
+            name = ep.hostname
+            if not name and pod_names and ep.pod_name and len(ep.pod_name) < 64:
+                name = ep.pod_name.lower()
+            name = name or dashed_ip(ip)
             if (name, ip) in seen:
                 continue
             seen.add((name, ip))
@@ -318,6 +334,13 @@ class ClusterIndex:
 
     def view(self, namespace: str, name: str) -> ServiceView | None:
         return self.views.get((namespace, name))
+
+    def pod_namespace(self, ip: str) -> str | None:
+        """The namespace of the pod holding `ip` (autopath with pods verified); None if unknown or ambiguous."""
+        by_ns = self._pod_ns.get(ip)
+        if by_ns and len(by_ns) == 1:
+            return next(iter(by_ns))
+        return None
 
     def pod_with_ip(self, namespace: str, ip: str) -> bool:
         return (namespace, ip) in self.pod_ips

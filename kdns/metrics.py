@@ -71,3 +71,192 @@ def build_registry(handler, index, api_source=None, manifest_source=None) -> Col
     registry = CollectorRegistry(auto_describe=False)
     registry.register(KdnsCollector(handler, index, api_source, manifest_source))
     return registry
+
+
+# ------------------------------------------------------------------------------ CoreDNS-named metrics
+
+from bisect import bisect_left  # noqa: E402
+from collections import defaultdict  # noqa: E402
+
+from prometheus_client.core import HistogramMetricFamily  # noqa: E402
+
+DURATION_BUCKETS = tuple(0.00025 * 2 ** i for i in range(16))  # ExponentialBuckets(0.00025, 2, 16)
+SIZE_BUCKETS = (0, 100, 200, 300, 400, 511, 1023, 2047, 4095, 8291, 16e3, 32e3, 48e3, 64e3)
+COMMON_TYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA", 33: "SRV",
+                35: "NAPTR", 39: "DNAME", 41: "OPT", 43: "DS", 46: "RRSIG", 47: "NSEC", 48: "DNSKEY", 50: "NSEC3",
+                51: "NSEC3PARAM", 64: "SVCB", 65: "HTTPS", 255: "ANY", 252: "AXFR", 251: "IXFR"}
+RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED", 16: "BADVERS"}
+
+
+class Histogram:
+    """Bucket counts per label tuple; cheap to observe (one bisect), exported at scrape time."""
+
+    def __init__(self, buckets):
+        self.buckets = tuple(float(b) for b in buckets)
+        self.data: dict[tuple, list] = {}
+
+    def observe(self, labels: tuple, value: float) -> None:
+        entry = self.data.get(labels)
+        if entry is None:
+            entry = self.data[labels] = [[0] * (len(self.buckets) + 1), 0.0]
+        entry[0][bisect_left(self.buckets, value)] += 1
+        entry[1] += value
+
+    def family(self, name: str, doc: str, label_names: list[str]) -> HistogramMetricFamily:
+        fam = HistogramMetricFamily(name, doc, labels=label_names)
+        for labels, (counts, total) in self.data.items():
+            cumulative, acc = [], 0
+            for bound, count in zip(self.buckets, counts):
+                acc += count
+                cumulative.append((_fmt(bound), acc))
+            acc += counts[-1]
+            cumulative.append(("+Inf", acc))
+            fam.add_metric(list(labels), cumulative, total)
+        return fam
+
+
+def _fmt(value: float) -> str:
+    return repr(float(value))
+
+
+class DnsMetrics:
+    """coredns_dns_* and friends, fed by the query handler; also owns forward/autopath/reload counters."""
+
+    def __init__(self):
+        self.requests: dict[tuple, int] = defaultdict(int)  # (server, zone, proto, family, type)
+        self.responses: dict[tuple, int] = defaultdict(int)  # (server, zone, rcode, plugin)
+        self.do_requests: dict[tuple, int] = defaultdict(int)  # (server, zone)
+        self.duration = Histogram(DURATION_BUCKETS)  # (server, zone)
+        self.request_size = Histogram(SIZE_BUCKETS)  # (server, zone, proto)
+        self.response_size = Histogram(SIZE_BUCKETS)
+        self.forward_requests: dict[str, int] = defaultdict(int)
+        self.forward_responses: dict[tuple, int] = defaultdict(int)  # (to, rcode)
+        self.proxy_duration = Histogram(DURATION_BUCKETS)  # (to, rcode)
+        self.autopath_success: dict[str, int] = defaultdict(int)
+        self.reload_failed = 0
+        self.reload_hash = ""
+        self.panics = 0
+        self.plugins_enabled: set[tuple] = set()  # (server, zone, name)
+        self.forwarders: list = []  # Forwarder objects (for rejects / health counters)
+        self.caches: list = []  # (server, zones text, ResponseCache)
+        self.loop_detected: dict[str, int] = {}
+
+    def observe(self, server: str, zone: str, proto: str, family: str, qtype: int, do: bool, req_size: int,
+                rcode: int, plugin: str, resp_size: int, seconds: float) -> None:
+        self.requests[(server, zone, proto, family, COMMON_TYPES.get(qtype, "other"))] += 1
+        self.responses[(server, zone, RCODES.get(rcode, str(rcode)), plugin)] += 1
+        if do:
+            self.do_requests[(server, zone)] += 1
+        self.duration.observe((server, zone, ""), seconds)
+        self.request_size.observe((server, zone, "", proto), req_size)
+        self.response_size.observe((server, zone, "", proto), resp_size)
+
+    def observe_upstream(self, to: str, rcode: int, seconds: float) -> None:
+        self.forward_requests[to] += 1
+        code = RCODES.get(rcode, str(rcode))
+        self.forward_responses[(to, code)] += 1
+        self.proxy_duration.observe(("forward", to, code), seconds)
+
+
+class CoreDnsCollector:
+    def __init__(self, metrics: DnsMetrics):
+        self.m = metrics
+
+    def collect(self):
+        m = self.m
+        req = CounterMetricFamily("coredns_dns_requests", "Counter of DNS requests made per zone, protocol and family.",
+                                  labels=["server", "zone", "view", "proto", "family", "type"])
+        for (server, zone, proto, family, qtype), n in m.requests.items():
+            req.add_metric([server, zone, "", proto, family, qtype], n)
+        yield req
+        resp = CounterMetricFamily("coredns_dns_responses", "Counter of response status codes.",
+                                   labels=["server", "zone", "view", "rcode", "plugin"])
+        for (server, zone, rcode, plugin), n in m.responses.items():
+            resp.add_metric([server, zone, "", rcode, plugin], n)
+        yield resp
+        do = CounterMetricFamily("coredns_dns_do_requests", "Counter of DNS requests with DO bit set per zone.",
+                                 labels=["server", "zone", "view"])
+        for (server, zone), n in m.do_requests.items():
+            do.add_metric([server, zone, ""], n)
+        yield do
+        yield m.duration.family("coredns_dns_request_duration_seconds",
+                                "Histogram of the time (in seconds) each request took per zone.",
+                                ["server", "zone", "view"])
+        yield m.request_size.family("coredns_dns_request_size_bytes",
+                                    "Size of the EDNS0 UDP buffer in bytes (64K for TCP) per zone and protocol.",
+                                    ["server", "zone", "view", "proto"])
+        yield m.response_size.family("coredns_dns_response_size_bytes", "Size of the returned response in bytes.",
+                                     ["server", "zone", "view", "proto"])
+        enabled = GaugeMetricFamily("coredns_plugin_enabled", "A metric that indicates whether a plugin is enabled "
+                                    "on per server and zone basis.", labels=["server", "zone", "view", "name"])
+        for server, zone, name in sorted(m.plugins_enabled):
+            enabled.add_metric([server, zone, "", name], 1)
+        yield enabled
+        yield CounterMetricFamily("coredns_panics", "A metrics that counts the number of panics.", value=m.panics)
+        yield CounterMetricFamily("coredns_reload_failed", "Counter of the number of failed reload attempts.",
+                                  value=m.reload_failed)
+        version = GaugeMetricFamily("coredns_reload_version_info", "A metric with a constant '1' value labeled by "
+                                    "hash, and value which type of hash generated.", labels=["hash", "value"])
+        if m.reload_hash:
+            version.add_metric(["sha512", m.reload_hash], 1)
+        yield version
+        info = GaugeMetricFamily("coredns_build_info", "A metric with a constant '1' value labeled by version, "
+                                 "revision, and goversion from which CoreDNS was built.",
+                                 labels=["version", "revision", "goversion"])
+        import platform
+        info.add_metric([f"kdns-{__version__}", "", f"python{platform.python_version()}"], 1)
+        yield info
+        # forward / proxy
+        fr = CounterMetricFamily("coredns_forward_requests", "Counter of requests made per upstream.", labels=["to"])
+        for to, n in m.forward_requests.items():
+            fr.add_metric([to], n)
+        yield fr
+        fresp = CounterMetricFamily("coredns_forward_responses", "Counter of responses received per upstream.",
+                                    labels=["to", "rcode"])
+        for (to, rcode), n in m.forward_responses.items():
+            fresp.add_metric([to, rcode], n)
+        yield fresp
+        yield m.proxy_duration.family("coredns_proxy_request_duration_seconds",
+                                      "Histogram of the time each request took.", ["proxy_name", "to", "rcode"])
+        rejects = sum(f.rejects for f in m.forwarders)
+        broken = sum(f.healthcheck_broken for f in m.forwarders)
+        yield CounterMetricFamily("coredns_forward_max_concurrent_rejects",
+                                  "Counter of the number of queries rejected because the concurrent queries were "
+                                  "at maximum.", value=rejects)
+        yield CounterMetricFamily("coredns_forward_healthcheck_broken",
+                                  "Counter of the number of complete failures of the healthchecks.", value=broken)
+        hcf = CounterMetricFamily("coredns_proxy_healthcheck_failures", "Count of failed health checks per upstream.",
+                                  labels=["proxy_name", "to"])
+        for f in m.forwarders:
+            for to, n in f.healthcheck_failures.items():
+                hcf.add_metric(["forward", to], n)
+        yield hcf
+        # cache
+        entries = GaugeMetricFamily("coredns_cache_entries", "The number of elements in the cache.",
+                                    labels=["server", "type", "zones", "view"])
+        hits = CounterMetricFamily("coredns_cache_hits", "The count of cache hits.",
+                                   labels=["server", "type", "zones", "view"])
+        misses = CounterMetricFamily("coredns_cache_misses", "The count of cache misses. Deprecated, derive "
+                                     "misses from cache hits/requests counters.", labels=["server", "zones", "view"])
+        requests = CounterMetricFamily("coredns_cache_requests", "The count of cache requests.",
+                                       labels=["server", "zones", "view"])
+        evictions = CounterMetricFamily("coredns_cache_evictions", "The count of cache evictions.",
+                                        labels=["server", "type", "zones", "view"])
+        for server, zones, cache in m.caches:
+            for kind in ("success", "denial"):
+                entries.add_metric([server, kind, zones, ""], cache.entries(kind))
+                hits.add_metric([server, kind, zones, ""], cache.hits[kind])
+                evictions.add_metric([server, kind, zones, ""], cache.evictions[kind])
+            misses.add_metric([server, zones, ""], cache.misses)
+            requests.add_metric([server, zones, ""], cache.requests)
+        yield from (entries, hits, misses, requests, evictions)
+        ap = CounterMetricFamily("coredns_autopath_success", "Counter of requests that did autopath.",
+                                 labels=["server"])
+        for server, n in m.autopath_success.items():
+            ap.add_metric([server], n)
+        yield ap
+        loop = GaugeMetricFamily("kdns_forward_loop_detected", "1 when a forwarding loop was detected at startup "
+                                 "(forwarding is then off for that server block).", labels=["server"])
+        for server, flag in m.loop_detected.items():
+            loop.add_metric([server], flag)
+        yield loop

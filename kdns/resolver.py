@@ -67,6 +67,8 @@ class ResolverConfig:
     nameserver_service: tuple[str, str] = ("kube-system", "kube-dns")
     # set when the resolver may ask for an outside CNAME target to be chased upstream
     can_chase: bool = False
+    # CoreDNS `ignore empty_service`: a ClusterIP service without ready endpoints is NXDOMAIN
+    ignore_empty_service: bool = False
 
 
 @dataclass(slots=True)
@@ -239,6 +241,8 @@ class Resolver:
                 return self._nx(zone, ans)
             return self._external_name(zone, owner, svc.external_name, qtype, ans, depth)
         if svc.kind == "ClusterIP":  # §2.3.1 A, §2.3.2 AAAA
+            if self.config.ignore_empty_service and not view.served_endpoints():
+                return self._nx(zone, ans)
             ips = list(svc.cluster_ips)
             if qtype == T_SRV:  # CoreDNS extension: SRV on the bare name lists every named port
                 return self._srv_cluster_ip(zone, owner, view, None, None, ans)

@@ -9,19 +9,17 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import time
 import traceback
 from collections import Counter
 from typing import Awaitable
 
-from dnslib import QTYPE, RCODE, DNSError, DNSRecord
+from dnslib import QTYPE, RCODE
 
 from .cache import AnswerCache
-from .forward import Upstream, UpstreamError
-from .index import ClusterIndex
 from .log import Logger
-from .resolver import Answer, Resolver
-from .wire import (MIN_UDP_SIZE, Query, WireError, error_response, pack_answer, parse_query, patch,
-                   qtype_name, truncate)
+from .metrics import DnsMetrics
+from .wire import MIN_UDP_SIZE, Query, WireError, error_response, parse_query, patch, qtype_name, rotate, truncate
 
 TCP_MAX = 65535
 CLASS_IN, CLASS_ANY = 1, 255
@@ -29,51 +27,102 @@ REFUSED_TYPES = (QTYPE.AXFR, QTYPE.IXFR)
 
 
 class QueryHandler:
-    def __init__(self, index: ClusterIndex, resolver: Resolver, log: Logger,
-                 upstream: Upstream | None = None, cache_size: int = 100_000):
-        self.index = index
-        self.resolver = resolver
-        self.log = log
-        self.upstream = upstream
-        self.cache = AnswerCache(cache_size)
-        self.stats: Counter = Counter()
-        index.subscribe(self.cache.invalidate)
+    """All server blocks of one port. handle() returns response bytes, None (drop), or an awaitable."""
 
-    def handle(self, data: bytes, tcp: bool) -> bytes | None | Awaitable[bytes | None]:
+    def __init__(self, blocks: list, log: Logger, metrics: DnsMetrics | None = None, cache_size: int = 100_000,
+                 answers: AnswerCache | None = None):
+        self.log = log
+        self.metrics = metrics or DnsMetrics()
+        self.cache = answers if answers is not None else AnswerCache(cache_size)
+        self.stats: Counter = Counter()
+        self.observe = False  # prometheus configured: record coredns_dns_* per query
+        self.set_blocks(blocks)
+
+    def set_blocks(self, blocks: list) -> None:
+        # longest zone first; a name goes to the most specific block (CoreDNS's zone matching)
+        self.blocks = sorted(blocks, key=lambda b: -max(len(z) for z in b.config.zones))
+        self._zones = sorted(((z, b) for b in blocks for z in b.config.zones), key=lambda zb: -len(zb[0]))
+        self.cache.clear()
+        self.querylog = any(b.config.log is not None for b in blocks)
+
+    def select(self, name: str):
+        for zone, block in self._zones:
+            if zone == "" or name == zone or name.endswith("." + zone):
+                return block, zone or "."
+        return None, None
+
+    def handle(self, data: bytes, tcp: bool, client: tuple | None = None) -> bytes | None | Awaitable[bytes | None]:
         """Response bytes, None (drop), or an awaitable producing bytes or None."""
         self.stats["queries_tcp" if tcp else "queries_udp"] += 1
+        start = time.perf_counter()
         try:
             query = parse_query(data)
         except WireError as exc:
             return self._bad_packet(data, exc)
-        try:
-            return self._answer(query, tcp)
-        except Exception as exc:  # noqa: BLE001 - a bug must cost one SERVFAIL, never the server
-            self.stats["internal_errors"] += 1
-            self.log.error("internal_error", name=query.name_text, type=qtype_name(query.qtype),
-                           error=repr(exc), trace=traceback.format_exc(limit=-3).replace("\n", " | "))
-            return error_response(data, RCODE.SERVFAIL, query)
-
-    def _answer(self, query: Query, tcp: bool) -> bytes | Awaitable[bytes | None]:
-        data = query.data
-        if query.edns and query.edns_version > 0:
+        if query.edns_version:
             self.stats["badvers"] += 1
             return error_response(data, 16, query)  # BADVERS (RFC 6891 §6.1.3)
-        key = query.key
-        packed = self.cache.get(key)
-        if packed is None:
-            if query.qclass not in (CLASS_IN, CLASS_ANY) or query.qtype in REFUSED_TYPES:
+        entry = self.cache.get(query.key)
+        if entry is not None:  # the hot path: no dnslib, no resolver
+            entry.served += 1
+            packed = rotate(entry.packed, entry.groups, entry.served) if entry.groups else entry.packed
+            response = self._fit(patch(packed, query), query, tcp)
+            if self.observe or self.querylog:
+                self._done(entry.block, entry.zone, entry.plugin, query, tcp, client, response, start)
+            return response
+        try:
+            return self._miss(query, tcp, client, start)
+        except Exception as exc:  # noqa: BLE001 - a bug must cost one SERVFAIL, never the server
+            return self._internal_error(query, exc)
+
+    def _internal_error(self, query: Query, exc: Exception) -> bytes:
+        self.stats["internal_errors"] += 1
+        self.metrics.panics += 1
+        self.log.error("internal_error", name=query.name_text, type=qtype_name(query.qtype),
+                       error=repr(exc), trace=traceback.format_exc(limit=-3).replace("\n", " | "))
+        return error_response(query.data, RCODE.SERVFAIL, query)
+
+    def _miss(self, query: Query, tcp: bool, client, start: float):
+        data = query.data
+        name = ".".join(query.labels)
+        block, zone = self.select(name)
+        if block is None or query.qclass not in (CLASS_IN, CLASS_ANY) or query.qtype in REFUSED_TYPES:
+            self.stats["refused"] += 1
+            response = error_response(data, RCODE.REFUSED, query)
+            if block is not None:
+                self._done(block, zone, "", query, tcp, client, response, start)
+            return response
+        result = block.answer(query, name, zone, tcp, client[0] if client else None)
+        if isinstance(result, tuple):
+            response, plugin = result
+            if plugin == "" and response[3] & 0x0F == RCODE.REFUSED:
                 self.stats["refused"] += 1
-                return error_response(data, RCODE.REFUSED, query)
-            answer = self.resolver.resolve(query.labels, query.qtype)
-            if answer.outside:
-                return self._outside(query, tcp)
-            if answer.chase is not None:
-                return self._chase(query, answer, tcp)
-            packed = pack_answer(query, answer, self.upstream is not None)
-            if answer.cacheable:
-                self.cache.put(key, packed, answer.deps)
-        return self._fit(patch(packed, query), query, tcp)
+            response = self._fit(response, query, tcp)
+            self._done(block, zone, plugin, query, tcp, client, response, start)
+            return response
+        return self._finish_later(result, block, zone, query, tcp, client, start)
+
+    async def _finish_later(self, pending, block, zone, query, tcp, client, start):
+        try:
+            response, plugin = await pending
+        except Exception as exc:  # noqa: BLE001
+            return self._internal_error(query, exc)
+        response = self._fit(response, query, tcp)
+        self._done(block, zone, plugin, query, tcp, client, response, start)
+        return response
+
+    def _done(self, block, zone, plugin, query: Query, tcp: bool, client, response: bytes, start: float) -> None:
+        rcode = response[3] & 0x0F
+        if self.observe:
+            family = "2" if client and ":" in client[0] else "1"
+            size = 65535 if tcp else (query.udp_size if query.edns else MIN_UDP_SIZE)
+            self.metrics.observe(block.name, zone, "tcp" if tcp else "udp", family, query.qtype, query.do, size,
+                                 rcode, plugin, len(response), time.perf_counter() - start)
+        logcfg = block.config.log
+        if logcfg is not None:
+            cls = "success" if rcode == 0 and _ancount(response) else "denial" if rcode in (0, 3) else "error"
+            if "all" in logcfg.classes or cls in logcfg.classes:
+                self.log.info("query", line=query_log_line(client, query, tcp, response, time.perf_counter() - start))
 
     def _fit(self, response: bytes, query: Query, tcp: bool) -> bytes:
         limit = TCP_MAX if tcp else (query.udp_size if query.edns else MIN_UDP_SIZE)
@@ -91,39 +140,28 @@ class QueryHandler:
         self.log.debug("packet_rejected", rcode=RCODE.get(exc.rcode), reason=exc.reason, offset=exc.offset)
         return error_response(data, exc.rcode)
 
-    def _outside(self, query: Query, tcp: bool) -> bytes | Awaitable[bytes | None]:
-        if self.upstream is None:
-            self.stats["refused"] += 1
-            return error_response(query.data, RCODE.REFUSED, query)
-        return self._forward(query, tcp)
 
-    async def _forward(self, query: Query, tcp: bool) -> bytes | None:
-        self.stats["forwarded"] += 1
-        try:
-            reply = await self.upstream.exchange(query.data, tcp=tcp)
-        except UpstreamError as exc:
-            self.stats["upstream_errors"] += 1
-            self.log.warning("forward_failed", name=query.name_text, type=qtype_name(query.qtype), error=str(exc))
-            return error_response(query.data, RCODE.SERVFAIL, query)
-        return self._fit(reply, query, tcp)
+def _ancount(response: bytes) -> int:
+    return struct.unpack_from("!H", response, 6)[0]
 
-    async def _chase(self, query: Query, answer: Answer, tcp: bool) -> bytes | None:
-        """ExternalName pointing outside our zones: add the target's records from upstream."""
-        target, qtype = answer.chase
-        self.stats["chased"] += 1
-        request = DNSRecord.question(target, QTYPE.get(qtype, "A"))
-        request.header.rd = 1
-        try:
-            reply = DNSRecord.parse(await self.upstream.exchange(request.pack(), tcp=tcp))
-            answer.answer.extend(reply.rr)
-            answer.rcode = reply.header.rcode
-            if not reply.rr:
-                answer.authority = list(reply.auth)
-        except (UpstreamError, DNSError) as exc:  # the CNAME alone still answers the question
-            self.stats["upstream_errors"] += 1
-            self.log.warning("chase_failed", target=target, type=qtype_name(qtype), error=str(exc))
-        packed = pack_answer(query, answer, True)
-        return self._fit(patch(packed, query), query, tcp)
+
+_FLAG_NAMES = ((0x8000, "qr"), (0x0400, "aa"), (0x0200, "tc"), (0x0100, "rd"), (0x0080, "ra"), (0x0020, "ad"),
+               (0x0010, "cd"))
+
+
+def query_log_line(client, query: Query, tcp: bool, response: bytes, seconds: float) -> str:
+    """CoreDNS's common log format: `{remote}:{port} - {>id} "{type} {class} {name} {proto} {size} {>do}
+    {>bufsize}" {rcode} {>rflags} {rsize} {duration}`."""
+    host, port = (client[0], client[1]) if client else ("-", 0)
+    remote = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    flags = struct.unpack_from("!H", response, 2)[0]
+    rflags = ",".join(n for bit, n in _FLAG_NAMES if flags & bit)
+    rcode = RCODE.get(flags & 0x0F, str(flags & 0x0F))
+    qclass = {1: "IN", 3: "CH", 4: "HS", 255: "ANY"}.get(query.qclass, str(query.qclass))
+    bufsize = query.udp_size if query.edns else MIN_UDP_SIZE
+    return (f'{remote} - {query.id} "{qtype_name(query.qtype)} {qclass} {query.name_text} '
+            f'{"tcp" if tcp else "udp"} {len(query.data)} {str(query.do).lower()} {bufsize}" {rcode} {rflags} '
+            f'{len(response)} {seconds:.9f}s')
 
 
 # ------------------------------------------------------------------------------ transports
@@ -138,7 +176,7 @@ class UDPProtocol(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr) -> None:
-        result = self.handler.handle(data, False)
+        result = self.handler.handle(data, False, addr)
         if result is None:
             return
         if isinstance(result, bytes):
@@ -173,6 +211,7 @@ class TCPServer:
             writer.close()
             return
         self.connections += 1
+        peer = writer.get_extra_info("peername")
         try:
             while True:
                 try:
@@ -181,7 +220,7 @@ class TCPServer:
                     data = await asyncio.wait_for(reader.readexactly(size), self.idle_timeout)
                 except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
                     return
-                result = self.handler.handle(data, True)
+                result = self.handler.handle(data, True, peer)
                 if result is None:
                     continue
                 if isinstance(result, bytes):
@@ -203,23 +242,53 @@ class TCPServer:
             writer.write(struct.pack("!H", len(response)) + response)
 
 
+def _sockets(host: str, port: int) -> tuple[socket.socket, socket.socket]:
+    """A UDP and a TCP socket on host:port. Host "" means every interface: one dual-stack IPv6
+    socket when the system has IPv6, else 0.0.0.0."""
+    if host in ("", "::"):
+        try:
+            return _bound(socket.AF_INET6, "::", port, dual=True)
+        except OSError:
+            if host == "::":
+                raise
+            return _bound(socket.AF_INET, "0.0.0.0", port)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return _bound(family, host, port)
+
+
+def _bound(family: int, host: str, port: int, dual: bool = False) -> tuple[socket.socket, socket.socket]:
+    udp = socket.socket(family, socket.SOCK_DGRAM)
+    tcp = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        for sock in (udp, tcp):
+            if dual:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.setblocking(False)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        udp.bind((host, port))
+        tcp.bind((host, udp.getsockname()[1]))
+        tcp.listen(1024)
+        return udp, tcp
+    except OSError:
+        udp.close()
+        tcp.close()
+        raise
+
+
 async def bind(handler: QueryHandler, log: Logger, host: str, port: int, attempts: int = 20,
                tcp_idle_timeout: float = 10.0):
     """Bind UDP and TCP on the same port (port 0: pick a free one both can use)."""
     loop = asyncio.get_running_loop()
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     last_error: OSError | None = None
     for _ in range(attempts if port == 0 else 1):
-        udp_transport, _ = await loop.create_datagram_endpoint(
-            lambda: UDPProtocol(handler), local_addr=(host, port), family=family)
-        bound_port = udp_transport.get_extra_info("sockname")[1]
-        tcp = TCPServer(handler, log, idle_timeout=tcp_idle_timeout)
         try:
-            server = await asyncio.start_server(tcp.serve_client, host, bound_port, family=family,
-                                                reuse_address=True)
+            udp_sock, tcp_sock = _sockets(host, port)
         except OSError as exc:
-            udp_transport.close()
             last_error = exc
             continue
+        bound_port = udp_sock.getsockname()[1]
+        udp_transport, _ = await loop.create_datagram_endpoint(lambda: UDPProtocol(handler), sock=udp_sock)
+        tcp = TCPServer(handler, log, idle_timeout=tcp_idle_timeout)
+        server = await asyncio.start_server(tcp.serve_client, sock=tcp_sock)
         return udp_transport, server, tcp, bound_port
     raise last_error or OSError("could not bind")

@@ -177,7 +177,7 @@ def pack_answer(query: Query, answer, recursion_available: bool) -> bytes:
     if query.edns:
         record.ar.append(EDNS0(udp_len=OUR_UDP_SIZE, flags="do" if query.do else "",
                                ext_rcode=answer.rcode >> 4))
-    return record.pack()
+    return bytes(record.pack())
 
 
 def _wire_labels(name: bytes):
@@ -224,3 +224,62 @@ def error_response(data: bytes, rcode: int, query: Query | None = None) -> bytes
 
 def qtype_name(qtype: int) -> str:
     return QTYPE.get(qtype, f"TYPE{qtype}")
+
+
+# ------------------------------------------------------------------------------ walking records
+
+
+@dataclass(frozen=True, slots=True)
+class RecordPos:
+    section: int  # 0 answer, 1 authority, 2 additional
+    owner: int  # offset of the owner name
+    rtype: int
+    ttl_offset: int
+    rdata: int  # offset of rdata
+    rdlen: int
+
+
+def walk_records(packet: bytes) -> list[RecordPos]:
+    """Positions of every resource record after the question (for TTL rewriting and rotation)."""
+    _, _, qd, an, ns, ar = parse_header(packet)
+    pos = 12
+    for _ in range(qd):
+        pos = _read_name(packet, pos, allow_pointers=True) + 4
+    out = []
+    for section, count in enumerate((an, ns, ar)):
+        for _ in range(count):
+            owner = pos
+            name_end = _read_name(packet, pos, allow_pointers=True)
+            if name_end + 10 > len(packet):
+                raise WireError(name_end, "resource record header runs past the end of the packet")
+            rtype, _, _, rdlen = RR_FIXED.unpack_from(packet, name_end)
+            out.append(RecordPos(section, owner, rtype, name_end + 4, name_end + 10, rdlen))
+            pos = name_end + 10 + rdlen
+            if pos > len(packet):
+                raise WireError(name_end + 8, f"rdlength {rdlen} runs past the end of the packet")
+    return out
+
+
+def rotation_groups(packet: bytes) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    """A/AAAA answer RRsets with more than one record: ((rdlen, rdata offsets), ...) for loadbalance."""
+    groups: dict[tuple[bytes, int], list[int]] = {}
+    for rec in walk_records(packet):
+        if rec.section == 0 and rec.rtype in (1, 28):
+            owner = packet[rec.owner:rec.owner + 2] if packet[rec.owner] & 0xC0 == 0xC0 else bytes([rec.owner])
+            groups.setdefault((owner, rec.rtype), []).append(rec.rdata)
+    return tuple((4 if rtype == 1 else 16, tuple(offsets))
+                 for (_, rtype), offsets in groups.items() if len(offsets) > 1)
+
+
+def rotate(packet: bytes, groups, step: int) -> bytes:
+    """Round-robin the rdata of each group by `step` positions (answers keep their other bytes)."""
+    out = bytearray(packet)
+    for size, offsets in groups:
+        n = len(offsets)
+        k = step % n
+        if not k:
+            continue
+        values = [packet[o:o + size] for o in offsets]
+        for i, o in enumerate(offsets):
+            out[o:o + size] = values[(i + k) % n]
+    return bytes(out)

@@ -52,3 +52,26 @@ def build(*objects, zones=("cluster.local", "in-addr.arpa", "ip6.arpa"), ttl=5, 
         index.mark_synced()
     config = ResolverConfig(zones=ZoneSet(list(zones)), ttl=ttl, pods=pods, can_chase=can_chase)
     return index, Resolver(index, config)
+
+
+def handler_for(*objects, loadbalance=False, **kwargs):
+    """A QueryHandler with one `.` server block whose kubernetes plugin serves these objects."""
+    import io
+
+    from kdns.cache import AnswerCache
+    from kdns.config import BlockConfig, KubernetesConfig
+    from kdns.log import Logger
+    from kdns.metrics import DnsMetrics
+    from kdns.pipeline import Block
+    from kdns.server import QueryHandler
+
+    index, resolver = build(*objects, **kwargs)
+    log = Logger(stream=io.StringIO())
+    answers = AnswerCache()
+    config = BlockConfig(zones=[""], port=53, kubernetes=KubernetesConfig(zones=list(kwargs.get("zones", ["cluster.local"]))),
+                         loadbalance=loadbalance)
+    block = Block(config, index, answers, log, DnsMetrics(), resolver=resolver)
+    handler = QueryHandler([block], log, answers=answers)
+    index.subscribe(answers.invalidate)
+    handler.resolver = resolver  # for tests that break it on purpose
+    return index, handler

@@ -10,16 +10,12 @@ import dns.message
 import dns.rcode
 import pytest
 
-from builders import build, clusterip, ep, eps, headless, namespace
+from builders import clusterip, ep, eps, handler_for, headless, namespace
 from kdns.cache import AnswerCache
 from kdns.log import Logger
-from kdns.server import QueryHandler
 from kdns.wire import WireError, parse_query
 
 
-def handler_for(*objects, **kwargs):
-    index, resolver = build(*objects, **kwargs)
-    return index, QueryHandler(index, resolver, Logger(stream=io.StringIO()))
 
 
 def ask(handler, name, rdtype="A", **kwargs):
@@ -144,13 +140,13 @@ def test_servfail_before_sync_is_not_cached():
 
 
 def test_cache_hit_does_not_run_dnslib(monkeypatch):
-    import kdns.server
+    import kdns.pipeline
     _, h = handler_for(namespace("ns"), clusterip("ns", "s", "10.0.0.1"))
     assert addresses(ask(h, "s.ns.svc.cluster.local")) == ["10.0.0.1"]
 
     def boom(*a, **k):
         raise AssertionError("dnslib packing ran on a cache hit")
-    monkeypatch.setattr(kdns.server, "pack_answer", boom)
+    monkeypatch.setattr(kdns.pipeline, "pack_answer", boom)
     monkeypatch.setattr(h.resolver, "resolve", boom)
     assert addresses(ask(h, "S.ns.svc.cluster.local")) == ["10.0.0.1"]
 

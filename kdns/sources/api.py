@@ -49,14 +49,24 @@ class ConfigError(Exception):
 
 
 def build_api_client(kubeconfig: str | None = None, context: str | None = None,
-                     serviceaccount_dir: str = SERVICEACCOUNT_DIR) -> tuple[k8s_client.ApiClient, str]:
-    """An ApiClient from a kubeconfig (client certs or tokens, as kind writes it) or the in-cluster
-    service account. Returns (client, description for logs)."""
+                     serviceaccount_dir: str | None = None, endpoint: str | None = None,
+                     tls: tuple[str, str, str] | None = None) -> tuple[k8s_client.ApiClient, str]:
+    """An ApiClient from a kubeconfig (client certs or tokens, as kind writes it), an explicit
+    endpoint (+ optional client TLS, CoreDNS's `endpoint` / `tls`), or the in-cluster service
+    account. Returns (client, description for logs)."""
+    serviceaccount_dir = serviceaccount_dir or SERVICEACCOUNT_DIR
     configuration = k8s_client.Configuration()
     try:
-        if kubeconfig:
+        if endpoint and not kubeconfig:
+            configuration.host = endpoint
+            if tls:
+                configuration.cert_file, configuration.key_file, configuration.ssl_ca_cert = tls
+            where = f"endpoint {endpoint}" + (" with client TLS" if tls else "")
+        elif kubeconfig:
             k8s_config.load_kube_config(config_file=kubeconfig, context=context,
                                         client_configuration=configuration, persist_config=False)
+            if endpoint:
+                configuration.host = endpoint
             where = f"kubeconfig {kubeconfig}" + (f" context {context}" if context else "")
         else:
             token_file = os.path.join(serviceaccount_dir, "token")

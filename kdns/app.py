@@ -1,0 +1,313 @@
+"""The running server: builds sources, server blocks, listeners and HTTP endpoints from Settings,
+swaps them on reload without dropping listeners that did not change, and shuts down with lameduck."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+
+from .cache import AnswerCache
+from .config import DEFAULT_RESOLV_CONF, Settings, load_corefile, read_resolv_conf
+from .corefile import CorefileError
+from .forward import Forwarder
+from .hosts import Hosts
+from .http import HttpEndpoints
+from .index import ClusterIndex
+from .log import Logger
+from .metrics import CoreDnsCollector, DnsMetrics, KdnsCollector
+from .pipeline import Block
+from .resolver import Resolver, ResolverConfig, ZoneSet
+from .respcache import ResponseCache
+from .server import QueryHandler, bind
+from .sources import object_filter
+from .sources.manifests import ManifestSource
+
+
+class Runtime:
+    def __init__(self, settings: Settings, log: Logger, bind_host: str = "", resolv_conf: str = DEFAULT_RESOLV_CONF,
+                 tcp_idle_timeout: float = 10.0, poll_interval: float = 0.25, api_options: dict | None = None,
+                 serviceaccount_dir: str | None = None, reload_settings=None, port_map: dict | None = None):
+        self.settings = settings
+        self.log = log
+        self.bind_host = bind_host
+        self.resolv_conf = resolv_conf
+        self.tcp_idle_timeout = tcp_idle_timeout
+        self.poll_interval = poll_interval
+        self.api_options = api_options or {}
+        self.serviceaccount_dir = serviceaccount_dir
+        self.port_map = port_map or {}  # Corefile port -> port actually bound (0: a free one)
+        # re-reads the Corefile (with the command line's overrides) on reload
+        self.reload_settings = reload_settings or (lambda: load_corefile(self.settings.path, self.resolv_conf))
+        self.metrics = DnsMetrics()
+        self.metrics.reload_hash = settings.digest
+        self.handlers: dict[int, QueryHandler] = {}
+        self.listeners: dict[int, tuple] = {}  # config port -> (udp transport, tcp server, bound port)
+        self.blocks: list[Block] = []
+        self.index = ClusterIndex(implicit_namespaces=True)
+        self.index.mark_synced()
+        self.source = None
+        self.source_key = None
+        self._source_task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._http_addresses: tuple = (None, None, None)
+        self.http: HttpEndpoints | None = None
+        self.http_bound: dict[str, str] = {}
+
+    # -------------------------------------------------------------------- building
+
+    async def start(self) -> None:
+        await self._apply(self.settings)
+        if self.settings.reload and self.settings.path:
+            self._tasks.append(asyncio.create_task(self._reload_loop()))
+
+    async def _apply(self, settings: Settings) -> None:
+        self._start_source(settings)
+        k = settings.kubernetes
+        blocks_by_port: dict[int, list[Block]] = {}
+        answers_by_port = {port: self.handlers[port].cache if port in self.handlers else AnswerCache()
+                           for port in settings.ports}
+        own = {(self.bind_host, self.port_map.get(port, port)) for port in settings.ports}
+        own |= {(self.bind_host, self.listeners[p][2]) for p in settings.ports if p in self.listeners}
+        old_blocks = self.blocks
+        new_blocks = []
+        for bc in settings.blocks:
+            resolver = None
+            if bc.kubernetes is not None:
+                resolver = Resolver(self.index, ResolverConfig(
+                    zones=ZoneSet(bc.kubernetes.zones), ttl=bc.kubernetes.ttl, pods=bc.kubernetes.pods,
+                    can_chase=bc.forward is not None, ignore_empty_service=bc.kubernetes.ignore_empty_service))
+            forwarder = Forwarder(bc.forward, self.log, own) if bc.forward is not None else None
+            cache = ResponseCache(bc.cache, own_zones=k.zones if k else []) if bc.cache is not None else None
+            hosts = Hosts(bc.hosts, self.log) if bc.hosts is not None else None
+            search: list[str] = []
+            if bc.autopath is not None:
+                path = self.resolv_conf if bc.autopath.source.startswith("@") else bc.autopath.source
+                try:
+                    search = read_resolv_conf(path)[1]
+                except OSError as exc:
+                    self.log.warning("autopath_resolv_conf_unreadable", file=path, error=exc.strerror,
+                                     effect="no host search domains are tried")
+            block = Block(bc, self.index, answers_by_port[bc.port], self.log, self.metrics, resolver=resolver,
+                          forwarder=forwarder, cache=cache, hosts=hosts, search_domains=search)
+            new_blocks.append(block)
+            blocks_by_port.setdefault(bc.port, []).append(block)
+        # listeners: keep the ports that stay, bind new ones, close the ones gone
+        for port, blocks in blocks_by_port.items():
+            handler = self.handlers.get(port)
+            if handler is None:
+                handler = QueryHandler(blocks, self.log, self.metrics, answers=answers_by_port[port])
+                self.index.subscribe(handler.cache.invalidate)
+                udp, tcp_server, _, bound = await bind(handler, self.log, self.bind_host, self.port_map.get(port, port),
+                                                       tcp_idle_timeout=self.tcp_idle_timeout)
+                self.handlers[port] = handler
+                self.listeners[port] = (udp, tcp_server, bound)
+            else:
+                handler.set_blocks(blocks)
+            handler.observe = settings.prometheus is not None
+        for port in list(self.listeners):
+            if port not in blocks_by_port:
+                udp, tcp_server, bound = self.listeners.pop(port)
+                udp.close()
+                tcp_server.close()
+                self.handlers.pop(port)
+                self.log.info("listener_closed", port=bound)
+        for block in old_blocks:
+            if block.forwarder is not None:
+                block.forwarder.close()
+        self.blocks = new_blocks
+        self._register_metrics(settings)
+        await self._start_http(settings)
+        for block in new_blocks:
+            if block.hosts is not None:
+                self._tasks.append(asyncio.create_task(self._hosts_loop(block)))
+            if block.config.loop and block.forwarder is not None:
+                self._tasks.append(asyncio.create_task(self._check_loop(block)))
+        for warning in settings.warnings:
+            self.log.warning("config_warning", detail=warning)
+        self.settings = settings
+
+    def _start_source(self, settings: Settings) -> None:
+        k = settings.kubernetes
+        key = k.source_key() if k is not None else None
+        if key == self.source_key and self.source is not None:
+            return
+        self._stop_source()
+        self.source_key = key
+        if k is None:
+            return
+        use_api = not k.manifests
+        index = ClusterIndex(implicit_namespaces=not use_api, namespaces=k.namespaces,
+                             namespace_selector=k.namespace_labels, endpoint_pod_names=k.endpoint_pod_names)
+        wanted = object_filter(k.namespaces, k.labels)
+        if use_api:
+            from .sources.api import ApiSource, build_api_client
+            client, where = build_api_client(k.kubeconfig, k.context, self.serviceaccount_dir, endpoint=k.endpoint,
+                                             tls=k.tls)
+            kinds = ["Service", "Namespace"] + ([] if k.noendpoints else ["EndpointSlice"])
+            if k.pods == "verified":
+                kinds.append("Pod")
+            source = ApiSource(client, index, self.log, kinds, wanted=wanted, **self.api_options)
+            self.log.info("api_source", server=client.configuration.host, config=where, resources=",".join(kinds))
+            source.start()
+        else:
+            source = ManifestSource(k.manifests, index, self.log, wanted=wanted)
+            source.load()
+            index.mark_synced()
+            self._source_task = asyncio.create_task(source.run(self.poll_interval))
+        # the handlers follow the new index
+        for handler in self.handlers.values():
+            index.subscribe(handler.cache.invalidate)
+            handler.cache.clear()
+        self.index = index
+        self.source = source
+
+    def _stop_source(self) -> None:
+        if self.source is not None and hasattr(self.source, "stop"):
+            self.source.stop()
+        if self._source_task is not None:
+            self._source_task.cancel()
+            self._source_task = None
+        self.source = None
+
+    def _register_metrics(self, settings: Settings) -> None:
+        m = self.metrics
+        m.plugins_enabled = set()
+        m.forwarders = [b.forwarder for b in self.blocks if b.forwarder is not None]
+        m.caches = [(b.name, " ".join(z or "." for z in b.cache.config.zones), b.cache)
+                    for b in self.blocks if b.cache is not None]
+        for b in self.blocks:
+            c = b.config
+            names = [n for n, on in (("kubernetes", c.kubernetes), ("forward", c.forward), ("cache", c.cache),
+                                     ("hosts", c.hosts), ("autopath", c.autopath), ("loadbalance", c.loadbalance),
+                                     ("log", c.log), ("errors", c.errors), ("loop", c.loop)) if on]
+            for zone in c.zones:
+                for name in names:
+                    m.plugins_enabled.add((b.name, zone or ".", name))
+
+    async def _start_http(self, settings: Settings) -> None:
+        addresses = (settings.health, settings.ready, settings.prometheus)
+        if self.http is not None and addresses == self._http_addresses:
+            return
+        if self.http is not None:
+            await self.http.stop()
+        from prometheus_client import CollectorRegistry
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(CoreDnsCollector(self.metrics))
+        registry.register(_RuntimeCollector(self))
+        self.http = HttpEndpoints(registry)
+        self.http.add_ready_check("kubernetes", self._source_ready)
+        self.http.add_advisory("forward", self._loop_report)
+        self.http_bound = await self.http.start(*addresses)
+        self._http_addresses = addresses
+
+    def _source_ready(self) -> tuple[bool, str]:
+        if self.source is not None and hasattr(self.source, "ready"):
+            return self.source.ready()
+        return True, "manifests loaded" if self.source is not None else "no kubernetes source"
+
+    def _loop_report(self) -> str:
+        looped = [b.name for b in self.blocks if b.loop_detected]
+        return f"forwarding loop detected in {', '.join(looped)}: forwarding stopped there" if looped else ""
+
+    # -------------------------------------------------------------------- background work
+
+    async def _hosts_loop(self, block: Block) -> None:
+        while block in self.blocks:
+            await asyncio.sleep(block.hosts.config.reload)
+            if block.hosts.reload():
+                for handler in self.handlers.values():
+                    handler.cache.clear()  # hosts answers take precedence over cached cluster answers
+
+    async def _check_loop(self, block: Block) -> None:
+        port = self.listeners[block.config.port][2]
+        host = self.bind_host if self.bind_host not in ("", "::", "0.0.0.0") else "127.0.0.1"
+        await block.check_loop((host, port))
+
+    async def _reload_loop(self) -> None:
+        while True:
+            interval, jitter = self.settings.reload or (30.0, 15.0)
+            await asyncio.sleep(max(0.5, interval + random.uniform(-jitter, jitter)))
+            path = self.settings.path
+            try:
+                with open(path, "rb") as fh:
+                    digest = hashlib.sha512(fh.read()).hexdigest()
+            except OSError as exc:
+                self.metrics.reload_failed += 1
+                self.log.error("reload_failed", file=path, error=exc.strerror, action="keeping the running config")
+                continue
+            if digest == self.settings.digest:
+                continue
+            try:
+                new = self.reload_settings()
+            except CorefileError as exc:
+                self.metrics.reload_failed += 1
+                self.log.error("reload_failed", error=str(exc), action="keeping the running config")
+                self.settings.digest = digest  # report a broken file once, not every poll
+                continue
+            try:
+                await self._apply(new)
+            except Exception as exc:  # noqa: BLE001 - e.g. a new port that cannot be bound
+                self.metrics.reload_failed += 1
+                self.log.error("reload_failed", error=repr(exc), action="keeping what could be kept")
+                continue
+            self.metrics.reload_hash = digest
+            self.log.info("reloaded", file=path, hash=digest[:16], ports=",".join(map(str, new.ports)))
+
+    # -------------------------------------------------------------------- shutdown
+
+    async def shutdown(self, lameduck: float = 0.0) -> None:
+        if lameduck > 0 and self.http is not None:
+            self.http.lameduck = True
+            self.log.info("lameduck", seconds=lameduck, ready="failing", dns="still serving")
+            await asyncio.sleep(lameduck)
+        for task in self._tasks:
+            task.cancel()
+        self._stop_source()
+        for udp, tcp_server, _ in self.listeners.values():
+            udp.close()
+            tcp_server.close()
+        for block in self.blocks:
+            if block.forwarder is not None:
+                block.forwarder.close()
+        if self.http is not None:
+            await self.http.stop()
+
+
+class _RuntimeCollector:
+    """kdns_* metrics of whatever handler/index/source the runtime currently has."""
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+
+    def collect(self):
+        from .sources.manifests import ManifestSource as _MS
+        rt = self.runtime
+        handlers = list(rt.handlers.values())
+        if not handlers:
+            return
+        source = rt.source
+        api = source if source is not None and not isinstance(source, _MS) else None
+        manifests = source if isinstance(source, _MS) else None
+        yield from KdnsCollector(_MergedHandlers(handlers), rt.index, api, manifests).collect()
+
+
+class _MergedHandlers:
+    """Sum of the per-port handlers' stats and caches, for the kdns_* collector."""
+
+    def __init__(self, handlers: list[QueryHandler]):
+        from collections import Counter
+        self.stats = Counter()
+        for h in handlers:
+            self.stats.update(h.stats)
+        self.cache = _MergedCache([h.cache for h in handlers])
+
+
+class _MergedCache:
+    def __init__(self, caches):
+        self.hits = sum(c.hits for c in caches)
+        self.misses = sum(c.misses for c in caches)
+        self._len = sum(len(c) for c in caches)
+
+    def __len__(self) -> int:
+        return self._len

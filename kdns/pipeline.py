@@ -1,0 +1,279 @@
+"""One server block at run time: its plugins in CoreDNS's fixed order (plugin.cfg), not the file's.
+
+    log, loadbalance -> autopath -> cache -> hosts -> kubernetes -> loop -> forward
+
+`Block.answer` returns (response bytes, plugin name) or an awaitable of that; the query handler
+(server.py) owns the transports, the authoritative answer cache, metrics and the query log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+from dataclasses import dataclass, field
+
+from dnslib import CNAME, QTYPE, RCODE, RR, DNSError, DNSLabel, DNSRecord
+
+from .cache import AnswerCache
+from .config import BlockConfig, in_zone
+from .forward import Forwarder, Overloaded, UpstreamError
+from .hosts import Hosts
+from .index import ClusterIndex
+from .log import Logger
+from .metrics import DnsMetrics
+from .resolver import Answer, Resolver
+from .respcache import ResponseCache
+from .wire import Query, error_response, pack_answer, patch, qtype_name, rotate, rotation_groups
+
+
+@dataclass(slots=True)
+class CachedAnswer:
+    """A packed authoritative answer, reusable for every query with the same Query.key."""
+
+    packed: bytes
+    block: "Block"
+    zone: str
+    plugin: str
+    groups: tuple = ()  # loadbalance: A/AAAA rdata positions to rotate
+    served: int = 0
+
+
+@dataclass
+class Block:
+    config: BlockConfig
+    index: ClusterIndex
+    answers: AnswerCache  # shared by the blocks of one port
+    log: Logger
+    metrics: DnsMetrics
+    resolver: Resolver | None = None
+    forwarder: Forwarder | None = None
+    cache: ResponseCache | None = None
+    hosts: Hosts | None = None
+    search_domains: list[str] = field(default_factory=list)  # autopath: the host's search list
+    loop_probe: str = ""  # the random name the loop check sends through us
+    loop_seen: int = 0
+    loop_detected: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def ra(self) -> bool:
+        return self.forwarder is not None
+
+    # -------------------------------------------------------------------- the chain
+
+    def answer(self, query: Query, name: str, zone: str, tcp: bool, client_ip: str | None):
+        qtype = query.qtype
+        if self.loop_probe and name == self.loop_probe:
+            self._loop_probe_seen()
+        fallthrough_nx: Answer | None = None
+        if self.hosts is not None and self.hosts.covers(name):
+            ans = self.hosts.lookup(name, qtype)
+            if ans is not None:
+                return patch(pack_answer(query, ans, self.ra), query), "hosts"
+        if self.resolver is not None:
+            labels = query.labels
+            ans = self.resolver.resolve(labels, qtype)
+            if not ans.outside:
+                if ans.rcode == RCODE.NXDOMAIN:
+                    if self._autopath_applies(labels, client_ip):
+                        return self._autopath(query, labels, ans, tcp)
+                    if self._falls_through(name):
+                        fallthrough_nx = ans
+                    else:
+                        return self._authoritative(query, ans, zone)
+                elif ans.chase is not None and self.forwarder is not None:
+                    return self._chase(query, ans, tcp)
+                else:
+                    return self._authoritative(query, ans, zone)
+        if self.forwarder is not None and self.forwarder.matches(name) and not self.loop_detected:
+            if self.cache is not None and self.cache.covers(name):
+                hit = self.cache.get(query)
+                if hit is not None:
+                    return self._balance(hit), "cache"
+            return self._forward(query, name, tcp)
+        if fallthrough_nx is not None:
+            return self._authoritative(query, fallthrough_nx, zone)
+        return error_response(query.data, RCODE.REFUSED, query), ""
+
+    def _authoritative(self, query: Query, ans: Answer, zone: str):
+        packed = pack_answer(query, ans, self.ra)
+        groups = rotation_groups(packed) if self.config.loadbalance else ()
+        if ans.cacheable:
+            self.answers.put(query.key, CachedAnswer(packed, self, zone, "kubernetes", groups), ans.deps)
+        return patch(packed, query), "kubernetes"
+
+    def _falls_through(self, name: str) -> bool:
+        fall = self.resolver_config_fallthrough
+        return fall is not None and (not fall or any(in_zone(name, z) for z in fall))
+
+    @property
+    def resolver_config_fallthrough(self):
+        k = self.config.kubernetes
+        return k.fallthrough if k is not None else None
+
+    def _balance(self, response: bytes) -> bytes:
+        if not self.config.loadbalance:
+            return response
+        try:
+            groups = rotation_groups(response)
+        except ValueError:
+            return response
+        return rotate(response, groups, random.randrange(1 << 16)) if groups else response
+
+    # -------------------------------------------------------------------- forward
+
+    async def _forward(self, query: Query, name: str, tcp: bool):
+        try:
+            reply = await self.forwarder.forward(query.data, tcp, observe=self.metrics.observe_upstream)
+        except Overloaded as exc:
+            self.log.warning("forward_refused", name=query.name_text, reason=str(exc))
+            return error_response(query.data, RCODE.REFUSED, query), "forward"
+        except UpstreamError as exc:
+            self._error(query, str(exc))
+            return error_response(query.data, RCODE.SERVFAIL, query), "forward"
+        if self.cache is not None and self.cache.covers(name):
+            self.cache.put(query, reply, name)
+        return self._balance(reply), "forward"
+
+    def _error(self, query: Query, message: str) -> None:
+        if self.config.errors:  # CoreDNS's errors plugin line: [ERROR] plugin/errors: 2 name. TYPE: error
+            self.log.error("plugin/errors", message=f"2 {query.name_text} {qtype_name(query.qtype)}: {message}")
+        else:
+            self.log.warning("forward_failed", name=query.name_text, type=qtype_name(query.qtype), error=message)
+
+    async def _chase(self, query: Query, ans: Answer, tcp: bool):
+        """ExternalName pointing outside our zones: add the target's records from upstream."""
+        target, qtype = ans.chase
+        try:
+            reply = await self._ask_upstream(target, qtype, tcp)
+            ans.answer.extend(reply.rr)
+            ans.rcode = reply.header.rcode
+            if not reply.rr:
+                ans.authority = list(reply.auth)
+        except (UpstreamError, Overloaded, DNSError) as exc:  # the CNAME alone still answers
+            self._error(query, f"chasing {target}: {exc}")
+        return patch(pack_answer(query, ans, True), query), "kubernetes"
+
+    async def _ask_upstream(self, name: str, qtype: int, tcp: bool) -> DNSRecord:
+        request = DNSRecord.question(name, QTYPE.get(qtype, "A"))
+        request.header.rd = 1
+        request.header.id = secrets.randbelow(65536)
+        query_name = name.rstrip(".").lower()
+        if self.cache is not None and self.cache.covers(query_name):
+            from .wire import parse_query  # local: only here
+            q = parse_query(request.pack())
+            hit = self.cache.get(q)
+            if hit is not None:
+                return DNSRecord.parse(hit)
+            reply = await self.forwarder.forward(request.pack(), tcp, observe=self.metrics.observe_upstream)
+            self.cache.put(q, reply, query_name)
+            return DNSRecord.parse(reply)
+        return DNSRecord.parse(await self.forwarder.forward(request.pack(), tcp, observe=self.metrics.observe_upstream))
+
+    # -------------------------------------------------------------------- autopath
+
+    def _autopath_applies(self, labels: tuple[str, ...], client_ip: str | None) -> bool:
+        ap = self.config.autopath
+        if ap is None or self.resolver is None:
+            return False
+        zone = self.resolver.config.zones.match(labels)
+        if zone is None or zone.reverse:
+            return False
+        z = len(zone.labels)
+        # <base...>.<ns>.svc.<zone>, base at least one label
+        if len(labels) < z + 3 or labels[-(z + 1)] != "svc":
+            return False
+        ns = labels[-(z + 2)]
+        if not self.index.namespace_exists(ns):
+            return False
+        if self.resolver.config.pods == "verified" and client_ip is not None:
+            # CoreDNS's way: only when the first search element is the asking pod's own namespace
+            return self.index.pod_namespace(client_ip) == ns
+        return True
+
+    async def _autopath(self, query: Query, labels: tuple[str, ...], nx: Answer, tcp: bool):
+        zone = self.resolver.config.zones.match(labels)
+        z = len(zone.labels)
+        base = labels[: -(z + 2)]
+        candidates = [base + ("svc",) + zone.labels, base + zone.labels]
+        candidates += [base + tuple(d.split(".")) for d in self.search_domains if d]
+        candidates.append(base)
+        owner = DNSLabel(list(l.encode("latin-1") for l in labels))
+        for cand in candidates:
+            result = self.resolver.resolve(cand, query.qtype)
+            if not result.outside:
+                if result.rcode in (RCODE.NXDOMAIN, RCODE.SERVFAIL):
+                    continue
+                records, rcode, authority = result.answer, result.rcode, result.authority
+            else:
+                if self.forwarder is None or not self.forwarder.matches(".".join(cand)) or self.loop_detected:
+                    continue
+                try:
+                    reply = await self._ask_upstream(".".join(cand) + ".", query.qtype, tcp)
+                except (UpstreamError, Overloaded, DNSError):
+                    continue
+                if reply.header.rcode in (RCODE.NXDOMAIN, RCODE.SERVFAIL, RCODE.REFUSED):
+                    continue
+                records, rcode, authority = list(reply.rr), reply.header.rcode, list(reply.auth)
+            target = DNSLabel(list(l.encode("latin-1") for l in cand) or ".")
+            ttl = self.resolver.config.ttl
+            out = Answer(rcode=rcode, authoritative=True)
+            out.answer = [RR(owner, QTYPE.CNAME, ttl=ttl, rdata=CNAME(target))] + list(records)
+            out.authority = [] if records else list(authority)
+            self.metrics.autopath_success[self.name] += 1
+            return self._balance(patch(pack_answer(query, out, self.ra), query)), "autopath"
+        return self._authoritative(query, nx, zone.name)
+
+    # -------------------------------------------------------------------- loop detection
+
+    def _loop_probe_seen(self) -> None:
+        self.loop_seen += 1
+        if self.loop_seen > 2 and not self.loop_detected:
+            self.loop_detected = True
+            self.metrics.loop_detected[self.name] = 1
+            if self.forwarder is not None:
+                self.forwarder.disabled_reason = "forwarding loop detected"
+            self.log.error("forward_loop_detected", server=self.name, probe=self.loop_probe,
+                           action="forwarding stopped for this server block; cluster names still served",
+                           hint="an upstream sends our queries back to us (often 127.0.0.53 from the node's "
+                                "resolv.conf): fix the upstream list")
+
+    async def check_loop(self, address: tuple[str, int], attempts: int = 15, timeout: float = 2.0) -> bool:
+        """Send HINFO <random>.<random>.<zone> through ourselves until it is answered (no loop) or
+        seen more than twice (loop). Returns True if a loop was detected."""
+        zone = self.config.zones[0]
+        self.loop_probe = f"{secrets.randbelow(1 << 62)}.{secrets.randbelow(1 << 62)}" + (f".{zone}" if zone else "")
+        request = DNSRecord.question(self.loop_probe, "HINFO")
+        request.header.rd = 1
+        packet = request.pack()
+        loop = asyncio.get_running_loop()
+        for _ in range(attempts):
+            if self.loop_detected:
+                return True
+            fut = loop.create_future()
+
+            class _Probe(asyncio.DatagramProtocol):
+                def datagram_received(self, data, addr):
+                    if not fut.done():
+                        fut.set_result(data)
+
+                def error_received(self, exc):
+                    if not fut.done():
+                        fut.set_exception(exc)
+
+            transport, _ = await loop.create_datagram_endpoint(_Probe, remote_addr=address)
+            try:
+                transport.sendto(packet)
+                await asyncio.wait_for(fut, timeout)
+                if not self.loop_detected:
+                    self.loop_probe = ""  # answered: no loop; the check is done (as CoreDNS's loop plugin)
+                    return False
+            except (asyncio.TimeoutError, OSError):
+                pass
+            finally:
+                transport.close()
+        return self.loop_detected

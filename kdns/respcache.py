@@ -1,0 +1,133 @@
+"""The `cache` plugin: forwarded answers cached by TTL, with TTLs decremented when served.
+
+Success and denial have their own capacity, TTL cap and floor (CoreDNS: 9984 entries, 3600 s / 1800 s,
+5 s). `disable success|denial ZONES` skips them; SERVFAIL is cached `servfail` seconds but never for
+names in our own (kubernetes) zones. Authoritative cluster answers never come here: they live in
+the event-invalidated AnswerCache (cache.py), so they are never stale.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass
+
+from .config import CacheConfig, in_zone
+from .wire import Query, WireError, patch, walk_records
+
+T_SOA, T_OPT = 6, 41
+
+
+@dataclass(slots=True)
+class Entry:
+    packed: bytes
+    ttl_offsets: tuple[tuple[int, int], ...]  # (offset, original ttl)
+    stored: float
+    expires: float
+    kind: str  # success | denial | servfail
+
+
+class ResponseCache:
+    def __init__(self, config: CacheConfig, own_zones: list[str] = (), clock=time.monotonic):
+        self.config = config
+        self.own_zones = list(own_zones)
+        self.clock = clock
+        self._entries: dict[str, dict[tuple, Entry]] = {"success": {}, "denial": {}}
+        self.hits = {"success": 0, "denial": 0}
+        self.misses = 0
+        self.evictions = {"success": 0, "denial": 0}
+        self.requests = 0
+
+    def covers(self, name: str) -> bool:
+        return any(in_zone(name, z) for z in self.config.zones)
+
+    def entries(self, kind: str) -> int:
+        return len(self._entries[kind])
+
+    def get(self, query: Query) -> bytes | None:
+        self.requests += 1
+        key = query.key
+        now = self.clock()
+        for kind in ("success", "denial"):
+            entry = self._entries[kind].get(key)
+            if entry is None:
+                continue
+            if now >= entry.expires:
+                del self._entries[kind][key]
+                continue
+            self.hits[kind] += 1
+            packed = entry.packed
+            if not self.config.keepttl:
+                packed = _decrement(packed, entry.ttl_offsets, int(now - entry.stored))
+            return patch(packed, query)
+        self.misses += 1
+        return None
+
+    def put(self, query: Query, response: bytes, name: str) -> None:
+        if len(response) < 12 or response[2] & 0x02:  # never cache a truncated answer
+            return
+        rcode = response[3] & 0x0F
+        try:
+            records = walk_records(response)
+        except WireError:
+            return
+        answers = [r for r in records if r.section == 0]
+        cfg = self.config
+        if rcode == 2:  # SERVFAIL
+            if cfg.servfail_ttl <= 0 or any(in_zone(name, z) for z in self.own_zones):
+                return
+            kind, ttl = "denial", cfg.servfail_ttl
+        elif rcode == 0 and answers:
+            if any(in_zone(name, z) for z in cfg.disable_success):
+                return
+            kind = "success"
+            ttl = min(_ttl(response, r) for r in answers)
+            ttl = max(cfg.success_minttl, min(ttl, cfg.success_ttl))
+        elif rcode in (0, 3):
+            if any(in_zone(name, z) for z in cfg.disable_denial):
+                return
+            kind = "denial"
+            soa = [r for r in records if r.section == 1 and r.rtype == T_SOA]
+            if not soa:
+                return  # a negative answer without SOA says nothing about how long it holds (RFC 2308)
+            ttl = min(_ttl(response, soa[0]), _soa_minimum(response, soa[0]))
+            ttl = max(cfg.denial_minttl, min(ttl, cfg.denial_ttl))
+        else:
+            return
+        if ttl <= 0:
+            return
+        bucket = self._entries[kind]
+        capacity = cfg.success_capacity if kind == "success" else cfg.denial_capacity
+        if query.key not in bucket and len(bucket) >= capacity:
+            bucket.pop(next(iter(bucket)))
+            self.evictions[kind] += 1
+        offsets = tuple((r.ttl_offset, _ttl(response, r)) for r in records if r.rtype != T_OPT)
+        now = self.clock()
+        # cached TTLs never exceed the time the entry lives
+        capped = _cap(response, offsets, int(ttl))
+        bucket[query.key] = Entry(capped, tuple((o, min(t, int(ttl))) for o, t in offsets), now, now + ttl, kind)
+
+
+def _ttl(packet: bytes, rec) -> int:
+    return struct.unpack_from("!I", packet, rec.ttl_offset)[0]
+
+
+def _soa_minimum(packet: bytes, rec) -> int:
+    return struct.unpack_from("!I", packet, rec.rdata + rec.rdlen - 4)[0]
+
+
+def _cap(packet: bytes, offsets, cap: int) -> bytes:
+    out = bytearray(packet)
+    for off, ttl in offsets:
+        if ttl > cap:
+            struct.pack_into("!I", out, off, cap)
+    return bytes(out)
+
+
+def _decrement(packet: bytes, offsets, elapsed: int) -> bytes:
+    if elapsed <= 0:
+        return packet
+    out = bytearray(packet)
+    for off, ttl in offsets:
+        struct.pack_into("!I", out, off, max(0, ttl - elapsed))
+    return bytes(out)
