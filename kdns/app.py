@@ -185,8 +185,14 @@ class Runtime:
                 for name in names:
                     m.plugins_enabled.add((b.name, zone or ".", name))
 
+    def _mapped(self, address: str | None) -> str | None:
+        if address is None or not self.port_map:
+            return address
+        host, _, port = address.rpartition(":")
+        return f"{host}:{self.port_map.get(int(port), int(port))}"
+
     async def _start_http(self, settings: Settings) -> None:
-        addresses = (settings.health, settings.ready, settings.prometheus)
+        addresses = tuple(self._mapped(a) for a in (settings.health, settings.ready, settings.prometheus))
         if self.http is not None and addresses == self._http_addresses:
             return
         if self.http is not None:

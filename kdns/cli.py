@@ -36,12 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument("--dns-port", "-dns.port", "-p", dest="dns_port", type=int, default=53, metavar="PORT",
                       help="port for Corefile server blocks that name none (default 53)")
     conf.add_argument("--port-map", action="append", default=[], metavar="FROM=TO",
-                      help="serve the Corefile's port FROM on port TO instead (TO 0: a free port); e.g. run the "
-                           "kind Corefile unprivileged with --port-map 53=5353 (repeatable)")
+                      help="serve the Corefile's port FROM (DNS, health, ready or prometheus) on port TO instead "
+                           "(TO 0: a free port); e.g. run the kind Corefile unprivileged with --port-map 53=5353 "
+                           "(repeatable)")
     conf.add_argument("--bind", default=None, metavar="HOST",
                       help="address the Corefile's listeners bind (default: every interface)")
     conf.add_argument("--resolv-conf", default=DEFAULT_RESOLV_CONF, metavar="PATH",
-                      help="the host's resolv.conf: search domains for autopath (default %(default)s)")
+                      help="read the host's resolv.conf from here: `forward . /etc/resolv.conf` upstreams and "
+                           "autopath search domains (default %(default)s)")
     source = serve.add_argument_group("cluster source (overrides the Corefile's kubernetes source when given)")
     source.add_argument("--manifests", action="append", default=[], metavar="PATH",
                         help="file or directory of Kubernetes YAML (repeatable); edits are picked up live")

@@ -341,6 +341,8 @@ def _forward(d: Directive, resolv_conf: str, warnings: list[str]) -> ForwardConf
     for tok in d.args[1:]:
         text = tok.text
         if text.startswith("/") or os.path.isfile(text):
+            if text == DEFAULT_RESOLV_CONF:
+                text = resolv_conf  # --resolv-conf: where "the host's resolv.conf" really is
             try:
                 servers, _ = read_resolv_conf(text)
             except OSError as exc:

@@ -11,6 +11,8 @@ from typing import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from .server import tcp_listener
+
 # name -> () -> (ready, detail)
 ReadyCheck = Callable[[], tuple[bool, str]]
 
@@ -68,12 +70,19 @@ class HttpEndpoints:
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             host, port = split_address(address)
-            site = web.TCPSite(runner, host or None, port)
+            if host == "localhost":
+                host = "127.0.0.1"
+            try:
+                sock = tcp_listener(host, port)
+            except OSError:
+                await runner.cleanup()
+                raise OSError(f"cannot listen on {address} for {path}")
+            site = web.SockSite(runner, sock)
             await site.start()
             self._runners.append(runner)
-            sock = site._server.sockets[0].getsockname()  # the port actually bound (port 0)
             shown_host = host or "0.0.0.0"
-            bound[name] = f"[{shown_host}]:{sock[1]}" if ":" in shown_host else f"{shown_host}:{sock[1]}"
+            actual = sock.getsockname()[1]  # the port actually bound (port 0)
+            bound[name] = f"[{shown_host}]:{actual}" if ":" in shown_host else f"{shown_host}:{actual}"
         return bound
 
     async def stop(self) -> None:

@@ -136,7 +136,7 @@ class Block:
             self._error(query, str(exc))
             return error_response(query.data, RCODE.SERVFAIL, query), "forward"
         if self.cache is not None and self.cache.covers(name):
-            self.cache.put(query, reply, name)
+            reply = self.cache.put(query, reply, name)
         return self._balance(reply), "forward"
 
     def _error(self, query: Query, message: str) -> None:

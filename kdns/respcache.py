@@ -63,39 +63,41 @@ class ResponseCache:
         self.misses += 1
         return None
 
-    def put(self, query: Query, response: bytes, name: str) -> None:
+    def put(self, query: Query, response: bytes, name: str) -> bytes:
+        """Cache `response`; returns what to send now: the response with TTLs capped as cached
+        (CoreDNS does the same, so the first answer does not show a longer TTL than later ones)."""
         if len(response) < 12 or response[2] & 0x02:  # never cache a truncated answer
-            return
+            return response
         rcode = response[3] & 0x0F
         try:
             records = walk_records(response)
         except WireError:
-            return
+            return response
         answers = [r for r in records if r.section == 0]
         cfg = self.config
         if rcode == 2:  # SERVFAIL
             if cfg.servfail_ttl <= 0 or any(in_zone(name, z) for z in self.own_zones):
-                return
+                return response
             kind, ttl = "denial", cfg.servfail_ttl
         elif rcode == 0 and answers:
             if any(in_zone(name, z) for z in cfg.disable_success):
-                return
+                return response
             kind = "success"
             ttl = min(_ttl(response, r) for r in answers)
             ttl = max(cfg.success_minttl, min(ttl, cfg.success_ttl))
         elif rcode in (0, 3):
             if any(in_zone(name, z) for z in cfg.disable_denial):
-                return
+                return response
             kind = "denial"
             soa = [r for r in records if r.section == 1 and r.rtype == T_SOA]
             if not soa:
-                return  # a negative answer without SOA says nothing about how long it holds (RFC 2308)
+                return response  # a negative answer without SOA says nothing about how long it holds (RFC 2308)
             ttl = min(_ttl(response, soa[0]), _soa_minimum(response, soa[0]))
             ttl = max(cfg.denial_minttl, min(ttl, cfg.denial_ttl))
         else:
-            return
+            return response
         if ttl <= 0:
-            return
+            return response
         bucket = self._entries[kind]
         capacity = cfg.success_capacity if kind == "success" else cfg.denial_capacity
         if query.key not in bucket and len(bucket) >= capacity:
@@ -106,6 +108,7 @@ class ResponseCache:
         # cached TTLs never exceed the time the entry lives
         capped = _cap(response, offsets, int(ttl))
         bucket[query.key] = Entry(capped, tuple((o, min(t, int(ttl))) for o, t in offsets), now, now + ttl, kind)
+        return capped
 
 
 def _ttl(packet: bytes, rec) -> int:

@@ -256,6 +256,29 @@ def _sockets(host: str, port: int) -> tuple[socket.socket, socket.socket]:
     return _bound(family, host, port)
 
 
+def tcp_listener(host: str, port: int) -> socket.socket:
+    """A listening TCP socket; host "" is every interface (dual-stack when IPv6 exists)."""
+    candidates = [(socket.AF_INET6, "::", True), (socket.AF_INET, "0.0.0.0", False)] if host in ("", "::") else \
+        [(socket.AF_INET6 if ":" in host else socket.AF_INET, host, False)]
+    last: OSError | None = None
+    for family, addr, dual in candidates:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            if dual:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((addr, port))
+            sock.listen(128)
+            sock.setblocking(False)
+            return sock
+        except OSError as exc:
+            sock.close()
+            last = exc
+            if host == "::":
+                break
+    raise last or OSError("could not bind")
+
+
 def _bound(family: int, host: str, port: int, dual: bool = False) -> tuple[socket.socket, socket.socket]:
     udp = socket.socket(family, socket.SOCK_DGRAM)
     tcp = socket.socket(family, socket.SOCK_STREAM)

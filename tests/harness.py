@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -21,8 +22,9 @@ EXAMPLE = os.path.join(ROOT, "examples", "cluster.yaml")
 
 
 class KdnsProcess:
-    def __init__(self, *args: str, startup_timeout: float = 15.0):
+    def __init__(self, *args: str, startup_timeout: float = 15.0, listen: bool = True):
         self.args = list(args)
+        self.listen = listen
         self.startup_timeout = startup_timeout
         self.lines: list[str] = []
         self._cond = threading.Condition()
@@ -31,24 +33,28 @@ class KdnsProcess:
         self._eof = False
 
     def __enter__(self) -> "KdnsProcess":
-        cmd = [sys.executable, "-m", "kdns", "serve", "--listen", "127.0.0.1:0", *self.args]
+        cmd = [sys.executable, "-m", "kdns", "serve", *(["--listen", "127.0.0.1:0"] if self.listen else []), *self.args]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True)
         threading.Thread(target=self._pump, daemon=True).start()
-        line = self.wait_for_log(r"\blistening\b", self.startup_timeout)
+        line = self.wait_for_log(r'(INFO listening |"event": "listening")', self.startup_timeout)
         self.port = int(re.search(r"udp[=\": ]+127\.0\.0\.1:(\d+)", line).group(1))
         self.http = {name: int(port) for name, port in re.findall(r"(health|ready|metrics)=[\d.]+:(\d+)", line)}
         return self
 
     def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self, sig: int = signal.SIGKILL, timeout: float = 10.0) -> int:
+        """Stop the server (SIGKILL by default: no lameduck wait in tests) and return its exit code."""
         if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
+            self.proc.send_signal(sig)
             try:
-                self.proc.wait(5)
+                return self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait(5)
+        return self.proc.wait(5) if self.proc else 0
 
     def _pump(self) -> None:
         assert self.proc and self.proc.stdout
@@ -92,13 +98,13 @@ class KdnsProcess:
         except urllib.error.HTTPError as err:
             return err.code, err.read().decode()
 
-    def metric(self, name: str, **labels) -> float | None:
+    def metric(self, _name: str, **labels) -> float | None:
         """One sample from /metrics, parsed with prometheus_client's parser."""
         from prometheus_client.parser import text_string_to_metric_families
         _, body = self.get("metrics", "/metrics")
         for family in text_string_to_metric_families(body):
             for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                if sample.name == _name and all(sample.labels.get(k) == v for k, v in labels.items()):
                     return sample.value
         return None
 

@@ -10,12 +10,18 @@ import socket
 import socketserver
 import struct
 import threading
+import time
 
 from dnslib import QTYPE, RCODE, RR, DNSRecord
 
 
 class FakeUpstream:
-    def __init__(self, records: dict[tuple[str, str], list[str]]):
+    def __init__(self, records: dict[tuple[str, str], list[str]], ttl: int = 60,
+                 silent_suffixes: tuple[str, ...] = (".silent",), servfail_suffixes: tuple[str, ...] = (".servfail",)):
+        self.ttl = ttl
+        self.servfail_suffixes = servfail_suffixes
+        self.silent_suffixes = silent_suffixes
+        self.down = False  # answer nothing at all (a dead upstream)
         self.records = {(n.rstrip(".").lower(), t): v for (n, t), v in records.items()}
         self.queries: list[tuple[str, str, str]] = []  # (transport, name, type)
         self._lock = threading.Lock()
@@ -58,20 +64,30 @@ class FakeUpstream:
         qtype = QTYPE.get(query.q.qtype)
         with self._lock:
             self.queries.append((transport, name, qtype))
-        if name == "silent" or name.endswith(".silent"):
+        if self.down or name == "silent" or name.endswith(self.silent_suffixes):
             return None
         reply = query.reply()
+        if name.endswith(self.servfail_suffixes):
+            reply.header.rcode = RCODE.SERVFAIL
+            return reply.pack()
         values = self.records.get((name, qtype))
         if values is None and not any(n == name for n, _ in self.records):
             reply.header.rcode = RCODE.NXDOMAIN
+        if not values:  # negative answers carry an SOA (RFC 2308), minimum 30 s
+            apex = f"{name.split('.')[-1]}." if name else "."
+            reply.add_auth(*RR.fromZone(f"{apex} 60 IN SOA ns. host. 1 7200 1800 86400 30"))
         for value in values or []:
-            reply.add_answer(*RR.fromZone(f"{name}. 60 IN {qtype} {value}"))
+            reply.add_answer(*RR.fromZone(f"{name}. {self.ttl} IN {qtype} {value}"))
         wire = reply.pack()
         if transport == "udp" and (name.endswith(".tc") or name == "tc"):
             reply.rr = []
             reply.header.tc = 1
             wire = reply.pack()
         return wire
+
+    def count(self, name: str, qtype: str | None = None) -> int:
+        with self._lock:
+            return sum(1 for _, n, t in self.queries if n == name and (qtype is None or t == qtype))
 
     def close(self) -> None:
         for server in (self.udp, self.tcp):
@@ -94,3 +110,44 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
             raise OSError("closed")
         buf += chunk
     return buf
+
+
+class LoopProxy:
+    """A UDP 'upstream' that sends every query straight back to `target` (a forwarding loop)."""
+
+    def __init__(self):
+        self.target: tuple[str, int] | None = None
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.relayed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        pending: dict[int, tuple] = {}
+        deadline = time.monotonic() + 120  # bounded: a test never runs this long
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if self.target is None or len(data) < 12:
+                continue
+            if addr == self.target and data[2] & 0x80:  # a reply from kdns: hand it back to the asker
+                back = pending.pop(data[:2], None)
+                if back:
+                    self.sock.sendto(data, back)
+                continue
+            pending[data[:2]] = addr
+            self.relayed += 1
+            self.sock.sendto(data, self.target)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
