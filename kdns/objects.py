@@ -40,6 +40,9 @@ class Service:
     external_name: str = ""
     publish_not_ready: bool = False
     labels: tuple[tuple[str, str], ...] = ()
+    # spec.clusterIP exactly as the API holds it (cluster_ips are canonical): the kubelet writes
+    # this string verbatim into <SVC>_SERVICE_HOST, and so does kdns-webhook
+    cluster_ip: str = ""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -199,7 +202,8 @@ def service_from_dict(obj: Mapping[str, Any], default_namespace: str = "default"
         if not ips:
             ips = [first]
     return Service(namespace, name, "ClusterIP", cluster_ips=tuple(ips), ports=ports,
-                   publish_not_ready=publish, labels=labels)
+                   publish_not_ready=publish, labels=labels,
+                   cluster_ip=cluster_ip or (cluster_ips[0] if isinstance(cluster_ips[0], str) else ips[0]))
 
 
 def endpointslice_from_dict(obj: Mapping[str, Any], default_namespace: str = "default") -> EndpointSlice | None:

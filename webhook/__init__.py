@@ -1,0 +1,1 @@
+"""kdns-webhook: service-link environment variables injected at admission, with the kubelet's semantics."""

@@ -1,0 +1,166 @@
+"""Which pods get service links, and which variables: opt-in/opt-out, `kdns.io/services`, the budget.
+
+Pure: (pod facts, catalog, settings) -> Plan. The kubelet's own rules live in envvars.py; this
+module adds what the kubelet cannot do.
+
+Selection, first match wins:
+  1. pod annotation `kdns.io/service-links: "false"` -> left alone; `"true"` -> mutated
+  2. pod annotation `kdns.io/services` present      -> mutated (it asks for links)
+  3. namespace label `kdns.io/service-links: "false"` / `"true"`
+  4. otherwise: mutated, unless the server runs with --require-opt-in
+(Which pods the API server sends at all is the MutatingWebhookConfiguration's business.)
+
+`kdns.io/services: "redis,db,payments/api"` replaces the namespace-wide set: `name` is a service
+of the pod's namespace, `ns/name` one of another namespace. Variables are named after the
+service name alone, as the kubelet names them, so `payments/api` gives `API_SERVICE_HOST`. Two
+entries with the same service name would write the same variables: the first listed wins and the
+later one is skipped with a warning. `kubernetes` (from `default`) is always added unless an
+entry is itself named `kubernetes`, because the kubelet adds it to every container anyway.
+
+Budget: services are taken in order (the master `kubernetes` first, then the listed order or by
+name) while their variables fit in min(--budget, --pod-budget / containers) bytes of
+`NAME=value\\0`; the first one that does not fit and all after it are left out, with a warning.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from kdns.objects import Service
+
+from .envvars import (MASTER_NAMESPACE, MASTER_SERVICES, EnvVar, env_name, has_cluster_ip, kubelet_services,
+                      service_env, service_env_count)
+
+ANNOTATION_LINKS = "kdns.io/service-links"
+ANNOTATION_SERVICES = "kdns.io/services"
+ANNOTATION_ORIGINAL = "kdns.io/original-enable-service-links"  # written on mutation: reinvocation reads it
+LABEL_LINKS = "kdns.io/service-links"
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    require_opt_in: bool = False
+    disable_kubelet_links: bool = True  # set enableServiceLinks: false on mutated pods
+    budget: int = 64 * 1024  # bytes of injected env per container
+    pod_budget: int = 512 * 1024  # bytes of injected env across all containers of a pod
+    max_warnings: int = 10
+
+
+@dataclass
+class Plan:
+    variables: list[EnvVar] = field(default_factory=list)
+    services: list[Service] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    dropped_services: int = 0
+    dropped_variables: int = 0
+    budget: int = 0
+    used: int = 0
+
+
+def selected(annotations: Mapping[str, str], namespace_labels: Mapping[str, str],
+             settings: Settings, warnings: list[str]) -> tuple[bool, str]:
+    """Whether the pod is mutated, and why."""
+    value = annotations.get(ANNOTATION_LINKS)
+    if value is not None:
+        if value == "false":
+            return False, f"opted out by pod annotation {ANNOTATION_LINKS}=false"
+        if value == "true":
+            return True, f"opted in by pod annotation {ANNOTATION_LINKS}=true"
+        warnings.append(f"annotation {ANNOTATION_LINKS}: expected \"true\" or \"false\", got {value!r}; ignored")
+    if ANNOTATION_SERVICES in annotations:
+        return True, f"pod annotation {ANNOTATION_SERVICES}"
+    label = namespace_labels.get(LABEL_LINKS)
+    if label == "false":
+        return False, f"opted out by namespace label {LABEL_LINKS}=false"
+    if label == "true":
+        return True, f"opted in by namespace label {LABEL_LINKS}=true"
+    if settings.require_opt_in:
+        return False, (f"not opted in (--require-opt-in: set pod annotation {ANNOTATION_LINKS}=\"true\" "
+                       f"or namespace label {LABEL_LINKS}=true)")
+    return True, "default"
+
+
+def listed_services(text: str, namespace: str, catalog, warnings: list[str]) -> list[Service]:
+    """Parse `kdns.io/services` and look the entries up; problems become warnings."""
+    chosen: list[Service] = []
+    by_prefix: dict[str, Service] = {}
+    seen: set[tuple[str, str]] = set()
+    for raw in text.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        ns, sep, name = entry.rpartition("/")
+        if not sep:
+            ns = namespace
+        if not _DNS_LABEL.match(name) or not _DNS_LABEL.match(ns):
+            warnings.append(f"annotation {ANNOTATION_SERVICES}: {entry!r} is not a service name or "
+                            "namespace/name; skipped")
+            continue
+        if (ns, name) in seen:
+            continue
+        seen.add((ns, name))
+        svc = catalog.get(ns, name)
+        if svc is None:
+            warnings.append(f"annotation {ANNOTATION_SERVICES}: service {ns}/{name} not found; skipped")
+            continue
+        if not has_cluster_ip(svc):
+            what = "an ExternalName service" if svc.kind == "ExternalName" else "headless (clusterIP None)"
+            warnings.append(f"annotation {ANNOTATION_SERVICES}: {ns}/{name} is {what}: it has no ClusterIP, "
+                            "so no link variables (use DNS)")
+            continue
+        prefix = env_name(name)
+        first = by_prefix.get(prefix)
+        if first is not None:
+            warnings.append(f"annotation {ANNOTATION_SERVICES}: {ns}/{name} skipped: its variables {prefix}_* "
+                            f"clash with {first.namespace}/{first.name}, listed first")
+            continue
+        by_prefix[prefix] = svc
+        chosen.append(svc)
+    for master in sorted(MASTER_SERVICES):
+        if env_name(master) not in by_prefix:
+            svc = catalog.get(MASTER_NAMESPACE, master)
+            if svc is not None and has_cluster_ip(svc):
+                chosen.insert(0, svc)
+    return chosen
+
+
+def plan(namespace: str, annotations: Mapping[str, str], enable_service_links: bool, containers: int,
+         catalog, settings: Settings, warnings: list[str]) -> Plan:
+    """The variables every container of the pod should have, within the budget."""
+    if ANNOTATION_SERVICES in annotations:
+        services = listed_services(annotations[ANNOTATION_SERVICES], namespace, catalog, warnings)
+    else:
+        services = kubelet_services(namespace, catalog.in_namespace(namespace),
+                                    catalog.in_namespace(MASTER_NAMESPACE), enable_service_links)
+    budget = max(0, min(settings.budget, settings.pod_budget // max(1, containers)))
+    result = Plan(budget=budget)
+    names: dict[str, Service] = {}
+    for i, svc in enumerate(services):
+        fresh = []
+        for var in service_env(svc):
+            owner = names.get(var.name)
+            if owner is None:
+                fresh.append(var)
+            elif owner is not svc:
+                warnings.append(f"{var.name} of service {svc.namespace}/{svc.name} not injected: already set by "
+                                f"{owner.namespace}/{owner.name}")
+        size = sum(v.size for v in fresh)
+        if result.used + size > budget:
+            rest = services[i:]
+            result.dropped_services = len(rest)
+            result.dropped_variables = sum(service_env_count(s) for s in rest)
+            warnings.append(f"service-link budget of {budget} bytes per container reached: {len(rest)} of "
+                            f"{len(services)} services ({result.dropped_variables} variables) not injected, "
+                            f"from {rest[0].namespace}/{rest[0].name} on; use DNS names "
+                            f"(<service>.<namespace>.svc) or list the ones needed in {ANNOTATION_SERVICES}")
+            break
+        result.used += size
+        result.services.append(svc)
+        for var in fresh:
+            names[var.name] = svc
+            result.variables.append(var)
+    return result
