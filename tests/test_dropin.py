@@ -457,3 +457,39 @@ spec: {clusterIP: 10.0.0.9}
         assert answers(kdns.query("web-7d9f-abcde.h.x.svc.cluster.local")) == ["10.1.0.5"]
         assert kdns.query("10-1-0-5.h.x.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
         assert kdns.query("empty.x.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
+
+
+def test_reload_keeps_an_unchanged_listener_open(tmp_path):
+    import struct
+    base = ".:53 {{\n  reload 2s 1s\n  kubernetes cluster.local {{\n    ttl {ttl}\n  }}\n}}\n"
+    with start(tmp_path, base.format(ttl=30), None, "--manifests", EXAMPLE, "--tcp-idle-timeout", "30") as kdns:
+        with socket.create_connection(("127.0.0.1", kdns.port), timeout=5) as conn:
+            def ask() -> int:
+                wire = dns.message.make_query("kubernetes.default.svc.cluster.local", "A").to_wire()
+                conn.sendall(struct.pack("!H", len(wire)) + wire)
+                size = struct.unpack("!H", conn.recv(2))[0]
+                data = b""
+                while len(data) < size:
+                    data += conn.recv(size - len(data))
+                return dns.message.from_wire(data).answer[0].ttl
+            assert ask() == 30
+            (tmp_path / "Corefile").write_text(base.format(ttl=9))
+            kdns.wait_for_log(r"reloaded file=", timeout=8)
+            assert ask() == 9  # same TCP connection, same listener, new configuration
+
+
+def test_autopath_with_pods_verified_uses_the_asking_pods_namespace(tmp_path, upstream):
+    manifest = tmp_path / "pods.yaml"
+    # the test client queries from 127.0.0.1: make that the IP of a pod in "shop"
+    manifest.write_text(open(EXAMPLE).read() + """
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: shop}
+status: {podIP: 127.0.0.1}
+""")
+    text = AUTOPATH.replace("kubernetes cluster.local", "kubernetes cluster.local {\n        pods verified\n    }")
+    with start(tmp_path, text, upstream, "--manifests", str(manifest)) as kdns:
+        assert answers(kdns.query("example.com.shop.svc.cluster.local")) == ["93.184.215.14", "example.com."]
+        # not the client's namespace: no search-path expansion
+        assert kdns.query("example.com.data.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
