@@ -19,7 +19,7 @@ from .metrics import CoreDnsCollector, DnsMetrics, KdnsCollector
 from .pipeline import Block
 from .resolver import Resolver, ResolverConfig, ZoneSet
 from .respcache import ResponseCache
-from .server import QueryHandler, bind
+from .server import NegativeRateLimit, QueryHandler, bind
 from .sources import object_filter
 from .sources.manifests import ManifestSource
 
@@ -27,7 +27,8 @@ from .sources.manifests import ManifestSource
 class Runtime:
     def __init__(self, settings: Settings, log: Logger, bind_host: str = "", resolv_conf: str = DEFAULT_RESOLV_CONF,
                  tcp_idle_timeout: float = 10.0, poll_interval: float = 0.25, api_options: dict | None = None,
-                 serviceaccount_dir: str | None = None, reload_settings=None, port_map: dict | None = None):
+                 serviceaccount_dir: str | None = None, reload_settings=None, port_map: dict | None = None,
+                 tcp_max_connections: int = 1000, negative_rate_limit: float = 0.0):
         self.settings = settings
         self.log = log
         self.bind_host = bind_host
@@ -37,6 +38,8 @@ class Runtime:
         self.api_options = api_options or {}
         self.serviceaccount_dir = serviceaccount_dir
         self.port_map = port_map or {}  # Corefile port -> port actually bound (0: a free one)
+        self.tcp_max_connections = tcp_max_connections
+        self.negative_rate_limit = negative_rate_limit
         # re-reads the Corefile (with the command line's overrides) on reload
         self.reload_settings = reload_settings or (lambda: load_corefile(self.settings.path, self.resolv_conf))
         self.metrics = DnsMetrics()
@@ -98,8 +101,11 @@ class Runtime:
             if handler is None:
                 handler = QueryHandler(blocks, self.log, self.metrics, answers=answers_by_port[port])
                 self.index.subscribe(handler.cache.invalidate)
+                if self.negative_rate_limit > 0:
+                    handler.negative_limit = NegativeRateLimit(self.negative_rate_limit)
                 udp, tcp_server, _, bound = await bind(handler, self.log, self.bind_host, self.port_map.get(port, port),
-                                                       tcp_idle_timeout=self.tcp_idle_timeout)
+                                                       tcp_idle_timeout=self.tcp_idle_timeout,
+                                                       tcp_max_connections=self.tcp_max_connections)
                 self.handlers[port] = handler
                 self.listeners[port] = (udp, tcp_server, bound)
             else:

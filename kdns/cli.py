@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="how often manifest files are checked for edits (default 0.25)")
     misc.add_argument("--tcp-idle-timeout", type=float, default=10.0, metavar="SECONDS",
                       help="close TCP connections idle this long (default 10, RFC 7766)")
+    misc.add_argument("--tcp-max-connections", type=int, default=1000, metavar="N",
+                      help="open TCP connections per port; more are closed at once (default %(default)s)")
+    misc.add_argument("--negative-rate-limit", type=float, default=0.0, metavar="PER_SECOND",
+                      help="per source /24 (/56), at most this many NXDOMAIN/REFUSED answers a second over UDP; "
+                           "beyond it they are dropped, every 2nd sent truncated so real clients retry over TCP "
+                           "(default 0: off)")
     misc.add_argument("--stats-interval", type=float, default=10.0, metavar="SECONDS",
                       help="how often a summary of malformed packets is logged, if any arrived (default 10)")
     misc.add_argument("--log-format", choices=["text", "json"], default="text")
@@ -195,7 +201,8 @@ async def serve(args: argparse.Namespace, log: Logger) -> int:
     runtime = Runtime(settings, log, bind_host=bind_host, resolv_conf=args.resolv_conf,
                       tcp_idle_timeout=args.tcp_idle_timeout, poll_interval=args.poll_interval,
                       api_options=api_options, serviceaccount_dir=args.serviceaccount_dir,
-                      reload_settings=lambda: load_settings(args), port_map=port_map)
+                      reload_settings=lambda: load_settings(args), port_map=port_map,
+                      tcp_max_connections=args.tcp_max_connections, negative_rate_limit=args.negative_rate_limit)
     try:
         await runtime.start()
     except OSError as exc:

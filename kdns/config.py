@@ -96,6 +96,42 @@ class AutopathConfig:
 
 
 @dataclass
+class AclRule:
+    action: str  # allow | block | filter | drop
+    qtypes: frozenset | None  # None: every type
+    networks: tuple | None  # ip_network objects; None: every source
+
+
+@dataclass
+class AclConfig:
+    zones: list[str]
+    rules: list[AclRule] = field(default_factory=list)
+
+    def verdict(self, name: str, qtype: int, client_ip: str | None) -> str:
+        """The first matching rule's action, or "allow" (CoreDNS's acl semantics)."""
+        if not any(in_zone(name, z) for z in self.zones):
+            return "allow"
+        addr = None
+        for rule in self.rules:
+            if rule.qtypes is not None and qtype not in rule.qtypes:
+                continue
+            if rule.networks is not None:
+                if client_ip is None:
+                    continue
+                if addr is None:
+                    try:
+                        addr = ipaddress.ip_address(client_ip.split("%")[0])
+                    except ValueError:
+                        continue
+                    if addr.version == 6 and addr.ipv4_mapped is not None:
+                        addr = addr.ipv4_mapped
+                if not any(addr in net for net in rule.networks if net.version == addr.version):
+                    continue
+            return rule.action
+        return "allow"
+
+
+@dataclass
 class LogConfig:
     classes: set = field(default_factory=lambda: {"all"})
 
@@ -115,6 +151,7 @@ class BlockConfig:
     log: LogConfig | None = None
     errors: bool = False
     loop: bool = False
+    acl: AclConfig | None = None
     line: int = 0
 
     @property
@@ -480,6 +517,52 @@ def _autopath(d: Directive, block_zones: list[str]) -> AutopathConfig:
     return AutopathConfig(zones=zones, source=d.args[-1].text)
 
 
+def _acl(d: Directive, block_zones: list[str]) -> AclConfig:
+    from dnslib import QTYPE
+    acl = AclConfig(zones=[normalize_zone(t.text) for t in d.args] or list(block_zones))
+    if not d.block:
+        raise d.error("acl: needs a block of rules: allow|block|filter|drop [type QTYPE...] [net SOURCE...]")
+    for opt in d.block:
+        if opt.name not in ("allow", "block", "filter", "drop"):
+            raise opt.error(f"acl: unknown action {opt.name!r} (expected allow, block, filter or drop)")
+        qtypes: set | None = None
+        nets: list | None = None
+        current = None
+        for tok in opt.args:
+            if tok.text in ("type", "net"):
+                current = tok.text
+                if current == "type" and qtypes is None:
+                    qtypes = set()
+                if current == "net" and nets is None:
+                    nets = []
+                continue
+            if current is None:
+                raise opt.error(f"acl: expected 'type' or 'net' before {tok.text!r}", tok)
+            if tok.text == "*":
+                if current == "type":
+                    qtypes = None
+                    current = "type*"
+                else:
+                    nets = None
+                    current = "net*"
+                continue
+            if current == "type":
+                try:
+                    qtypes.add(int(getattr(QTYPE, tok.text.upper())))
+                except AttributeError:
+                    raise opt.error(f"acl: unknown query type {tok.text!r}", tok) from None
+            elif current == "net":
+                try:
+                    nets.append(ipaddress.ip_network(tok.text, strict=False))
+                except ValueError:
+                    raise opt.error(f"acl: not a network (CIDR or address): {tok.text!r}", tok) from None
+            else:
+                raise opt.error(f"acl: nothing may follow '*', got {tok.text!r}", tok)
+        acl.rules.append(AclRule(opt.name, frozenset(qtypes) if qtypes is not None else None,
+                                 tuple(nets) if nets is not None else None))
+    return acl
+
+
 def _log(d: Directive) -> LogConfig:
     cfg = LogConfig()
     for opt in d.block:
@@ -498,7 +581,7 @@ def _log(d: Directive) -> LogConfig:
 
 
 SUPPORTED = ("errors", "health", "ready", "kubernetes", "prometheus", "forward", "cache", "loop", "reload",
-             "loadbalance", "log", "hosts", "autopath")
+             "loadbalance", "log", "hosts", "autopath", "acl")
 
 
 def settings_from_corefile(text: str, path: str = "Corefile", resolv_conf: str = DEFAULT_RESOLV_CONF,
@@ -587,6 +670,8 @@ def settings_from_corefile(text: str, path: str = "Corefile", resolv_conf: str =
                 block.loadbalance = True
             elif d.name == "log":
                 block.log = _log(d)
+            elif d.name == "acl":
+                block.acl = _acl(d, block.zones)
             else:
                 raise d.error(f"unknown directive {d.name!r} (kdns supports: {', '.join(SUPPORTED)})")
         if block.autopath is not None and block.autopath.source == "@kubernetes" and block.kubernetes is None:

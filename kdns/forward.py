@@ -61,8 +61,9 @@ class Upstream:
             raise UpstreamError(f"upstream {self} timed out after {self.timeout}s") from None
         except OSError as exc:
             raise UpstreamError(f"upstream {self}: {exc}") from None
-        if len(reply) < 12 or reply[:2] != struct.pack("!H", qid):
-            raise UpstreamError(f"upstream {self} sent a malformed reply")
+        problem = _reply_problem(out, reply)
+        if problem:
+            raise UpstreamError(f"upstream {self} sent a bad reply: {problem}")
         return orig_id + reply[2:]
 
     async def _udp(self, packet: bytes, qid: int) -> bytes:
@@ -86,6 +87,40 @@ class Upstream:
             raise UpstreamError(f"upstream {self} closed the TCP connection early") from None
         finally:
             writer.close()
+
+
+def _question_end(packet: bytes) -> int:
+    pos = 12
+    while True:
+        n = packet[pos]
+        if n == 0:
+            return pos + 1 + 4
+        if n & 0xC0:
+            raise ValueError("compressed question")
+        pos += 1 + n
+
+
+def _reply_problem(query: bytes, reply: bytes) -> str:
+    """Why `reply` cannot be the answer to `query` ("" if it can): garbage and spoofed or
+    mismatched replies are never passed on to clients."""
+    if len(reply) < 12:
+        return f"{len(reply)} bytes, shorter than a DNS header"
+    if reply[:2] != query[:2]:
+        return "wrong ID"
+    if not reply[2] & 0x80:
+        return "QR bit not set"
+    qd = struct.unpack_from("!H", reply, 4)[0]
+    if qd == 0:
+        rcode = reply[3] & 0x0F
+        return "" if rcode in (1, 4, 5) else "no question section"  # FORMERR/NOTIMP/REFUSED may omit it
+    try:
+        q_end = _question_end(query)
+        r_end = _question_end(reply)
+    except (IndexError, ValueError):
+        return "unreadable question section"
+    if r_end > len(reply) or query[12:q_end].lower() != reply[12:r_end].lower():
+        return "question does not match the query"
+    return ""
 
 
 def parse_hostport(text: str, default_port: int) -> tuple[str, int]:

@@ -26,6 +26,44 @@ CLASS_IN, CLASS_ANY = 1, 255
 REFUSED_TYPES = (QTYPE.AXFR, QTYPE.IXFR)
 
 
+class NegativeRateLimit:
+    """Per-source limit on NXDOMAIN/REFUSED answers over UDP (floods of junk names, reflection).
+
+    Sources are grouped by /24 (IPv4) or /56 (IPv6). Over the rate, answers are dropped, except
+    every `slip`-th one, which goes out truncated so a real client retries over TCP (as BIND's RRL)."""
+
+    def __init__(self, per_second: float, slip: int = 2, max_sources: int = 100_000):
+        self.rate = per_second
+        self.slip = slip
+        self.max_sources = max_sources
+        self.buckets: dict[str, list] = {}
+        self.limited = 0
+
+    def _prefix(self, ip: str) -> str:
+        if ":" in ip:
+            return ":".join(ip.split(":")[:4])[:19]  # roughly the /56-/64 of the address text
+        return ip.rsplit(".", 1)[0]
+
+    def allow(self, ip: str) -> bool | None:
+        """True: send. False: drop. None: send truncated (slip)."""
+        now = time.monotonic()
+        key = self._prefix(ip)
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            if len(self.buckets) >= self.max_sources:
+                self.buckets.clear()  # bounded memory; a flood from many sources resets the table
+            bucket = self.buckets[key] = [self.rate, now, 0]
+        tokens = min(self.rate, bucket[0] + (now - bucket[1]) * self.rate)
+        bucket[1] = now
+        if tokens >= 1:
+            bucket[0] = tokens - 1
+            return True
+        bucket[0] = tokens
+        bucket[2] += 1
+        self.limited += 1
+        return None if self.slip and bucket[2] % self.slip == 0 else False
+
+
 class QueryHandler:
     """All server blocks of one port. handle() returns response bytes, None (drop), or an awaitable."""
 
@@ -36,6 +74,7 @@ class QueryHandler:
         self.cache = answers if answers is not None else AnswerCache(cache_size)
         self.stats: Counter = Counter()
         self.observe = False  # prometheus configured: record coredns_dns_* per query
+        self.negative_limit: NegativeRateLimit | None = None
         self.set_blocks(blocks)
 
     def set_blocks(self, blocks: list) -> None:
@@ -64,9 +103,15 @@ class QueryHandler:
             return error_response(data, 16, query)  # BADVERS (RFC 6891 §6.1.3)
         entry = self.cache.get(query.key)
         if entry is not None:  # the hot path: no dnslib, no resolver
+            if entry.block.config.acl is not None:
+                denied = self._acl(entry.block, query, client)
+                if denied is not False:
+                    return denied
             entry.served += 1
             packed = rotate(entry.packed, entry.groups, entry.served) if entry.groups else entry.packed
-            response = self._fit(patch(packed, query), query, tcp)
+            response = self._fit(patch(packed, query), query, tcp, client)
+            if response is None:
+                return None
             if self.observe or self.querylog:
                 self._done(entry.block, entry.zone, entry.plugin, query, tcp, client, response, start)
             return response
@@ -88,17 +133,22 @@ class QueryHandler:
         block, zone = self.select(name)
         if block is None or query.qclass not in (CLASS_IN, CLASS_ANY) or query.qtype in REFUSED_TYPES:
             self.stats["refused"] += 1
-            response = error_response(data, RCODE.REFUSED, query)
-            if block is not None:
+            response = self._fit(error_response(data, RCODE.REFUSED, query), query, tcp, client)
+            if block is not None and response is not None:
                 self._done(block, zone, "", query, tcp, client, response, start)
             return response
+        if block.config.acl is not None:
+            denied = self._acl(block, query, client)
+            if denied is not False:
+                return denied
         result = block.answer(query, name, zone, tcp, client[0] if client else None)
         if isinstance(result, tuple):
             response, plugin = result
             if plugin == "" and response[3] & 0x0F == RCODE.REFUSED:
                 self.stats["refused"] += 1
-            response = self._fit(response, query, tcp)
-            self._done(block, zone, plugin, query, tcp, client, response, start)
+            response = self._fit(response, query, tcp, client)
+            if response is not None:
+                self._done(block, zone, plugin, query, tcp, client, response, start)
             return response
         return self._finish_later(result, block, zone, query, tcp, client, start)
 
@@ -107,9 +157,23 @@ class QueryHandler:
             response, plugin = await pending
         except Exception as exc:  # noqa: BLE001
             return self._internal_error(query, exc)
-        response = self._fit(response, query, tcp)
-        self._done(block, zone, plugin, query, tcp, client, response, start)
+        response = self._fit(response, query, tcp, client)
+        if response is not None:
+            self._done(block, zone, plugin, query, tcp, client, response, start)
         return response
+
+    def _acl(self, block, query: Query, client):
+        """False when allowed, else what to send (None: drop)."""
+        name = ".".join(query.labels)
+        action = block.config.acl.verdict(name, query.qtype, client[0] if client else None)
+        if action == "allow":
+            return False
+        self.stats[f"acl_{action}"] += 1
+        if action == "drop":
+            return None
+        if action == "block":
+            return error_response(query.data, RCODE.REFUSED, query)
+        return error_response(query.data, RCODE.NOERROR, query)  # filter: an empty NOERROR answer
 
     def _done(self, block, zone, plugin, query: Query, tcp: bool, client, response: bytes, start: float) -> None:
         rcode = response[3] & 0x0F
@@ -124,7 +188,15 @@ class QueryHandler:
             if "all" in logcfg.classes or cls in logcfg.classes:
                 self.log.info("query", line=query_log_line(client, query, tcp, response, time.perf_counter() - start))
 
-    def _fit(self, response: bytes, query: Query, tcp: bool) -> bytes:
+    def _fit(self, response: bytes, query: Query, tcp: bool, client=None) -> bytes | None:
+        if self.negative_limit is not None and not tcp and client and response[3] & 0x0F in (3, 5):
+            verdict = self.negative_limit.allow(client[0])
+            if verdict is False:
+                self.stats["rate_limited"] += 1
+                return None
+            if verdict is None:
+                self.stats["rate_limited"] += 1
+                return truncate(response, query)
         limit = TCP_MAX if tcp else (query.udp_size if query.edns else MIN_UDP_SIZE)
         if len(response) > limit:
             self.stats["truncated"] += 1
@@ -197,11 +269,13 @@ class UDPProtocol(asyncio.DatagramProtocol):
 class TCPServer:
     """DNS over TCP (RFC 7766): length-prefixed, pipelined, idle timeout, bounded connections."""
 
-    def __init__(self, handler: QueryHandler, log: Logger, idle_timeout: float = 10.0, max_connections: int = 1000):
+    def __init__(self, handler: QueryHandler, log: Logger, idle_timeout: float = 10.0, max_connections: int = 1000,
+                 max_inflight: int = 64):
         self.handler = handler
         self.log = log
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
+        self.max_inflight = max_inflight  # forwarded queries pending per connection before we stop reading
         self.connections = 0
         self._tasks: set[asyncio.Task] = set()
 
@@ -212,8 +286,11 @@ class TCPServer:
             return
         self.connections += 1
         peer = writer.get_extra_info("peername")
+        pending: set[asyncio.Task] = set()
         try:
             while True:
+                if len(pending) >= self.max_inflight:  # back-pressure: stop reading until answers go out
+                    await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 try:
                     prefix = await asyncio.wait_for(reader.readexactly(2), self.idle_timeout)
                     size = struct.unpack("!H", prefix)[0]
@@ -228,7 +305,9 @@ class TCPServer:
                 else:
                     task = asyncio.ensure_future(self._later(result, writer))
                     self._tasks.add(task)
+                    pending.add(task)
                     task.add_done_callback(self._tasks.discard)
+                    task.add_done_callback(pending.discard)
                 await writer.drain()
         except ConnectionError:
             return
@@ -299,7 +378,7 @@ def _bound(family: int, host: str, port: int, dual: bool = False) -> tuple[socke
 
 
 async def bind(handler: QueryHandler, log: Logger, host: str, port: int, attempts: int = 20,
-               tcp_idle_timeout: float = 10.0):
+               tcp_idle_timeout: float = 10.0, tcp_max_connections: int = 1000):
     """Bind UDP and TCP on the same port (port 0: pick a free one both can use)."""
     loop = asyncio.get_running_loop()
     last_error: OSError | None = None
@@ -311,7 +390,7 @@ async def bind(handler: QueryHandler, log: Logger, host: str, port: int, attempt
             continue
         bound_port = udp_sock.getsockname()[1]
         udp_transport, _ = await loop.create_datagram_endpoint(lambda: UDPProtocol(handler), sock=udp_sock)
-        tcp = TCPServer(handler, log, idle_timeout=tcp_idle_timeout)
+        tcp = TCPServer(handler, log, idle_timeout=tcp_idle_timeout, max_connections=tcp_max_connections)
         server = await asyncio.start_server(tcp.serve_client, sock=tcp_sock)
         return udp_transport, server, tcp, bound_port
     raise last_error or OSError("could not bind")

@@ -66,6 +66,14 @@ class FakeUpstream:
             self.queries.append((transport, name, qtype))
         if self.down or name == "silent" or name.endswith(self.silent_suffixes):
             return None
+        if name.endswith(".junk"):  # the right ID, then garbage
+            return data[:2] + bytes(range(200))
+        if name.endswith(".mismatch"):  # a well-formed answer to a different question
+            other = DNSRecord.question("elsewhere.example", "A")
+            other.header.id = query.header.id
+            bogus = other.reply()
+            bogus.add_answer(*RR.fromZone("elsewhere.example. 60 IN A 203.0.113.66"))
+            return bogus.pack()
         reply = query.reply()
         if name.endswith(self.servfail_suffixes):
             reply.header.rcode = RCODE.SERVFAIL
