@@ -69,10 +69,11 @@ def _parse(reply: bytes) -> tuple[int, int, str | None]:
 
 
 def run(seconds: float = 60, rate: int = 2000, services: int = 200, churn_interval: float = 0.02,
-        lag: float = 0.05, seed: int = 1, quiet: bool = False) -> dict:
+        lag: float = 0.05, seed: int = 1, quiet: bool = False, api_restart_every: float = 0.0) -> dict:
     rng = random.Random(seed)
     histories = {f"svc-{i}": History() for i in range(services)}
-    result = {"queries": 0, "answers": 0, "wrong": 0, "lost": 0, "servfail": 0, "changes": 0, "examples": []}
+    result = {"queries": 0, "answers": 0, "wrong": 0, "lost": 0, "servfail": 0, "changes": 0, "examples": [],
+              "api_restarts": 0}
     with FakeApiServer() as api, tempfile.TemporaryDirectory() as tmp:
         api.apply(namespace(NS))
         for i, name in enumerate(histories):
@@ -80,7 +81,8 @@ def run(seconds: float = 60, rate: int = 2000, services: int = 200, churn_interv
             api.apply(service(NS, name, ip))
             histories[name].add(time.monotonic(), ip)
         kubeconfig = write_kubeconfig(os.path.join(tmp, "kubeconfig"), api.url, token=api.token)
-        with KdnsProcess("--kubeconfig", kubeconfig, "--ready-listen", "127.0.0.1:0") as kdns:
+        with KdnsProcess("--kubeconfig", kubeconfig, "--ready-listen", "127.0.0.1:0",
+                         "--api-backoff-max", "0.5") as kdns:
             deadline = time.monotonic() + 20
             while kdns.get("ready", "/ready")[0] != 200:
                 if time.monotonic() > deadline:
@@ -92,7 +94,32 @@ def run(seconds: float = 60, rate: int = 2000, services: int = 200, churn_interv
 
             def churn() -> None:
                 version = 0
+                next_restart = time.monotonic() + api_restart_every if api_restart_every else float("inf")
                 while not stop.is_set():
+                    if time.monotonic() >= next_restart:
+                        # an API server restart: streams cut, a few changes made while it is down,
+                        # history compacted, so the watches get 410 and relist. kdns cannot know the
+                        # changes before it reconnects: they count from the moment it has.
+                        mark = len(kdns.lines)
+                        api.set_down(True)
+                        changed = []
+                        for _ in range(5):
+                            name = rng.choice(list(histories))
+                            version += 1
+                            ip = f"10.250.{version // 250 % 250}.{version % 250 + 1}"
+                            api.apply(service(NS, name, ip))
+                            changed.append((name, ip))
+                        stop.wait(0.3)
+                        api.compact()
+                        api.set_down(False)
+                        kdns.wait_for_log(r"api_relisted resource=Service", timeout=10, start=mark)
+                        now = time.monotonic()
+                        for name, ip in changed:
+                            histories[name].add(now, ip)
+                        result["api_restarts"] += 1
+                        result["changes"] += len(changed)
+                        next_restart = time.monotonic() + api_restart_every
+                        continue
                     name = rng.choice(list(histories))
                     h = histories[name]
                     version += 1
@@ -169,6 +196,7 @@ def run(seconds: float = 60, rate: int = 2000, services: int = 200, churn_interv
             result["wrong"] += 1
             if len(result["examples"]) < 5:
                 result["examples"].append((name, got, sorted(map(str, allowed))))
+    result["relists"] = sum(1 for line in kdns.lines if "api_relist resource=Service" in line)
     result.update(seconds=seconds, rate=rate, services=services, achieved_qps=round(result["answers"] / seconds),
                   rss_start_kib=rss[0][1], rss_end_kib=rss[-1][1], rss_max_kib=max(r for _, r in rss),
                   alive=alive, internal_errors=len(errors))
@@ -179,10 +207,11 @@ def run(seconds: float = 60, rate: int = 2000, services: int = 200, churn_interv
 
 def format_table(r: dict) -> str:
     return "\n".join([
-        "| soak seconds | target qps | answered qps | service changes | wrong answers | SERVFAIL | lost | "
-        "RSS start → end (max) MiB | alive | internal errors |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        f"| {r['seconds']} | {r['rate']} | {r['achieved_qps']} | {r['changes']} | {r['wrong']} | {r['servfail']} | "
+        "| soak seconds | target qps | answered qps | service changes | API restarts (relists) | wrong answers | "
+        "SERVFAIL | lost | RSS start → end (max) MiB | alive | internal errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| {r['seconds']} | {r['rate']} | {r['achieved_qps']} | {r['changes']} | {r['api_restarts']} ({r['relists']}) | "
+        f"{r['wrong']} | {r['servfail']} | "
         f"{r['lost']} | {r['rss_start_kib'] / 1024:.1f} → {r['rss_end_kib'] / 1024:.1f} "
         f"({r['rss_max_kib'] / 1024:.1f}) | {r['alive']} | {r['internal_errors']} |",
     ])
@@ -195,8 +224,11 @@ def main() -> int:
     parser.add_argument("--services", type=int, default=200)
     parser.add_argument("--churn-interval", type=float, default=0.02)
     parser.add_argument("--lag", type=float, default=0.05)
+    parser.add_argument("--api-restart-every", type=float, default=0.0, metavar="SECONDS",
+                        help="restart the API double this often (streams cut, history compacted -> relist)")
     args = parser.parse_args()
-    r = run(args.seconds, args.rate, args.services, args.churn_interval, args.lag)
+    r = run(args.seconds, args.rate, args.services, args.churn_interval, args.lag,
+            api_restart_every=args.api_restart_every)
     for example in r["examples"]:
         print("wrong:", example)
     return 0 if r["wrong"] == 0 and r["alive"] and not r["internal_errors"] else 1

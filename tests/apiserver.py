@@ -137,7 +137,7 @@ class FakeApiServer:
     def compact(self) -> None:
         """Forget history: any watch from an older resourceVersion now gets 410 Gone."""
         with self._lock:
-            self._compacted = self._rv + 1
+            self._compacted = self._rv  # a watch from the current version (a fresh list) is fine
             self._history.clear()
 
     def bookmark(self, kind: str) -> None:

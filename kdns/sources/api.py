@@ -425,6 +425,9 @@ class ApiSource:
                     index.delete(kind, ns, name)
                 if stale:
                     self.log.info("api_relist_removed", resource=kind, objects=len(stale))
+                if state.synced:
+                    self.log.info("api_relisted", resource=kind, objects=len(state.relist_seen),
+                                  removed=len(stale), resource_version=batch.resource_version)
                 state.relist_seen = None
             state.events += len(batch.upserts) + len(batch.deletes)
             if batch.resource_version:
