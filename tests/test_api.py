@@ -211,8 +211,9 @@ def test_bookmarks_advance_the_resource_version(api, tmp_path):
             api.apply(namespace(f"extra-{i}"))
         api.bookmark("Service")
         bookmark_rv = int(api._rv)
-        wait_until(lambda: kdns.metric("kdns_api_events_total", resource="Namespace") >= 5, timeout=10,
-                   what="events seen")
+        wait_until(lambda: f"Service: " in (body := kdns.get("ready", "/ready?verbose=1")[1])
+                   and f"resourceVersion {bookmark_rv}" in body.split("Service: ")[1].split(";")[0],
+                   timeout=10, what="the bookmark's resourceVersion taken")
         api.cut_watches()
         wait_until(lambda: any(p == "/api/v1/services" and q.get("watch") and int(q["resourceVersion"]) == bookmark_rv
                                for p, q in api.requests), timeout=5, what="watch resumed from the bookmark")

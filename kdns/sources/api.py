@@ -452,8 +452,8 @@ class ApiSource:
         not_synced = [k for k, s in self.states.items() if not s.synced]
         if not_synced:
             return False, "waiting for the first list of " + ", ".join(not_synced)
-        return True, "; ".join(f"{k}: {self.age(k):.1f}s since last API contact"
-                               + ("" if s.connected else f" (disconnected: {s.last_error})")
+        return True, "; ".join(f"{k}: {self.age(k):.1f}s since last API contact, resourceVersion "
+                               f"{s.resource_version}" + ("" if s.connected else f" (disconnected: {s.last_error})")
                                for k, s in self.states.items())
 
     def age(self, kind: str) -> float:
