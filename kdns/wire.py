@@ -122,13 +122,7 @@ def parse_query(data: bytes) -> Query:
     opt_seen = False
     for _ in range(ar):
         rr_start = pos
-        name_end = _read_name(data, pos, allow_pointers=True)
-        if name_end + 10 > len(data):
-            raise WireError(name_end, "resource record header runs past the end of the packet")
-        rtype, rclass, ttl, rdlen = RR_FIXED.unpack_from(data, name_end)
-        pos = name_end + 10 + rdlen
-        if pos > len(data):
-            raise WireError(name_end + 8, f"rdlength {rdlen} runs past the end of the packet")
+        _, rtype, rclass, ttl, rdlen, pos = _rr_header(data, pos)
         if rtype == T_OPT:
             if opt_seen:
                 raise WireError(rr_start, "more than one OPT record")
@@ -142,15 +136,20 @@ def parse_query(data: bytes) -> Query:
     return query
 
 
-def _skip_rr(data: bytes, pos: int) -> int:
+def _rr_header(data: bytes, pos: int) -> tuple[int, int, int, int, int, int]:
+    """(name end, type, class, ttl, rdlength, offset after the record) of the record at pos."""
     name_end = _read_name(data, pos, allow_pointers=True)
     if name_end + 10 > len(data):
         raise WireError(name_end, "resource record header runs past the end of the packet")
-    rdlen = U16.unpack_from(data, name_end + 8)[0]
+    rtype, rclass, ttl, rdlen = RR_FIXED.unpack_from(data, name_end)
     end = name_end + 10 + rdlen
     if end > len(data):
         raise WireError(name_end + 8, f"rdlength {rdlen} runs past the end of the packet")
-    return end
+    return name_end, rtype, rclass, ttl, rdlen, end
+
+
+def _skip_rr(data: bytes, pos: int) -> int:
+    return _rr_header(data, pos)[5]
 
 
 # ------------------------------------------------------------------------------ building
@@ -248,15 +247,9 @@ def walk_records(packet: bytes) -> list[RecordPos]:
     out = []
     for section, count in enumerate((an, ns, ar)):
         for _ in range(count):
-            owner = pos
-            name_end = _read_name(packet, pos, allow_pointers=True)
-            if name_end + 10 > len(packet):
-                raise WireError(name_end, "resource record header runs past the end of the packet")
-            rtype, _, _, rdlen = RR_FIXED.unpack_from(packet, name_end)
-            out.append(RecordPos(section, owner, rtype, name_end + 4, name_end + 10, rdlen))
-            pos = name_end + 10 + rdlen
-            if pos > len(packet):
-                raise WireError(name_end + 8, f"rdlength {rdlen} runs past the end of the packet")
+            name_end, rtype, _, _, rdlen, next_pos = _rr_header(packet, pos)
+            out.append(RecordPos(section, pos, rtype, name_end + 4, name_end + 10, rdlen))
+            pos = next_pos
     return out
 
 

@@ -21,40 +21,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "cluster.yaml")
 
 
-class KdnsProcess:
-    def __init__(self, *args: str, startup_timeout: float = 15.0, listen: bool = True):
-        self.args = list(args)
-        self.listen = listen
-        self.startup_timeout = startup_timeout
+class LoggedProcess:
+    """A subprocess whose combined output is collected line by line, with deadline-bound waits."""
+
+    def __init__(self):
         self.lines: list[str] = []
         self._cond = threading.Condition()
-        self.port = 0
-        self.proc: subprocess.Popen | None = None
         self._eof = False
+        self.proc: subprocess.Popen | None = None
 
-    def __enter__(self) -> "KdnsProcess":
-        cmd = [sys.executable, "-m", "kdns", "serve", *(["--listen", "127.0.0.1:0"] if self.listen else []), *self.args]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True)
+    def spawn(self, cmd: list[str]) -> None:
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         threading.Thread(target=self._pump, daemon=True).start()
-        line = self.wait_for_log(r'(INFO listening |"event": "listening")', self.startup_timeout)
-        self.port = int(re.search(r"udp[=\": ]+127\.0\.0\.1:(\d+)", line).group(1))
-        self.http = {name: int(port) for name, port in re.findall(r"(health|ready|metrics)=[\d.]+:(\d+)", line)}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def stop(self, sig: int = signal.SIGKILL, timeout: float = 10.0) -> int:
-        """Stop the server (SIGKILL by default: no lameduck wait in tests) and return its exit code."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                return self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.proc.wait(5) if self.proc else 0
 
     def _pump(self) -> None:
         assert self.proc and self.proc.stdout
@@ -80,6 +59,36 @@ class KdnsProcess:
                     raise AssertionError(f"no log line matching {pattern!r} within {timeout}s; log:\n"
                                          + "\n".join(self.lines[-30:]))
                 self._cond.wait(min(left, 0.2))
+
+
+class KdnsProcess(LoggedProcess):
+    def __init__(self, *args: str, startup_timeout: float = 15.0, listen: bool = True):
+        super().__init__()
+        self.args = list(args)
+        self.listen = listen
+        self.startup_timeout = startup_timeout
+        self.port = 0
+
+    def __enter__(self) -> "KdnsProcess":
+        self.spawn([sys.executable, "-m", "kdns", "serve", *(["--listen", "127.0.0.1:0"] if self.listen else []),
+                    *self.args])
+        line = self.wait_for_log(r'(INFO listening |"event": "listening")', self.startup_timeout)
+        self.port = int(re.search(r"udp[=\": ]+127\.0\.0\.1:(\d+)", line).group(1))
+        self.http = {name: int(port) for name, port in re.findall(r"(health|ready|metrics)=[\d.]+:(\d+)", line)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self, sig: int = signal.SIGKILL, timeout: float = 10.0) -> int:
+        """Stop the server (SIGKILL by default: no lameduck wait in tests) and return its exit code."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait(5) if self.proc else 0
 
     # ---------------------------------------------------------------- querying
 

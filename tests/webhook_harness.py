@@ -20,12 +20,13 @@ import time
 
 import jsonpatch
 
+from harness import LoggedProcess, wait_until  # noqa: F401 - re-exported for the webhook tests
+
 from kdns.index import ClusterIndex
 from kdns.log import Logger
-from kdns.objects import namespace_from_dict
+from kdns.objects import namespace_from_dict, service_from_dict
 from webhook.app import WebhookServer
 from webhook.certs import ReloadingTLS
-from kdns.objects import service_from_dict
 from webhook.cluster import ServiceCatalog
 from webhook.selection import Settings
 
@@ -237,25 +238,20 @@ class WebhookThread(Client):
 # ------------------------------------------------------------------------------ subprocess
 
 
-class WebhookProcess(Client):
+class WebhookProcess(Client, LoggedProcess):
     """`python -m webhook serve --listen 127.0.0.1:0 ...` as a subprocess; the port comes from its log."""
 
     def __init__(self, certs, *args: str, startup_timeout: float = 20.0):
+        LoggedProcess.__init__(self)
         self.certs = certs
         self.args = list(args)
         self.startup_timeout = startup_timeout
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._eof = False
-        self.proc: subprocess.Popen | None = None
-        super().__init__(0, certs.ca_cert)
+        Client.__init__(self, 0, certs.ca_cert)
 
     def __enter__(self) -> "WebhookProcess":
         cmd = [sys.executable, "-m", "webhook", "serve", "--listen", "127.0.0.1:0", "--tls-cert", self.certs.tls_cert,
                "--tls-key", self.certs.tls_key, *self.args]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        threading.Thread(target=self._pump, daemon=True).start()
+        self.spawn(cmd)
         line = self.wait_for_log(r"\blistening\b", self.startup_timeout)
         self.port = int(re.search(r"address=https://127\.0\.0\.1:(\d+)", line).group(1))
         return self
@@ -268,38 +264,3 @@ class WebhookProcess(Client):
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-
-    def _pump(self) -> None:
-        assert self.proc and self.proc.stdout
-        for line in self.proc.stdout:
-            with self._cond:
-                self.lines.append(line.rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._eof = True
-            self._cond.notify_all()
-
-    def wait_for_log(self, pattern: str, timeout: float = 5.0, start: int = 0) -> str:
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for line in self.lines[start:]:
-                    if rx.search(line):
-                        return line
-                left = deadline - time.monotonic()
-                if left <= 0 or self._eof:
-                    raise AssertionError(f"no log line matching {pattern!r} within {timeout}s; log:\n"
-                                         + "\n".join(self.lines[-30:]))
-                self._cond.wait(min(left, 0.2))
-
-
-def wait_until(predicate, timeout: float = 5.0, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{what} not met within {timeout}s (last value {last!r})")
