@@ -28,7 +28,8 @@ class Runtime:
     def __init__(self, settings: Settings, log: Logger, bind_host: str = "", resolv_conf: str = DEFAULT_RESOLV_CONF,
                  tcp_idle_timeout: float = 10.0, poll_interval: float = 0.25, api_options: dict | None = None,
                  serviceaccount_dir: str | None = None, reload_settings=None, port_map: dict | None = None,
-                 tcp_max_connections: int = 1000, negative_rate_limit: float = 0.0):
+                 tcp_max_connections: int = 1000, negative_rate_limit: float = 0.0, reuse_port: bool = False,
+                 serve_http: bool = True):
         self.settings = settings
         self.log = log
         self.bind_host = bind_host
@@ -39,6 +40,8 @@ class Runtime:
         self.serviceaccount_dir = serviceaccount_dir
         self.port_map = port_map or {}  # Corefile port -> port actually bound (0: a free one)
         self.tcp_max_connections = tcp_max_connections
+        self.reuse_port = reuse_port
+        self.serve_http = serve_http  # --workers: only the first worker serves health/ready/metrics
         self.negative_rate_limit = negative_rate_limit
         # re-reads the Corefile (with the command line's overrides) on reload
         self.reload_settings = reload_settings or (lambda: load_corefile(self.settings.path, self.resolv_conf))
@@ -105,7 +108,8 @@ class Runtime:
                     handler.negative_limit = NegativeRateLimit(self.negative_rate_limit)
                 udp, tcp_server, _, bound = await bind(handler, self.log, self.bind_host, self.port_map.get(port, port),
                                                        tcp_idle_timeout=self.tcp_idle_timeout,
-                                                       tcp_max_connections=self.tcp_max_connections)
+                                                       tcp_max_connections=self.tcp_max_connections,
+                                                       reuse_port=self.reuse_port)
                 self.handlers[port] = handler
                 self.listeners[port] = (udp, tcp_server, bound)
             else:
@@ -198,7 +202,8 @@ class Runtime:
         return f"{host}:{self.port_map.get(int(port), int(port))}"
 
     async def _start_http(self, settings: Settings) -> None:
-        addresses = tuple(self._mapped(a) for a in (settings.health, settings.ready, settings.prometheus))
+        addresses = tuple(self._mapped(a) if self.serve_http else None
+                          for a in (settings.health, settings.ready, settings.prometheus))
         if self.http is not None and addresses == self._http_addresses:
             return
         if self.http is not None:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import signal
+import socket
 import sys
 
 from .config import (DEFAULT_RESOLV_CONF, AutopathConfig, BlockConfig, ForwardConfig, KubernetesConfig, Settings,
@@ -91,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="how often manifest files are checked for edits (default 0.25)")
     misc.add_argument("--tcp-idle-timeout", type=float, default=10.0, metavar="SECONDS",
                       help="close TCP connections idle this long (default 10, RFC 7766)")
+    misc.add_argument("--workers", type=int, default=1, metavar="N",
+                      help="serve from N processes sharing the DNS ports (SO_REUSEPORT), each following the "
+                           "source itself; health/ready/metrics come from the first (default 1)")
+    misc.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
+                      help="event loop: uvloop when installed (pip install kdns[fast]) unless asyncio is asked for")
     misc.add_argument("--tcp-max-connections", type=int, default=1000, metavar="N",
                       help="open TCP connections per port; more are closed at once (default %(default)s)")
     misc.add_argument("--negative-rate-limit", type=float, default=0.0, metavar="PER_SECOND",
@@ -198,11 +204,17 @@ async def serve(args: argparse.Namespace, log: Logger) -> int:
         port_map[src] = dst
     api_options = dict(watch_timeout=args.api_watch_timeout, stall_timeout=args.api_stall_timeout,
                        backoff_max=args.api_backoff_max, page_size=args.api_page_size)
+    worker = getattr(args, "worker", 0)
+    stop = asyncio.Event()  # handlers first: a SIGTERM right after "listening" must stop us cleanly
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     runtime = Runtime(settings, log, bind_host=bind_host, resolv_conf=args.resolv_conf,
                       tcp_idle_timeout=args.tcp_idle_timeout, poll_interval=args.poll_interval,
                       api_options=api_options, serviceaccount_dir=args.serviceaccount_dir,
                       reload_settings=lambda: load_settings(args), port_map=port_map,
-                      tcp_max_connections=args.tcp_max_connections, negative_rate_limit=args.negative_rate_limit)
+                      tcp_max_connections=args.tcp_max_connections, negative_rate_limit=args.negative_rate_limit,
+                      reuse_port=args.workers > 1, serve_http=worker == 0)
     try:
         await runtime.start()
     except OSError as exc:
@@ -219,19 +231,28 @@ async def serve(args: argparse.Namespace, log: Logger) -> int:
     for port, (_, _, bound) in sorted(runtime.listeners.items()):
         host = bind_host or "[::]"
         shown = f"[{host}]:{bound}" if ":" in host and not host.startswith("[") else f"{host}:{bound}"
+        extra = {"worker": worker} if args.workers > 1 else {}
         log.info("listening", server=f"dns://:{port}", udp=shown, tcp=shown, **runtime.http_bound,
-                 zones=",".join(z or "." for b in settings.blocks if b.port == port for z in b.zones))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+                 zones=",".join(z or "." for b in settings.blocks if b.port == port for z in b.zones),
+                 loop=type(asyncio.get_running_loop()).__module__.split(".")[0], **extra)
     reporter = asyncio.create_task(_report_bad_packets(runtime, log, args.stats_interval))
+    orphan_watch = asyncio.create_task(_exit_with_parent(stop)) if worker else None
     await stop.wait()
+    if orphan_watch is not None:
+        orphan_watch.cancel()
     log.info("shutting_down", lameduck=runtime.settings.lameduck)
     reporter.cancel()
     await runtime.shutdown(runtime.settings.lameduck)
     log.info("stopped")
     return 0
+
+
+async def _exit_with_parent(stop: asyncio.Event, every: float = 1.0) -> None:
+    """A worker stops when the first worker (its parent) is gone, even if it was killed."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(every)
+    stop.set()
 
 
 async def _report_bad_packets(runtime, log: Logger, every: float = 10.0) -> None:
@@ -284,10 +305,79 @@ def main(argv: list[str] | None = None) -> int:
     log = Logger(fmt=getattr(args, "log_format", "text"), level=getattr(args, "log_level", "info"))
     if args.command == "check-config":
         return check_config(args, log)
+    if args.workers < 1:
+        log.error("bad_config", field="--workers", reason="must be at least 1")
+        return 2
+    if args.workers > 1:
+        return _serve_workers(args, log)
+    return _run(args, log)
+
+
+def _run(args: argparse.Namespace, log: Logger) -> int:
+    """serve() on the chosen event loop: uvloop when installed (auto) or asked for."""
+    runner = asyncio.run
+    if args.loop in ("auto", "uvloop"):
+        try:
+            import uvloop
+            runner = uvloop.run
+        except ImportError:
+            if args.loop == "uvloop":
+                log.error("bad_config", field="--loop", reason="uvloop is not installed (pip install kdns[fast])")
+                return 2
     try:
-        return asyncio.run(serve(args, log))
+        return runner(serve(args, log))
     except KeyboardInterrupt:
         return 0
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as udp, socket.socket(family, socket.SOCK_STREAM) as tcp:
+        udp.bind((host or "0.0.0.0", 0))
+        port = udp.getsockname()[1]
+        tcp.bind((host or "0.0.0.0", port))
+        return port
+
+
+def _serve_workers(args: argparse.Namespace, log: Logger) -> int:
+    """Fork N-1 workers before any event loop or thread exists; all bind the same ports with
+    SO_REUSEPORT. A port 0 is resolved to one free port first, so every worker shares it."""
+    if not args.corefile:
+        host, port = parse_hostport(args.listen, 53)
+        if port == 0:
+            port = _free_port(host)
+            args.listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    else:
+        resolved = []
+        for item in args.port_map:
+            src, _, dst = item.partition("=")
+            if dst == "0" and src not in ("8080", "8181", "9153"):
+                dst = str(_free_port(args.bind or ""))
+            resolved.append(f"{src}={dst}")
+        args.port_map = resolved
+    children = []
+    for worker in range(1, args.workers):
+        pid = os.fork()
+        if pid == 0:
+            args.worker = worker
+            code = 1
+            try:
+                code = _run(args, log)
+            finally:
+                os._exit(code)
+        children.append(pid)
+    args.worker = 0
+    try:
+        code = _run(args, log)
+    finally:
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for pid in children:
+            os.waitpid(pid, 0)
+    return code
 
 
 if __name__ == "__main__":

@@ -321,18 +321,18 @@ class TCPServer:
             writer.write(struct.pack("!H", len(response)) + response)
 
 
-def _sockets(host: str, port: int) -> tuple[socket.socket, socket.socket]:
+def _sockets(host: str, port: int, reuse_port: bool = False) -> tuple[socket.socket, socket.socket]:
     """A UDP and a TCP socket on host:port. Host "" means every interface: one dual-stack IPv6
     socket when the system has IPv6, else 0.0.0.0."""
     if host in ("", "::"):
         try:
-            return _bound(socket.AF_INET6, "::", port, dual=True)
+            return _bound(socket.AF_INET6, "::", port, dual=True, reuse_port=reuse_port)
         except OSError:
             if host == "::":
                 raise
-            return _bound(socket.AF_INET, "0.0.0.0", port)
+            return _bound(socket.AF_INET, "0.0.0.0", port, reuse_port=reuse_port)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return _bound(family, host, port)
+    return _bound(family, host, port, reuse_port=reuse_port)
 
 
 def tcp_listener(host: str, port: int) -> socket.socket:
@@ -358,13 +358,16 @@ def tcp_listener(host: str, port: int) -> socket.socket:
     raise last or OSError("could not bind")
 
 
-def _bound(family: int, host: str, port: int, dual: bool = False) -> tuple[socket.socket, socket.socket]:
+def _bound(family: int, host: str, port: int, dual: bool = False,
+           reuse_port: bool = False) -> tuple[socket.socket, socket.socket]:
     udp = socket.socket(family, socket.SOCK_DGRAM)
     tcp = socket.socket(family, socket.SOCK_STREAM)
     try:
         for sock in (udp, tcp):
             if dual:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            if reuse_port:  # --workers: every worker binds the same port; the kernel spreads the load
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.setblocking(False)
         tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         udp.bind((host, port))
@@ -378,13 +381,13 @@ def _bound(family: int, host: str, port: int, dual: bool = False) -> tuple[socke
 
 
 async def bind(handler: QueryHandler, log: Logger, host: str, port: int, attempts: int = 20,
-               tcp_idle_timeout: float = 10.0, tcp_max_connections: int = 1000):
+               tcp_idle_timeout: float = 10.0, tcp_max_connections: int = 1000, reuse_port: bool = False):
     """Bind UDP and TCP on the same port (port 0: pick a free one both can use)."""
     loop = asyncio.get_running_loop()
     last_error: OSError | None = None
     for _ in range(attempts if port == 0 else 1):
         try:
-            udp_sock, tcp_sock = _sockets(host, port)
+            udp_sock, tcp_sock = _sockets(host, port, reuse_port)
         except OSError as exc:
             last_error = exc
             continue

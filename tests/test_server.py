@@ -201,3 +201,26 @@ def test_json_log_format(tmp_path):
         line = proc.wait_for_log(r'"event": "listening"')
         record = json.loads(line)
         assert record["level"] == "info" and record["udp"] == f"127.0.0.1:{proc.port}"
+
+
+def test_workers_share_the_port_and_follow_the_parent():
+    import signal as sig
+    import subprocess
+    import time
+    with KdnsProcess("--manifests", EXAMPLE, "--workers", "2") as kdns:
+        second = kdns.wait_for_log(r"INFO listening .*worker=1")
+        assert f"udp=127.0.0.1:{kdns.port}" in second  # both workers on one port (SO_REUSEPORT)
+        for _ in range(40):  # the kernel spreads these over both workers
+            assert answers(kdns.query("kubernetes.default.svc.cluster.local")) == ["10.96.0.1"]
+        child = int(subprocess.run(["pgrep", "-P", str(kdns.proc.pid)], capture_output=True,
+                                   text=True).stdout.split()[0])
+        assert kdns.stop(sig.SIGTERM) == 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("worker outlived the parent")
