@@ -72,8 +72,12 @@ class KdnsProcess(LoggedProcess):
     def __enter__(self) -> "KdnsProcess":
         self.spawn([sys.executable, "-m", "kdns", "serve", *(["--listen", "127.0.0.1:0"] if self.listen else []),
                     *self.args])
-        line = self.wait_for_log(r'(INFO listening |"event": "listening")', self.startup_timeout)
-        self.port = int(re.search(r"udp[=\": ]+127\.0\.0\.1:(\d+)", line).group(1))
+        try:
+            line = self.wait_for_log(r'(INFO listening |"event": "listening")', self.startup_timeout)
+            self.port = int(re.search(r"udp[=\": ]+127\.0\.0\.1:(\d+)", line).group(1))
+        except BaseException:
+            self.stop()  # never leave a server behind when start-up fails
+            raise
         self.http = {name: int(port) for name, port in re.findall(r"(health|ready|metrics)=[\d.]+:(\d+)", line)}
         return self
 
