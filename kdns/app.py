@@ -106,6 +106,7 @@ class Runtime:
                 self.index.subscribe(handler.cache.invalidate)
                 if self.negative_rate_limit > 0:
                     handler.negative_limit = NegativeRateLimit(self.negative_rate_limit)
+                    handler._update_plain()
                 udp, tcp_server, _, bound = await bind(handler, self.log, self.bind_host, self.port_map.get(port, port),
                                                        tcp_idle_timeout=self.tcp_idle_timeout,
                                                        tcp_max_connections=self.tcp_max_connections,

@@ -31,6 +31,10 @@ class AnswerCache:
             self.hits += 1
         return packed
 
+    def peek(self, key: Hashable) -> Any:
+        """get() without counting a hit or miss (the caller counts what it serves)."""
+        return self._entries.get(key)
+
     def put(self, key: Hashable, packed: Any, deps: Iterable[Hashable]) -> None:
         if key in self._entries:
             self._drop(key)

@@ -161,3 +161,27 @@ def test_a_resolver_bug_costs_one_servfail_and_is_logged(monkeypatch):
     assert h.stats["internal_errors"] == 1 and "internal_error" in h.log.stream.getvalue()
     monkeypatch.undo()
     assert addresses(ask(h, "s.ns.svc.cluster.local")) == ["10.0.0.1"]
+
+
+@pytest.mark.parametrize("kwargs", [dict(use_edns=False), dict(use_edns=0), dict(use_edns=0, payload=4096),
+                                    dict(use_edns=0, want_dnssec=True), dict(use_edns=0, payload=100)])
+@pytest.mark.parametrize("name,rdtype", [("s.ns.svc.cluster.local", "A"), ("S.Ns.SVC.cluster.LOCAL", "SRV"),
+                                         (".", "NS"), ("x" * 63 + ".test", "AAAA")])
+def test_fast_key_equals_the_full_parser(name, rdtype, kwargs):
+    from kdns.wire import fast_key
+    wire = dns.message.make_query(name, rdtype, **kwargs).to_wire()
+    key, qend, udp = fast_key(wire)
+    q = parse_query(wire)
+    assert key == q.key and qend == q.qend and udp == (q.udp_size if q.edns else 512)
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda w: w + b"\x00",  # trailing byte
+    lambda w: w[:2] + bytes([w[2] | 0x80]) + w[3:],  # a response
+    lambda w: w[:2] + bytes([w[2] | 0x28]) + w[3:],  # another opcode
+    lambda w: w[:5] + b"\x02" + w[6:],  # two questions
+    lambda w: w[:12] + b"\xc0\x0c" + w[-4:],  # a pointer in the question
+])
+def test_fast_key_leaves_unusual_packets_to_the_full_parser(mutate):
+    from kdns.wire import fast_key
+    assert fast_key(mutate(dns.message.make_query("s.ns.svc.cluster.local", "A", use_edns=False).to_wire())) is None
