@@ -87,9 +87,9 @@ class QueryHandler:
         self._update_plain()
 
     def _update_plain(self) -> None:
-        """Whether a cache hit needs nothing but the ID/flags/question patch (no metrics, log, acl,
-        rate limit): then handle() answers it before the full parser runs."""
-        self.plain = not (self.observe or self.querylog or self.negative_limit is not None
+        """Whether a cache hit needs nothing but the ID/flags/question patch and metrics (no query log,
+        acl, rate limit): then handle() answers it before the full parser runs."""
+        self.plain = not (self.querylog or self.negative_limit is not None
                           or any(b.config.acl is not None for b in self.blocks))
 
     @property
@@ -112,17 +112,24 @@ class QueryHandler:
         """Response bytes, None (drop), or an awaitable producing bytes or None."""
         self.stats["queries_tcp" if tcp else "queries_udp"] += 1
         if self.plain:
+            start = time.perf_counter()
             fast = fast_key(data)
             if fast is not None:
                 key, qend, udp_size = fast
                 entry = self.cache.peek(key)
                 if entry is not None and not entry.groups and (tcp or len(entry.packed) <= udp_size):
-                    # the hottest path: a cached answer, nothing to observe, log, filter or rotate
+                    # the hottest path: a cached answer, nothing to log, filter or rotate
                     packed = entry.packed
                     entry.served += 1
                     self.cache.hits += 1
                     flags = bytes(((packed[2] & 0xFE) | (data[2] & 0x01), (packed[3] & 0xEF) | (data[3] & 0x10)))
-                    return b"".join((data[0:2], flags, packed[4:12], data[12:qend], packed[qend:]))
+                    response = b"".join((data[0:2], flags, packed[4:12], data[12:qend], packed[qend:]))
+                    if self._observe:
+                        self.metrics.observe(entry.block.name, entry.zone, "tcp" if tcp else "udp",
+                                             "2" if client and ":" in client[0] else "1", key[1], key[4],
+                                             65535 if tcp else udp_size, packed[3] & 0x0F, entry.plugin,
+                                             len(response), time.perf_counter() - start)
+                    return response
         start = time.perf_counter()
         try:
             query = parse_query(data)
