@@ -45,10 +45,17 @@ class FakeUpstream:
                 if reply is not None:
                     self.request.sendall(struct.pack("!H", len(reply)) + reply)
 
-        self.udp = socketserver.ThreadingUDPServer(("127.0.0.1", 0), UDPHandler)
-        port = self.udp.server_address[1]
         socketserver.ThreadingTCPServer.allow_reuse_address = True
-        self.tcp = socketserver.ThreadingTCPServer(("127.0.0.1", port), TCPHandler)
+        for _ in range(50):  # UDP and TCP on one free port: retry when TCP finds that port taken
+            self.udp = socketserver.ThreadingUDPServer(("127.0.0.1", 0), UDPHandler)
+            port = self.udp.server_address[1]
+            try:
+                self.tcp = socketserver.ThreadingTCPServer(("127.0.0.1", port), TCPHandler)
+                break
+            except OSError:
+                self.udp.server_close()
+        else:
+            raise OSError("no free port for both UDP and TCP")
         self.port = port
         for server in (self.udp, self.tcp):
             server.daemon_threads = True
