@@ -129,6 +129,7 @@ class Runtime:
         self.blocks = new_blocks
         self._register_metrics(settings)
         await self._start_http(settings)
+        self._tasks = [t for t in self._tasks if not t.done()]  # finished loop checks etc. of earlier configs
         for block in new_blocks:
             if block.hosts is not None:
                 self._tasks.append(asyncio.create_task(self._hosts_loop(block)))
