@@ -14,7 +14,7 @@ from .forward import Forwarder
 from .hosts import Hosts
 from .http import HttpEndpoints
 from .index import ClusterIndex
-from .log import Logger
+from .log import Logger, route_library_logs
 from .metrics import CoreDnsCollector, DnsMetrics, KdnsCollector
 from .pipeline import Block
 from .resolver import Resolver, ResolverConfig, ZoneSet
@@ -63,6 +63,7 @@ class Runtime:
     # -------------------------------------------------------------------- building
 
     async def start(self) -> None:
+        route_library_logs(self.log)  # aiohttp / asyncio complaints become one-line log events
         await self._apply(self.settings)
         if self.settings.reload and self.settings.path:
             self._tasks.append(asyncio.create_task(self._reload_loop()))

@@ -221,7 +221,7 @@ def parse_key(tok: Token, path: str, default_port: int = 53) -> tuple[str, int]:
     port = default_port
     if text.startswith("[") or text.count(":") == 1:
         host, _, port_text = text.rpartition(":")
-        if not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 0 <= int(port_text) < 65536:
             raise CorefileError(path, tok.line, tok.col, f"bad port in server block key {tok.text!r}")
         port, text = int(port_text), host
     zone = normalize_zone(text or ".")
@@ -282,18 +282,26 @@ def _address(d: Directive, tok: Token) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def read_resolv_conf(path: str) -> tuple[list[str], list[str]]:
-    """(nameservers, search domains) of a resolv.conf."""
+def read_resolv_conf(path: str, limit: int = 1 << 16) -> tuple[list[str], list[str]]:
+    """(nameservers, search domains) of a resolv.conf. OSError for anything that is not a regular,
+    readable text file of sane size."""
+    if "\0" in path:
+        raise OSError(22, "path contains a NUL byte")
+    if not os.path.isfile(path):
+        raise OSError(2, "not a regular file")
+    with open(path, "rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(27, f"larger than {limit} bytes")
     servers, search = [], []
-    with open(path) as fh:
-        for line in fh:
-            parts = line.split("#", 1)[0].split()
-            if not parts:
-                continue
-            if parts[0] == "nameserver" and len(parts) > 1:
-                servers.append(parts[1].split("%")[0])
-            elif parts[0] in ("search", "domain"):
-                search = [normalize_zone(s) for s in parts[1:]]
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        parts = line.split("#", 1)[0].split()
+        if not parts:
+            continue
+        if parts[0] == "nameserver" and len(parts) > 1:
+            servers.append(parts[1].split("%")[0])
+        elif parts[0] in ("search", "domain"):
+            search = [normalize_zone(s) for s in parts[1:]]
     return servers, search
 
 
@@ -383,7 +391,7 @@ def _forward(d: Directive, resolv_conf: str, warnings: list[str]) -> ForwardConf
             try:
                 servers, _ = read_resolv_conf(text)
             except OSError as exc:
-                raise d.error(f"forward: cannot read {text}: {exc.strerror}", tok) from None
+                raise d.error(f"forward: cannot read {text!r}: {exc.strerror}", tok) from None
             if not servers:
                 raise d.error(f"forward: {text} lists no nameserver", tok)
             for server in servers:
@@ -518,7 +526,7 @@ def _autopath(d: Directive, block_zones: list[str]) -> AutopathConfig:
 
 
 def _acl(d: Directive, block_zones: list[str]) -> AclConfig:
-    from dnslib import QTYPE
+    from dnslib import QTYPE, DNSError
     acl = AclConfig(zones=[normalize_zone(t.text) for t in d.args] or list(block_zones))
     if not d.block:
         raise d.error("acl: needs a block of rules: allow|block|filter|drop [type QTYPE...] [net SOURCE...]")
@@ -549,7 +557,7 @@ def _acl(d: Directive, block_zones: list[str]) -> AclConfig:
             if current == "type":
                 try:
                     qtypes.add(int(getattr(QTYPE, tok.text.upper())))
-                except AttributeError:
+                except (AttributeError, DNSError):
                     raise opt.error(f"acl: unknown query type {tok.text!r}", tok) from None
             elif current == "net":
                 try:

@@ -169,6 +169,8 @@ def parse(text: str, path: str = "Corefile") -> list[ServerBlock]:
                                     f"expected '{{' after server block key(s) {' '.join(t.text for t in keys)}")
             keys.extend(Token(k, tok.line, tok.col) for k in tok.text.split(",") if k)
             if tok.text.endswith(","):
+                if not keys:
+                    raise CorefileError(path, tok.line, tok.col, "a server block key is missing before ','")
                 keys[-1] = Token(keys[-1].text + ",", tok.line, tok.col)  # remember: keys continue
         keys = [Token(k.text.rstrip(","), k.line, k.col) for k in keys]
         if not keys:

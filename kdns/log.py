@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 import time
@@ -44,6 +45,30 @@ class Logger:
 
     def error(self, event: str, **fields: Any) -> None:
         self.log("error", event, **fields)
+
+
+class LibraryLogHandler(logging.Handler):
+    """Routes a library's `logging` records (aiohttp's "Error handling request", bad encodings from
+    clients) into our one-line logs: no multi-line tracebacks in the output a client can trigger."""
+
+    def __init__(self, log: "Logger"):
+        super().__init__(level=logging.WARNING)
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        error = record.exc_info[1] if record.exc_info else None
+        level = "error" if record.levelno >= logging.ERROR else "warning"
+        fields = {"source": record.name, "message": record.getMessage()[:300]}
+        if error is not None:
+            fields["error"] = f"{type(error).__name__}: {str(error)[:300]}"
+        self.log.log(level, "library", **fields)
+
+
+def route_library_logs(log: "Logger", *names: str) -> None:
+    for name in names or ("aiohttp", "asyncio"):
+        lib = logging.getLogger(name)
+        lib.handlers = [LibraryLogHandler(log)]
+        lib.propagate = False
 
 
 def _quote(value: Any) -> str:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+import reprlib
+from collections.abc import Mapping
+from typing import Any
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
@@ -103,6 +105,14 @@ class Namespace:
 # --------------------------------------------------------------------------------------------
 # conversion helpers
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 2, 60, 60, 4, 4
+
+
+def _show(value: Any) -> str:
+    """A bounded repr for error messages (a YAML alias bomb must not be expanded into one)."""
+    return _REPR.repr(value)
+
 
 def _get(obj: Mapping[str, Any], path: str, kind: type | tuple[type, ...], default: Any = None,
          required: bool = False) -> Any:
@@ -118,8 +128,9 @@ def _get(obj: Mapping[str, Any], path: str, kind: type | tuple[type, ...], defau
             return default
         cur = cur[part]
     if not isinstance(cur, kind):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise ObjectError(path, f"expected {names}, got {type(cur).__name__} {cur!r}")
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        names = " or ".join("mapping" if k is Mapping else k.__name__ for k in kinds)
+        raise ObjectError(path, f"expected {names}, got {type(cur).__name__} {_show(cur)}")
     return cur
 
 
@@ -136,16 +147,21 @@ def _namespace(obj: Mapping[str, Any], default_namespace: str) -> str:
 
 def _labels(obj: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     labels = _get(obj, "metadata.labels", Mapping, default={})
-    return tuple(sorted((str(k), str(v)) for k, v in labels.items()))
+    out = []
+    for k, v in labels.items():
+        if not isinstance(k, (str, int, float, bool)) or not isinstance(v, (str, int, float, bool)):
+            raise ObjectError("metadata.labels", f"label keys and values must be strings, got {_show(k)}: {_show(v)}")
+        out.append((str(k), str(v)))
+    return tuple(sorted(out))
 
 
 def _ip(value: Any, path: str) -> str:
     if not isinstance(value, str):
-        raise ObjectError(path, f"expected an IP address string, got {value!r}")
+        raise ObjectError(path, f"expected an IP address string, got {_show(value)}")
     try:
         return ipaddress.ip_address(value).compressed
     except ValueError:
-        raise ObjectError(path, f"not an IP address: {value!r}") from None
+        raise ObjectError(path, f"not an IP address: {_show(value)}") from None
 
 
 def _list(obj: Mapping[str, Any], path: str) -> list:
@@ -160,13 +176,13 @@ def _ports(items: list, path: str) -> tuple[ServicePort, ...]:
             raise ObjectError(p, "expected a mapping")
         number = item.get("port")
         if isinstance(number, bool) or not isinstance(number, int) or not 0 < number < 65536:
-            raise ObjectError(f"{p}.port", f"expected a port number 1-65535, got {number!r}")
+            raise ObjectError(f"{p}.port", f"expected a port number 1-65535, got {_show(number)}")
         name = item.get("name") or ""
         if not isinstance(name, str):
-            raise ObjectError(f"{p}.name", f"expected a string, got {name!r}")
+            raise ObjectError(f"{p}.name", f"expected a string, got {_show(name)}")
         protocol = item.get("protocol") or "TCP"
         if protocol not in ("TCP", "UDP", "SCTP"):
-            raise ObjectError(f"{p}.protocol", f"expected TCP, UDP or SCTP, got {protocol!r}")
+            raise ObjectError(f"{p}.protocol", f"expected TCP, UDP or SCTP, got {_show(protocol)}")
         ports.append(ServicePort(name=name, port=number, protocol=protocol))
     return tuple(ports)
 
@@ -185,7 +201,7 @@ def service_from_dict(obj: Mapping[str, Any], default_namespace: str = "default"
         return Service(namespace, name, "ExternalName", ports=ports, external_name=ext,
                        publish_not_ready=publish, labels=labels)
     if stype not in ("ClusterIP", "NodePort", "LoadBalancer"):
-        raise ObjectError("spec.type", f"unknown service type {stype!r}")
+        raise ObjectError("spec.type", f"unknown service type {_show(stype)}")
     cluster_ip = _get(obj, "spec.clusterIP", str, default="")
     cluster_ips = _list(obj, "spec.clusterIPs")
     if cluster_ip == "None" or cluster_ips == ["None"]:
@@ -198,7 +214,7 @@ def service_from_dict(obj: Mapping[str, Any], default_namespace: str = "default"
     if cluster_ip:
         first = _ip(cluster_ip, "spec.clusterIP")
         if ips and ips[0] != first:
-            raise ObjectError("spec.clusterIPs[0]", f"must equal spec.clusterIP {cluster_ip!r}")
+            raise ObjectError("spec.clusterIPs[0]", f"must equal spec.clusterIP {_show(cluster_ip)}")
         if not ips:
             ips = [first]
     return Service(namespace, name, "ClusterIP", cluster_ips=tuple(ips), ports=ports,
@@ -217,7 +233,7 @@ def endpointslice_from_dict(obj: Mapping[str, Any], default_namespace: str = "de
                           "required label is missing: it names the Service this slice belongs to")
     address_type = _get(obj, "addressType", str, required=True)
     if address_type not in ("IPv4", "IPv6", "FQDN"):
-        raise ObjectError("addressType", f"expected IPv4, IPv6 or FQDN, got {address_type!r}")
+        raise ObjectError("addressType", f"expected IPv4, IPv6 or FQDN, got {_show(address_type)}")
     if address_type == "FQDN":
         return None
     endpoints = []
@@ -238,14 +254,14 @@ def endpointslice_from_dict(obj: Mapping[str, Any], default_namespace: str = "de
             raise ObjectError(f"{p}.conditions", "expected a mapping")
         ready = conditions.get("ready")
         if ready is not None and not isinstance(ready, bool):
-            raise ObjectError(f"{p}.conditions.ready", f"expected true or false, got {ready!r}")
+            raise ObjectError(f"{p}.conditions.ready", f"expected true or false, got {_show(ready)}")
         hostname = ep.get("hostname") or ""
         if not isinstance(hostname, str):
-            raise ObjectError(f"{p}.hostname", f"expected a string, got {hostname!r}")
+            raise ObjectError(f"{p}.hostname", f"expected a string, got {_show(hostname)}")
         target = ep.get("targetRef") or {}
         pod_name = target.get("name", "") if isinstance(target, Mapping) and target.get("kind", "Pod") == "Pod" else ""
         endpoints.append(Endpoint(addresses=ips, ready=ready is not False, hostname=hostname.lower(),
-                                  pod_name=str(pod_name or "")))
+                                  pod_name=pod_name if isinstance(pod_name, str) else ""))
     ports = _slice_ports(_list(obj, "ports"), "ports")
     return EndpointSlice(namespace, name, service, tuple(endpoints), ports)
 
@@ -266,17 +282,25 @@ def endpoints_from_dict(obj: Mapping[str, Any], default_namespace: str = "defaul
         if not isinstance(subset, Mapping):
             raise ObjectError(p, "expected a mapping")
         for field_name, ready in (("addresses", True), ("notReadyAddresses", False)):
-            for j, addr in enumerate(subset.get(field_name) or []):
+            items = subset.get(field_name) or []
+            if not isinstance(items, list):
+                raise ObjectError(f"{p}.{field_name}", f"expected a list, got {type(items).__name__}")
+            for j, addr in enumerate(items):
                 q = f"{p}.{field_name}[{j}]"
                 if not isinstance(addr, Mapping):
                     raise ObjectError(q, "expected a mapping")
                 ip = _ip(addr.get("ip"), f"{q}.ip")
                 hostname = addr.get("hostname") or ""
+                if not isinstance(hostname, str):
+                    raise ObjectError(f"{q}.hostname", f"expected a string, got {_show(hostname)}")
                 target = addr.get("targetRef") or {}
                 pod_name = target.get("name", "") if isinstance(target, Mapping) else ""
-                endpoints.append(Endpoint((ip,), ready=ready, hostname=str(hostname).lower(),
-                                          pod_name=str(pod_name or "")))
-        for port in _slice_ports(subset.get("ports") or [], f"{p}.ports"):
+                endpoints.append(Endpoint((ip,), ready=ready, hostname=hostname.lower(),
+                                          pod_name=pod_name if isinstance(pod_name, str) else ""))
+        subset_ports = subset.get("ports") or []
+        if not isinstance(subset_ports, list):
+            raise ObjectError(f"{p}.ports", f"expected a list, got {type(subset_ports).__name__}")
+        for port in _slice_ports(subset_ports, f"{p}.ports"):
             if port not in ports:
                 ports.append(port)
     return EndpointSlice(namespace, name, name, tuple(endpoints), tuple(ports), legacy=True)

@@ -88,6 +88,12 @@ def _name(text: str) -> DNSLabel:
     return DNSLabel(text + "." if text else ".")
 
 
+def _owner(labels: tuple[str, ...]) -> DNSLabel:
+    """The asked name as a DNSLabel built from its labels (bytes kept as they are: a non-ASCII byte
+    or a dot inside a label must not be re-parsed as text)."""
+    return DNSLabel([label.encode("latin-1") for label in labels]) if labels else DNSLabel(".")
+
+
 def _fqdn(*parts: str) -> str:
     return ".".join(p for p in parts if p)
 
@@ -144,7 +150,7 @@ class Resolver:
     # ---------------------------------------------------------------- forward zone
 
     def _forward(self, zone: Zone, labels, rel, qtype, ans: Answer, depth: int) -> None:
-        owner = _name(".".join(labels))
+        owner = _owner(labels)
         n = len(rel)
         if n == 0:
             return self._apex(zone, owner, qtype, ans)
@@ -393,7 +399,7 @@ class Resolver:
     # ---------------------------------------------------------------- reverse zones (§2.3.4, §2.4.4)
 
     def _reverse(self, zone: Zone, labels, rel, qtype: int, ans: Answer) -> None:
-        owner = _name(".".join(labels))
+        owner = _owner(labels)
         if not rel:
             if qtype in (T_SOA, T_ANY):
                 ans.answer.append(self._soa(zone))

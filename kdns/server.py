@@ -81,7 +81,8 @@ class QueryHandler:
     def set_blocks(self, blocks: list) -> None:
         # longest zone first; a name goes to the most specific block (CoreDNS's zone matching)
         self.blocks = sorted(blocks, key=lambda b: -max(len(z) for z in b.config.zones))
-        self._zones = sorted(((z, b) for b in blocks for z in b.config.zones), key=lambda zb: -len(zb[0]))
+        self._zones = sorted(((tuple(z.split(".")) if z else (), z, b) for b in blocks for z in b.config.zones),
+                             key=lambda lzb: -len(lzb[0]))
         self.cache.clear()
         self.querylog = any(b.config.log is not None for b in blocks)
         self._update_plain()
@@ -102,9 +103,12 @@ class QueryHandler:
         self._observe = value
         self._update_plain()
 
-    def select(self, name: str):
-        for zone, block in self._zones:
-            if zone == "" or name == zone or name.endswith("." + zone):
+    def select(self, labels: tuple[str, ...]):
+        """The block with the most specific zone for these labels (a dot inside a label matches nothing)."""
+        n = len(labels)
+        for zone_labels, zone, block in self._zones:
+            k = len(zone_labels)
+            if k <= n and (k == 0 or labels[n - k:] == zone_labels):
                 return block, zone or "."
         return None, None
 
@@ -166,8 +170,9 @@ class QueryHandler:
 
     def _miss(self, query: Query, tcp: bool, client, start: float):
         data = query.data
-        name = ".".join(query.labels)
-        block, zone = self.select(name)
+        labels = query.labels
+        name = ".".join(labels)
+        block, zone = self.select(labels)
         if block is None or query.qclass not in (CLASS_IN, CLASS_ANY) or query.qtype in REFUSED_TYPES:
             self.stats["refused"] += 1
             response = self._fit(error_response(data, RCODE.REFUSED, query), query, tcp, client)
@@ -338,6 +343,8 @@ class TCPServer:
                 if result is None:
                     continue
                 if isinstance(result, bytes):
+                    if writer.is_closing():
+                        return
                     writer.write(struct.pack("!H", len(result)) + result)
                 else:
                     task = asyncio.ensure_future(self._later(result, writer))
@@ -345,17 +352,41 @@ class TCPServer:
                     pending.add(task)
                     task.add_done_callback(self._tasks.discard)
                     task.add_done_callback(pending.discard)
-                await writer.drain()
-        except ConnectionError:
+                try:
+                    # a client that never reads must not hold the connection: drain is bounded too
+                    await asyncio.wait_for(writer.drain(), self.idle_timeout)
+                except asyncio.TimeoutError:
+                    _reset(writer.transport)
+                    return
+        except (ConnectionError, RuntimeError):  # uvloop raises RuntimeError on a closed transport
             return
         finally:
             self.connections -= 1
-            writer.close()
+            transport = writer.transport
+            if transport.get_write_buffer_size():
+                # answers stuck in our buffer: close() would wait for a peer that does not read
+                _reset(transport)
+            else:
+                writer.close()  # what the kernel still holds is flushed to the peer, then FIN
 
     async def _later(self, pending: Awaitable, writer: asyncio.StreamWriter) -> None:
         response = await pending
         if response is not None and not writer.is_closing():
-            writer.write(struct.pack("!H", len(response)) + response)
+            try:
+                writer.write(struct.pack("!H", len(response)) + response)
+            except (ConnectionError, RuntimeError):  # the client went away meanwhile
+                pass
+
+
+def _reset(transport) -> None:
+    """Abort with an RST (SO_LINGER 0), dropping whatever is queued for the peer."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    transport.abort()
 
 
 def _sockets(host: str, port: int, reuse_port: bool = False) -> tuple[socket.socket, socket.socket]:

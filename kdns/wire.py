@@ -83,7 +83,7 @@ def fast_key(data: bytes):
             return None
         length = data[pos]
     qend = pos + 5
-    if qend > n:
+    if qend > n or pos - 12 > 254:  # the name, root byte included, is at most 255 bytes
         return None
     qtype = data[pos + 1] << 8 | data[pos + 2]
     qclass = data[pos + 3] << 8 | data[pos + 4]
@@ -94,7 +94,7 @@ def fast_key(data: bytes):
         return (data[12:pos + 1].lower(), qtype, qclass, False, False), qend, MIN_UDP_SIZE
     if ar != 1 or n < qend + 11 or data[qend] or data[qend + 1] or data[qend + 2] != T_OPT or data[qend + 6]:
         return None  # not a plain root OPT of version 0
-    if qend + 11 + (data[qend + 9] << 8 | data[qend + 10]) != n or pos - 12 > 254:
+    if qend + 11 + (data[qend + 9] << 8 | data[qend + 10]) != n:
         return None
     udp = data[qend + 3] << 8 | data[qend + 4]
     return ((data[12:pos + 1].lower(), qtype, qclass, True, bool(data[qend + 7] & 0x80)), qend,
@@ -129,7 +129,7 @@ def _read_name(data: bytes, pos: int, allow_pointers: bool) -> int:
         if pos + 1 + n >= end:
             raise WireError(pos, f"label of {n} bytes runs past the end of the packet")
         total += n + 1
-        if total > 255:
+        if total + 1 > 255:  # with the root byte
             raise WireError(start, "name longer than 255 bytes")
         pos += 1 + n
 

@@ -14,6 +14,8 @@ import time
 from typing import Callable
 
 from aiohttp import web
+
+from kdns.log import route_library_logs
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -66,7 +68,9 @@ class WebhookServer:
 
     async def start(self, host: str, port: int) -> str:
         """Listen with TLS on host:port (port 0 picks one); returns the bound HOST:PORT."""
-        self._runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=2.0)
+        route_library_logs(self.log)
+        # lingering_time=0: after an error answer, do not keep reading (and logging) a broken body
+        self._runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=2.0, lingering_time=0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host or None, port, ssl_context=self.tls.server_context)
         await site.start()
@@ -110,8 +114,9 @@ class WebhookServer:
             self.stats["timeout"] += 1
             self.log.warning("admission_rejected", peer=request.remote, status=408,
                              reason=f"body not received within {self.request_timeout}s")
-            return web.Response(status=408, text=f"request body not received within {self.request_timeout}s\n",
-                                headers={"Connection": "close"})
+            resp = web.Response(status=408, text=f"request body not received within {self.request_timeout}s\n")
+            resp.force_close()
+            return resp
         except Exception as exc:  # noqa: BLE001 - a broken upload (bad chunking, reset) is the client's
             return self._bad_request(f"could not read the request body: {exc}", request)
         try:
@@ -126,7 +131,9 @@ class WebhookServer:
     def _bad_request(self, message: str, request: web.Request) -> web.Response:
         self.stats["bad_request"] += 1
         self.log.warning("admission_rejected", peer=request.remote, status=400, reason=message)
-        return web.Response(status=400, text=message + "\n", headers={"Connection": "close"})
+        resp = web.Response(status=400, text=message + "\n")
+        resp.force_close()
+        return resp
 
     def _internal_error(self, body: bytes, exc: Exception) -> Outcome:
         uid = ""

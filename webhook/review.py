@@ -73,7 +73,8 @@ def _allow(api_version: str, uid: str, message: str = "", warnings: list[str] | 
 def _describe_gvk(kind: Any) -> str:
     if not isinstance(kind, dict):
         return repr(kind)
-    group, version, name = kind.get("group", ""), kind.get("version", ""), kind.get("kind", "")
+    parts = [kind.get(k, "") for k in ("group", "version", "kind")]
+    group, version, name = (p if isinstance(p, str) else repr(p)[:60] for p in parts)
     return f"{group + '/' if group else ''}{version} {name}".strip()
 
 
