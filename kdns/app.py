@@ -20,7 +20,7 @@ from .pipeline import Block
 from .resolver import Resolver, ResolverConfig, ZoneSet
 from .respcache import ResponseCache
 from .server import NegativeRateLimit, QueryHandler, bind
-from .sources import object_filter
+from .sources import object_filter, settle_heap
 from .sources.manifests import ManifestSource
 
 
@@ -167,6 +167,7 @@ class Runtime:
             source = ManifestSource(k.manifests, index, self.log, wanted=wanted)
             source.load()
             index.mark_synced()
+            settle_heap()
             self._source_task = asyncio.create_task(source.run(self.poll_interval))
         # the handlers follow the new index
         for handler in self.handlers.values():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any, Callable
 
 from ..selectors import LabelSelector
@@ -19,3 +20,11 @@ def object_filter(namespaces: frozenset[str] | None, service_selector: LabelSele
         return True
 
     return wanted
+
+
+def settle_heap() -> None:
+    """After a bulk load (a full list, a manifest load): move the long-lived index objects out of
+    the garbage collector's generations. Full collections then no longer walk 100k+ records, which
+    otherwise shows up as multi-millisecond pauses in the answer latency tail."""
+    gc.collect()
+    gc.freeze()

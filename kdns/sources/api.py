@@ -31,6 +31,7 @@ from kubernetes.watch.watch import iter_resp_lines
 
 from ..index import ClusterIndex
 from ..log import Logger
+from . import settle_heap
 from ..objects import (ObjectError, endpointslice_from_dict, namespace_from_dict, pod_from_dict,
                        service_from_dict)
 
@@ -434,6 +435,8 @@ class ApiSource:
                 state.resource_version = batch.resource_version
         finally:
             index.commit()
+        if batch.relist_end:
+            settle_heap()
         if batch.relist_end and not state.synced:
             state.synced = True
             self.log.info("api_synced", resource=kind, objects=len(index.keys(kind)),
