@@ -49,6 +49,19 @@ class ServiceView:
         return [e for e in self.endpoints if e.ready]
 
 
+def _reverse_entries(view: "ServiceView | None") -> set[tuple[str, str]]:
+    """(ip, endpoint name or "") pairs a service view puts in the reverse map."""
+    if view is None:
+        return set()
+    service = view.service
+    out = set()
+    if service.kind == "ClusterIP":
+        out.update((ip, "") for ip in service.cluster_ips)
+    if service.kind != "ExternalName":
+        out.update((rec.ip, rec.name) for rec in view.served_endpoints())
+    return out
+
+
 def dashed_ip(ip: str) -> str:
     """The spec's system-assigned endpoint name: 10.244.1.7 -> 10-244-1-7, fd00::1 -> fd00--1."""
     name = ip.replace(".", "-").replace(":", "-")
@@ -83,8 +96,9 @@ class ClusterIndex:
         self.namespaces: dict[str, Namespace] = {}
         self._ns_refs: dict[str, int] = {}
         self.views: dict[tuple[str, str], ServiceView] = {}
-        self.reverse: dict[str, set[tuple[str, str, str]]] = {}  # ip -> {(ns, svc, endpoint name or "")}
-        self._reverse_of: dict[tuple[str, str], set[tuple[str, str]]] = {}  # (ns, svc) -> {(ip, epname)}
+        # ip -> (ns, svc, endpoint name or "") -- or a set of those when several own the IP (rare);
+        # one tuple per address instead of a set keeps 100k endpoints tens of MB smaller
+        self.reverse: dict[str, tuple | set] = {}
         self._listeners: list[Listener] = []
         self._batch: set | None = None
 
@@ -269,9 +283,10 @@ class ClusterIndex:
         ns, name = key
         touched.add(("svc", ns, name))
         service = self.services.get(key)
-        new_reverse: set[tuple[str, str]] = set()
+        old_reverse = _reverse_entries(self.views.get(key))
         if service is None:
             self.views.pop(key, None)
+            new_reverse: set = set()
         else:
             slices = list(self.slices.get(key, {}).values())
             if not slices and key in self.legacy:
@@ -283,27 +298,35 @@ class ClusterIndex:
                     records.extend(self._endpoint_records(ep, sl.ports, seen, self.endpoint_pod_names))
             view = ServiceView(service, tuple(records))
             self.views[key] = view
-            if service.kind == "ClusterIP":
-                for ip in service.cluster_ips:
-                    new_reverse.add((ip, ""))
-            if service.kind != "ExternalName":
-                for rec in view.served_endpoints():
-                    new_reverse.add((rec.ip, rec.name))
-        old_reverse = self._reverse_of.get(key, set())
+            new_reverse = _reverse_entries(view)
         for ip, ep in old_reverse - new_reverse:
-            entries = self.reverse.get(ip)
-            if entries is not None:
-                entries.discard((ns, name, ep))
-                if not entries:
-                    del self.reverse[ip]
+            self._reverse_remove(ip, (ns, name, ep))
             touched.add(("ip", ip))
         for ip, ep in new_reverse - old_reverse:
-            self.reverse.setdefault(ip, set()).add((ns, name, ep))
+            self._reverse_add(ip, (ns, name, ep))
             touched.add(("ip", ip))
-        if new_reverse:
-            self._reverse_of[key] = new_reverse
-        else:
-            self._reverse_of.pop(key, None)
+
+    def _reverse_add(self, ip: str, entry: tuple) -> None:
+        current = self.reverse.get(ip)
+        if current is None:
+            self.reverse[ip] = entry
+        elif isinstance(current, set):
+            current.add(entry)
+        elif current != entry:
+            self.reverse[ip] = {current, entry}
+
+    def _reverse_remove(self, ip: str, entry: tuple) -> None:
+        current = self.reverse.get(ip)
+        if current is None:
+            return
+        if isinstance(current, set):
+            current.discard(entry)
+            if len(current) == 1:
+                self.reverse[ip] = next(iter(current))
+            elif not current:
+                del self.reverse[ip]
+        elif current == entry:
+            del self.reverse[ip]
 
     @staticmethod
     def _endpoint_records(ep: Endpoint, ports: tuple[ServicePort, ...], seen: set,
@@ -347,6 +370,7 @@ class ClusterIndex:
 
     def reverse_names(self, ip: str) -> list[tuple[str, str, str]]:
         """(ns, svc, endpoint name) owning `ip`; a ClusterIP hides endpoint names for the same IP."""
-        entries = sorted(self.reverse.get(ip, ()))
+        current = self.reverse.get(ip)
+        entries = sorted(current) if isinstance(current, set) else ([current] if current else [])
         services = [e for e in entries if not e[2]]
         return services or entries
