@@ -211,7 +211,7 @@ def test_bookmarks_advance_the_resource_version(api, tmp_path):
             api.apply(namespace(f"extra-{i}"))
         api.bookmark("Service")
         bookmark_rv = int(api._rv)
-        wait_until(lambda: f"Service: " in (body := kdns.get("ready", "/ready?verbose=1")[1])
+        wait_until(lambda: "Service: " in (body := kdns.get("ready", "/ready?verbose=1")[1])
                    and f"resourceVersion {bookmark_rv}" in body.split("Service: ")[1].split(";")[0],
                    timeout=10, what="the bookmark's resourceVersion taken")
         api.cut_watches()

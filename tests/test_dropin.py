@@ -39,8 +39,8 @@ def corefile(tmp_path, text: str, upstream: FakeUpstream | None = None, search: 
     path = tmp_path / "Corefile"
     path.write_text(text)
     resolv = tmp_path / "resolv.conf"
-    lines = [f"nameserver 127.0.0.1\n"] if upstream is None else [f"nameserver 127.0.0.1\n"]
-    resolv.write_text("".join(lines) + (f"search {search}\n" if search else ""))
+    # the host's resolv.conf: a nameserver nothing listens on (tests name their upstreams explicitly)
+    resolv.write_text("nameserver 127.0.0.1\n" + (f"search {search}\n" if search else ""))
     return str(path), str(resolv)
 
 
@@ -58,7 +58,7 @@ def start(tmp_path, text: str, upstream: FakeUpstream | None = None, *extra: str
 def test_kubeadm_corefile_serves_manifests(tmp_path, upstream, text):
     # verbatim: only the upstream in "forward . /etc/resolv.conf" comes from our resolv.conf
     path, resolv = corefile(tmp_path, text)
-    (tmp_path / "resolv.conf").write_text(f"nameserver 127.0.0.1\n")
+    (tmp_path / "resolv.conf").write_text("nameserver 127.0.0.1\n")
     with KdnsProcess("--corefile", path, "--resolv-conf", resolv, *FREE, "--manifests", EXAMPLE, listen=False,
                      ) as kdns:
         assert answers(kdns.query("kubernetes.default.svc.cluster.local")) == ["10.96.0.1"]

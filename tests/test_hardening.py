@@ -13,7 +13,7 @@ import dns.query
 import dns.rcode
 import pytest
 
-from harness import EXAMPLE, KdnsProcess, answers, wait_until
+from harness import EXAMPLE, KdnsProcess, answers
 from test_dropin import start
 from upstream import FakeUpstream
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import struct
 
 import dns.flags
@@ -12,7 +11,6 @@ import pytest
 
 from builders import clusterip, ep, eps, handler_for, headless, namespace
 from kdns.cache import AnswerCache
-from kdns.log import Logger
 from kdns.wire import WireError, parse_query
 
 

@@ -16,7 +16,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 
 import jsonpatch
 
