@@ -136,9 +136,10 @@ def entrypoint_argv(c: dict) -> list[str]:
 
 
 def mounted(argv: list[str], c: dict, root) -> list[str]:
-    """argv with every path under one of the container's volume mounts moved under `root`."""
-    out = []
-    for arg in argv:
+    """argv with every path under one of the container's volume mounts moved under `root` (not the
+    program itself: the venv may well live under a path the pod mounts over, such as /tmp)."""
+    out = argv[:1]
+    for arg in argv[1:]:
         for m in c.get("volumeMounts", []):
             if arg == m["mountPath"] or arg.startswith(m["mountPath"] + "/"):
                 arg = str(root) + arg
