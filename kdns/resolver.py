@@ -136,10 +136,12 @@ class Resolver:
 
     def _negative(self, zone: Zone, ans: Answer, nxdomain: bool) -> None:
         # NXDOMAIN: the name does not exist. NODATA: it exists without the asked type (RFC 2308).
-        # Both authoritative with the zone SOA; they depend on the whole index (absence, serial).
+        # Both authoritative with the zone SOA. A negative answer depends only on what the lookup
+        # consulted on its way (the namespace, the service, the IP: callers record those in
+        # ans.deps), so one event does not flush every cached NXDOMAIN of a busy cluster; the SOA
+        # serial inside it may then lag behind the index, which no resolver relies on.
         ans.rcode = RCODE.NXDOMAIN if nxdomain else RCODE.NOERROR
         ans.authority.append(self._soa(zone))
-        ans.deps.add(ANY)
 
     def _nx(self, zone: Zone, ans: Answer) -> None:
         self._negative(zone, ans, True)
@@ -412,7 +414,9 @@ class Resolver:
             return
         ip = reverse_to_ip(labels)
         if ip is None:
-            # a partial name: an empty non-terminal if some served address lies below it
+            # a partial name: an empty non-terminal if some served address lies below it, which
+            # any address change may alter
+            ans.deps.add(ANY)
             prefix = reverse_prefix(labels)
             if prefix is not None and any(_reverse_has_prefix(k, prefix) for k in self.index.reverse):
                 return self._nodata(zone, ans)

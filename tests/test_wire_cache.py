@@ -183,3 +183,21 @@ def test_fast_key_equals_the_full_parser(name, rdtype, kwargs):
 def test_fast_key_leaves_unusual_packets_to_the_full_parser(mutate):
     from kdns.wire import fast_key
     assert fast_key(mutate(dns.message.make_query("s.ns.svc.cluster.local", "A", use_edns=False).to_wire())) is None
+
+
+def test_an_unrelated_change_keeps_cached_negative_answers():
+    index, h = handler_for(namespace("ns"), clusterip("ns", "s", "10.0.0.1"))
+    assert ask(h, "t.ns.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
+    index.upsert(clusterip("ns", "other", "10.0.0.9"))  # unrelated: the NXDOMAIN stays cached
+    assert ask(h, "t.ns.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
+    assert h.cache.hits == 1
+    index.upsert(clusterip("ns", "t", "10.0.0.3"))  # the name itself appears: never a stale NXDOMAIN
+    assert addresses(ask(h, "t.ns.svc.cluster.local")) == ["10.0.0.3"]
+
+
+def test_partial_reverse_names_follow_any_address_change():
+    index, h = handler_for(namespace("ns"), clusterip("ns", "s", "10.0.0.1"))
+    assert ask(h, "9.10.in-addr.arpa", "PTR").rcode() == dns.rcode.NXDOMAIN
+    index.upsert(clusterip("ns", "t", "10.9.0.1"))
+    reply = ask(h, "9.10.in-addr.arpa", "PTR")
+    assert reply.rcode() == dns.rcode.NOERROR and not reply.answer  # now an empty non-terminal
