@@ -7,7 +7,7 @@ and tells subscribers which dependency keys it touched, so caches drop exactly w
   ("ns", ns)         existence of namespace <ns>
   ("pods", ns)       the pods of <ns> (pods verified)
   ("ip", ip)         PTR answers for <ip>
-  ANY                every change (negative answers and the SOA serial depend on everything)
+  ANY                every change (the apex SOA's serial and partial reverse names depend on it)
 """
 
 from __future__ import annotations
