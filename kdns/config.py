@@ -485,7 +485,7 @@ def _cache(d: Directive, block_zones: list[str], warnings: list[str]) -> CacheCo
             c.keepttl = True
         else:
             raise opt.error(f"cache: unknown or unsupported option {opt.name!r} (kdns supports: success, denial, "
-                            "disable, servfail, keepttl; prefetch and serve_stale are not implemented)")
+                            "disable, servfail, keepttl; kdns rejects prefetch and serve_stale)")
     return c
 
 

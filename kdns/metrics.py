@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from . import __version__
@@ -65,12 +64,6 @@ class KdnsCollector:
         info = GaugeMetricFamily("kdns_build_info", "kdns version.", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
-
-
-def build_registry(handler, index, api_source=None, manifest_source=None) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(KdnsCollector(handler, index, api_source, manifest_source))
-    return registry
 
 
 # ------------------------------------------------------------------------------ CoreDNS-named metrics

@@ -262,13 +262,8 @@ def endpointslice_from_dict(obj: Mapping[str, Any], default_namespace: str = "de
         pod_name = target.get("name", "") if isinstance(target, Mapping) and target.get("kind", "Pod") == "Pod" else ""
         endpoints.append(Endpoint(addresses=ips, ready=ready is not False, hostname=hostname.lower(),
                                   pod_name=pod_name if isinstance(pod_name, str) else ""))
-    ports = _slice_ports(_list(obj, "ports"), "ports")
+    ports = _ports(_list(obj, "ports"), "ports")
     return EndpointSlice(namespace, name, service, tuple(endpoints), ports)
-
-
-def _slice_ports(items: list, path: str) -> tuple[ServicePort, ...]:
-    # EndpointSlice / Endpoints ports use the same shape as service ports.
-    return _ports(items, path)
 
 
 def endpoints_from_dict(obj: Mapping[str, Any], default_namespace: str = "default") -> EndpointSlice:
@@ -300,7 +295,7 @@ def endpoints_from_dict(obj: Mapping[str, Any], default_namespace: str = "defaul
         subset_ports = subset.get("ports") or []
         if not isinstance(subset_ports, list):
             raise ObjectError(f"{p}.ports", f"expected a list, got {type(subset_ports).__name__}")
-        for port in _slice_ports(subset_ports, f"{p}.ports"):
+        for port in _ports(subset_ports, f"{p}.ports"):
             if port not in ports:
                 ports.append(port)
     return EndpointSlice(namespace, name, name, tuple(endpoints), tuple(ports), legacy=True)

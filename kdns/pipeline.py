@@ -54,10 +54,10 @@ class Block:
     loop_probe: str = ""  # the random name the loop check sends through us
     loop_seen: int = 0
     loop_detected: bool = False
+    name: str = ""  # the `server` metric label, dns://:PORT (computed once, read per query)
 
-    @property
-    def name(self) -> str:
-        return self.config.name
+    def __post_init__(self) -> None:
+        self.name = self.config.name
 
     @property
     def ra(self) -> bool:
@@ -107,13 +107,8 @@ class Block:
         return patch(packed, query), "kubernetes"
 
     def _falls_through(self, name: str) -> bool:
-        fall = self.resolver_config_fallthrough
+        fall = self.config.kubernetes.fallthrough if self.config.kubernetes is not None else None
         return fall is not None and (not fall or any(in_zone(name, z) for z in fall))
-
-    @property
-    def resolver_config_fallthrough(self):
-        k = self.config.kubernetes
-        return k.fallthrough if k is not None else None
 
     def _balance(self, response: bytes) -> bytes:
         if not self.config.loadbalance:

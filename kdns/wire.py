@@ -149,7 +149,7 @@ def parse_query(data: bytes) -> Query:
     qend = qend_name + 4
     query = Query(data, qid, flags, data[12:qend_name], qtype, qclass, qend)
     if opcode != 0:
-        raise WireError(2, f"opcode {opcode} not implemented", rcode=RCODE.NOTIMP)
+        raise WireError(2, f"opcode {opcode}: only QUERY is served (NOTIMP)", rcode=RCODE.NOTIMP)
     pos = qend
     # skip answer and authority records (a query should carry none, but it may)
     for _ in range(an + ns):

@@ -63,26 +63,29 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[k]
 
 
-def run_api(changes: int) -> list[float]:
+def measure(kdns_args: list[str], change, changes: int) -> list[float]:
+    """Start kdns, then `changes` times: change the probe's address and time until it is served."""
     latencies = []
+    with KdnsProcess(*kdns_args) as kdns, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.5)
+        wait_for_ip(sock, kdns.port, "10.100.0.1", time.monotonic() + 10)
+        for i in range(changes):
+            ip = f"10.100.{(i + 2) // 250}.{(i + 2) % 250 + 1}"
+            start = time.monotonic()
+            change(ip)
+            latencies.append(wait_for_ip(sock, kdns.port, ip, start + 5) - start)
+    return latencies
+
+
+def run_api(changes: int) -> list[float]:
     with FakeApiServer() as api, tempfile.TemporaryDirectory() as tmp:
         api.apply(namespace("bench"))
         api.apply(service("bench", "probe", "10.100.0.1"))
         kubeconfig = write_kubeconfig(os.path.join(tmp, "kubeconfig"), api.url, token=api.token)
-        with KdnsProcess("--kubeconfig", kubeconfig) as kdns, \
-                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.settimeout(0.5)
-            wait_for_ip(sock, kdns.port, "10.100.0.1", time.monotonic() + 10)
-            for i in range(changes):
-                ip = f"10.100.{(i + 2) // 250}.{(i + 2) % 250 + 1}"
-                start = time.monotonic()
-                api.apply(service("bench", "probe", ip))
-                latencies.append(wait_for_ip(sock, kdns.port, ip, start + 5) - start)
-    return latencies
+        return measure(["--kubeconfig", kubeconfig], lambda ip: api.apply(service("bench", "probe", ip)), changes)
 
 
 def run_manifests(changes: int, poll: float) -> list[float]:
-    latencies = []
     template = ("apiVersion: v1\nkind: Service\nmetadata: {{name: probe, namespace: bench}}\n"
                 "spec: {{clusterIP: {ip}, ports: [{{name: http, port: 80}}]}}\n")
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,16 +97,7 @@ def run_manifests(changes: int, poll: float) -> list[float]:
             os.replace(path + ".tmp", path)
 
         write("10.100.0.1")
-        with KdnsProcess("--manifests", tmp, "--poll-interval", str(poll)) as kdns, \
-                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.settimeout(0.5)
-            wait_for_ip(sock, kdns.port, "10.100.0.1", time.monotonic() + 10)
-            for i in range(changes):
-                ip = f"10.100.{(i + 2) // 250}.{(i + 2) % 250 + 1}"
-                start = time.monotonic()
-                write(ip)
-                latencies.append(wait_for_ip(sock, kdns.port, ip, start + 5) - start)
-    return latencies
+        return measure(["--manifests", tmp, "--poll-interval", str(poll)], write, changes)
 
 
 def report(label: str, values: list[float]) -> str:

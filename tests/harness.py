@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,8 +29,8 @@ class LoggedProcess:
         self._eof = False
         self.proc: subprocess.Popen | None = None
 
-    def spawn(self, cmd: list[str]) -> None:
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    def spawn(self, cmd: list[str], env: dict | None = None, cwd: str = ROOT) -> None:
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env if env is not None else dict(os.environ, PYTHONUNBUFFERED="1"),
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         threading.Thread(target=self._pump, daemon=True).start()
 
@@ -141,7 +140,3 @@ def wait_until(predicate, timeout: float = 5.0, interval: float = 0.05, what: st
             return last
         time.sleep(interval)
     raise AssertionError(f"{what} not met within {timeout}s (last value {last!r})")
-
-
-def have_dig() -> bool:
-    return shutil.which("dig") is not None

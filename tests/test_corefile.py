@@ -112,7 +112,7 @@ dns://corp.test {
     (".:53 {\n  forward .\n}\n", "2:3", "forward: wrong number of arguments"),
     (".:53 {\n  forward . not-an-ip\n}\n", "2:13", "expected an IP address[:port]"),
     (".:53 {\n  forward . 1.1.1.1 {\n    policy fastest\n  }\n}\n", "3:12", "policy: expected random"),
-    (".:53 {\n  cache 30 {\n    prefetch 10\n  }\n}\n", "3:5", "prefetch and serve_stale are not implemented"),
+    (".:53 {\n  cache 30 {\n    prefetch 10\n  }\n}\n", "3:5", "kdns rejects prefetch and serve_stale"),
     (".:53 {\n  cache 30 {\n    disable everything\n  }\n}\n", "3:13", "disable: expected success or denial"),
     (".:53 {\n  health {\n    lameduck soon\n  }\n}\n", "3:14", "not a duration"),
     (".:53 {\n  reload 1s\n}\n", "2:10", "at least 2s"),

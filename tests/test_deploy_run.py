@@ -24,7 +24,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -38,50 +37,25 @@ from cryptography import x509
 from test_deploy import (DEPLOY, KUSTOMIZATIONS, ROOT, container, dockerfile, find, kdns_objects,
                          kind_kubernetes_version, kubectl, render, standalone, swapped_coredns, tool,
                          validate_strict, webhook_objects)
+from harness import LoggedProcess
 from test_corefile import KUBEADM_BLOCK_CACHE
 
 KIND = os.path.join(DEPLOY, "kind")
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 # ------------------------------------------------------------------------------ a process and its log
 
 
-class Proc:
-    """A subprocess whose merged output is collected line by line."""
+class Proc(LoggedProcess):
+    """A subprocess whose merged output is collected line by line (tests/harness.py)."""
 
     def __init__(self, argv: list[str], env: dict | None = None, cwd: str = ROOT):
+        super().__init__()
         self.argv = argv
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._eof = False
-        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True)
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        for line in self.proc.stdout:
-            with self._cond:
-                self.lines.append(line.rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._eof = True
-            self._cond.notify_all()
+        self.spawn(argv, env=env, cwd=cwd)
 
     def wait_for(self, pattern: str, timeout: float = 20.0) -> re.Match:
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for line in self.lines:
-                    m = rx.search(line)
-                    if m:
-                        return m
-                left = deadline - time.monotonic()
-                if left <= 0 or self._eof:
-                    raise AssertionError(f"{self.argv[0]}: no line matching {pattern!r}; output:\n"
-                                         + "\n".join(self.lines[-30:]))
-                self._cond.wait(min(left, 0.2))
+        return re.search(pattern, self.wait_for_log(pattern, timeout))
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -328,9 +302,7 @@ def netns_prefix() -> list[str]:
     probe = subprocess.run([*base, "true"], capture_output=True, text=True)
     if probe.returncode != 0:
         message = f"cannot make a private network namespace ({' '.join(base)}): {probe.stderr.strip()}"
-        if IN_CI or os.geteuid() == 0:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message + " (runs as root in CI)")
+        pytest.fail(message, pytrace=False)
     return base
 
 
@@ -428,9 +400,7 @@ def test_image_binds_port_53_as_its_user_with_only_net_bind_service(tmp_path):
     (kubeadm's securityContext), the Deployment's command line binds port 53 and answers; without
     the file capability the same bind is refused (so this test can tell)."""
     if os.geteuid() != 0:
-        if IN_CI:
-            pytest.fail("this test needs root (setcap, setpriv), as CI has", pytrace=False)
-        pytest.skip("needs root (setcap, setpriv); CI runs it")
+        pytest.fail("this test needs root (setcap, setpriv), as CI and the build machines have", pytrace=False)
     for name in ("setcap", "setpriv"):
         tool(name)
     prefix = netns_prefix()

@@ -7,7 +7,6 @@ import pytest
 from dnslib import QTYPE, RCODE
 
 from builders import (build, clusterip, ep, eps, external, headless, legacy, namespace, pod, port)
-from kdns.index import ANY
 
 NS_OBJS = (namespace("default"), namespace("shop"), namespace("data"), namespace("kube-system"))
 

@@ -13,11 +13,9 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from harness import EXAMPLE, KdnsProcess, answers, have_dig
+from harness import EXAMPLE, KdnsProcess, answers
 from upstream import recv_exact
 
-pytestmark = pytest.mark.skipif(not have_dig() and os.environ.get("CI") != "true",
-                                reason="dig (bind9-dnsutils) is not installed; .ci/run installs it")
 
 
 @pytest.fixture(scope="module")
