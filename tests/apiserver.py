@@ -191,20 +191,22 @@ class FakeApiServer:
 
     def _list(self, kind: str, api_version: str, query: dict) -> web.Response:
         self.list_count[kind] += 1
-        with self._lock:
-            items = [copy.deepcopy(o) for _, o in sorted(self._objects[kind].items())]
-            rv = self._rv
         start = 0
+        token = None
         if query.get("continue"):
             token = json.loads(base64.b64decode(query["continue"]))
-            start, rv = token["start"], token["rv"]
+            start = token["start"]
         limit = int(query.get("limit") or 0)
+        with self._lock:
+            keys = sorted(self._objects[kind])
+            rv = token["rv"] if token else self._rv
+            end = start + limit if limit and start + limit < len(keys) else len(keys)
+            # copy only the page asked for: a paged list of 100k objects stays linear (pages are cut
+            # from the current objects; the real API serves the first page's snapshot)
+            items = [copy.deepcopy(self._objects[kind][k]) for k in keys[start:end]]
         meta = {"resourceVersion": str(rv)}
-        if limit and start + limit < len(items):
-            meta["continue"] = base64.b64encode(json.dumps({"start": start + limit, "rv": rv}).encode()).decode()
-            items = items[start:start + limit]
-        else:
-            items = items[start:]
+        if end < len(keys):
+            meta["continue"] = base64.b64encode(json.dumps({"start": end, "rv": rv}).encode()).decode()
         return web.json_response({"kind": f"{kind}List", "apiVersion": api_version, "metadata": meta, "items": items})
 
     async def _watch(self, request: web.Request, kind: str, query: dict) -> web.StreamResponse:
