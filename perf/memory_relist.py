@@ -11,6 +11,7 @@ peak and OOM kills. Loopback only; bounded by --timeout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -27,7 +28,30 @@ from cgroup import MemoryCgroup  # noqa: E402
 from gen_cluster import MAX_SLICE, _dict_service, _dict_slice, build_cluster  # noqa: E402
 from harness import KdnsProcess, wait_until  # noqa: E402
 from kdns.memory import format_size, parse_size  # noqa: E402
-from memory_flood import rss_of  # noqa: E402
+
+
+def rss_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+@contextlib.contextmanager
+def api_serving(cluster, work: str):
+    """The API double holding `cluster` (namespaces, services, slices of <= 100 endpoints);
+    yields (api, kubeconfig path)."""
+    with FakeApiServer(token="t") as api:
+        for ns in sorted({s.namespace for s in cluster}):
+            api.apply(namespace(ns))
+        for svc in cluster:
+            api.apply(_dict_service(svc))
+            for i in range(0, len(svc.endpoints), MAX_SLICE):
+                api.apply(_dict_slice(svc, i // MAX_SLICE, svc.endpoints[i:i + MAX_SLICE]))
+        kubeconfig = os.path.join(work, "kubeconfig")
+        write_kubeconfig(kubeconfig, api.url, token="t")
+        yield api, kubeconfig
 
 
 def main() -> int:
@@ -41,15 +65,7 @@ def main() -> int:
     args = p.parse_args()
     cluster = build_cluster(args.services, args.endpoints, args.namespaces, 0.1, 1)
     work = tempfile.mkdtemp(prefix="kdns-relist-")
-    with FakeApiServer(token="t") as api:
-        for ns in sorted({s.namespace for s in cluster}):
-            api.apply(namespace(ns))
-        for svc in cluster:
-            api.apply(_dict_service(svc))
-            for i in range(0, len(svc.endpoints), MAX_SLICE):
-                api.apply(_dict_slice(svc, i // MAX_SLICE, svc.endpoints[i:i + MAX_SLICE]))
-        kubeconfig = os.path.join(work, "kubeconfig")
-        write_kubeconfig(kubeconfig, api.url, token="t")
+    with api_serving(cluster, work) as (api, kubeconfig):
         with MemoryCgroup(parse_size(args.limit)) as cg:
             started = time.monotonic()
             with KdnsProcess("--kubeconfig", kubeconfig, "--ready-listen", "127.0.0.1:0",

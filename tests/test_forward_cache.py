@@ -11,7 +11,7 @@ import dns.query
 import dns.rcode
 import pytest
 
-from harness import EXAMPLE, KdnsProcess, answers, wait_until
+from harness import EXAMPLE, answers, wait_until
 from test_corefile import KUBEADM_BLOCK_CACHE
 from test_dropin import start
 from upstream import FakeUpstream
