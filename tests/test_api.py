@@ -11,7 +11,7 @@ import dns.rcode
 import pytest
 import trustme
 
-from apiserver import FakeApiServer, endpointslice, namespace, pod, service, write_kubeconfig
+from apiserver import FakeApiServer, endpointslice, kubeconfig_args, namespace, pod, service, write_kubeconfig
 from harness import KdnsProcess, answers, wait_until
 
 FAST = ("--api-backoff-max", "0.3", "--ready-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0")
@@ -34,8 +34,7 @@ def api():
 
 
 def start(api: FakeApiServer, tmp_path, *extra: str) -> KdnsProcess:
-    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", api.url, token=api.token)
-    return KdnsProcess("--kubeconfig", kubeconfig, *FAST, *extra)
+    return KdnsProcess(*kubeconfig_args(api, tmp_path), *FAST, *extra)
 
 
 def addrs(kdns: KdnsProcess, name: str, rdtype: str = "A") -> list[str]:
