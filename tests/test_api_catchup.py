@@ -16,8 +16,9 @@ from harness import KdnsProcess, answers, wait_until
 
 RESOURCES = ("Service", "EndpointSlice", "Namespace", "Pod")
 # the default --api-backoff-max (30 s) on purpose: connection errors during an outage must not
-# stretch the wait after it; an exponential backoff after OUTAGE_FAILURES failures would wait 15-30 s
-OUTAGE_FAILURES = 6
+# stretch the wait after it; an exponential backoff (0.5 s doubling) would, after OUTAGE_FAILURES
+# failures, be waiting 15-30 s: longer than CATCH_UP
+OUTAGE_FAILURES = 7
 CATCH_UP = 10.0  # generous deadline (seconds) for answers to be current after the API is back
 
 

@@ -28,6 +28,7 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
+from urllib3.exceptions import MaxRetryError
 from urllib3.util.retry import Retry
 
 from ..index import ClusterIndex
@@ -415,6 +416,8 @@ def _retry_after(exc: ApiException) -> float | None:
 def _describe(exc: Exception) -> str:
     if isinstance(exc, ApiException):
         return f"HTTP {exc.status} {exc.reason}".strip()
+    if isinstance(exc, MaxRetryError) and exc.reason is not None:  # urllib3's wrapper: say what failed
+        exc = exc.reason
     text = str(exc)
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
