@@ -65,7 +65,7 @@ class Restart:
 
     down_at: float
     up_at: float = float("inf")
-    stale_answers: int = 0  # stale answers to queries sent after up_at
+    stale_answers: int = 0  # stale answers to queries sent after up_at (beyond the allowance: also wrong)
     stale_seconds: float = 0.0  # from up_at to the last of those answers
 
 
@@ -86,10 +86,11 @@ def judge(checked: list, histories: dict, restarts: list, lag: float, allowance:
         if stale and t_sent < restart.up_at:
             result["stale_while_down"] += 1
             continue
-        if stale and t_sent <= restart.up_at + allowance:
+        if stale:
             restart.stale_answers += 1
             restart.stale_seconds = max(restart.stale_seconds, t_recv - restart.up_at)
-            continue
+            if t_sent <= restart.up_at + allowance:
+                continue
         result["wrong"] += 1
         if len(result["examples"]) < 5:
             allowed = histories[name].states_between(t_sent - lag, t_recv)
