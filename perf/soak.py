@@ -58,6 +58,14 @@ class History:
         j = bisect.bisect_right(self.times, end)
         return set(self.states[i:max(j, i + 1)])
 
+    def replaced_at(self, state: str | None, before: float) -> float:
+        """When the last period in which the service had `state`, begun before `before`, ended."""
+        j = bisect.bisect_right(self.times, before)
+        for k in range(j - 1, -1, -1):
+            if self.states[k] == state:
+                return self.times[k + 1] if k + 1 < len(self.times) else float("inf")
+        return float("-inf")
+
 
 @dataclass
 class Restart:
@@ -80,21 +88,33 @@ def judge(checked: list, histories: dict, restarts: list, lag: float, allowance:
         got = ip if rcode == 0 else None
         if got in histories[name].states_between(t_sent - lag, t_recv):
             continue
-        # a restart this query may overlap: the last one that went down before the answer came
+        # the restart this answer may be stale from: the last one that went down before it came
         restart = next((r for r in reversed(restarts) if r.down_at <= t_recv), None)
-        stale = restart is not None and got in histories[name].states_between(restart.down_at - lag, t_recv)
-        if stale and t_sent < restart.up_at:
+        if restart is None or got not in histories[name].states_between(restart.down_at - lag, t_recv):
+            result["wrong"] += 1  # never the state since (or no restart at all): wrong as without restarts
+            _example(result, histories, name, got, t_sent, t_recv, lag)
+            continue
+        if t_sent < restart.up_at:
             result["stale_while_down"] += 1
             continue
-        if stale:
+        in_allowance = t_sent <= restart.up_at + allowance
+        # past the allowance, only a state replaced before the return is this restart's staleness
+        # (a later one should have come by watch event: late, it is wrong as without restarts)
+        if in_allowance or histories[name].replaced_at(got, t_recv) <= restart.up_at:
             restart.stale_answers += 1
             restart.stale_seconds = max(restart.stale_seconds, t_recv - restart.up_at)
-            if t_sent <= restart.up_at + allowance:
-                continue
+        if in_allowance:
+            continue
         result["wrong"] += 1
-        if len(result["examples"]) < 5:
-            allowed = histories[name].states_between(t_sent - lag, t_recv)
-            result["examples"].append((name, got, sorted(map(str, allowed))))
+        _example(result, histories, name, got, t_sent, t_recv, lag)
+
+
+def _example(result: dict, histories: dict, name: str, got: str | None, t_sent: float, t_recv: float,
+             lag: float) -> None:
+    if len(result["examples"]) < 5:
+        allowed = histories[name].states_between(t_sent - lag, t_recv)
+        late = t_sent - histories[name].replaced_at(got, t_recv)
+        result["examples"].append((name, got, sorted(map(str, allowed)), f"asked {late:.3f}s after it was replaced"))
 
 
 def rss_kib(pid: int) -> int:

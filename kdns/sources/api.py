@@ -8,9 +8,11 @@ sync / staleness state that /ready, the metrics and the logs report.
 Protocol (kubernetes api-concepts): list in pages (limit/continue) -> resourceVersion -> watch
 from it with allowWatchBookmarks; every event and bookmark advances the resourceVersion; a
 server-side timeout ends the stream normally and the watch resumes from the last version; 410
-Gone (HTTP status or ERROR event) means the version is too old: relist, and replace that
-resource's state so objects deleted meanwhile disappear; any other failure reconnects with
-capped exponential backoff and jitter.
+Gone (HTTP status or ERROR event) means the version is too old: relist at once, and replace that
+resource's state in one step so objects deleted meanwhile disappear. Other failures: an API that
+does not answer is probed about every second (so its return is noticed at once, whatever the
+outage's length); an API that answers with errors gets capped exponential backoff with jitter, or
+its Retry-After (Reflector says which is which).
 """
 
 from __future__ import annotations
