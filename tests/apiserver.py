@@ -9,6 +9,7 @@ Resources: services, endpointslices (discovery.k8s.io/v1), namespaces, pods — 
   (status or ERROR event), close watch streams mid-event, stall watches, answer everything 503
   (set_down), or be unreachable as during a real restart (set_unreachable: connections refused and
   every open one dropped; objects may still change and history be compacted meanwhile)
+- paging: the pages of one list come from one snapshot taken at its resourceVersion (as etcd's)
 - compaction: compact() makes every watch from an older resourceVersion, and every list continue
   token taken before it, answer 410 Gone
 """
@@ -67,6 +68,7 @@ class FakeApiServer:
         self._compacted = 0  # watches from an RV below this get 410
         self._objects: dict[str, dict[tuple[str, str], dict]] = {kind: {} for kind in KIND_PATH}
         self._history: list[tuple[int, str, str, dict]] = []  # (rv, type, kind, object)
+        self._snapshots: dict[tuple[str, int], list] = {}  # (kind, rv) -> the list continue tokens page through
         self._watchers: dict[str, set[asyncio.Queue]] = {kind: set() for kind in KIND_PATH}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -161,6 +163,7 @@ class FakeApiServer:
         with self._lock:
             self._compacted = self._rv  # a watch from the current version (a fresh list) is fine
             self._history.clear()
+            self._snapshots.clear()
 
     def bookmark(self, kind: str) -> None:
         with self._lock:
@@ -227,16 +230,22 @@ class FakeApiServer:
         self.list_count[kind] += 1
         if self.faults.list_delay:
             await asyncio.sleep(self.faults.list_delay)
-        with self._lock:
-            items = [copy.deepcopy(o) for _, o in sorted(self._objects[kind].items())]
-            rv = self._rv
         start = 0
-        if query.get("continue"):
-            token = json.loads(base64.b64decode(query["continue"]))
-            start, rv = token["start"], token["rv"]
-            if rv < self._compacted:  # the snapshot the token pages through is gone
-                return web.json_response(status(410, "Expired", "The provided continue parameter is too old "
-                                                "to display a consistent list result."), status=410)
+        with self._lock:
+            if query.get("continue"):
+                # the next page of the same snapshot, as etcd serves it at the list's revision
+                token = json.loads(base64.b64decode(query["continue"]))
+                start, rv = token["start"], token["rv"]
+                items = self._snapshots.get((kind, rv))
+                if items is None or rv < self._compacted:
+                    return web.json_response(status(410, "Expired", "The provided continue parameter is too old "
+                                                    "to display a consistent list result."), status=410)
+            else:
+                items = [copy.deepcopy(o) for _, o in sorted(self._objects[kind].items())]
+                rv = self._rv
+                if len(self._snapshots) >= 16:
+                    self._snapshots.pop(next(iter(self._snapshots)))
+                self._snapshots[(kind, rv)] = items
         limit = int(query.get("limit") or 0)
         meta = {"resourceVersion": str(rv)}
         if limit and start + limit < len(items):
