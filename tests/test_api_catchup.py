@@ -120,6 +120,7 @@ def test_after_a_restart_with_compaction_every_resource_relists_once_and_serves_
             lines = relist_lines(kdns, kind, mark)
             assert len(lines) == 1 and "reason=watch_expired" in lines[0] and "retry_in" not in lines[0], lines
             assert kdns.metric("kdns_api_relists_total", resource=kind, reason="watch_expired") == 1
+            assert kdns.metric("kdns_api_relists_total", resource=kind, reason="list_expired") == 0
             assert kdns.metric("kdns_api_catchup_seconds_count", resource=kind) == 1
         wait_until(lambda: all(f"{kind}: watching" in verbose(kdns) for kind in RESOURCES), what="all watching")
         served_after_change(api, kdns, "later", "10.96.9.9")
@@ -173,6 +174,29 @@ def test_the_last_state_is_served_while_relisting_and_replaced_in_one_step(api, 
         api.faults.list_delay = 0
         assert {"0"} in samples  # the old state was served during the relist...
         assert all(len(sample) == 1 for sample in samples), samples  # ...and never a mix of old and new
+
+
+def test_a_relist_whose_continue_token_expires_starts_over(api, tmp_path):
+    for i in range(5):
+        api.apply(service("bulk", f"s{i}", f"10.97.0.{i + 1}"))
+    api.apply(namespace("bulk"))
+    with start(api, tmp_path, "--api-page-size", "2") as kdns:
+        wait_synced(kdns)
+        mark = len(kdns.lines)
+        api.faults.list_delay = 0.5
+        api.delete_quietly("Service", "bulk", "s4")
+        api.compact()
+        api.cut_watches()  # the re-watches get 410: relists of several pages each
+        sent = len(api.requests)
+        wait_until(lambda: any(p == "/api/v1/services" and "continue" in q for p, q in api.requests[sent:]),
+                   timeout=CATCH_UP, what="the relist asks for its second page")
+        api.compact()  # during that page's delay: its continue token is now too old
+        kdns.wait_for_log(r"api_relist resource=Service reason=list_expired", start=mark, timeout=CATCH_UP)
+        api.faults.list_delay = 0
+        kdns.wait_for_log(r"api_relisted resource=Service .*reason=list_expired", start=mark, timeout=CATCH_UP)
+        wait_until(lambda: rcode(kdns, "s4.bulk.svc.cluster.local") == dns.rcode.NXDOMAIN, what="s4 gone")
+        assert a(kdns, "s3.bulk.svc.cluster.local") == ["10.97.0.4"]
+        assert kdns.metric("kdns_api_relists_total", resource="Service", reason="list_expired") == 1
 
 
 def test_410_again_right_after_a_relist_backs_off(api, tmp_path):

@@ -43,6 +43,9 @@ from ..objects import (ObjectError, endpointslice_from_dict, namespace_from_dict
 SERVICEACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
+RELIST_REASONS = ("watch_expired", "list_expired")
+
+
 class Gone(Exception):
     """410: the resourceVersion (or continue token) is too old; relist."""
 
@@ -438,7 +441,8 @@ class ResourceState:
     resource_version: str = ""
     relist_seen: set | None = None
     events: int = 0
-    relists: dict = field(default_factory=dict)  # reason -> count
+    # reason -> count; both reasons from the start, so rate() works before the first relist
+    relists: dict = field(default_factory=lambda: dict.fromkeys(RELIST_REASONS, 0))
     errors: int = 0
     reachable_again: float = 0.0  # when the API answered again after this resource's last outage
     relisting_since: float = 0.0  # a 410 asked for a relist that is not applied yet
