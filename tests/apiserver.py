@@ -349,6 +349,13 @@ def pod(ns: str, name: str, ip: str) -> dict:
             "status": {"podIP": ip, "podIPs": [{"ip": ip}]}}
 
 
+def add_services(api: FakeApiServer, count: int, ns: str = "bulk") -> None:
+    """Namespace `ns` with services s0..s{count-1} at 10.97.0.1, 10.97.0.2, ..."""
+    for i in range(count):
+        api.apply(service(ns, f"s{i}", f"10.97.0.{i + 1}"))
+    api.apply(namespace(ns))
+
+
 def kubeconfig_args(api: FakeApiServer, directory) -> list[str]:
     """`--kubeconfig PATH` for kdns to reach this double with its token (the file goes in `directory`)."""
     return ["--kubeconfig", write_kubeconfig(os.path.join(directory, "kubeconfig"), api.url, token=api.token)]

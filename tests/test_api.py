@@ -11,7 +11,7 @@ import dns.rcode
 import pytest
 import trustme
 
-from apiserver import FakeApiServer, endpointslice, kubeconfig_args, namespace, pod, service, write_kubeconfig
+from apiserver import FakeApiServer, add_services, endpointslice, kubeconfig_args, namespace, pod, service, write_kubeconfig
 from harness import KdnsProcess, answers, wait_until
 
 FAST = ("--api-backoff-max", "0.3", "--ready-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0")
@@ -219,9 +219,7 @@ def test_bookmarks_advance_the_resource_version(api, tmp_path):
 
 
 def test_relist_is_paged(api, tmp_path):
-    for i in range(25):
-        api.apply(service("bulk", f"s{i}", f"10.97.0.{i + 1}"))
-    api.apply(namespace("bulk"))
+    add_services(api, 25)
     with start(api, tmp_path, "--api-page-size", "10") as kdns:
         wait_synced(kdns)
         assert addrs(kdns, "s24.bulk.svc.cluster.local") == ["10.97.0.25"]

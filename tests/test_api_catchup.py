@@ -11,7 +11,7 @@ import re
 import dns.rcode
 import pytest
 
-from apiserver import FakeApiServer, endpointslice, kubeconfig_args, namespace, pod, service
+from apiserver import FakeApiServer, add_services, endpointslice, kubeconfig_args, namespace, pod, service
 from harness import KdnsProcess, answers, wait_until
 
 RESOURCES = ("Service", "EndpointSlice", "Namespace", "Pod")
@@ -177,9 +177,7 @@ def test_the_last_state_is_served_while_relisting_and_replaced_in_one_step(api, 
 
 
 def test_a_relist_whose_continue_token_expires_starts_over(api, tmp_path):
-    for i in range(5):
-        api.apply(service("bulk", f"s{i}", f"10.97.0.{i + 1}"))
-    api.apply(namespace("bulk"))
+    add_services(api, 5)
     with start(api, tmp_path, "--api-page-size", "2") as kdns:
         wait_synced(kdns)
         mark = len(kdns.lines)
