@@ -211,7 +211,7 @@ class Reflector:
       exponential backoff, or the Retry-After the API asked for;
     - 410 Gone: relist at once, unless the previous attempt also ended in 410 with no working watch
       in between (back to back: a separate capped backoff).
-    Any answer from the API resets the error backoff.
+    Any request that succeeds (a list page, an opened watch, or a 410) resets the error backoff.
     """
 
     def __init__(self, resource: Resource, api_client: k8s_client.ApiClient, post: Callable[[str, Any], None],
