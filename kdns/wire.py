@@ -222,11 +222,59 @@ class _NotByHand(Exception):
 _SIMPLE_NAME_TYPES = (CNAME, PTR, NS)
 
 
+_NEGATIVE_SOA: dict[tuple[int, int], tuple] = {}  # (id(SOA RR), pointer to the zone) -> (RR, record bytes)
+
+
+def _pack_negative(query: Query, answer, flags: int) -> bytes | None:
+    """NXDOMAIN / NODATA: header, the question, the zone's SOA with its names pointing into the
+    question (the zone is the question's suffix). The SOA record's bytes are kept per SOA and pointer,
+    so a miss costs a dict lookup, not a name compression. None when the layout is not this one."""
+    rr = answer.authority[0]
+    qname = query.qname.lower()
+    zone = rr.rname.label
+    labels = tuple(_wire_labels(qname))
+    n = len(zone)
+    if type(rr.rdata) is not SOA or labels[len(labels) - n:] != zone or n == 0:
+        return None
+    head = labels[:len(labels) - n]
+    for name in (rr.rdata.mname.label, rr.rdata.rname.label):
+        extra = name[:len(name) - n]
+        if name[len(name) - n:] != zone or any(head[len(head) - k:] == extra[len(extra) - k:]
+                                               for k in range(1, min(len(head), len(extra)) + 1)):
+            return None  # the SOA's names would point into the question's own labels: not shareable
+    offset = 12 + sum(len(label) + 1 for label in labels[:len(labels) - n])
+    key = (id(rr), offset)
+    cached = _NEGATIVE_SOA.get(key)
+    if cached is None or cached[0] is not rr:
+        out = bytearray(HEADER.pack(0, 0, 1, 0, 1, 0))
+        names: dict[tuple, int] = {}
+        _put_name(out, names, labels)
+        out += U16.pack(query.qtype) + U16.pack(query.qclass)
+        start = len(out)
+        _put_name(out, names, zone)
+        out += RR_FIXED.pack(rr.rtype, rr.rclass, rr.ttl, 0)
+        rdata = len(out)
+        _put_name(out, names, rr.rdata.mname.label)
+        _put_name(out, names, rr.rdata.rname.label)
+        out += struct.pack("!IIIII", *rr.rdata.times)
+        struct.pack_into("!H", out, rdata - 2, len(out) - rdata)
+        if len(_NEGATIVE_SOA) >= 4096:
+            _NEGATIVE_SOA.clear()
+        cached = _NEGATIVE_SOA[key] = (rr, bytes(out[start:]))
+    edns = opt_record(query.do, answer.rcode >> 4) if query.edns else b""
+    return b"".join((HEADER.pack(0, flags, 1, 0, 1, 1 if edns else 0), qname, U16.pack(query.qtype),
+                     U16.pack(query.qclass), cached[1], edns))
+
+
 def _pack_by_hand(query: Query, answer, recursion_available: bool) -> bytes:
     rcode = answer.rcode
     # RD set as dnslib sets it: `patch` copies the asker's RD in
     flags = FLAG_QR | 0x0100 | (0x0400 if answer.authoritative else 0) | (0x0080 if recursion_available else 0) \
         | (rcode & 0xF)
+    if not answer.answer and not answer.additional and len(answer.authority) == 1:
+        packed = _pack_negative(query, answer, flags)
+        if packed is not None:
+            return packed
     records = answer.answer, answer.authority, answer.additional
     out = bytearray(HEADER.pack(0, flags, 1, len(records[0]), len(records[1]),
                                 len(records[2]) + (1 if query.edns else 0)))

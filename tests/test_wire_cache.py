@@ -189,12 +189,24 @@ def test_fast_key_leaves_unusual_packets_to_the_full_parser(mutate):
 
 def test_an_unrelated_change_keeps_cached_negative_answers():
     index, h = handler_for(namespace("ns"), clusterip("ns", "s", "10.0.0.1"))
-    assert ask(h, "t.ns.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
+    for _ in range(2):  # a negative answer is cached from its second asking (cache.seen_before)
+        assert ask(h, "t.ns.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
+    assert len(h.cache) == 1
     index.upsert(clusterip("ns", "other", "10.0.0.9"))  # unrelated: the NXDOMAIN stays cached
     assert ask(h, "t.ns.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
     assert h.cache.hits == 1
     index.upsert(clusterip("ns", "t", "10.0.0.3"))  # the name itself appears: never a stale NXDOMAIN
     assert addresses(ask(h, "t.ns.svc.cluster.local")) == ["10.0.0.3"]
+
+
+def test_a_negative_answer_is_cached_from_its_second_asking():
+    index, h = handler_for(namespace("ns"))
+    for i in range(50):  # a flood of names asked once leaves nothing behind
+        assert ask(h, f"r{i}.ns.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
+    assert len(h.cache) <= 1 and h.cache.not_admitted >= 49  # (one hash collision allowed)
+    ask(h, "r7.ns.svc.cluster.local")
+    assert h.cache.peek(parse_query(dns.message.make_query("r7.ns.svc.cluster.local", "A").to_wire()).key)
+    assert ask(h, "r7.ns.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN and h.cache.hits == 1
 
 
 def test_partial_reverse_names_follow_any_address_change():
