@@ -19,6 +19,8 @@ import dns.flags
 import dns.message
 import dns.rcode
 
+from dnstcp import frame
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "cluster.yaml")
 
@@ -314,10 +316,6 @@ class Stream:
     exact: bool = True  # False: after a lie, the rest is reinterpreted: count responses loosely
     half_close: bool = True  # shutdown(SHUT_WR) after the last chunk; else wait for the idle timeout
     reset: bool = False  # close with RST instead (SO_LINGER 0), reading nothing
-
-
-def frame(msg: bytes) -> bytes:
-    return struct.pack("!H", len(msg)) + msg
 
 
 def expects_answer(msg: bytes) -> bool:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import dns.exception
 import dns.message
 
+from dnstcp import read_frame, split_frames
 from fuzz_dns import (CONTROL_NAME, Stream, check_response, control_ok, describe, expects_answer, query)
 
 MAX_UDP = 65507
@@ -119,7 +120,7 @@ class LiveDns:
             if tcp:
                 with socket.create_connection(self.addr, timeout=self.control_timeout) as s:
                     s.sendall(struct.pack("!H", len(ctl)) + ctl)
-                    reply = _read_frame(s)
+                    reply = read_frame(s)
             else:
                 self.udp.settimeout(self.control_timeout)
                 self.udp.send(ctl)
@@ -196,21 +197,6 @@ class LiveDns:
                     tally.fail("crashes", f"answer without QR {describe(reply)} ({what})")
 
 
-def _read_frame(sock: socket.socket) -> bytes:
-    head = _recv_exact(sock, 2)
-    return _recv_exact(sock, struct.unpack("!H", head)[0])
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise EOFError(f"connection closed after {len(buf)} of {n} bytes")
-        buf += chunk
-    return buf
-
-
 def _read_until_eof(sock: socket.socket, deadline: float) -> tuple[list[bytes], bool, bool]:
     """(response frames, whether the server closed, whether a frame was cut short)."""
     buf = b""
@@ -231,12 +217,5 @@ def _read_until_eof(sock: socket.socket, deadline: float) -> tuple[list[bytes], 
             closed = True
             break
         buf += chunk
-    frames = []
-    pos = 0
-    while pos + 2 <= len(buf):
-        size = struct.unpack_from("!H", buf, pos)[0]
-        if pos + 2 + size > len(buf):
-            break
-        frames.append(buf[pos + 2:pos + 2 + size])
-        pos += 2 + size
-    return frames, closed, pos != len(buf)
+    frames, rest = split_frames(buf)
+    return frames, closed, rest != b""

@@ -103,27 +103,36 @@ class KdnsProcess(LoggedProcess):
 
     def get(self, endpoint: str, path: str) -> tuple[int, str]:
         """GET http://127.0.0.1:<port of health|ready|metrics><path> -> (status, body)."""
-        url = f"http://127.0.0.1:{self.http[endpoint]}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as err:
-            return err.code, err.read().decode()
+        return http_get(f"http://127.0.0.1:{self.http[endpoint]}{path}")
 
-    def metric(self, _name: str, **labels) -> float | None:
-        """One sample from /metrics, parsed with prometheus_client's parser."""
-        from prometheus_client.parser import text_string_to_metric_families
-        _, body = self.get("metrics", "/metrics")
-        for family in text_string_to_metric_families(body):
-            for sample in family.samples:
-                if sample.name == _name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    return sample.value
-        return None
+    def metric(self, name: str, /, **labels) -> float | None:
+        """One sample from /metrics (prometheus_sample)."""
+        return prometheus_sample(self.get("metrics", "/metrics")[1], name, **labels)
 
     def dig(self, *args: str) -> str:
         out = subprocess.run(["dig", "@127.0.0.1", "-p", str(self.port), "+tries=1", "+time=3", *args],
                              capture_output=True, text=True, timeout=20)
         return out.stdout
+
+
+def http_get(url: str, context=None, timeout: float = 5) -> tuple[int, str]:
+    """GET url -> (status, body); an HTTP error status is a result, not an exception."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def prometheus_sample(body: str, name: str, /, **labels) -> float | None:
+    """The value of the first sample `name` whose labels include `labels` in a Prometheus text
+    exposition, parsed with prometheus_client's own parser; None if there is none."""
+    from prometheus_client.parser import text_string_to_metric_families
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return None
 
 
 def answers(msg: dns.message.Message) -> list[str]:

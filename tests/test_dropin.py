@@ -16,6 +16,7 @@ import dns.rcode
 import pytest
 
 from apiserver import FakeApiServer, namespace, service, write_kubeconfig
+from dnstcp import frame, read_frame
 from harness import EXAMPLE, KdnsProcess, answers, wait_until
 from test_corefile import KUBEADM_BLOCK_CACHE, KUBEADM_PLAIN_CACHE
 from upstream import FakeUpstream, LoopProxy
@@ -460,18 +461,12 @@ spec: {clusterIP: 10.0.0.9}
 
 
 def test_reload_keeps_an_unchanged_listener_open(tmp_path):
-    import struct
     base = ".:53 {{\n  reload 2s 1s\n  kubernetes cluster.local {{\n    ttl {ttl}\n  }}\n}}\n"
     with start(tmp_path, base.format(ttl=30), None, "--manifests", EXAMPLE, "--tcp-idle-timeout", "30") as kdns:
         with socket.create_connection(("127.0.0.1", kdns.port), timeout=5) as conn:
             def ask() -> int:
-                wire = dns.message.make_query("kubernetes.default.svc.cluster.local", "A").to_wire()
-                conn.sendall(struct.pack("!H", len(wire)) + wire)
-                size = struct.unpack("!H", conn.recv(2))[0]
-                data = b""
-                while len(data) < size:
-                    data += conn.recv(size - len(data))
-                return dns.message.from_wire(data).answer[0].ttl
+                conn.sendall(frame(dns.message.make_query("kubernetes.default.svc.cluster.local", "A").to_wire()))
+                return dns.message.from_wire(read_frame(conn)).answer[0].ttl
             assert ask() == 30
             (tmp_path / "Corefile").write_text(base.format(ttl=9))
             kdns.wait_for_log(r"reloaded file=", timeout=8)

@@ -14,7 +14,7 @@ import dns.rdatatype
 import pytest
 
 from harness import EXAMPLE, KdnsProcess, answers
-from upstream import recv_exact
+from dnstcp import read_frame
 
 
 
@@ -151,7 +151,7 @@ def test_tcp_pipelined_queries_on_one_connection(kdns):
     msgs = [dns.message.make_query(n, "A") for n in names]
     with socket.create_connection(("127.0.0.1", kdns.port), timeout=3) as s:
         s.sendall(b"".join(struct.pack("!H", len(w)) + w for w in (m.to_wire() for m in msgs)))
-        replies = [dns.message.from_wire(_read_tcp(s)) for _ in msgs]
+        replies = [dns.message.from_wire(read_frame(s)) for _ in msgs]
     by_id = {r.id: r for r in replies}
     assert answers(by_id[msgs[0].id]) == ["10.96.0.1"]
     assert answers(by_id[msgs[1].id]) == ["10.96.200.20"]
@@ -172,15 +172,10 @@ def _udp_raw(port: int, wire: bytes, timeout: float = 3.0) -> bytes:
         return s.recvfrom(65535)[0]
 
 
-def _read_tcp(s: socket.socket) -> bytes:
-    size = struct.unpack("!H", recv_exact(s, 2))[0]
-    return recv_exact(s, size)
-
-
 def _tcp_raw(port: int, wire: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
         s.sendall(struct.pack("!H", len(wire)) + wire)
-        return _read_tcp(s)
+        return read_frame(s)
 
 
 def test_idle_tcp_connections_are_closed(tmp_path):
@@ -188,7 +183,7 @@ def test_idle_tcp_connections_are_closed(tmp_path):
         with socket.create_connection(("127.0.0.1", proc.port), timeout=5) as s:
             wire = dns.message.make_query("kubernetes.default.svc.cluster.local", "A").to_wire()
             s.sendall(struct.pack("!H", len(wire)) + wire)
-            assert answers(dns.message.from_wire(_read_tcp(s))) == ["10.96.0.1"]
+            assert answers(dns.message.from_wire(read_frame(s))) == ["10.96.0.1"]
             # then idle: the server closes its side (recv returns b"") well before our 5 s timeout
             assert s.recv(1) == b""
 
