@@ -3,8 +3,8 @@ every answer must pass. Shared by the test suite (tests/test_fuzz_wire.py, test_
 driven by hypothesis through `random.Random` instances) and perf/fuzz.py (longer seeded runs).
 
 Every generator is `gen(rng: random.Random) -> bytes`, bounded in size (a UDP query is at most a
-few KiB, a TCP stream at most ~70 KiB). `check_response` is the oracle: it uses dnspython, never
-kdns's own parser, except to learn the EDNS payload size a query asked for.
+few KiB, a TCP stream at most ~70 KiB). `check_response` is the oracle: it uses dnspython (and
+an RFC 1035 record walk where dnspython rejects a packet), never kdns's own parser.
 """
 
 from __future__ import annotations
@@ -36,7 +36,10 @@ NAMES = [
     "dns-version.cluster.local", "cluster.local", "svc.cluster.local", "shop.svc.cluster.local",
     "nope.shop.svc.cluster.local", "ns.dns.cluster.local", "example.com", "in-addr.arpa", "ip6.arpa",
     "8.c.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.6.9.0.0.0.1.0.0.0.0.d.f.ip6.arpa", "",
+    "big.shop.svc.cluster.local", "mid.shop.svc.cluster.local",
 ]
+# example_handler adds these headless services: A answers of ~1,300 bytes (over 512 and 1232) and ~700
+BIG_ENDPOINTS = {"big.shop.svc.cluster.local": 80, "mid.shop.svc.cluster.local": 40}
 
 # every qtype is drawn from 0..65535; these get extra weight (meta types, OPT, zone transfers, TSIG...)
 INTERESTING_QTYPES = [0, 1, 2, 5, 6, 12, 15, 16, 28, 33, 35, 39, 41, 43, 46, 47, 48, 50, 52, 64, 65, 99,
@@ -378,13 +381,48 @@ def _split(rng: random.Random, data: bytes) -> list[bytes]:
 
 
 def edns_payload(msg: bytes) -> int | None:
-    """The EDNS payload size a query asked for (None without a usable OPT), as kdns's parser reads it."""
-    from kdns.wire import WireError, parse_query
+    """The UDP payload size a query's OPT record allows (RFC 6891 6.2.5: never below 512), None
+    without exactly one OPT of root owner. Read with dnspython; where dnspython rejects the packet
+    for a reason of its own (a TSIG not last, bad rdata), by walking the records per RFC 1035 here:
+    never with kdns's parser, whose misreadings this oracle must catch."""
     try:
-        q = parse_query(msg)
-    except WireError:
+        parsed = dns.message.from_wire(msg, ignore_trailing=True)
+    except (dns.exception.DNSException, ValueError, IndexError, struct.error):
+        return _walk_for_opt(msg)
+    return max(512, parsed.payload) if parsed.edns >= 0 else None
+
+
+def _walk_for_opt(msg: bytes) -> int | None:
+    """RFC 1035 4.1: skip the questions and the answer/authority records, read the additional ones."""
+    def name_end(pos: int) -> int:
+        while True:
+            n = msg[pos]
+            if n & 0xC0 == 0xC0:
+                return pos + 2
+            if n & 0xC0:
+                raise ValueError("label type")
+            if n == 0:
+                return pos + 1
+            pos += 1 + n
+
+    try:
+        qd, an, ns, ar = struct.unpack_from("!HHHH", msg, 4)
+        pos = 12
+        for _ in range(qd):
+            pos = name_end(pos) + 4
+        payloads = []
+        for i in range(an + ns + ar):
+            owner = pos
+            pos = name_end(pos)
+            rtype, rclass, _, rdlen = struct.unpack_from("!HHIH", msg, pos)
+            pos += 10 + rdlen
+            if pos > len(msg):
+                return None
+            if i >= an + ns and rtype == 41:
+                payloads.append(rclass if msg[owner] == 0 else None)
+    except (IndexError, ValueError, struct.error):
         return None
-    return q.udp_size if q.edns else None
+    return max(512, payloads[0]) if len(payloads) == 1 and payloads[0] is not None else None
 
 
 def question_end(msg: bytes) -> int | None:
@@ -472,13 +510,17 @@ COUNTED = ("dropped", "formerr", "notimp", "badvers")
 
 def example_handler():
     """A QueryHandler (one `.` block, no upstream) serving examples/cluster.yaml, as `kdns serve
-    --manifests examples/cluster.yaml` does."""
+    --manifests examples/cluster.yaml` does, plus the headless services BIG_ENDPOINTS (answers too big for UDP)."""
     from builders import handler_for
     from kdns.sources.manifests import parse_manifest_text
     with open(EXAMPLE, encoding="utf-8") as fh:
         objects, problems = parse_manifest_text(fh.read(), EXAMPLE)
     assert not problems, problems
-    _, handler = handler_for(*(obj for obj, _ in objects), implicit=True)
+    from builders import ep, eps, headless
+    big = [obj for i, (name, count) in enumerate(BIG_ENDPOINTS.items()) for obj in (
+        headless("shop", name.split(".")[0]),
+        eps("shop", name.split(".")[0], *(ep(f"10.245.{i}.{n + 1}") for n in range(count))))]
+    _, handler = handler_for(*(obj for obj, _ in objects), *big, implicit=True)
     return handler
 
 

@@ -19,6 +19,7 @@ from dnstcp import read_frame, split_frames
 from fuzz_dns import (CONTROL_NAME, Stream, check_response, control_ok, describe, expects_answer, query)
 
 MAX_UDP = 65507
+CLOSE_GRACE = 10.0  # seconds past the idle timeout before a connection the server left open is a hang
 
 
 @dataclass
@@ -45,7 +46,7 @@ class Tally:
 class LiveDns:
     """A fuzzing client for one kdns listening on 127.0.0.1:port."""
 
-    def __init__(self, port: int, idle_timeout: float, host: str = "127.0.0.1", control_timeout: float = 2.0):
+    def __init__(self, port: int, idle_timeout: float, host: str = "127.0.0.1", control_timeout: float = 10.0):
         self.addr = (host, port)
         self.idle_timeout = idle_timeout
         self.control_timeout = control_timeout
@@ -168,13 +169,13 @@ class LiveDns:
                 return
             if stream.half_close:
                 sock.shutdown(socket.SHUT_WR)
-            deadline = time.monotonic() + self.idle_timeout + 3.0
+            deadline = time.monotonic() + self.idle_timeout + CLOSE_GRACE
             replies, closed, partial = _read_until_eof(sock, deadline)
         finally:
             sock.close()
         tally.max_seconds = max(tally.max_seconds, time.perf_counter() - started)
         if not closed:
-            tally.fail("hangs", f"server kept the connection open {self.idle_timeout + 3.0:.1f}s after the last "
+            tally.fail("hangs", f"server kept the connection open {self.idle_timeout + CLOSE_GRACE:.1f}s after the last "
                                 f"byte ({what})")
         if partial:
             tally.fail("crashes", f"connection closed in the middle of a response frame ({what})")

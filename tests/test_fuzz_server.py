@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 
 from fuzz_dns import (CONTROL_NAME, EXAMPLE, GENERATOR_NAMES, GENERATORS, Stream, frame, fuzz_settings, query,
                       tcp_stream)
-from fuzz_live import LiveDns, Tally
+from fuzz_live import CLOSE_GRACE, LiveDns, Tally
 from harness import KdnsProcess
 
-IDLE = 0.3  # --tcp-idle-timeout: lying prefixes cost this long, not 10 s
+IDLE = 1.5  # --tcp-idle-timeout: lying prefixes cost this long, not 10 s; dribbled bytes (1 ms apart) fit easily
 
 
 
@@ -78,8 +78,7 @@ def test_lying_prefixes_are_closed_in_time(server, prefix, payload, half_close):
     frames = [payload] if len(prefix) == 2 and struct.unpack("!H", prefix)[0] == len(payload) else []
     client.tcp_stream(Stream("lie", [prefix + payload], frames, half_close=half_close), tally)
     client.control(tally, tcp=True)
-    _assert_ok(tally)
-    assert tally.max_seconds < IDLE + 2
+    _assert_ok(tally)  # the server closed it by itself (fuzz_live.CLOSE_GRACE) and answered what was whole
 
 
 def test_many_stalled_connections_do_not_block_others(server):
@@ -96,7 +95,7 @@ def test_many_stalled_connections_do_not_block_others(server):
         client.control(tally, tcp=True)
         client.control(tally, tcp=False)
         _assert_ok(tally)
-        deadline = time.monotonic() + IDLE + 3
+        deadline = time.monotonic() + IDLE + CLOSE_GRACE
         for s in socks:
             s.settimeout(max(0.05, deadline - time.monotonic()))
             assert s.recv(1) == b"", "the server kept a stalled connection open past its idle timeout"
