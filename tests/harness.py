@@ -124,15 +124,19 @@ def http_get(url: str, context=None, timeout: float = 5) -> tuple[int, str]:
         return err.code, err.read().decode()
 
 
-def prometheus_sample(body: str, name: str, /, **labels) -> float | None:
-    """The value of the first sample `name` whose labels include `labels` in a Prometheus text
-    exposition, parsed with prometheus_client's own parser; None if there is none."""
+def prometheus_samples(body: str, name: str, /, **labels) -> list[tuple[dict, float]]:
+    """(labels, value) of every sample `name` whose labels include `labels` in a Prometheus text
+    exposition, in exposition order, parsed with prometheus_client's own parser."""
     from prometheus_client.parser import text_string_to_metric_families
-    for family in text_string_to_metric_families(body):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return None
+    return [(sample.labels, sample.value) for family in text_string_to_metric_families(body)
+            for sample in family.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())]
+
+
+def prometheus_sample(body: str, name: str, /, **labels) -> float | None:
+    """The value of the first such sample (prometheus_samples), None if there is none."""
+    found = prometheus_samples(body, name, **labels)
+    return found[0][1] if found else None
 
 
 def answers(msg: dns.message.Message) -> list[str]:
