@@ -17,7 +17,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 from hypothesis import given
@@ -101,8 +100,10 @@ def test_live_server_survives_manifest_edits(tmp_path):
                 kind = sorted(MANIFEST_GENERATORS)[i % len(MANIFEST_GENERATORS)]
                 tmp = tmp_path / "fuzz.tmp~"
                 tmp.write_text(MANIFEST_GENERATORS[kind](rng), encoding="utf-8", errors="surrogatepass")
+                mark = len(proc.lines)
                 os.replace(tmp, fuzz)
-                time.sleep(0.12)
+                # the server has read this edit (loaded, or kept the last good state with an error)
+                proc.wait_for_log(r"manifest_(loaded|error) file=\S*fuzz\.yaml", timeout=20, start=mark)
                 client.control(tally, tcp=False)
         finally:
             client.close()
