@@ -199,20 +199,20 @@ def structured_queries(draw):
 
 def clean_twin(msg: bytes) -> bytes | None:
     """The same question asked cleanly (lower case, RD only, no extra records, same EDNS payload
-    size and DO bit), as dnspython reads the query; None if dnspython does not read it as one
-    plain question (with at most an EDNS version 0 OPT)."""
+    size and DO bit), as dnspython reads the question (fuzz_dns.query_opt the OPT); None if that is
+    not one plain question of a standard query with at most an EDNS version 0 OPT."""
     try:
-        parsed = dns.message.from_wire(msg, ignore_trailing=True)
+        parsed = dns.message.from_wire(msg, question_only=True)
     except (dns.exception.DNSException, ValueError, IndexError, struct.error):
         return None
-    if len(parsed.question) != 1 or parsed.edns > 0 or parsed.opcode() != dns.opcode.QUERY:
+    opt = fuzz_dns.query_opt(msg)
+    if len(parsed.question) != 1 or parsed.opcode() != dns.opcode.QUERY or (opt is not None and opt[1] != 0):
         return None
     question = parsed.question[0]
-    edns = parsed.edns == 0
-    out = header(parsed.id, 0x0100, 1, 0, 0, 1 if edns else 0)
+    out = header(parsed.id, 0x0100, 1, 0, 0, 1 if opt is not None else 0)
     out += question.name.canonicalize().to_wire() + struct.pack("!HH", question.rdtype, question.rdclass)
-    if edns:
-        out += opt_rr(parsed.payload, 0, bool(parsed.ednsflags & dns.flags.DO))
+    if opt is not None:
+        out += opt_rr(opt[0], 0, opt[2])
     return out
 
 
