@@ -12,11 +12,13 @@ import soak  # noqa: E402
 
 
 def test_short_soak_serves_no_wrong_answer_and_stays_flat():
-    # restarts every 1.5 s; each pauses the churn until kdns has relisted, so 7 s hold at least two
-    r = soak.run(seconds=7, rate=500, services=50, churn_interval=0.01, quiet=True, api_restart_every=1.5)
-    assert r["changes"] > 100 and r["answers"] >= 3400
-    assert r["api_restarts"] >= 2 and r["relists"] >= 2  # relists under load changed no answer
-    assert r["wrong"] == 0, r["examples"]
-    assert r["servfail"] == 0 and r["lost"] == 0
+    # runs until two API restarts (each: streams cut, changes while down, history compacted, relist)
+    # and 150 confirmed changes are done, however long that takes on this machine (at most 120 s)
+    r = soak.run(seconds=3, rate=500, services=50, churn_interval=0.01, quiet=True, api_restart_every=1.0,
+                 min_restarts=2, min_changes=150, max_seconds=120)
+    assert r["api_restarts"] >= 2 and r["relists"] >= 2 and r["changes"] >= 150, r
+    assert r["unserved"] == 0, r["examples"]  # every change was served (within 10 s of being made)
+    assert r["wrong"] == 0, r["examples"]  # and no answer was a state kdns could not have had
+    assert r["servfail"] == 0 and r["lost"] == 0 and r["answers"] == r["queries"] > 0
     assert r["alive"] and r["internal_errors"] == 0
     assert r["rss_end_kib"] - r["rss_start_kib"] < 16 * 1024
