@@ -44,7 +44,7 @@ class LoggedProcess:
             self._eof = True
             self._cond.notify_all()
 
-    def wait_for_log(self, pattern: str, timeout: float = 5.0, start: int = 0) -> str:
+    def wait_for_log(self, pattern: str, timeout: float = 15.0, start: int = 0) -> str:
         """Wait (with a deadline) for a log line matching `pattern`; returns it."""
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout
@@ -98,8 +98,8 @@ class KdnsProcess(LoggedProcess):
     def query(self, name: str, rdtype: str = "A", tcp: bool = False, **make_kwargs) -> dns.message.Message:
         msg = dns.message.make_query(name, rdtype, **make_kwargs)
         if tcp:
-            return dns.query.tcp(msg, "127.0.0.1", port=self.port, timeout=3)
-        return dns.query.udp(msg, "127.0.0.1", port=self.port, timeout=3, ignore_trailing=True)
+            return dns.query.tcp(msg, "127.0.0.1", port=self.port, timeout=10)
+        return dns.query.udp(msg, "127.0.0.1", port=self.port, timeout=10, ignore_trailing=True)
 
     def get(self, endpoint: str, path: str) -> tuple[int, str]:
         """GET http://127.0.0.1:<port of health|ready|metrics><path> -> (status, body)."""
@@ -144,7 +144,8 @@ def answers(msg: dns.message.Message) -> list[str]:
     return sorted(rd.to_text() for rrset in msg.answer for rd in rrset)
 
 
-def wait_until(predicate, timeout: float = 5.0, interval: float = 0.05, what: str = "condition"):
+def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
+    """Poll `predicate` until it returns something true (returned), or fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
