@@ -364,7 +364,7 @@ def query_mixes(cluster: list[Svc], n: int, seed: int, unique: int = 200_000, ho
         mixes["forward-miss"] = [f"m{k:07d}-{rng.randrange(1 << 20):05x}.{OUTSIDE_ZONE} A" for k in range(unique)]
         # the flood's background: unique cluster names ("f<k>-...", never a service, never asked twice)
         mixes["flood"] = [f"f{k:07d}-{rng.randrange(1 << 20):05x}.{namespaces[k % len(namespaces)]}.svc.{ZONE} A"
-                          for k in range(unique)]
+                          for k in range(2 * unique)]  # twice: a full-speed flood must outlast the hot set's run
     # outside names from a fixed pool, asked again and again: after one pass all from the cache plugin
     pool = [f"host-{k:05d}.{rng.choice(WORDS)}.{OUTSIDE_ZONE}" for k in range(max(1, outside_names))]
     mixes["forward-cached"] = [f"{rng.choice(pool)} A" for _ in range(n)]

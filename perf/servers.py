@@ -312,11 +312,12 @@ class KdnsServer(ServerProcess):
     ready_pattern = r"\blistening\b.*udp="
 
     def __init__(self, manifests: str | None, extra: list[str] | None = None, metrics: bool = True,
-                 src: str | None = None, corefile: str | None = None, **kw):
+                 src: str | None = None, corefile: str | None = None, dns_port: int = 0, **kw):
         """src: a directory holding a `kdns/` package to run instead of the work tree's (a snapshot
         of a git revision, see run.py --kdns-rev); None runs the work tree's .venv/bin/kdns.
         corefile: a Corefile's text to serve (its ports mapped to free ones on 127.0.0.1; metrics
-        come from its `prometheus`), instead of the bare `--listen` flags."""
+        come from its `prometheus`), instead of the bare `--listen` flags. dns_port: the Corefile's
+        DNS port on this port (0: kdns picks a free one)."""
         super().__init__(**kw)
         self.manifests = manifests
         self.extra = list(extra or [])
@@ -324,6 +325,7 @@ class KdnsServer(ServerProcess):
         self.metrics_port = 0
         self.src = src
         self.corefile = corefile
+        self.dns_port = dns_port
 
     def env(self) -> dict:
         env = super().env()
@@ -348,7 +350,8 @@ class KdnsServer(ServerProcess):
                 fh.write(self.corefile)
             with open(os.path.join(self.tmp, "resolv.conf"), "w") as fh:
                 fh.write(f"nameserver {HOST}\n")  # not used: the Corefile names its upstream
-            ports = [a for p in ("53", "8080", "8181", "9153") for a in ("--port-map", f"{p}=0")]
+            ports = [a for p in ("53", "8080", "8181", "9153")
+                     for a in ("--port-map", f"{p}={self.dns_port if p == '53' else 0}")]
             return [*base, "serve", "--corefile", path, "--bind", HOST, *ports, "--resolv-conf",
                     os.path.join(self.tmp, "resolv.conf"), *self._source(), *self.extra]
         cmd = [*base, "serve", *self._source(), "--listen", f"{HOST}:0"]

@@ -179,11 +179,13 @@ def sweep(sizes: list[tuple[int, int]], tmp: str, kdns_src: str | None = None, t
           api: bool = True, log=print) -> list[dict]:
     rows = []
     for services, endpoints in sizes:
-        rows.append(from_manifests(services, endpoints, tmp, kdns_src, timeout))
-        log(f"start-up from manifests {services}/{endpoints}: {rows[-1]}")
-        if api:
-            rows.append(from_api(services, endpoints, tmp, kdns_src, timeout))
-            log(f"start-up from the API double {services}/{endpoints}: {rows[-1]}")
+        for source, probe in (("manifests", from_manifests), ("api", from_api)):
+            if source == "api" and not api:
+                continue
+            row = probe(services, endpoints, tmp, kdns_src, timeout)
+            row.update(gen_services=services, gen_endpoints=endpoints)
+            rows.append(row)
+            log(f"start-up from {source} {services}/{endpoints}: {row}")
     return rows
 
 
