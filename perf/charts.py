@@ -62,8 +62,9 @@ def qps_chart(report: dict, path: str) -> bool:
 def cpu_chart(report: dict, path: str) -> bool:
     rows = [c for c in report.get("cpu", []) if c.get("us_per_query")]
     w = report.get("workers") or {}
-    if w.get("two", {}).get("us_per_query"):
-        rows.append(dict(w["two"], server="kdns --workers 2"))
+    if w.get("one", {}).get("us_per_query") and w.get("two", {}).get("us_per_query"):
+        rows.append(dict(w["one"], server=f"kdns 1 worker, {w['clients']} clients"))
+        rows.append(dict(w["two"], server=f"kdns --workers 2, {w['clients']} clients"))
     if not rows:
         return False
     plt = _plt()
@@ -132,6 +133,8 @@ def startup_chart(report: dict, path: str) -> bool:
         ax.minorticks_off()
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    ax1.set_ylim(bottom=0)
+    ax2.set_ylim(bottom=0)
     ax1.set_ylabel("seconds from start to ready")
     ax2.set_ylabel("VmRSS MiB")
     fig.suptitle(TITLES["startup"])

@@ -849,8 +849,23 @@ def render(report: dict, argv: list[str], chart_files: dict[str, str] | None = N
                    f"dnslib {t.get('dnslib')}"
                  + (f"; uvloop {t['uvloop']} in .venv (kdns's `--loop auto` runs on it when installed)"
                     if t.get("uvloop") else "") + ".")
+    if report.get("corefile"):
+        up = report.get("upstream") or {}
+        lines.append(f"kdns runs the kubeadm Corefile (CoreDNS's, verbatim but for its `forward` target: a local "
+                     f"{up.get('server', '?')} serving `{up.get('zone', '?')}`, pinned to core {up.get('cpu', '?')}), "
+                     "its ports mapped to free ones on 127.0.0.1 (`kdns serve --corefile F --bind 127.0.0.1 "
+                     "--port-map 53=0 --port-map 8080=0 --port-map 8181=0 --port-map 9153=0 --manifests DIR`):")
+        lines.append("")
+        lines.append("```")
+        lines.extend(report["corefile"].rstrip("\n").splitlines())
+        lines.append("```")
+    else:
+        lines.append("kdns runs bare (`kdns serve --manifests DIR --listen 127.0.0.1:0 --metrics-listen "
+                     "127.0.0.1:0`, `--no-corefile`).")
+    lines.append("")
     lines.append("Set-up on a fresh machine: `perf/setup.sh` (Debian's dnsperf, knot and nsd; py-spy into .venv). "
-                 "`--quick` (under 2 minutes) measures a 2k-service cluster, three mixes, kdns/Knot/dnslib; "
+                 "`--quick` (under 3 minutes) measures a 2k-service cluster, five mixes, kdns/ceiling/Knot and "
+                 "start-up at 1k services only; "
                  "`--json PATH` keeps the raw figures and `--from-json PATH --write-bench` re-renders them.")
     lines.append("")
     lines.append(f"Cluster (perf/gen_cluster.py, seed {cfg['seed']}): {c['services']:,} services "
@@ -862,7 +877,8 @@ def render(report: dict, argv: list[str], chart_files: dict[str, str] | None = N
     niced = f" (both under `nice -n {cfg['nice']}`)" if cfg.get("nice") else ""
     lines.append(f"Each row: server pinned to core {SERVER_CPU}, `dnsperf` pinned to core {LOAD_CPU}{niced}, "
                  f"`dnsperf -s 127.0.0.1 -p PORT -d MIX.txt -l {cfg['duration']:g} -c {cfg['clients']} "
-                 f"-q {cfg['outstanding']} -t 1` (the `uncached` mix adds `-n 1`: one pass, so no name repeats), "
+                 f"-q {cfg['outstanding']} -t 1` (the one-pass mixes, `uncached` and `forward-miss`, add `-n 1` and "
+                 "use a fresh slice of their distinct names per run, so no name repeats), "
                  f"{cfg.get('repeats', 1)} times per server and mix; the table shows the best run (other work on "
                  "the machine only lowers QPS) and the notes every run's QPS. QPS counts answered queries. *srv CPU* is the server's CPU time over the run (100% = the "
                  "whole core) and *QPS per srv core* = QPS / srv CPU, the server's cost whichever side was "
@@ -1138,7 +1154,7 @@ def main() -> int:
                    "10000: a rate every server measured carries)")
     p.add_argument("--cpu-duration", type=float, help="seconds per CPU-per-query run (default 5, --quick 3)")
     p.add_argument("--no-workers", dest="workers", action="store_false", help="skip the --workers 2 comparison")
-    p.add_argument("--workers-clients", type=int, default=32, help="dnsperf -c of the --workers comparison (flows "
+    p.add_argument("--workers-clients", type=int, default=128, help="dnsperf -c of the --workers comparison (flows "
                    "for SO_REUSEPORT to spread)")
     p.add_argument("--no-flood", dest="flood", action="store_false", help="skip the flood mix")
     p.add_argument("--flood-hot-rate", type=float, default=2000.0, help="QPS of the flood's hot set (loadgen)")

@@ -41,7 +41,7 @@ def cpu_per_query(dnsperf, srv, qfile: str, rate: float, duration: float, client
     utime+stime of the process and its children: NSD's and kdns's forked workers) / answered queries."""
     m0 = srv.scrape() if hasattr(srv, "scrape") else {}
     c0 = srv.cpu_seconds()
-    st = dnsperf(srv.port, qfile, duration=duration, rate=rate, clients=clients, outstanding=100)
+    st = dnsperf(srv.port, qfile, duration=duration, rate=rate, clients=clients, outstanding=500)
     cpu = srv.cpu_seconds() - c0
     m1 = srv.scrape() if hasattr(srv, "scrape") else {}
     answered = st.get("completed", 0)
