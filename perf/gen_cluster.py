@@ -5,12 +5,16 @@
         [--namespaces 100] [--headless-share 0.1] [--queries 10000] [--unique-queries 200000]
         [--seed 1] [--format yaml|json] [--no-zones] [--no-queries]
 
+Zone TTLs: kdns's default (5 s); perf/run.py writes them with the kubeadm Corefile's `ttl 30`.
+
 Writes under OUT:
   manifests/<namespace>.yaml   Namespace, Services (clusterIP or None, named ports), EndpointSlices
                                (kubernetes.io/service-name label, addressType IPv4, <=100 endpoints per
                                slice, hostnames on the headless services' endpoints)
   zones/cluster.local.zone     what kdns answers for those manifests (A, SRV, endpoint A, NS, SOA, TXT)
   zones/in-addr.arpa.zone      PTR for every ClusterIP and endpoint address
+  upstream/example.test.zone   the outside zone a local upstream serves for the forward-* mixes (a
+                               wildcard A, so every name gets an answer)
   queries/<mix>.txt            dnsperf input ("name TYPE" per line), mixes listed in MIXES
   cluster.json                 counts and a few sample names
 
