@@ -144,9 +144,11 @@ def target_rows(report: dict) -> list[tuple[str, str, str, bool | None]]:
     k, kn = cpu.get("kdns"), cpu.get("knot")
     if k and kn:
         v = k["us_per_query"] / kn["us_per_query"]
+        bare = "corefile" in report and not report["corefile"]  # --no-corefile: not what the target names
         rows.append(("cluster hits, kubeadm Corefile: CPU/query vs Knot at a fixed rate", "≤ 1.5× Knot",
                      f"{v:.2f}× (kdns {k['us_per_query']:.1f} µs, Knot {kn['us_per_query']:.1f} µs per query "
-                     f"at {k['rate']:,.0f} QPS)", v <= 1.5))
+                     f"at {k['rate']:,.0f} QPS)" + ("; kdns ran bare (--no-corefile): no verdict" if bare else ""),
+                     None if bare else v <= 1.5))
     else:
         rows.append(("cluster hits, kubeadm Corefile: CPU/query vs Knot at a fixed rate", "≤ 1.5× Knot",
                      "not measured", None))

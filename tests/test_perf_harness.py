@@ -125,6 +125,9 @@ def test_target_rows_compute_each_ratio_and_verdict():
     assert v["event → answer"] is True
     measured = {what.split(":")[0]: m for what, _, m, _ in rows}
     assert measured["cluster hits, kubeadm Corefile"].startswith("2.25×")
+    # measured without the kubeadm Corefile, the Corefile row has a figure but no verdict
+    assert verdicts(report(corefile=None))["cluster hits, kubeadm Corefile"] is None
+    assert verdicts(report(corefile=".:53 {}"))["cluster hits, kubeadm Corefile"] is False
 
 
 def test_missing_measurements_are_not_verdicts():
