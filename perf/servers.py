@@ -365,7 +365,8 @@ class KdnsServer(ServerProcess):
     def start(self):
         super().start()
         if self.metrics or self.corefile is not None:
-            line = self.wait_for_log(self.ready_pattern, time.monotonic() + 1)
+            # with --workers every worker logs `listening`; only worker 0 serves /metrics and says where
+            line = self.wait_for_log(r"\blistening\b.*\bmetrics=", time.monotonic() + 10)
             m = re.search(r"(?:metrics|prometheus)=[\[\]\w.:]*:(\d+)", line)
             self.metrics_port = int(m.group(1)) if m else 0
         return self
