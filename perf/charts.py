@@ -52,7 +52,7 @@ def qps_chart(report: dict, path: str) -> bool:
     ax.set_yscale("log")
     ax.set_ylabel("answered queries / s (log)")
     ax.set_title(TITLES["qps"] + " (dnsperf, unlimited rate)")
-    ax.legend(fontsize=8, ncol=min(len(names), 4))
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never over a bar
     ax.grid(axis="y", alpha=0.3)
     _save(fig, path)
     plt.close(fig)
