@@ -4,8 +4,8 @@
 
 Manifests: a generated cluster (perf/gen_cluster.py) as YAML files; ready = the first answer to a
 probe query (kdns loads the manifests before it listens). API: the same objects in the API double
-(tests/apiserver.py, which lists in pages as the real API server does; here copying only the page it
-sends, see paged_api_server); ready = /ready answers 200
+(tests/apiserver.py, which lists in pages from one snapshot as the real API server does); ready =
+/ready answers 200
 (every resource's initial paged list done), then a full relist is forced (outage + compacted
 history: every watch gets 410 Gone) and RSS is sampled every 20 ms until kdns logs `api_relisted`
 for Services, EndpointSlices and Namespaces (the approach of perf/memory_relist.py, without its
@@ -89,35 +89,11 @@ def _load_api(api, cluster) -> int:
 
 
 def paged_api_server():
-    """The API double, its list handler copying only the requested page: the double's own copies every
-    object of the kind for every page (fine for tests, quadratic at 10k objects in pages of 500), and
-    start-up from the API is to measure kdns, not the double."""
-    import base64
-    import copy
-
-    from aiohttp import web
+    """The API double (tests/apiserver.py): a list copies the kind's objects once, into a snapshot its
+    pages are cut from, so a paged list of 100k objects is linear and measures kdns, not the double."""
     from apiserver import FakeApiServer
 
-    class PagedApiServer(FakeApiServer):
-        def _list(self, kind: str, api_version: str, query: dict) -> web.Response:
-            self.list_count[kind] += 1
-            start, rv = 0, None
-            if query.get("continue"):
-                token = json.loads(base64.b64decode(query["continue"]))
-                start, rv = token["start"], token["rv"]
-            limit = int(query.get("limit") or 0)
-            with self._lock:
-                keys = sorted(self._objects[kind])
-                rv = self._rv if rv is None else rv
-                end = start + limit if limit and start + limit < len(keys) else len(keys)
-                items = [copy.deepcopy(self._objects[kind][k]) for k in keys[start:end]]
-            meta = {"resourceVersion": str(rv)}
-            if end < len(keys):
-                meta["continue"] = base64.b64encode(json.dumps({"start": end, "rv": rv}).encode()).decode()
-            return web.json_response({"kind": f"{kind}List", "apiVersion": api_version, "metadata": meta,
-                                      "items": items})
-
-    return PagedApiServer(token="perf")
+    return FakeApiServer(token="perf")
 
 
 def from_api(services: int, endpoints: int, tmp: str, kdns_src: str | None = None, timeout: float = 240.0,

@@ -141,38 +141,3 @@ def test_missing_measurements_are_not_verdicts():
     # the flood row needs the hot set's answers too: hits at 100% with 5% lost fail
     flood = {"hit_pct": 100.0, "hot_rate": 2000, "hot": {"p99_ms": 1.0, "lost_pct": 5.0}, "flood": {}}
     assert verdicts(report(flood=flood))["`flood`"] is False
-
-
-def _pages(url: str, token: str, limit: int) -> list[dict]:
-    import json
-    import urllib.parse
-    import urllib.request
-    pages, cont = [], None
-    for _ in range(100):
-        query = {"limit": str(limit), **({"continue": cont} if cont else {})}
-        req = urllib.request.Request(f"{url}/api/v1/services?{urllib.parse.urlencode(query)}",
-                                     headers={"Authorization": f"Bearer {token}"})
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            page = json.load(resp)
-        pages.append(page)
-        cont = page["metadata"].get("continue")
-        if not cont:
-            return pages
-    raise AssertionError("no last page")
-
-
-def test_startup_api_double_pages_like_the_test_double():
-    """perf/startup.py's API double copies only the page it sends; the pages are the test double's."""
-    import startup
-    from apiserver import FakeApiServer, service
-
-    objs = [service("default", f"svc-{i:03d}", f"10.96.1.{i}") for i in range(1, 24)]
-    with FakeApiServer(token="perf") as ref, startup.paged_api_server() as fast:
-        for obj in objs:
-            ref.apply(obj)
-            fast.apply(obj)
-        for limit in (5, 23, 0):
-            want, got = _pages(ref.url, "perf", limit), _pages(fast.url, "perf", limit)
-            assert [p["items"] for p in got] == [p["items"] for p in want]
-            assert [p["metadata"].get("continue") for p in got] == [p["metadata"].get("continue") for p in want]
-        assert len(want) == 1 and len(_pages(fast.url, "perf", 5)) == 5
