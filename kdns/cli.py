@@ -107,11 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="event loop: uvloop when installed (pip install kdns[fast]) unless asyncio is asked for")
     misc.add_argument("--tcp-max-connections", type=int, default=None, metavar="N",
                       help="open TCP connections per port; more are closed at once (default: what the memory "
-                           "budget's TCP share allows, 30%% of it at 40 KiB a connection: 184 with 24Mi)")
+                           "budget's TCP share allows, 22%% of it at 40 KiB a connection: 157 with 28Mi)")
     misc.add_argument("--memory-budget", type=_size, default=None, metavar="SIZE",
                       help="bytes for everything that grows with traffic -- answer caches, the cache plugin, "
                            "rate-limit buckets, TCP connections -- evicting cold entries first beyond it "
-                           "(e.g. 24Mi, the default; the cluster index comes on top: deploy/README.md, sizing)")
+                           "(e.g. 28Mi, the default; the cluster index comes on top: deploy/README.md, sizing)")
     misc.add_argument("--negative-rate-limit", type=float, default=0.0, metavar="PER_SECOND",
                       help="per source /24 (/56), at most this many NXDOMAIN/REFUSED answers a second over UDP; "
                            "beyond it they are dropped, every 2nd sent truncated so real clients retry over TCP "
