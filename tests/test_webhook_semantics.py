@@ -15,7 +15,7 @@ from webhook.patch import pointer
 from webhook.selection import Settings
 from webhook_fixtures import BASE, certs, webhook  # noqa: F401 - fixtures
 from webhook_harness import WebhookThread, container, decoded_patch, env_of, ns, pod, svc
-from webhook_kubelet import pod_env
+from model_kubelet import pod_env
 
 K8S_ENV = [
     ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),

@@ -149,10 +149,39 @@ class ContainerResult:
     env_from_overrides: list[str]  # injected names an envFrom source might also define
 
 
+def _may_skip(entry: Mapping) -> bool:
+    """An env entry the kubelet may leave unset: no value, and a valueFrom configMapKeyRef /
+    secretKeyRef / fileKeyRef marked optional (a missing key is skipped, not an error)."""
+    if entry.get("value"):
+        return False
+    source = entry.get("valueFrom")
+    if not isinstance(source, Mapping):
+        return False
+    refs = [source.get(k) for k in ("configMapKeyRef", "secretKeyRef", "fileKeyRef")]
+    return any(isinstance(r, Mapping) and r.get("optional") is True for r in refs)
+
+
+def _needs_service_value(env: list, name: str) -> bool:
+    """Whether the kubelet would read the service variable `name` of a container whose env sets
+    `name` itself: it does when an entry up to the first one that surely sets it refers to
+    `$(name)` (expansion falls back to the service variables), or when every entry setting it is an
+    optional reference that may be skipped (then the service variable is what the container gets)."""
+    reference = f"$({name})"
+    for entry in env:
+        if reference in (entry.get("value") or ""):
+            return True
+        if entry["name"] == name and not _may_skip(entry):
+            return False
+    return True
+
+
 def merge(container: ContainerView, variables: list[EnvVar]) -> ContainerResult:
-    """What to inject into one container: the planned variables it does not set already."""
+    """What to inject into one container: the planned variables it does not set already, and those
+    it sets where the kubelet would still read the service's value (see _needs_service_value):
+    injected in front, they give that read the same value and the container's own entry still wins."""
+    env = container.env or []
     existing: dict[str, Mapping] = {}
-    for entry in container.env or ():
+    for entry in env:
         existing[entry["name"]] = entry  # the last one is what the kubelet uses
     injected, shadowed = [], []
     for var in variables:
@@ -161,6 +190,8 @@ def merge(container: ContainerView, variables: list[EnvVar]) -> ContainerResult:
             injected.append(var)
         elif entry.get("valueFrom") is not None or (entry.get("value") or "") != var.value:
             shadowed.append(var.name)
+            if _needs_service_value(env, var.name):
+                injected.append(var)
     overrides: list[str] = []
     if injected and container.env_from:
         prefixes = [e.get("prefix") or "" for e in container.env_from]

@@ -163,4 +163,24 @@ def plan(namespace: str, annotations: Mapping[str, str], enable_service_links: b
         for var in fresh:
             names[var.name] = svc
             result.variables.append(var)
+    final_links = enable_service_links and not settings.disable_kubelet_links
+    leftovers = master_leftovers(result.services, namespace, final_links, catalog)
+    if leftovers:
+        warnings.append(f"the kubelet still adds {MASTER_NAMESPACE}/kubernetes's {', '.join(leftovers[:3])}"
+                        + (f" and {len(leftovers) - 3} more" if len(leftovers) > 3 else "")
+                        + ", which the injected kubernetes service does not define")
     return result
+
+
+def master_leftovers(services: list[Service], namespace: str, final_links: bool, catalog) -> list[str]:
+    """Names of `kubernetes` in `default` that the kubelet adds to the mutated pod although the plan
+    injects another `kubernetes` (of the pod's namespace, or listed): getServiceEnvVarMap always adds the
+    master service unless, with enableServiceLinks on, one of the pod's own namespace replaces it."""
+    master = catalog.get(MASTER_NAMESPACE, "kubernetes")
+    ours = next((s for s in services if s.name == "kubernetes"), None)
+    if master is None or not has_cluster_ip(master) or ours is None or ours.key == master.key:
+        return []
+    if final_links and ours.namespace == namespace:
+        return []
+    defined = {v.name for v in service_env(ours)}
+    return [v.name for v in service_env(master) if v.name not in defined]
