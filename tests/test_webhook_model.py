@@ -16,6 +16,7 @@ fixed set). `KDNS_MODEL_EXAMPLES=5000 pytest tests/test_webhook_model.py` runs a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import json
@@ -27,6 +28,7 @@ from hypothesis import strategies as st
 
 import model_kubelet as model
 from fuzz_dns import fuzz_settings
+from kdns.objects import service_from_dict
 from webhook.selection import Settings
 from webhook_fixtures import certs  # noqa: F401 - fixture
 from webhook_harness import WebhookThread
@@ -357,3 +359,41 @@ def test_budget_cut_point(certs, cluster, pod_and_ns, cut, delta):  # noqa: F811
     settings = Settings(budget=options.budget, pod_budget=options.pod_budget)
     with WebhookThread(certs, settings=settings, objects=[*cluster[0], *cluster[1]]) as server:
         check_admission(server, cluster, pod, namespace, options)
+
+
+def _change(server: WebhookThread, upsert: list[dict] = (), delete: list[tuple[str, str]] = ()) -> None:
+    """Change single services in the running server's index (one event each, as a watch brings them)."""
+    async def run():
+        server.index.begin()
+        for obj in upsert:
+            server.index.upsert(service_from_dict(obj))
+        for ns, name in delete:
+            server.index.delete("Service", ns, name)
+        server.index.commit()
+    asyncio.run_coroutine_threadsafe(run(), server.loop).result(10)
+
+
+def test_remembered_plans_follow_service_changes(servers):
+    """Plans are memoised per namespace until a service they read changes: after each single
+    change (in the pod's namespace, in `default`, in a namespace a kdns.io/services entry names,
+    elsewhere), the answers agree with the model again."""
+    server = servers(model.Options())
+    redis_elsewhere = copy.deepcopy(REDIS)
+    redis_elsewhere["metadata"]["namespace"] = "team-a"
+    plain = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "shop"},
+             "spec": {"containers": [{"name": "app", "image": "busybox"}]}}
+    listed = copy.deepcopy(plain)
+    listed["metadata"]["annotations"] = {model.ANNOTATION_SERVICES: "team-a/redis"}
+    services = [KUBERNETES, REDIS, redis_elsewhere]
+    server.set_objects(*NAMESPACE_OBJECTS, *services)
+    for index, ip in ((1, "10.96.7.7"), (0, "10.96.0.2"), (2, "10.96.8.8"), (1, "fd00::9"), (None, None)):
+        for pod in (plain, listed):
+            check_admission(server, (NAMESPACE_OBJECTS, services), pod, "shop", model.Options())
+        services = copy.deepcopy(services)
+        if index is None:
+            break
+        services[index]["spec"].update(clusterIP=ip, clusterIPs=[ip])
+        _change(server, upsert=[services[index]])
+    _change(server, delete=[("shop", "redis"), ("team-a", "redis")])
+    for pod in (plain, listed):
+        check_admission(server, (NAMESPACE_OBJECTS, services[:1]), pod, "shop", model.Options())
