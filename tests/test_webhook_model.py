@@ -397,3 +397,18 @@ def test_remembered_plans_follow_service_changes(servers):
     _change(server, delete=[("shop", "redis"), ("team-a", "redis")])
     for pod in (plain, listed):
         check_admission(server, (NAMESPACE_OBJECTS, services[:1]), pod, "shop", model.Options())
+
+
+@fuzz_settings(max(20, EXAMPLES // 3))
+@given(variables=st.lists(st.tuples(st.text(min_size=1, max_size=12), st.text(max_size=12)), max_size=6),
+       has_env=st.booleans(), key=st.text(max_size=8))
+def test_patch_text_is_what_json_dumps_gives(variables, has_env, key):
+    """The webhook writes env entries as pre-encoded JSON (patch.encode); the text must be exactly
+    json.dumps of the same operations, whatever the names and values hold."""
+    from webhook.envvars import EnvVar
+    from webhook.patch import ContainerResult, ContainerView, Encoded, encode, env_ops
+    container = ContainerView("initContainers", 1, "c", [{"name": "Q"}] if has_env else None, [])
+    ops = env_ops(ContainerResult(container, [EnvVar(n, v) for n, v in variables], [], []))
+    ops += [{"op": "add", "path": "/metadata/annotations/" + key, "value": key}, {"op": "add", "path": "/x", "value": False}]
+    plain = [dict(op, value=json.loads(op["value"])) if isinstance(op["value"], Encoded) else op for op in ops]
+    assert encode(ops) == json.dumps(plain, separators=(",", ":"))

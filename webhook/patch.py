@@ -14,7 +14,9 @@ JSONPatch (RFC 6902): a container without `env` gets `add .../env` with the whol
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Mapping
 
 from .envvars import EnvVar
@@ -183,8 +185,8 @@ def merge(container: ContainerView, variables: list[EnvVar]) -> ContainerResult:
     existing: dict[str, Mapping] = {}
     for entry in env:
         existing[entry["name"]] = entry  # the last one is what the kubelet uses
-    injected, shadowed = [], []
-    for var in variables:
+    injected, shadowed = ([], []) if env else (list(variables), [])  # no env: all of them, no loop
+    for var in variables if env else ():
         entry = existing.get(var.name)
         if entry is None:
             injected.append(var)
@@ -199,15 +201,39 @@ def merge(container: ContainerView, variables: list[EnvVar]) -> ContainerResult:
     return ContainerResult(container, injected, shadowed, overrides)
 
 
+class Encoded(str):
+    """A value already in JSON text, written into the patch as it is (see encode)."""
+
+
+@lru_cache(maxsize=65536)
+def _entry_json(var: EnvVar) -> str:
+    """One env entry as JSON; the same variables go into every pod of a namespace, so remember them."""
+    return json.dumps({"name": var.name, "value": var.value}, separators=(",", ":"))
+
+
 def env_ops(result: ContainerResult) -> list[dict]:
     c = result.container
-    values = [{"name": v.name, "value": v.value} for v in result.injected]
-    if not values:
+    if not result.injected:
         return []
     if c.env is None:
+        values = Encoded("[" + ",".join(_entry_json(v) for v in result.injected) + "]")
         return [{"op": "add", "path": pointer("spec", c.field, c.index, "env"), "value": values}]
-    return [{"op": "add", "path": pointer("spec", c.field, c.index, "env", i), "value": value}
-            for i, value in enumerate(values)]
+    return [{"op": "add", "path": pointer("spec", c.field, c.index, "env", i), "value": Encoded(_entry_json(v))}
+            for i, v in enumerate(result.injected)]
+
+
+def encode(ops: list[dict]) -> str:
+    """The patch as JSON text: what json.dumps(ops, separators=(",", ":")) gives for the same values,
+    without encoding thousands of env entries again for every pod."""
+    parts = []
+    for op in ops:
+        value = op.get("value")
+        if isinstance(value, Encoded) and list(op) == ["op", "path", "value"]:
+            parts.append('{"op":' + json.dumps(op["op"]) + ',"path":' + json.dumps(op["path"]) + ',"value":'
+                         + value + "}")
+        else:
+            parts.append(json.dumps(op, separators=(",", ":")))
+    return "[" + ",".join(parts) + "]"
 
 
 def annotation_op(pod: PodView, key: str, value: str) -> dict:

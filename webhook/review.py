@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .patch import PodShapeError, PodView, annotation_op, env_ops, merge
+from .patch import PodShapeError, PodView, annotation_op, encode, env_ops, merge
 from .selection import ANNOTATION_LINKS, ANNOTATION_ORIGINAL, ANNOTATION_SERVICES, Settings, plan, selected
 
 API_VERSION = "admission.k8s.io/v1"
@@ -64,7 +64,7 @@ def _allow(api_version: str, uid: str, message: str = "", warnings: list[str] | 
         response["status"] = {"message": message}
     if patch:
         response["patchType"] = "JSONPatch"
-        response["patch"] = base64.b64encode(json.dumps(patch, separators=(",", ":")).encode()).decode()
+        response["patch"] = base64.b64encode(encode(patch).encode()).decode()
     if warnings:
         response["warnings"] = warnings
     return {"apiVersion": api_version, "kind": "AdmissionReview", "response": response}
