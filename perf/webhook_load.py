@@ -198,7 +198,8 @@ async def run_rate(session: aiohttp.ClientSession, url: str, rate: float, durati
     elapsed = loop.time() - start
     return {"offered_rps": rate, "requests": count, "answered": len(latencies),
             "achieved_rps": round(len(latencies) / elapsed, 1),
-            "p50_ms": round(percentile(latencies, 0.50) * 1000, 2), "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+            "p50_ms": round(percentile(latencies, 0.50) * 1000, 2),
+            "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
             "max_ms": round(max(latencies, default=float("nan")) * 1000, 2),
             "errors": sum(errors.values()), "error_kinds": errors,
             "send_lag_ms_p99": round(percentile(lags, 0.99) * 1000, 2),
@@ -221,8 +222,10 @@ async def main_async(args: argparse.Namespace, server: Server) -> list[dict]:
             result["others_cpu_pct"] = round(others / (time.monotonic() - started) * 100)
             # CPU per answered admission: what the figures cost, whatever else the machine was doing
             answered = max(1, result["answered"])
-            result["server_cpu_ms_per_request"] = round((procs.cpu_seconds([server.proc.pid]) - cpu[0]) / answered * 1e3, 2)
-            result["client_cpu_ms_per_request"] = round((procs.cpu_seconds([os.getpid()]) - cpu[1]) / answered * 1e3, 2)
+            server_cpu = procs.cpu_seconds([server.proc.pid]) - cpu[0]
+            client_cpu = procs.cpu_seconds([os.getpid()]) - cpu[1]
+            result["server_cpu_ms_per_request"] = round(server_cpu / answered * 1e3, 2)
+            result["client_cpu_ms_per_request"] = round(client_cpu / answered * 1e3, 2)
             results.append(result)
         return results
 
@@ -251,8 +254,8 @@ def main() -> int:
     else:
         print(f"machine: \"{m['cpu']}\", {m['cores']} cores, Python {m['python']}, {m['date']}; "
               f"{args.services} services in the namespace, {args.duration:g} s per rate, "
-              f"{args.connections} connections; others used {quiet if quiet is None else round(quiet)}% of a core "
-              "just before")
+              f"{args.connections} connections; others used "
+              + ("(not measured)" if quiet is None else f"{round(quiet)}% of a core") + " just before")
         for r in results:
             print(f"offered {r['offered_rps']:>6g}/s  answered {r['answered']}/{r['requests']} "
                   f"({r['achieved_rps']}/s)  p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms  max {r['max_ms']} ms  "

@@ -153,7 +153,8 @@ def container(draw, name: str) -> dict:
     if env is not None:
         c["env"] = env
     sources = draw(st.lists(st.sampled_from(range(len(ENV_FROM))), max_size=2,
-                            unique_by=lambda i: json.dumps(ENV_FROM[i].get("configMapRef") or ENV_FROM[i]["secretRef"])))
+                            unique_by=lambda i: json.dumps(ENV_FROM[i].get("configMapRef")
+                                                           or ENV_FROM[i]["secretRef"])))
     if sources:
         c["envFrom"] = [copy.deepcopy(ENV_FROM[i]) for i in sources]
     return c
@@ -414,7 +415,8 @@ def test_patch_text_is_what_json_dumps_gives(variables, has_env, key):
     from webhook.patch import ContainerResult, ContainerView, Encoded, encode, env_ops
     container = ContainerView("initContainers", 1, "c", [{"name": "Q"}] if has_env else None, [])
     ops = env_ops(ContainerResult(container, [EnvVar(n, v) for n, v in variables], [], []))
-    ops += [{"op": "add", "path": "/metadata/annotations/" + key, "value": key}, {"op": "add", "path": "/x", "value": False}]
+    ops += [{"op": "add", "path": "/metadata/annotations/" + key, "value": key},
+            {"op": "add", "path": "/x", "value": False}]
     plain = [dict(op, value=json.loads(op["value"])) if isinstance(op["value"], Encoded) else op for op in ops]
     assert encode(ops) == json.dumps(plain, separators=(",", ":"))
 
@@ -437,3 +439,18 @@ def test_bug_a_bad_original_annotation_is_replaced_so_reinvocation_agrees(server
     patched, response = server.admit(pod, namespace="shop")
     assert patched["metadata"]["annotations"][model.ANNOTATION_ORIGINAL] == "true"
     assert any("got 'maybe'; replaced" in w for w in response["warnings"])
+
+
+def test_the_load_benchmark_runs_clean():
+    """perf/webhook_load.py end to end at a small size and a low rate: every admission answered,
+    correct, with the budget engaged (its figures belong in perf/BENCH.md, not here)."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, os.path.join(root, "perf", "webhook_load.py"), "--services", "600",
+                          "--rates", "20", "--duration", "1", "--timeout", "20", "--wait-quiet", "0", "--json"],
+                         capture_output=True, text=True, timeout=300, cwd=root)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    (result,) = json.loads(out.stdout)["results"]
+    assert result["requests"] == result["answered"] == 20 and result["errors"] == 0
+    assert 0 < result["first_env_bytes"] <= 64 * 1024
