@@ -1,6 +1,6 @@
 """Reference model of a container's service-link environment: the kubelet's rules, then kdns-webhook's contract.
 
-Part 1 is written from the kubelet source (kubernetes/kubernetes, master as of 2025):
+Part 1 is written from the kubelet source (kubernetes/kubernetes master, read 2026-11):
   pkg/kubelet/envvars/envvars.go        FromServices, makeEnvVariableName, makeLinkVariables
   pkg/kubelet/kubelet_pods.go           getServiceEnvVarMap, makeEnvironmentVariables
   third_party/forked/golang/expansion   Expand, MappingFuncFor (the `$(VAR)` syntax)
@@ -276,6 +276,18 @@ def pod_env(pod: Mapping, services: Iterable[Mapping], config_maps: Mapping | No
 
 # ====================================================================== part 2: kdns-webhook's contract
 
+# Disagreements the property tests found between the webhook and this model, and the decision:
+#  1. A name the pod sets only through an optional configMapKeyRef/secretKeyRef (missing key:
+#     makeEnvironmentVariables `continue`s, the name stays unset, the service's value is appended),
+#     or refers to as $(NAME) before its own definition (MappingFuncFor(tmpEnv, serviceEnv) falls
+#     back to the service's value): the kubelet gives the service's value; the webhook injected
+#     nothing. Webhook fixed (patch.py _needs_service_value).
+#  2. A `kubernetes` service in the pod's namespace: getServiceEnvVarMap lets it replace the master
+#     only while enableServiceLinks is on; on the mutated pod it is off, so the kubelet adds the
+#     master's other names. The webhook cannot remove them: contract below says so (links_after),
+#     the webhook now warns, README documents it.
+#  3. A bad kdns.io/original-enable-service-links value made the reinvocation read the `false` the
+#     first call wrote. Webhook fixed (the bad value is replaced).
 # webhook/README.md, "What the kubelet cannot do"
 ANNOTATION_LINKS = "kdns.io/service-links"
 ANNOTATION_SERVICES = "kdns.io/services"
