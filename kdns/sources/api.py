@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import yaml
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
@@ -43,7 +44,11 @@ class Gone(Exception):
 
 
 class ConfigError(Exception):
-    pass
+    """The client cannot be configured from what was given; `fix` says what to change."""
+
+    def __init__(self, reason: str, fix: str = ""):
+        super().__init__(reason)
+        self.fix = fix
 
 
 # ------------------------------------------------------------------------------ client configuration
@@ -54,7 +59,8 @@ def build_api_client(kubeconfig: str | None = None, context: str | None = None,
                      tls: tuple[str, str, str] | None = None) -> tuple[k8s_client.ApiClient, str]:
     """An ApiClient from a kubeconfig (client certs or tokens, as kind writes it), an explicit
     endpoint (+ optional client TLS, CoreDNS's `endpoint` / `tls`), or the in-cluster service
-    account. Returns (client, description for logs)."""
+    account. Returns (client, description for logs). Every file it names is read and checked here,
+    so a bad one is a ConfigError at start-up, not a connection that fails forever."""
     serviceaccount_dir = serviceaccount_dir or SERVICEACCOUNT_DIR
     configuration = k8s_client.Configuration()
     try:
@@ -64,6 +70,7 @@ def build_api_client(kubeconfig: str | None = None, context: str | None = None,
                 configuration.cert_file, configuration.key_file, configuration.ssl_ca_cert = tls
             where = f"endpoint {endpoint}" + (" with client TLS" if tls else "")
         elif kubeconfig:
+            _check_kubeconfig(kubeconfig)
             k8s_config.load_kube_config(config_file=kubeconfig, context=context,
                                         client_configuration=configuration, persist_config=False)
             if endpoint:
@@ -71,6 +78,7 @@ def build_api_client(kubeconfig: str | None = None, context: str | None = None,
             where = f"kubeconfig {kubeconfig}" + (f" context {context}" if context else "")
         else:
             token_file = os.path.join(serviceaccount_dir, "token")
+            _check_in_cluster(serviceaccount_dir, token_file)
             loader = k8s_config.incluster_config.InClusterConfigLoader(
                 token_filename=token_file, cert_filename=os.path.join(serviceaccount_dir, "ca.crt"),
                 try_refresh_token=False)
@@ -78,8 +86,79 @@ def build_api_client(kubeconfig: str | None = None, context: str | None = None,
             _follow_token_file(configuration, token_file)
             where = f"in-cluster {configuration.host} (service account {serviceaccount_dir})"
     except (k8s_config.ConfigException, OSError, ValueError, TypeError) as exc:
-        raise ConfigError(str(exc)) from None
+        fix = (f"fix the kubeconfig (kubectl config view --kubeconfig {kubeconfig}; kubectl config get-contexts)"
+               if kubeconfig else "fix the files named in the reason")
+        raise ConfigError(str(exc), fix) from None
+    _check_tls_material(configuration, where)
     return k8s_client.ApiClient(configuration), where
+
+
+def _check_kubeconfig(path: str) -> None:
+    """Unreadable, not YAML, or not a mapping: say where, before the client library trips on it."""
+    from ..startup import file_problem, yaml_problem
+    fix = "give --kubeconfig a kubeconfig file (kind get kubeconfig > FILE; kubectl config view --raw)"
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except OSError as exc:
+        raise ConfigError(file_problem(path, exc), fix) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})", fix) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(yaml_problem(path, exc), fix) from None
+    if not isinstance(data, dict):
+        what = {list: "a list", str: "a string", type(None): "empty"}.get(type(data), type(data).__name__)
+        raise ConfigError(f"{path}: not a kubeconfig: the document is {what}, expected a mapping with clusters, "
+                          "users and contexts", fix)
+
+
+def _check_in_cluster(serviceaccount_dir: str, token_file: str) -> None:
+    from ..startup import file_problem
+    if not os.environ.get("KUBERNETES_SERVICE_HOST") or not os.environ.get("KUBERNETES_SERVICE_PORT"):
+        raise ConfigError("KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are not set: this is not a pod",
+                          "outside a cluster give --kubeconfig PATH (or --manifests PATH)")
+    fix = ("mount the service account token (automountServiceAccountToken: true) or point --serviceaccount-dir "
+           "at the directory holding token and ca.crt")
+    for path in (token_file, os.path.join(serviceaccount_dir, "ca.crt")):
+        try:
+            with open(path, "rb") as fh:
+                empty = not fh.read().strip()
+        except OSError as exc:
+            raise ConfigError(file_problem(path, exc), fix) from None
+        if empty:
+            raise ConfigError(f"{path}: empty", fix)
+
+
+def _check_tls_material(configuration: k8s_client.Configuration, where: str) -> None:
+    """The CA bundle and client certificate/key load into an SSL context, and the server is an URL."""
+    import ssl
+    host = configuration.host or ""
+    if not host.startswith(("http://", "https://")) or host.rstrip("/").endswith("//"):
+        raise ConfigError(f"{where}: no usable API server URL (got {host or 'none'!r})",
+                          "set the cluster's server: https://HOST:PORT")
+    context = ssl.create_default_context()
+    ca = configuration.ssl_ca_cert
+    if ca:
+        try:
+            context.load_verify_locations(cafile=ca)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise ConfigError(f"{where}: certificate authority {_shown(ca, where)}: not a usable PEM certificate "
+                              f"({getattr(exc, 'reason', None) or exc})",
+                              "give the cluster's CA certificate (certificate-authority[-data] / ca.crt)") from None
+    if configuration.cert_file or configuration.key_file:
+        try:
+            context.load_cert_chain(configuration.cert_file, configuration.key_file)
+        except (ssl.SSLError, OSError, ValueError, TypeError) as exc:
+            raise ConfigError(f"{where}: client certificate {_shown(configuration.cert_file, where)} and key "
+                              f"{_shown(configuration.key_file, where)}: {getattr(exc, 'reason', None) or exc}",
+                              "give a PEM certificate and its matching private key") from None
+
+
+def _shown(path: str | None, where: str) -> str:
+    """A file the client library wrote from kubeconfig *-data is a temp file: name the source instead."""
+    if path and where.startswith("kubeconfig") and os.path.basename(path).startswith("tmp"):
+        return "(inline -data in the kubeconfig)"
+    return path or "(none)"
 
 
 def _follow_token_file(configuration: k8s_client.Configuration, token_file: str) -> None:
@@ -246,7 +325,7 @@ class Reflector:
                 raise Gone(f"watch from resourceVersion {self.resource_version}: {exc.reason}") from None
             raise
         try:
-            self.post("contact", None)
+            self.post("watching", None)
             for line in iter_resp_lines(resp):
                 if self._stop.is_set():
                     return
@@ -304,9 +383,22 @@ class WatchError(Exception):
     pass
 
 
+class ApiFailure(str):
+    """A failure's one-line text; for an HTTP answer also its status and the API's own message."""
+
+    status: int = 0
+    message: str = ""
+
+
 def _describe(exc: Exception) -> str:
     if isinstance(exc, ApiException):
-        return f"HTTP {exc.status} {exc.reason}".strip()
+        failure = ApiFailure(f"HTTP {exc.status} {exc.reason}".strip())
+        failure.status = exc.status or 0
+        try:
+            failure.message = str(json.loads(exc.body).get("message") or "")[:500]
+        except (TypeError, ValueError, AttributeError):
+            failure.message = ""
+        return failure
     text = str(exc)
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
@@ -326,6 +418,7 @@ class ResourceState:
     events: int = 0
     relists: int = 0
     errors: int = 0
+    watched: bool = False  # a watch has been opened once (until then a 401/403 ends start-up)
 
 
 class ApiSource:
@@ -342,6 +435,10 @@ class ApiSource:
                            for kind in kinds]
         self.synced_event = asyncio.Event()
         self.started_at = time.monotonic()
+        self.server = api_client.configuration.host
+        # called (on the loop) with (kind, verb, failure) when the API answers 401/403 to a resource's
+        # first list or first watch: credentials or RBAC that never worked, not an outage
+        self.on_refused: Callable[[str, str, ApiFailure], None] | None = None
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -371,17 +468,26 @@ class ApiSource:
             self._apply(kind, state, payload)
         elif what == "contact":
             self._contact(kind, state)
+        elif what == "watching":  # a watch is open: from now on the API has accepted us for this resource
+            state.watched = True
+            self._contact(kind, state)
         elif what == "gone":
             state.relists += 1
             self.log.info("api_relist", resource=kind, reason=payload)
         elif what == "error":
             state.errors += 1
             state.last_error = payload
+            if getattr(payload, "status", 0) in (401, 403) and not state.watched and self.on_refused:
+                self.on_refused(kind, "watch" if state.synced else "list", payload)  # start-up ends here
+                return
             if state.connected or not state.disconnected_since:
                 state.connected = False
                 state.disconnected_since = time.monotonic()
+                extra = {} if state.synced else {
+                    "server": self.server, "fix": f"check that {self.server} is reachable from here; kdns retries "
+                                                  "with backoff and /ready fails until every resource has synced"}
                 self.log.warning("api_disconnected", resource=kind, error=payload,
-                                 serving="last known state" if state.synced else "SERVFAIL for unknown names")
+                                 serving="last known state" if state.synced else "SERVFAIL for unknown names", **extra)
             else:
                 self.log.debug("api_retry_failed", resource=kind, error=payload)
 
