@@ -8,9 +8,7 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 
@@ -18,35 +16,14 @@ import pytest
 import trustme
 
 from apiserver import FakeApiServer, endpointslice, namespace, service, write_kubeconfig
-from harness import EXAMPLE, ROOT, LoggedProcess, wait_until
+from harness import EXAMPLE, LoggedProcess, wait_until
+from startup_harness import BIN, DROP_NET_BIND_SERVICE, ENV, dead_port, failure, held_port, run_script
 
-KDNS = os.path.join(os.path.dirname(sys.executable), "kdns")
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+KDNS = os.path.join(BIN, "kdns")
 
 
 def run(*args: str, env: dict | None = None, timeout: float = 60, prefix: tuple = ()) -> subprocess.CompletedProcess:
-    return subprocess.run([*prefix, KDNS, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=env or ENV)
-
-
-def failure(proc: subprocess.CompletedProcess, status: int, event: str) -> str:
-    """The one ERROR line of a process that exited with `status` (not a signal, no traceback)."""
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == status, f"exit {proc.returncode}, wanted {status}:\n{out[-3000:]}"
-    assert "Traceback" not in out and "Fatal Python error" not in out, out[-3000:]
-    errors = [line for line in out.splitlines() if " ERROR " in line]
-    assert len(errors) == 1, f"wanted one ERROR line, got {len(errors)}:\n{out[-3000:]}"
-    assert re.search(rf"Z ERROR {event} ", errors[0]), errors[0]
-    assert " fix=" in errors[0], errors[0]
-    return errors[0]
-
-
-def held_port() -> socket.socket:
-    """A TCP port on 127.0.0.1 that something else holds (the caller closes it)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()
-    return sock
+    return run_script("kdns", *args, env=env, timeout=timeout, prefix=prefix)
 
 
 def seeded_api(api: FakeApiServer) -> None:
@@ -126,7 +103,7 @@ def test_dns_port_taken(tmp_path):
 def test_port_53_without_net_bind_service_says_so():
     """Root without CAP_NET_BIND_SERVICE (dropped from the bounding set, as a pod without the
     capability runs) cannot bind port 53: the line says which capability is missing."""
-    drop = ("setpriv", "--bounding-set", "-net_bind_service", "--inh-caps", "-net_bind_service")
+    drop = DROP_NET_BIND_SERVICE
     line = failure(run("serve", "--manifests", EXAMPLE, "--listen", "127.0.0.1:53", prefix=drop), 1, "listen_failed")
     assert "address=127.0.0.1:53" in line and "lacks CAP_NET_BIND_SERVICE" in line
     assert "NET_BIND_SERVICE" in line.split("fix=")[1] and "--port-map 53=5353" in line
@@ -299,9 +276,7 @@ def test_api_forbids_a_resource_exits_3_naming_the_rbac_rule(tmp_path, kind, ver
 
 
 def test_api_unreachable_keeps_retrying_not_ready_and_stops_cleanly(tmp_path):
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        dead = s.getsockname()[1]
+    dead = dead_port()
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{dead}", token="t")
     proc = LoggedProcess()
     proc.spawn([KDNS, "serve", "--kubeconfig", kubeconfig, "--listen", "127.0.0.1:0", "--ready-listen",
