@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
+from typing import Iterator
 
-from harness import ROOT
+from harness import ROOT, LoggedProcess
 
 BIN = os.path.dirname(sys.executable)
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}  # not "in a pod" unless asked
@@ -46,3 +49,20 @@ def dead_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def running(script: str, *args: str, errors: bool = False) -> Iterator[LoggedProcess]:
+    """The console script, running; leaving the block, SIGTERM must end it with exit 0, no traceback,
+    and no ERROR line unless `errors` (a failure inside the block kills it)."""
+    proc = LoggedProcess()
+    proc.spawn([os.path.join(BIN, script), *args], env=ENV)
+    try:
+        yield proc
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.proc.wait(20) == 0, proc.lines[-20:]
+        assert not any("Traceback" in ln or (" ERROR " in ln and not errors) for ln in proc.lines), proc.lines[-20:]
+    finally:
+        if proc.proc.poll() is None:
+            proc.proc.kill()
+            proc.proc.wait(5)

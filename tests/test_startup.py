@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import signal
 import subprocess
 import urllib.error
 import urllib.request
@@ -16,10 +14,8 @@ import pytest
 import trustme
 
 from apiserver import FakeApiServer, endpointslice, namespace, service, write_kubeconfig
-from harness import EXAMPLE, LoggedProcess, wait_until
-from startup_harness import BIN, DROP_NET_BIND_SERVICE, ENV, dead_port, failure, held_port, run_script
-
-KDNS = os.path.join(BIN, "kdns")
+from harness import EXAMPLE
+from startup_harness import DROP_NET_BIND_SERVICE, ENV, dead_port, failure, held_port, run_script, running
 
 
 def run(*args: str, env: dict | None = None, timeout: float = 60, prefix: tuple = ()) -> subprocess.CompletedProcess:
@@ -173,16 +169,9 @@ def test_corefile_manifests_path_missing(tmp_path):
 def test_a_broken_manifest_is_not_a_startup_failure(tmp_path):
     """Documented: a file that exists but is broken is logged with file:line and the rest served."""
     (tmp_path / "bad.yaml").write_text("kind: Service\n  bad: [\n")
-    proc = LoggedProcess()
-    proc.spawn([KDNS, "serve", "--manifests", str(tmp_path), "--listen", "127.0.0.1:0"], env=ENV)
-    try:
+    with running("kdns", "serve", "--manifests", str(tmp_path), "--listen", "127.0.0.1:0", errors=True) as proc:
         proc.wait_for_log(r"manifest_error file=.*bad\.yaml line=2", timeout=20)
         proc.wait_for_log(r"INFO listening ", timeout=20)
-        proc.proc.send_signal(signal.SIGTERM)
-        assert proc.proc.wait(20) == 0
-    finally:
-        if proc.proc.poll() is None:
-            proc.proc.kill()
 
 
 # ------------------------------------------------------------------------------ kubeconfig, token, CA, TLS
@@ -278,33 +267,20 @@ def test_api_forbids_a_resource_exits_3_naming_the_rbac_rule(tmp_path, kind, ver
 def test_api_unreachable_keeps_retrying_not_ready_and_stops_cleanly(tmp_path):
     dead = dead_port()
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{dead}", token="t")
-    proc = LoggedProcess()
-    proc.spawn([KDNS, "serve", "--kubeconfig", kubeconfig, "--listen", "127.0.0.1:0", "--ready-listen",
-                "127.0.0.1:0", "--api-backoff-max", "0.2"], env=ENV)
-    try:
+    with running("kdns", "serve", "--kubeconfig", kubeconfig, "--listen", "127.0.0.1:0", "--ready-listen",
+                 "127.0.0.1:0", "--api-backoff-max", "0.2", "--log-level", "debug") as proc:
         line = proc.wait_for_log(r"INFO listening ", timeout=20)
         ready = int(re.search(r"ready=127\.0\.0\.1:(\d+)", line).group(1))
         line = proc.wait_for_log(r"WARNING api_disconnected resource=", timeout=20)
         assert f"server=http://127.0.0.1:{dead}" in line and "retries with backoff" in line, line
-        retries = len(proc.lines)
-
-        def status() -> tuple[int, str]:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{ready}/ready", timeout=5) as resp:
-                    return resp.status, resp.read().decode()
-            except urllib.error.HTTPError as err:
-                return err.code, err.read().decode()
-        code, body = status()
-        assert code == 503 and "kubernetes" in body
-        # still there, still retrying (debug lines are off: the retries show as the process staying up)
-        wait_until(lambda: proc.proc.poll() is None and len(proc.lines) >= retries, timeout=2)
-        assert proc.proc.poll() is None
-        proc.proc.send_signal(signal.SIGTERM)
-        assert proc.proc.wait(20) == 0
-        assert not any("Traceback" in ln or " ERROR " in ln for ln in proc.lines), proc.lines
-    finally:
-        if proc.proc.poll() is None:
-            proc.proc.kill()
+        for _ in range(3):  # retrying, not exiting
+            mark = len(proc.lines)
+            proc.wait_for_log(r"DEBUG api_retry_failed resource=.*Connection refused", timeout=20, start=mark)
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{ready}/ready", timeout=5)
+            raise AssertionError("/ready answered 200 with the API unreachable")
+        except urllib.error.HTTPError as err:
+            assert err.code == 503 and "kubernetes" in err.read().decode()
 
 
 def test_sigterm_while_following_the_api_exits_0(tmp_path):
@@ -313,15 +289,8 @@ def test_sigterm_while_following_the_api_exits_0(tmp_path):
         seeded_api(api)
         kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", api.url, token=api.token)
         for _ in range(3):
-            proc = LoggedProcess()
-            proc.spawn([KDNS, "serve", "--kubeconfig", kubeconfig, "--listen", "127.0.0.1:0"], env=ENV)
-            try:
+            with running("kdns", "serve", "--kubeconfig", kubeconfig, "--listen", "127.0.0.1:0") as proc:
                 proc.wait_for_log(r"INFO api_synced resource=EndpointSlice", timeout=20)
-                proc.proc.send_signal(signal.SIGTERM)
-                assert proc.proc.wait(20) == 0, proc.lines
-            finally:
-                if proc.proc.poll() is None:
-                    proc.proc.kill()
 
 
 # ------------------------------------------------------------------------------ bugs
