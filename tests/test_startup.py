@@ -201,14 +201,26 @@ def test_kubeconfig_problems(tmp_path):
         (_kubeconfig(tmp_path / "ca.yaml", {**server, "certificate-authority": str(cert.parent / "nope.crt")},
                      {"token": "t"}), "nope.crt"),
         (_kubeconfig(tmp_path / "cadata.yaml", {**server, "certificate-authority-data": "bm90IGEgY2VydA=="},
-                     {"token": "t"}), "certificate authority (inline -data in the kubeconfig): not a usable PEM"),
+                     {"token": "t"}), "certificate authority (inline -data in the kubeconfig): not usable PEM"),
         (_kubeconfig(tmp_path / "pair.yaml", server, {"client-certificate": str(cert), "client-key": str(key)}),
-         f"client certificate {cert} and key {key}: KEY_VALUES_MISMATCH"),
+         f"client certificate {cert} and key {key}: not usable PEM (KEY_VALUES_MISMATCH)"),
         (_kubeconfig(tmp_path / "tokenfile.yaml", server, {"tokenFile": str(tmp_path / "no-token")}), "no-token"),
     ]
     for path, reason in cases:
         line = failure(run("serve", "--kubeconfig", path, "--listen", "127.0.0.1:0"), 2, "bad_config")
         assert "field=--kubeconfig" in line and reason in line, (path, line)
+
+
+def test_corefile_endpoint_tls_files(tmp_path):
+    junk = tmp_path / "junk.pem"
+    junk.write_text("junk\n")
+    corefile = tmp_path / "Corefile"
+    for files, reason in [(f"{junk} {junk} {tmp_path}/missing-ca.crt", "missing-ca.crt: cannot read: No such file"),
+                          (f"{junk} {junk} {junk}", f"certificate authority {junk}: not usable PEM")]:
+        corefile.write_text(".:53 {\n  kubernetes cluster.local {\n    endpoint https://127.0.0.1:6443\n"
+                            f"    tls {files}\n  }}\n}}\n")
+        line = failure(run("-conf", str(corefile), "--port-map", "53=0", "--bind", "127.0.0.1"), 2, "bad_config")
+        assert f'field="{corefile} kubernetes"' in line and reason in line, line
 
 
 def test_wrong_context_names_it(tmp_path):
@@ -233,7 +245,7 @@ def test_in_cluster_problems(tmp_path):
     assert f"{sa}/ca.crt: cannot read" in failure(run(*args, env=pod_env), 2, "bad_config")
     (sa / "ca.crt").write_text("not a certificate\n")
     line = failure(run(*args, env=pod_env), 2, "bad_config")
-    assert f"certificate authority {sa}/ca.crt: not a usable PEM certificate" in line
+    assert f"certificate authority {sa}/ca.crt: not usable PEM" in line
 
 
 # ------------------------------------------------------------------------------ the API refuses or is away

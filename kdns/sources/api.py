@@ -142,16 +142,24 @@ def _check_tls_material(configuration: k8s_client.Configuration, where: str) -> 
         try:
             context.load_verify_locations(cafile=ca)
         except (ssl.SSLError, OSError, ValueError) as exc:
-            raise ConfigError(f"{where}: certificate authority {_shown(ca, where)}: not a usable PEM certificate "
-                              f"({getattr(exc, 'reason', None) or exc})",
+            raise ConfigError(f"{where}: certificate authority {_shown(ca, where)}: {_tls_problem(exc)}",
                               "give the cluster's CA certificate (certificate-authority[-data] / ca.crt)") from None
     if configuration.cert_file or configuration.key_file:
         try:
             context.load_cert_chain(configuration.cert_file, configuration.key_file)
         except (ssl.SSLError, OSError, ValueError, TypeError) as exc:
             raise ConfigError(f"{where}: client certificate {_shown(configuration.cert_file, where)} and key "
-                              f"{_shown(configuration.key_file, where)}: {getattr(exc, 'reason', None) or exc}",
+                              f"{_shown(configuration.key_file, where)}: {_tls_problem(exc)}",
                               "give a PEM certificate and its matching private key") from None
+
+
+def _tls_problem(exc: Exception) -> str:
+    import ssl
+    if isinstance(exc, ssl.SSLError):
+        return f"not usable PEM ({exc.reason or exc})"
+    if isinstance(exc, OSError):
+        return f"cannot read: {exc.strerror or exc}"
+    return str(exc)
 
 
 def _shown(path: str | None, where: str) -> str:
