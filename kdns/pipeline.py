@@ -24,7 +24,7 @@ from .log import Logger
 from .metrics import DnsMetrics
 from .resolver import Answer, Resolver
 from .respcache import ResponseCache
-from .wire import Query, error_response, pack_answer, patch, qtype_name, rotate, rotation_groups
+from .wire import Query, error_response, pack_answer, parse_query, patch, qtype_name, rotate, rotation_groups
 
 
 @dataclass(slots=True)
@@ -157,17 +157,17 @@ class Block:
         request = DNSRecord.question(name, QTYPE.get(qtype, "A"))
         request.header.rd = 1
         request.header.id = secrets.randbelow(65536)
+        packet = bytes(request.pack())  # dnslib packs into a bytearray: cache keys must be hashable
         query_name = name.rstrip(".").lower()
         if self.cache is not None and self.cache.covers(query_name):
-            from .wire import parse_query  # local: only here
-            q = parse_query(request.pack())
+            q = parse_query(packet)
             hit = self.cache.get(q)
             if hit is not None:
                 return DNSRecord.parse(hit)
-            reply = await self.forwarder.forward(request.pack(), tcp, observe=self.metrics.observe_upstream)
+            reply = await self.forwarder.forward(packet, tcp, observe=self.metrics.observe_upstream)
             self.cache.put(q, reply, query_name)
             return DNSRecord.parse(reply)
-        return DNSRecord.parse(await self.forwarder.forward(request.pack(), tcp, observe=self.metrics.observe_upstream))
+        return DNSRecord.parse(await self.forwarder.forward(packet, tcp, observe=self.metrics.observe_upstream))
 
     # -------------------------------------------------------------------- autopath
 

@@ -13,9 +13,16 @@ import time
 from dataclasses import dataclass
 
 from .config import CacheConfig, in_zone
+from .memory import MemoryBudget
 from .wire import Query, WireError, patch, walk_records
 
 T_SOA, T_OPT = 6, 41
+
+
+# bytes of an entry beyond its packed response: the Entry, its key tuple and name, the offsets tuple's
+# frame, the dict slot (sys.getsizeof, CPython 3.11); plus OFFSET_BYTES per record's TTL offset
+ENTRY_OVERHEAD = 360
+OFFSET_BYTES = 72
 
 
 @dataclass(slots=True)
@@ -25,13 +32,20 @@ class Entry:
     stored: float
     expires: float
     kind: str  # success | denial | servfail
+    cost: int = 0  # bytes held, for the memory budget
 
 
 class ResponseCache:
-    def __init__(self, config: CacheConfig, own_zones: list[str] = (), clock=time.monotonic):
+    """Besides CoreDNS's entry capacities, the whole cache holds at most `max_bytes` (the memory
+    budget's share): a flood of large forwarded answers evicts the oldest, it does not grow."""
+
+    def __init__(self, config: CacheConfig, own_zones: list[str] = (), clock=time.monotonic,
+                 max_bytes: int | None = None):
         self.config = config
         self.own_zones = list(own_zones)
         self.clock = clock
+        self.max_bytes = max_bytes if max_bytes is not None else MemoryBudget().responses
+        self.bytes = 0
         self._entries: dict[str, dict[tuple, Entry]] = {"success": {}, "denial": {}}
         self.hits = {"success": 0, "denial": 0}
         self.misses = 0
@@ -54,6 +68,7 @@ class ResponseCache:
                 continue
             if now >= entry.expires:
                 del self._entries[kind][key]
+                self.bytes -= entry.cost
                 continue
             self.hits[kind] += 1
             packed = entry.packed
@@ -100,15 +115,30 @@ class ResponseCache:
             return response
         bucket = self._entries[kind]
         capacity = cfg.success_capacity if kind == "success" else cfg.denial_capacity
-        if query.key not in bucket and len(bucket) >= capacity:
-            bucket.pop(next(iter(bucket)))
-            self.evictions[kind] += 1
+        old = bucket.pop(query.key, None)
+        if old is not None:
+            self.bytes -= old.cost
+        elif len(bucket) >= capacity:
+            self._evict(kind)
         offsets = tuple((r.ttl_offset, _ttl(response, r)) for r in records if r.rtype != T_OPT)
         now = self.clock()
         # cached TTLs never exceed the time the entry lives
         capped = _cap(response, offsets, int(ttl))
-        bucket[query.key] = Entry(capped, tuple((o, min(t, int(ttl))) for o, t in offsets), now, now + ttl, kind)
+        cost = ENTRY_OVERHEAD + len(capped) + len(query.key[0]) + OFFSET_BYTES * len(offsets)
+        if cost > self.max_bytes // 4:
+            return capped  # one response may not take a quarter of the cache
+        while self.bytes + cost > self.max_bytes:
+            self._evict(max(self._entries, key=lambda k: len(self._entries[k])))
+        bucket[query.key] = Entry(capped, tuple((o, min(t, int(ttl))) for o, t in offsets), now, now + ttl, kind,
+                                  cost)
+        self.bytes += cost
         return capped
+
+    def _evict(self, kind: str) -> None:
+        """Drop the oldest entry of `kind` (insertion order)."""
+        bucket = self._entries[kind]
+        self.bytes -= bucket.pop(next(iter(bucket))).cost
+        self.evictions[kind] += 1
 
 
 def _ttl(packet: bytes, rec) -> int:

@@ -18,6 +18,7 @@ from dnslib import QTYPE, RCODE
 
 from .cache import AnswerCache
 from .log import Logger
+from .memory import TCP_READ_LIMIT, MemoryBudget
 from .metrics import DnsMetrics
 from .wire import (MIN_UDP_SIZE, Query, WireError, error_response, fast_key, parse_query, patch, qtype_name, rotate,
                    truncate)
@@ -33,7 +34,7 @@ class NegativeRateLimit:
     Sources are grouped by /24 (IPv4) or /56 (IPv6). Over the rate, answers are dropped, except
     every `slip`-th one, which goes out truncated so a real client retries over TCP (as BIND's RRL)."""
 
-    def __init__(self, per_second: float, slip: int = 2, max_sources: int = 100_000):
+    def __init__(self, per_second: float, slip: int = 2, max_sources: int = MemoryBudget().rate_limit_sources):
         self.rate = per_second
         self.slip = slip
         self.max_sources = max_sources
@@ -68,11 +69,11 @@ class NegativeRateLimit:
 class QueryHandler:
     """All server blocks of one port. handle() returns response bytes, None (drop), or an awaitable."""
 
-    def __init__(self, blocks: list, log: Logger, metrics: DnsMetrics | None = None, cache_size: int = 100_000,
+    def __init__(self, blocks: list, log: Logger, metrics: DnsMetrics | None = None,
                  answers: AnswerCache | None = None):
         self.log = log
         self.metrics = metrics or DnsMetrics()
-        self.cache = answers if answers is not None else AnswerCache(cache_size)
+        self.cache = answers if answers is not None else AnswerCache()
         self.stats: Counter = Counter()
         self._observe = False
         self.negative_limit: NegativeRateLimit | None = None
@@ -124,6 +125,8 @@ class QueryHandler:
                 if entry is not None and not entry.groups and (tcp or len(entry.packed) <= udp_size):
                     # the hottest path: a cached answer, nothing to log, filter or rotate
                     packed = entry.packed
+                    if not entry.served:
+                        self.cache.promote(key)  # reused: out of probation, safe from floods of new names
                     entry.served += 1
                     self.cache.hits += 1
                     flags = bytes(((packed[2] & 0xFE) | (data[2] & 0x01), (packed[3] & 0xEF) | (data[3] & 0x10)))
@@ -462,6 +465,6 @@ async def bind(handler: QueryHandler, log: Logger, host: str, port: int, attempt
         bound_port = udp_sock.getsockname()[1]
         udp_transport, _ = await loop.create_datagram_endpoint(lambda: UDPProtocol(handler), sock=udp_sock)
         tcp = TCPServer(handler, log, idle_timeout=tcp_idle_timeout, max_connections=tcp_max_connections)
-        server = await asyncio.start_server(tcp.serve_client, sock=tcp_sock)
+        server = await asyncio.start_server(tcp.serve_client, sock=tcp_sock, limit=TCP_READ_LIMIT)
         return udp_transport, server, tcp, bound_port
     raise last_error or OSError("could not bind")
