@@ -44,8 +44,8 @@ def positive(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="kdns-webhook",
-                                     description="Mutating admission webhook: service-link environment variables "
-                                                 "with the kubelet's semantics, bounded and selectable.")
+                            description="Mutating admission webhook: service-link environment variables "
+                                        "with the kubelet's semantics, bounded and selectable.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve POST /mutate (and /healthz, /readyz, /metrics) over TLS")
