@@ -29,6 +29,7 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
+from urllib3.exceptions import MaxRetryError
 
 from ..index import ClusterIndex
 from ..log import Logger
@@ -407,6 +408,10 @@ def _describe(exc: Exception) -> str:
         except (TypeError, ValueError, AttributeError):
             failure.message = ""
         return failure
+    if isinstance(exc, MaxRetryError) and exc.reason is not None:
+        # "NewConnectionError: Failed to establish a new connection: [Errno 111] Connection refused"; the
+        # "HTTPConnectionPool(host=…): Max retries exceeded with url: …" around it repeats what the log says
+        return f"{type(exc.reason).__name__}: {str(exc.reason).split('): ', 1)[-1][:300]}"
     text = str(exc)
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
