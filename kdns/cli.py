@@ -428,7 +428,7 @@ def _serve_workers(args: argparse.Namespace, log: Logger) -> int:
             args.worker = worker
             code = 1
             try:
-                code = reported(lambda: _run(args, log), log, args.log_level == "debug")
+                code = reported(lambda: _run(args, log), log, args.log_level == "debug", worker=worker)
             finally:
                 os._exit(code)
         children.append(pid)

@@ -32,8 +32,11 @@ class StartupFailure(Exception):
         super().__init__(f"{event}: {fields}")
         self.event, self.exit_status, self.fields = event, exit_status, fields
 
-    def report(self, log: Logger) -> int:
-        log.error(self.event, **self.fields)
+    def report(self, log: Logger, worker: int = 0) -> int:
+        if worker:  # the first worker meets the same failure and reports it: one ERROR line in all
+            log.warning("worker_not_started", worker=worker, failure=self.event, **self.fields)
+        else:
+            log.error(self.event, **self.fields)
         return self.exit_status
 
 
@@ -200,12 +203,12 @@ def internal_error(exc: BaseException, log_level: str = "info") -> StartupFailur
     return StartupFailure("internal_error", EXIT_INTERNAL, **fields)
 
 
-def reported(run: Callable[[], int], log: Logger, debug: bool = False) -> int:
+def reported(run: Callable[[], int], log: Logger, debug: bool = False, worker: int = 0) -> int:
     """run()'s exit status; a StartupFailure or an unexpected exception becomes its one log line."""
     try:
         return run()
     except StartupFailure as failure:
-        return failure.report(log)
+        return failure.report(log, worker)
     except Exception as exc:  # noqa: BLE001 - a bug: one line saying where, not a traceback
         return internal_error(exc, "debug" if debug else "info").report(log)
 

@@ -96,6 +96,17 @@ def test_dns_port_taken(tmp_path):
     assert f"ss -lntup 'sport = :{port}'" in line
 
 
+def test_port_taken_with_workers_is_still_one_line():
+    holder = held_port()
+    port = holder.getsockname()[1]
+    try:
+        proc = run("serve", "--manifests", EXAMPLE, "--listen", f"127.0.0.1:{port}", "--workers", "2")
+        line = failure(proc, 1, "listen_failed")
+    finally:
+        holder.close()
+    assert f"address=127.0.0.1:{port}" in line and "already in use" in line
+
+
 def test_port_53_without_net_bind_service_says_so():
     """Root without CAP_NET_BIND_SERVICE (dropped from the bounding set, as a pod without the
     capability runs) cannot bind port 53: the line says which capability is missing."""
