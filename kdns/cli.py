@@ -17,7 +17,7 @@ from .http import split_address
 from .log import Logger
 from .memory import MemoryBudget, parse_size
 from .selectors import SelectorError, parse_selector
-from .startup import (EXIT_CONFIG, ArgumentParser, StartupFailure, bad_config, check_manifest_paths,
+from .startup import (EXIT_CONFIG, EXIT_OK, ArgumentParser, StartupFailure, bad_config, check_manifest_paths,
                       early_log_format, exit_now, listener_clash, reported)
 
 DEFAULT_ZONES = ["cluster.local", "in-addr.arpa", "ip6.arpa"]
@@ -306,7 +306,7 @@ async def serve(args: argparse.Namespace, log: Logger) -> int:
     reporter.cancel()
     await runtime.shutdown(runtime.settings.lameduck)
     log.info("stopped")
-    return 0
+    return EXIT_OK
 
 
 async def _exit_with_parent(stop: asyncio.Event, every: float = 1.0) -> None:

@@ -17,7 +17,7 @@ from .log import Logger
 EXIT_OK = 0  # stopped by SIGTERM/SIGINT (after any lameduck)
 EXIT_LISTEN = 1  # the host refused a listener: port in use, not permitted, address not on this host
 EXIT_CONFIG = 2  # the configuration can never work as given: flags, files, two listeners on one port
-EXIT_REFUSED = 3  # the API refused the credentials (401) or the permissions (403) before the first sync
+EXIT_REFUSED = 3  # the API refused the credentials (401) or the permissions (403) to a first list or watch
 EXIT_INTERNAL = 70  # a bug in kdns (EX_SOFTWARE)
 
 # what each API kind is in RBAC terms: (resource, apiGroup)

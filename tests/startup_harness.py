@@ -1,4 +1,4 @@
-"""Running a console script (.venv/bin/kdns, .venv/bin/kdns-webhook) into a start-up failure and reading its one line."""
+"""Running a console script (.venv/bin/kdns, kdns-webhook) into a start-up failure and reading its one line."""
 
 from __future__ import annotations
 

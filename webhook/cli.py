@@ -12,7 +12,7 @@ import sys
 from kdns.http import split_address
 from kdns.index import ClusterIndex
 from kdns.log import Logger
-from kdns.startup import (ArgumentParser, StartupFailure, api_refused, bad_config, check_manifest_paths,
+from kdns.startup import (EXIT_OK, ArgumentParser, StartupFailure, api_refused, bad_config, check_manifest_paths,
                           early_log_format, exit_now, listen_failed, reported)
 
 from .app import WebhookServer
@@ -182,7 +182,7 @@ async def serve(args: argparse.Namespace, log: Logger) -> int:
     await server.stop()
     if failures:
         raise failures[0]
-    return 0
+    return EXIT_OK
 
 
 def gen_certs(args: argparse.Namespace) -> int:
