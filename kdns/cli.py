@@ -17,8 +17,9 @@ from .http import split_address
 from .log import Logger
 from .memory import MemoryBudget, parse_size
 from .selectors import SelectorError, parse_selector
-from .startup import (EXIT_CONFIG, EXIT_OK, ArgumentParser, StartupFailure, bad_config, check_manifest_paths,
-                      early_log_format, exit_now, listener_clash, reported)
+from .startup import (EXIT_CONFIG, EXIT_OK, ArgumentParser, StartupFailure, bad_config, bounded,
+                      check_manifest_paths, early_log_format, exit_now, listener_clash, non_negative, port_number,
+                      positive, reported)
 
 DEFAULT_ZONES = ["cluster.local", "in-addr.arpa", "ip6.arpa"]
 
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     conf = serve.add_argument_group("Corefile (CoreDNS drop-in)")
     conf.add_argument("--corefile", "-conf", dest="corefile", metavar="PATH",
                       help="serve what this Corefile says (CoreDNS syntax; kdns -conf PATH works as coredns does)")
-    conf.add_argument("--dns-port", "-dns.port", "-p", dest="dns_port", type=int, default=53, metavar="PORT",
+    conf.add_argument("--dns-port", "-dns.port", "-p", dest="dns_port", type=port_number, default=53, metavar="PORT",
                       help="port for Corefile server blocks that name none (default 53)")
     conf.add_argument("--port-map", action="append", default=[], metavar="FROM=TO",
                       help="serve the Corefile's port FROM (DNS, health, ready or prometheus) on port TO instead "
@@ -69,13 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "and no other source is given)")
     source.add_argument("--serviceaccount-dir", default="/var/run/secrets/kubernetes.io/serviceaccount",
                         metavar="DIR", help="where the in-cluster token and ca.crt are (default %(default)s)")
-    source.add_argument("--api-watch-timeout", type=int, default=300, metavar="SECONDS",
+    source.add_argument("--api-watch-timeout", type=bounded(int, 1), default=300, metavar="SECONDS",
                         help="server-side watch timeout, randomised up to twice this (default %(default)s)")
-    source.add_argument("--api-stall-timeout", type=float, default=120.0, metavar="SECONDS",
+    source.add_argument("--api-stall-timeout", type=positive, default=120.0, metavar="SECONDS",
                         help="reopen a watch that delivered nothing, not even a bookmark, this long (default %(default)s)")
-    source.add_argument("--api-page-size", type=int, default=500, metavar="N",
+    source.add_argument("--api-page-size", type=bounded(int, 1), default=500, metavar="N",
                         help="list in pages of N objects, so a relist never holds the whole list (default %(default)s)")
-    source.add_argument("--api-backoff-max", type=float, default=30.0, metavar="SECONDS",
+    source.add_argument("--api-backoff-max", type=positive, default=30.0, metavar="SECONDS",
                         help="cap of the exponential reconnect backoff (default %(default)s)")
     flags = serve.add_argument_group("without a Corefile: what to serve")
     flags.add_argument("--listen", default="127.0.0.1:5353", metavar="HOST:PORT",
@@ -99,30 +100,30 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_argument("--ready-listen", metavar="HOST:PORT",
                        help="GET /ready -> 200 OK once synced, else 503 naming what is not (CoreDNS: :8181)")
     flags.add_argument("--metrics-listen", metavar="HOST:PORT", help="GET /metrics, Prometheus (CoreDNS: :9153)")
-    flags.add_argument("--lameduck", type=float, default=0.0, metavar="SECONDS",
+    flags.add_argument("--lameduck", type=non_negative, default=0.0, metavar="SECONDS",
                        help="on SIGTERM keep serving this long with /ready failing (Corefile: health { lameduck })")
     misc = serve.add_argument_group("runtime")
-    misc.add_argument("--poll-interval", type=float, default=0.25, metavar="SECONDS",
+    misc.add_argument("--poll-interval", type=positive, default=0.25, metavar="SECONDS",
                       help="how often manifest files are checked for edits (default 0.25)")
-    misc.add_argument("--tcp-idle-timeout", type=float, default=10.0, metavar="SECONDS",
+    misc.add_argument("--tcp-idle-timeout", type=positive, default=10.0, metavar="SECONDS",
                       help="close TCP connections idle this long (default 10, RFC 7766)")
-    misc.add_argument("--workers", type=int, default=1, metavar="N",
+    misc.add_argument("--workers", type=bounded(int, 1), default=1, metavar="N",
                       help="serve from N processes sharing the DNS ports (SO_REUSEPORT), each following the "
                            "source itself; health/ready/metrics come from the first (default 1)")
     misc.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
                       help="event loop: uvloop when installed (pip install kdns[fast]) unless asyncio is asked for")
-    misc.add_argument("--tcp-max-connections", type=int, default=None, metavar="N",
+    misc.add_argument("--tcp-max-connections", type=bounded(int, 1), default=None, metavar="N",
                       help="open TCP connections per port; more are closed at once (default: what the memory "
                            "budget's TCP share allows, 30%% of it at 40 KiB a connection: 184 with 24Mi)")
     misc.add_argument("--memory-budget", type=_size, default=None, metavar="SIZE",
                       help="bytes for everything that grows with traffic -- answer caches, the cache plugin, "
                            "rate-limit buckets, TCP connections -- evicting cold entries first beyond it "
                            "(e.g. 24Mi, the default; the cluster index comes on top: deploy/README.md, sizing)")
-    misc.add_argument("--negative-rate-limit", type=float, default=0.0, metavar="PER_SECOND",
+    misc.add_argument("--negative-rate-limit", type=non_negative, default=0.0, metavar="PER_SECOND",
                       help="per source /24 (/56), at most this many NXDOMAIN/REFUSED answers a second over UDP; "
                            "beyond it they are dropped, every 2nd sent truncated so real clients retry over TCP "
                            "(default 0: off)")
-    misc.add_argument("--stats-interval", type=float, default=10.0, metavar="SECONDS",
+    misc.add_argument("--stats-interval", type=positive, default=10.0, metavar="SECONDS",
                       help="how often a summary of malformed packets is logged, if any arrived (default 10)")
     misc.add_argument("--log-format", choices=["text", "json"], default="text")
     misc.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
@@ -130,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                            allow_abbrev=False)
     check.add_argument("corefile", metavar="COREFILE")
     check.add_argument("--resolv-conf", default=DEFAULT_RESOLV_CONF, metavar="PATH")
-    check.add_argument("--dns-port", "-dns.port", dest="dns_port", type=int, default=53)
+    check.add_argument("--dns-port", "-dns.port", dest="dns_port", type=port_number, default=53)
     return parser
 
 
@@ -372,8 +373,6 @@ def _main(argv: list[str]) -> int:
     log = Logger(fmt=getattr(args, "log_format", "text"), level=getattr(args, "log_level", "info"))
     if args.command == "check-config":
         return check_config(args, log)
-    if args.workers < 1:
-        raise bad_config("--workers", "must be at least 1", "--workers 1 (one process) or more")
     if args.workers > 1:
         _load(args)  # a configuration error is reported once, before any worker is forked
         return _serve_workers(args, log)

@@ -55,6 +55,29 @@ class ArgumentParser(argparse.ArgumentParser):
         raise bad_config(field, message, fix=f"see {self.prog} --help")
 
 
+def bounded(kind: type, low: float, high: float | None = None, low_open: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a `kind` (int or float) in [low, high] ((low, high] with low_open), said plainly."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or value != value or (value <= low if low_open else value < low) \
+                or (high is not None and value > high):
+            above = f"above {low:g}" if low_open else f"{low:g} or more"
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'} {above}"
+                                             + (f" and at most {high:g}" if high is not None else "")
+                                             + f", got {text!r}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+positive = bounded(float, 0, low_open=True)
+non_negative = bounded(float, 0)
+port_number = bounded(int, 0, 65535)
+
+
 def _flag_in(message: str) -> str | None:
     for marker in ("argument ", "unrecognized arguments: ", "the following arguments are required: "):
         if marker in message:

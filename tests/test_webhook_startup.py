@@ -29,7 +29,8 @@ def serve(certs, *args: str, prefix: tuple = ()):
 
 @pytest.mark.parametrize("args, field, reason", [
     (["--manifests", EXAMPLE, "--budget", "lots"], "--budget", "expected a size such as 65536"),
-    (["--manifests", EXAMPLE, "--request-timeout", "soon"], "--request-timeout", "expected a positive number"),
+    (["--manifests", EXAMPLE, "--request-timeout", "soon"], "--request-timeout",
+     "expected a number above 0, got 'soon'"),
     (["--manifests", EXAMPLE, "--nope"], "--nope", "unrecognized arguments: --nope"),
     (["--manifests", "/nonexistent/services.yaml"], "--manifests", "/nonexistent/services.yaml: cannot read"),
     (["--manifests", EXAMPLE, "--listen", "127.0.0.1:70000"], "--listen", "out of range"),

@@ -13,7 +13,7 @@ from kdns.http import split_address
 from kdns.index import ClusterIndex
 from kdns.log import Logger
 from kdns.startup import (EXIT_OK, ArgumentParser, StartupFailure, api_refused, bad_config, check_manifest_paths,
-                          early_log_format, exit_now, listen_failed, reported)
+                          early_log_format, exit_now, listen_failed, positive, reported)
 
 from .app import WebhookServer
 from .certs import CertError, ReloadingTLS, generate
@@ -30,16 +30,6 @@ def size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a size such as 65536, 64Ki or 1Mi, got {text!r}")
     unit = match.group(2).lower()[:1]
     return int(match.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[unit]
-
-
-def positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
