@@ -26,7 +26,10 @@ from .sources.manifests import ManifestSource
 from .startup import StartupFailure, api_refused, listen_failed
 
 
-HEADROOM = 16 << 20  # transient allocations: a relist's pages, TCP buffers, a reload's second config
+# a full relist's transient peak over the RSS at ready, measured (perf/memory_relist.py, BENCH.md):
+# 3-6% of it; at least 8 MiB for a reload's second config and the odd large response
+HEADROOM_SHARE = 0.06
+HEADROOM_MIN = 8 << 20
 
 
 class Runtime:
@@ -302,7 +305,7 @@ class Runtime:
         rss = rss_bytes()
         if limit is None or rss is None:
             return
-        need = rss + self.budget.total + HEADROOM
+        need = rss + self.budget.total + max(HEADROOM_MIN, int(rss * HEADROOM_SHARE))
         fields = dict(rss=format_size(rss), index=format_size(self.index_bytes(max_age=0)),
                       budget=format_size(self.budget.total), limit=format_size(limit[0]), source=limit[1])
         if need > limit[0]:

@@ -93,7 +93,7 @@ class Block:
             if self.cache is not None and self.cache.covers(name):
                 hit = self.cache.get(query)
                 if hit is not None:
-                    return self._balance(hit), "cache"
+                    return self.balance(hit), "cache"
             return self._forward(query, name, tcp)
         if fallthrough_nx is not None:
             return self._authoritative(query, fallthrough_nx, zone)
@@ -110,7 +110,14 @@ class Block:
         fall = self.config.kubernetes.fallthrough if self.config.kubernetes is not None else None
         return fall is not None and (not fall or any(in_zone(name, z) for z in fall))
 
-    def _balance(self, response: bytes) -> bytes:
+    def forward_cache_is_final(self) -> bool:
+        """Whether a name outside the kubernetes zones that the `cache` plugin holds would be answered
+        from it whatever else the chain has (no hosts, no acl before it): then the query handler serves
+        such names from the query key alone, on its fast path, as it serves cached cluster answers."""
+        return (self.cache is not None and self.forwarder is not None and self.hosts is None
+                and self.config.acl is None and "" in self.config.zones)
+
+    def balance(self, response: bytes) -> bytes:
         if not self.config.loadbalance:
             return response
         try:
@@ -132,7 +139,7 @@ class Block:
             return error_response(query.data, RCODE.SERVFAIL, query), "forward"
         if self.cache is not None and self.cache.covers(name):
             reply = self.cache.put(query, reply, name)
-        return self._balance(reply), "forward"
+        return self.balance(reply), "forward"
 
     def _error(self, query: Query, message: str) -> None:
         if self.config.errors:  # CoreDNS's errors plugin line: [ERROR] plugin/errors: 2 name. TYPE: error
@@ -220,7 +227,7 @@ class Block:
             out.answer = [RR(owner, QTYPE.CNAME, ttl=ttl, rdata=CNAME(target))] + list(records)
             out.authority = [] if records else list(authority)
             self.metrics.autopath_success[self.name] += 1
-            return self._balance(patch(pack_answer(query, out, self.ra), query)), "autopath"
+            return self.balance(patch(pack_answer(query, out, self.ra), query)), "autopath"
         return self._authoritative(query, nx, zone.name)
 
     # -------------------------------------------------------------------- loop detection

@@ -90,9 +90,13 @@ class QueryHandler:
 
     def _update_plain(self) -> None:
         """Whether a cache hit needs nothing but the ID/flags/question patch and metrics (no query log,
-        acl, rate limit): then handle() answers it before the full parser runs."""
+        acl, rate limit): then handle() answers it before the full parser runs. With one server block
+        whose chain ends in `cache` + `forward` for every name, its cached forwarded answers too."""
         self.plain = not (self.querylog or self.negative_limit is not None
                           or any(b.config.acl is not None for b in self.blocks))
+        self.forward_cache = None
+        if len(self.blocks) == 1 and self.blocks[0].forward_cache_is_final():
+            self.forward_cache = (self.blocks[0], self.blocks[0].cache)
 
     @property
     def observe(self) -> bool:
@@ -122,21 +126,27 @@ class QueryHandler:
             if fast is not None:
                 key, qend, udp_size = fast
                 entry = self.cache.peek(key)
-                if entry is not None and not entry.groups and (tcp or len(entry.packed) <= udp_size):
-                    # the hottest path: a cached answer, nothing to log, filter or rotate
-                    packed = entry.packed
-                    if not entry.served:
-                        self.cache.promote(key)  # reused: out of probation, safe from floods of new names
-                    entry.served += 1
-                    self.cache.hits += 1
-                    flags = bytes(((packed[2] & 0xFE) | (data[2] & 0x01), (packed[3] & 0xEF) | (data[3] & 0x10)))
-                    response = b"".join((data[0:2], flags, packed[4:12], data[12:qend], packed[qend:]))
-                    if self._observe:
-                        self.metrics.observe(entry.block.name, entry.zone, "tcp" if tcp else "udp",
-                                             "2" if client and ":" in client[0] else "1", key[1], key[4],
-                                             65535 if tcp else udp_size, packed[3] & 0x0F, entry.plugin,
-                                             len(response), time.perf_counter() - start)
-                    return response
+                if entry is not None:
+                    # the hottest path: a cached answer, nothing to log or filter
+                    if tcp or len(entry.packed) <= udp_size:
+                        if not entry.served:
+                            self.cache.promote(key)  # reused: out of probation, safe from floods of new names
+                        entry.served += 1
+                        self.cache.hits += 1
+                        packed = rotate(entry.packed, entry.groups, entry.served) if entry.groups else entry.packed
+                        return self._reply(data, qend, packed, key, tcp, udp_size, client, entry.block, entry.zone,
+                                           entry.plugin, start)
+                elif self.forward_cache is not None and (key[2] == CLASS_IN or key[2] == CLASS_ANY):
+                    # a name outside our zones that the `cache` plugin holds: served the same way
+                    block, cache = self.forward_cache
+                    if not block.loop_detected:
+                        packed = cache.lookup(key, count=False, outside_only=True)  # misses: the full path
+                        if packed is not None and (tcp or len(packed) <= udp_size):
+                            cache.count_hit(packed)
+                            if block.config.loadbalance:
+                                packed = block.balance(packed)
+                            return self._reply(data, qend, packed, key, tcp, udp_size, client, block, ".", "cache",
+                                               start)
         start = time.perf_counter()
         try:
             query = parse_query(data)
@@ -163,6 +173,17 @@ class QueryHandler:
             return self._miss(query, tcp, client, start)
         except Exception as exc:  # noqa: BLE001 - a bug must cost one SERVFAIL, never the server
             return self._internal_error(query, exc)
+
+    def _reply(self, data: bytes, qend: int, packed: bytes, key: tuple, tcp: bool, udp_size: int, client, block,
+               zone: str, plugin: str, start: float) -> bytes:
+        """A cached response for the fast path: the query's ID, RD/CD bits and question bytes written in."""
+        flags = bytes(((packed[2] & 0xFE) | (data[2] & 0x01), (packed[3] & 0xEF) | (data[3] & 0x10)))
+        response = b"".join((data[0:2], flags, packed[4:12], data[12:qend], packed[qend:]))
+        if self._observe:
+            self.metrics.observe(block.name, zone, "tcp" if tcp else "udp", "2" if client and ":" in client[0] else "1",
+                                 key[1], key[4], 65535 if tcp else udp_size, packed[3] & 0x0F, plugin,
+                                 len(response), time.perf_counter() - start)
+        return response
 
     def _internal_error(self, query: Query, exc: Exception) -> bytes:
         self.stats["internal_errors"] += 1

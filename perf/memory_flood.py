@@ -13,6 +13,7 @@ Traffic goes to 127.0.0.1 only; the flood is bounded by --flood-names and --seco
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -32,16 +33,9 @@ import dns.rcode  # noqa: E402
 
 from cgroup import MemoryCgroup  # noqa: E402
 from gen_cluster import build_cluster, write_manifests  # noqa: E402
-from harness import KdnsProcess  # noqa: E402
+from harness import KdnsProcess, wait_until  # noqa: E402
 from kdns.memory import format_size, parse_size  # noqa: E402
-
-
-def rss_of(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+from memory_relist import api_serving, rss_of  # noqa: E402
 
 
 def flood(port: int, names: int, seconds: float, namespaces: list[str], counter) -> None:
@@ -91,22 +85,36 @@ def main() -> int:
     p.add_argument("--flood-names", type=int, default=1_000_000)
     p.add_argument("--hot", type=int, default=200, help="names in the hot set")
     p.add_argument("--hot-rate", type=float, default=500.0, help="hot-set queries per second")
+    p.add_argument("--source", choices=["manifests", "api"], default="manifests",
+                   help="load the cluster from manifests on disk, or follow it through the API double")
     p.add_argument("--json", metavar="PATH", help="also write the figures here")
     args = p.parse_args()
-    limit = parse_size(args.limit)
 
     work = tempfile.mkdtemp(prefix="kdns-flood-")
     cluster = build_cluster(args.services, args.endpoints, args.namespaces, 0.1, 1)
-    write_manifests(cluster, os.path.join(work, "manifests"))
+    with contextlib.ExitStack() as stack:
+        if args.source == "api":
+            _, kubeconfig = stack.enter_context(api_serving(cluster, work))
+            source = ["--kubeconfig", kubeconfig, "--ready-listen", "127.0.0.1:0"]
+        else:
+            write_manifests(cluster, os.path.join(work, "manifests"))
+            source = ["--manifests", os.path.join(work, "manifests")]
+        return run(args, cluster, source)
+
+
+def run(args, cluster, source: list[str]) -> int:
+    limit = parse_size(args.limit)
     rng = random.Random(3)
     hot = [s for s in rng.sample(cluster, min(args.hot, len(cluster))) if not s.headless]
     namespaces = sorted({s.namespace for s in cluster})
     extra = ["--memory-budget", args.budget] if args.budget else []
 
     with MemoryCgroup(limit) as cg:
-        with KdnsProcess("--manifests", os.path.join(work, "manifests"), "--metrics-listen", "127.0.0.1:0", *extra,
-                         startup_timeout=120, wrap=cg.wrap) as kdns:
+        with KdnsProcess(*source, "--metrics-listen", "127.0.0.1:0", *extra, startup_timeout=300,
+                         wrap=cg.wrap) as kdns:
             pid = kdns.proc.pid
+            if args.source == "api":
+                wait_until(lambda: kdns.get("ready", "/ready")[0] == 200, timeout=300, what="synced")
             for svc in hot:  # warm: each hot name asked twice (the second reuse admits it to the protected set)
                 for _ in range(2):
                     reply = kdns.query(svc.fqdn)
@@ -179,7 +187,7 @@ def main() -> int:
     latencies.sort()
     tail = [r for t, r in samples if t >= samples[-1][0] - 10] if samples else [0]
     result = {
-        "services": len(cluster), "endpoints": sum(len(s.endpoints) for s in cluster),
+        "services": len(cluster), "endpoints": sum(len(s.endpoints) for s in cluster), "source": args.source,
         "limit": format_size(limit), "budget": args.budget or "default",
         "flood_sent": counter.value, "flood_seconds": round(flood_seconds, 1),
         "kdns_udp_queries_received": answered,
