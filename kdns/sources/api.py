@@ -322,6 +322,7 @@ class Reflector:
         self._answered = False  # the API answered during the current attempt
         self._watch_opened = False  # the current attempt's watch request was accepted (HTTP 200)
         self._stop = threading.Event()
+        self._watching = None  # the open watch response, which stop() shuts to wake the read it waits in
         self.thread = threading.Thread(target=self.run, name=f"reflector-{resource.kind}", daemon=True)
 
     def start(self) -> None:
@@ -330,6 +331,9 @@ class Reflector:
     def stop(self) -> None:
         self._stop.set()
         self.reachability.wake()
+        watching = self._watching
+        if watching is not None and hasattr(watching, "shutdown"):  # urllib3 >= 2.3
+            watching.shutdown()
 
     def run(self) -> None:
         need_list = True
@@ -439,7 +443,10 @@ class Reflector:
                           _request_timeout=(self.connect_timeout, min(self.stall_timeout, timeout + 30)))
         self._watch_opened = True
         self.post("watching", None)
+        self._watching = resp
         try:
+            if self._stop.is_set():  # stop() came before _watching was set: it could not wake us
+                return
             for line in iter_resp_lines(resp):
                 if self._stop.is_set():
                     return
@@ -447,6 +454,7 @@ class Reflector:
                     continue
                 self._event(line)
         finally:
+            self._watching = None
             resp.release_conn()
 
     def _event(self, line: str) -> None:
