@@ -23,6 +23,7 @@ from .respcache import ResponseCache
 from .server import NegativeRateLimit, QueryHandler, bind
 from .sources import object_filter, settle_heap
 from .sources.manifests import ManifestSource
+from .startup import StartupFailure, api_refused, listen_failed
 
 
 # a full relist's transient peak over the RSS at ready, measured (perf/memory_relist.py, BENCH.md):
@@ -68,10 +69,14 @@ class Runtime:
         self._http_addresses: tuple = (None, None, None)
         self.http: HttpEndpoints | None = None
         self.http_bound: dict[str, str] = {}
+        self._unstarted = None  # an API source whose threads start once every listener is up
+        self.failure: StartupFailure | None = None  # why start-up cannot complete (the API refused us)
+        self.on_failure = lambda: None  # called once, on the loop, when `failure` is set
 
     # -------------------------------------------------------------------- building
 
     async def start(self) -> None:
+        """Bind every listener, then start the source: a port that cannot be had fails before any thread runs."""
         route_library_logs(self.log)  # aiohttp / asyncio complaints become one-line log events
         await self._apply(self.settings)
         if self.settings.reload and self.settings.path:
@@ -124,11 +129,16 @@ class Runtime:
                     handler.negative_limit = NegativeRateLimit(self.negative_rate_limit,
                                                                max_sources=self.budget.rate_limit_sources)
                     handler._update_plain()
-                udp, tcp_server, _, bound = await bind(handler, self.log, self.bind_host, self.port_map.get(port, port),
-                                                       tcp_idle_timeout=self.tcp_idle_timeout,
-                                                       tcp_max_connections=self.tcp_max_connections or max(
-                                                           1, self.budget.tcp_connections // len(blocks_by_port)),
-                                                       reuse_port=self.reuse_port)
+                want = self.port_map.get(port, port)
+                try:
+                    udp, tcp_server, _, bound = await bind(handler, self.log, self.bind_host, want,
+                                                           tcp_idle_timeout=self.tcp_idle_timeout,
+                                                           tcp_max_connections=self.tcp_max_connections or max(
+                                                               1, self.budget.tcp_connections // len(blocks_by_port)),
+                                                           reuse_port=self.reuse_port)
+                except OSError as exc:
+                    host = f"[{self.bind_host}]" if ":" in self.bind_host else self.bind_host
+                    raise listen_failed(exc, f"{host}:{want}", f"dns://:{port}", want) from None
                 self.handlers[port] = handler
                 self.listeners[port] = (udp, tcp_server, bound)
             else:
@@ -156,6 +166,17 @@ class Runtime:
         for warning in settings.warnings:
             self.log.warning("config_warning", detail=warning)
         self.settings = settings
+        self._start_unstarted()
+
+    def _start_unstarted(self) -> None:
+        if self._unstarted is not None:
+            self._unstarted.start()
+            self._unstarted = None
+
+    def _fail(self, failure: StartupFailure) -> None:
+        if self.failure is None:
+            self.failure = failure
+            self.on_failure()
 
     def _start_source(self, settings: Settings) -> None:
         k = settings.kubernetes
@@ -178,8 +199,10 @@ class Runtime:
             if k.pods == "verified":
                 kinds.append("Pod")
             source = ApiSource(client, index, self.log, kinds, wanted=wanted, **self.api_options)
+            source.on_refused = lambda kind, verb, failure: self._fail(api_refused(
+                kind, failure.status, verb, source.server, where, failure.message))
             self.log.info("api_source", server=client.configuration.host, config=where, resources=",".join(kinds))
-            source.start()
+            self._unstarted = source
         else:
             source = ManifestSource(k.manifests, index, self.log, wanted=wanted)
             source.load()
@@ -194,6 +217,7 @@ class Runtime:
         self.source = source
 
     def _stop_source(self) -> None:
+        self._unstarted = None
         if self.source is not None and hasattr(self.source, "stop"):
             self.source.stop()
         if self._source_task is not None:
@@ -333,6 +357,7 @@ class Runtime:
             try:
                 await self._apply(new)
             except Exception as exc:  # noqa: BLE001 - e.g. a new port that cannot be bound
+                self._start_unstarted()  # a new source is in place: follow it even if a listener failed
                 self.metrics.reload_failed += 1
                 self.log.error("reload_failed", error=repr(exc), action="keeping what could be kept")
                 continue
