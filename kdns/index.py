@@ -292,7 +292,7 @@ class ClusterIndex:
             if not slices and key in self.legacy:
                 slices = [self.legacy[key]]
             records: list[EndpointRecord] = []
-            seen: set[tuple[str, str]] = set()
+            seen: set[tuple] = set()
             for sl in sorted(slices, key=lambda s: s.name):
                 for ep in sl.endpoints:
                     records.extend(self._endpoint_records(ep, sl.ports, seen, self.endpoint_pod_names))
@@ -336,10 +336,14 @@ class ClusterIndex:
             if not name and pod_names and ep.pod_name and len(ep.pod_name) < 64:
                 name = ep.pod_name.lower()
             name = name or dashed_ip(ip)
-            if (name, ip) in seen:
+            own = ep.ports if ep.ports is not None else ports
+            # the same name and address may come from several slices (one per port set during a
+            # port change): each is kept with its own ports; only exact repeats are dropped
+            key = (name, ip, ep.ready, own)
+            if key in seen:
                 continue
-            seen.add((name, ip))
-            yield EndpointRecord(name, ip, ep.ready, ep.pod_name, ports)
+            seen.add(key)
+            yield EndpointRecord(name, ip, ep.ready, ep.pod_name, own)
 
     # ---------------------------------------------------------------- queries (for the resolver)
 

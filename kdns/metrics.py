@@ -50,17 +50,24 @@ class KdnsCollector:
             events = CounterMetricFamily("kdns_api_events", "Objects received by list and watch.", labels=["resource"])
             relists = CounterMetricFamily("kdns_api_relists", "Relists after 410 Gone.", labels=["resource"])
             errors = CounterMetricFamily("kdns_api_errors", "Failed list/watch attempts.", labels=["resource"])
+            partial = CounterMetricFamily("kdns_api_objects_partially_served",
+                                          "Object versions the API accepted with a part DNS cannot serve "
+                                          "(logged as api_object_partially_served).", labels=["resource"])
             for kind, state in self.api_source.states.items():
+                partial.add_metric([kind], state.partially_served)
                 synced.add_metric([kind], 1 if state.synced else 0)
                 age.add_metric([kind], self.api_source.age(kind))
                 connected.add_metric([kind], 1 if state.connected else 0)
                 events.add_metric([kind], state.events)
                 relists.add_metric([kind], state.relists)
                 errors.add_metric([kind], state.errors)
-            yield from (synced, age, connected, events, relists, errors)
+            yield from (synced, age, connected, events, relists, errors, partial)
         if self.manifest_source is not None:
             problems = sum(len(p) for p in self.manifest_source.problems.values())
             yield GaugeMetricFamily("kdns_manifest_problems", "Current problems in manifest files.", value=problems)
+            yield CounterMetricFamily("kdns_manifest_objects_partially_served",
+                                      "Objects loaded with a part DNS cannot serve (logged as "
+                                      "manifest_object_partially_served).", value=self.manifest_source.partially_served)
         info = GaugeMetricFamily("kdns_build_info", "kdns version.", labels=["version"])
         info.add_metric([__version__], 1)
         yield info

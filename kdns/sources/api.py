@@ -326,6 +326,8 @@ class ResourceState:
     events: int = 0
     relists: int = 0
     errors: int = 0
+    partially_served: int = 0
+    partial: dict = field(default_factory=dict)  # (ns, name) -> unserved parts last logged
 
 
 class ApiSource:
@@ -406,6 +408,7 @@ class ApiSource:
         try:
             for obj in batch.upserts:
                 key = _key(obj)
+                self._note_partial(kind, state, key, getattr(obj, "unserved", ()))
                 if state.relist_seen is not None:
                     state.relist_seen.add(key)
                 if self.wanted(obj):
@@ -413,6 +416,7 @@ class ApiSource:
                 else:
                     index.delete(kind, *key)  # filtered out (or no longer matching): not served
             for ns, name in batch.deletes:
+                state.partial.pop((ns, name), None)
                 index.delete(kind, ns, name)
                 if state.relist_seen is not None:
                     state.relist_seen.discard((ns, name))
@@ -445,6 +449,19 @@ class ApiSource:
             if all(s.synced for s in self.states.values()):
                 index.mark_synced()
                 self.synced_event.set()
+
+    def _note_partial(self, kind: str, state: ResourceState, key: tuple[str, str], unserved: tuple) -> None:
+        """Log (once per change) and count the parts of an accepted object that DNS cannot serve."""
+        if state.partial.get(key, ()) == unserved:
+            return
+        if not unserved:
+            state.partial.pop(key, None)
+            return
+        state.partial[key] = unserved
+        state.partially_served += 1
+        for field_path, reason in unserved:
+            self.log.warning("api_object_partially_served", resource=kind, object="/".join(k for k in key if k),
+                             field=field_path, reason=reason, action="the rest is served")
 
     def _stored(self, kind: str, key: str) -> bool:
         return _split_key(key) in set(self.index.keys(kind))

@@ -16,7 +16,7 @@ import yaml
 
 from ..index import ClusterIndex
 from ..log import Logger
-from ..objects import (ObjectError, endpoints_from_dict, endpointslice_from_dict, namespace_from_dict,
+from ..objects import (SERVICE_NAME_LABEL, ObjectError, endpoints_from_dict, endpointslice_from_dict, namespace_from_dict,
                        pod_from_dict, service_from_dict)
 
 SUFFIXES = (".yaml", ".yml", ".json")
@@ -174,11 +174,20 @@ def _collect(data: Any, node: yaml.Node, path: str, objects: list, problems: lis
         problems.append(ManifestProblem(path, line, f"{kind}: cannot use this object ({type(exc).__name__}: "
                                                    f"{_shorten(str(exc))})"))
         return
-    if obj is None:  # e.g. an FQDN EndpointSlice
+    if obj is None:  # an EndpointSlice of addressType FQDN or without a service-name label
         if log is not None:
-            log.info("manifest_object_ignored", file=path, line=line, kind=kind,
-                     name=data["metadata"]["name"], reason="addressType FQDN is not served by cluster DNS")
+            if data.get("addressType") == "FQDN":
+                log.info("manifest_object_ignored", file=path, line=line, kind=kind, name=data["metadata"]["name"],
+                         reason="addressType FQDN is not served by cluster DNS")
+            else:  # valid for the API, but here most likely a forgotten label
+                log.warning("manifest_object_ignored", file=path, line=line, kind=kind, name=data["metadata"]["name"],
+                            reason=f"no {SERVICE_NAME_LABEL} label: the slice belongs to no Service")
         return
+    for field_path, reason in getattr(obj, "unserved", ()):
+        problems_line = _field_line(node, field_path)
+        if log is not None:
+            log.warning("manifest_object_partially_served", file=path, line=problems_line, kind=kind,
+                        name=data["metadata"]["name"], field=field_path, reason=reason)
     objects.append((obj, line))
 
 
@@ -204,6 +213,7 @@ class ManifestSource:
         self._applied: dict[ObjKey, Any] = {}
         self.problems: dict[str, list[ManifestProblem]] = {}  # current problems per file
         self.loads = 0
+        self.partially_served = 0  # objects loaded with a part DNS cannot serve
 
     # -------------------------------------------------------------------- discovery
 
@@ -285,6 +295,7 @@ class ManifestSource:
         if dup_problems:
             self._report(path, dup_problems)
             return
+        self.partially_served += sum(1 for obj, _ in by_key.values() if getattr(obj, "unserved", ()))
         if self.problems.pop(path, None):
             self.log.info("manifest_fixed", file=path, objects=len(by_key))
         self._file_objects[path] = by_key
