@@ -113,9 +113,10 @@ class Resolver:
             return Answer(outside=True, authoritative=False, cacheable=False)
         ans = Answer()
         self._resolve_in(zone, labels, qtype, ans, depth=0)
-        if ans.rcode == RCODE.NXDOMAIN and not self.index.synced:
+        if ans.rcode == RCODE.NXDOMAIN and not self.index.synced or ans.rcode == RCODE.SERVFAIL:
             # Before the first sync a missing name may just not be known yet: never a cacheable
-            # false NXDOMAIN (CoreDNS handler.go; kubernetes/dns#186).
+            # false NXDOMAIN (CoreDNS handler.go; kubernetes/dns#186). A failure (a CNAME chain
+            # too long) carries no records and no AA: clients ignore or, worse, cache them.
             return Answer(rcode=RCODE.SERVFAIL, authoritative=False, cacheable=False)
         return ans
 
@@ -361,17 +362,23 @@ class Resolver:
         # targets: the service name (§2.3.3) or <hostname>.<service>... (§2.4.2); their addresses go
         # in the additional section. Two ports with one number (dns/UDP and dns-tcp/TCP on the bare
         # name) give the same record once: an RRset holds no duplicates (RFC 2181 §5).
+        # The glue is each target's whole A/AAAA RRsets, whatever slice an address came from: a
+        # partial RRset in the additional section would be cached as the name's records.
         records: dict[tuple[int, str], None] = {}
         glue: dict[str, list[str]] = {}
+        names: dict[str, list[str]] = {}
+        if any(rec is not None for _, rec in entries):
+            for rec in view.served_endpoints():
+                ips = names.setdefault(rec.name, [])
+                if rec.ip not in ips:
+                    ips.append(rec.ip)
         for number, rec in entries:
             if rec is None:
                 target = self._service_fqdn(view)
                 glue.setdefault(target, list(view.service.cluster_ips))
             else:
                 target = self._endpoint_fqdn(view, rec)
-                ips = glue.setdefault(target, [])
-                if rec.ip not in ips:
-                    ips.append(rec.ip)
+                glue.setdefault(target, names[rec.name])
             records[(number, target)] = None
         weight = max(1, 100 // len(records))
         for number, target in records:
