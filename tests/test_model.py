@@ -43,7 +43,8 @@ V4 = [f"10.244.0.{i}" for i in range(1, 9)]
 V6 = [f"fd00:244::{i:x}" for i in range(1, 9)]
 HOSTNAMES = ("web-0", "web-1", "db-0")
 TARGETS = ("example.com", "WWW.Example.ORG.", "web.a.svc.cluster.local", "db.b.svc.cluster.local",
-           "mail.a.svc.cluster.local", "nothing.a.svc.cluster.local", "10.1.2.3")
+           "mail.a.svc.cluster.local", "nothing.a.svc.cluster.local", "10.1.2.3",
+           "_http._tcp.web.a.svc.cluster.local", "dns-version.cluster.local", "cluster.local")
 QTYPES = ("A", "AAAA", "SRV", "TXT", "ANY", "CNAME", "PTR")
 
 # ------------------------------------------------------------------------------ generated clusters
@@ -51,9 +52,9 @@ QTYPES = ("A", "AAAA", "SRV", "TXT", "ANY", "CNAME", "PTR")
 
 @st.composite
 def service(draw, ns: str, name: str, index: int):
-    kind = draw(st.sampled_from(("ClusterIP", "NodePort", "Headless", "Headless", "ExternalName")))
+    kind = draw(st.sampled_from(("ClusterIP", "NodePort", "LoadBalancer", "Headless", "Headless", "ExternalName")))
     ports = draw(st.lists(st.sampled_from(PORTS), max_size=3, unique_by=lambda p: p[0]))
-    out = {"type": "ClusterIP" if kind == "NodePort" else kind, "object_type": kind, "ports": ports,
+    out = {"type": "ClusterIP" if kind in ("NodePort", "LoadBalancer") else kind, "object_type": kind, "ports": ports,
            "publish": draw(st.booleans()), "ips": [], "external": ""}
     if kind == "ExternalName":
         out["external"] = draw(st.sampled_from(TARGETS))
@@ -76,6 +77,7 @@ def endpoint_slice(draw, service_name: str, service_ports):
     endpoints = draw(st.lists(st.fixed_dictionaries({
         "addresses": st.lists(st.sampled_from(pool), min_size=1, max_size=2, unique=True),
         "ready": st.sampled_from((True, True, False, None)),
+        "terminating": st.booleans(),
         "hostname": st.sampled_from((None, None) + HOSTNAMES)}), max_size=3))
     return {"service": service_name, "family": family, "ports": ports, "endpoints": endpoints,
             "omit_ports": not ports and draw(st.booleans())}
@@ -129,7 +131,10 @@ def to_objects(cluster: dict) -> dict[tuple[str, str, str], dict]:
         for ep in sl["endpoints"]:
             out: dict = {"addresses": list(ep["addresses"])}
             if ep["ready"] is not None:
-                out["conditions"] = {"ready": ep["ready"], "serving": ep["ready"], "terminating": False}
+                # serving/terminating do not change DNS (CoreDNS without terminating_endpoints)
+                terminating = ep.get("terminating", False) and not ep["ready"]
+                out["conditions"] = {"ready": ep["ready"], "serving": ep["ready"] or terminating,
+                                     "terminating": terminating}
             if ep["hostname"]:
                 out["hostname"] = ep["hostname"]
             endpoints.append(out)
