@@ -8,7 +8,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
+from dnslib import A, AAAA, CNAME, EDNS0, NS, PTR, QTYPE, RCODE, SOA, SRV, TXT, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
 HEADER = struct.Struct("!HHHHHH")
 U16 = struct.Struct("!H")
@@ -44,6 +44,7 @@ class Query:
     udp_size: int = MIN_UDP_SIZE
     do: bool = False
     edns_version: int = 0
+    _labels: tuple | None = None
 
     @property
     def key(self) -> tuple:
@@ -52,6 +53,11 @@ class Query:
     @property
     def labels(self) -> tuple[str, ...]:
         """Lower-case labels as text (latin-1 keeps every byte; non-ASCII simply matches nothing)."""
+        if self._labels is None:
+            self._labels = self._split()
+        return self._labels
+
+    def _split(self) -> tuple[str, ...]:
         out = []
         pos = 0
         name = self.qname.lower()
@@ -199,8 +205,86 @@ def pack_answer(query: Query, answer, recursion_available: bool) -> bytes:
     """Build the full response for `answer` (a resolver.Answer), question in lower case.
 
     The result is reusable for any query with the same Query.key: `patch` writes the ID,
-    RD/CD bits and the asked question bytes back in.
+    RD/CD bits and the asked question bytes back in. The record types the resolver produces are
+    packed here by hand, byte for byte as dnslib would (its name compression included); anything
+    else (an upstream's records in a chased answer) goes through dnslib.
     """
+    try:
+        return _pack_by_hand(query, answer, recursion_available)
+    except _NotByHand:
+        return _pack_with_dnslib(query, answer, recursion_available)
+
+
+class _NotByHand(Exception):
+    pass
+
+
+_SIMPLE_NAME_TYPES = (CNAME, PTR, NS)
+
+
+def _pack_by_hand(query: Query, answer, recursion_available: bool) -> bytes:
+    rcode = answer.rcode
+    # RD set as dnslib sets it: `patch` copies the asker's RD in
+    flags = FLAG_QR | 0x0100 | (0x0400 if answer.authoritative else 0) | (0x0080 if recursion_available else 0) \
+        | (rcode & 0xF)
+    records = answer.answer, answer.authority, answer.additional
+    out = bytearray(HEADER.pack(0, flags, 1, len(records[0]), len(records[1]),
+                                len(records[2]) + (1 if query.edns else 0)))
+    names: dict[tuple, int] = {}
+    _put_name(out, names, tuple(_wire_labels(query.qname.lower())))
+    out += U16.pack(query.qtype) + U16.pack(query.qclass)
+    for section in records:
+        for rr in section:
+            rdata = rr.rdata
+            kind = type(rdata)
+            _put_name(out, names, rr.rname.label)
+            out += RR_FIXED.pack(rr.rtype, rr.rclass, rr.ttl, 0)
+            start = len(out)
+            if kind is A or kind is AAAA:
+                out += bytes(rdata.data)
+            elif kind in _SIMPLE_NAME_TYPES:
+                _put_name(out, names, rdata.label.label)
+            elif kind is SRV:
+                out += struct.pack("!HHH", rdata.priority, rdata.weight, rdata.port)
+                for label in rdata.target.label:  # SRV targets are never compressed (RFC 2782)
+                    out.append(len(label))
+                    out += label
+                out.append(0)
+            elif kind is SOA:
+                _put_name(out, names, rdata.mname.label)
+                _put_name(out, names, rdata.rname.label)
+                out += struct.pack("!IIIII", *rdata.times)
+            elif kind is TXT:
+                for item in rdata.data:
+                    out.append(len(item))
+                    out += item
+            else:
+                raise _NotByHand
+            struct.pack_into("!H", out, start - 2, len(out) - start)
+    if query.edns:
+        out += opt_record(query.do, rcode >> 4)
+    return bytes(out)
+
+
+def _put_name(out: bytearray, names: dict, labels: tuple) -> None:
+    """Append a name, compressed against the suffixes already written (dnslib's scheme)."""
+    for i in range(len(labels)):
+        suffix = labels[i:]
+        pointer = names.get(suffix)
+        if pointer is not None:
+            out += U16.pack(0xC000 | pointer)
+            return
+        if len(out) < 0x4000:
+            names[suffix] = len(out)
+        label = labels[i]
+        if len(label) > 63:
+            raise _NotByHand
+        out.append(len(label))
+        out += label
+    out.append(0)
+
+
+def _pack_with_dnslib(query: Query, answer, recursion_available: bool) -> bytes:
     header = DNSHeader(id=0, qr=1, aa=int(answer.authoritative), ra=int(recursion_available),
                        rcode=answer.rcode & 0xF)
     qname = DNSLabel(list(_wire_labels(query.qname.lower())) or ".")

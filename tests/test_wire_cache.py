@@ -105,11 +105,13 @@ def test_unrelated_change_keeps_positive_entries_cached():
 
 
 def test_cache_eviction_is_bounded_and_drops_dependency_links():
-    cache = AnswerCache(maxsize=2)
-    cache.put("a", b"A", [("svc", "n", "a")])
-    cache.put("b", b"B", [("svc", "n", "b")])
-    cache.put("c", b"C", [("svc", "n", "c")])
-    assert len(cache) == 2 and cache.get("a") is None and cache.evictions == 1
+    from kdns.cache import entry_cost
+    cost = entry_cost("a", b"A", (("svc", "n", "a"),), {})
+    cache = AnswerCache(max_bytes=4 * cost + cost // 2)  # room for four entries, not five
+    for name in "abcde":
+        cache.put(name, name.upper().encode(), [("svc", "n", name)])
+    assert len(cache) == 4 and cache.peek("a") is None and cache.evictions == 1
+    assert cache.links(("svc", "n", "a")) == frozenset()  # the evicted entry's link went with it
     assert cache.invalidate([("svc", "n", "b")]) == 1 and cache.get("b") is None and cache.get("c") == b"C"
 
 
