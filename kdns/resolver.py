@@ -338,7 +338,7 @@ class Resolver:
         # (hand-written slices; the spec words SRV in terms of the Service's ports).
         out: dict[tuple[str, str, int, str, str], tuple[int, EndpointRecord]] = {}
         for rec in view.served_endpoints():
-            for p in rec.ports or svc.ports:
+            for p in (rec.ports if rec.ports is not None else svc.ports):
                 if not _port_matches(p, name, protocol):
                     continue
                 number = p.port if p.port is not None else next(

@@ -207,3 +207,19 @@ def test_v1_endpoints_subsets_keep_their_own_ports():
     for port, expected in (("a", "1001 one"), ("b", "1002 two")):
         ans = resolver.resolve(("_" + port, "_tcp", "legacy", "data", "svc", "cluster", "local"), QTYPE.SRV)
         assert [f"{r.rdata.port} {str(r.rdata.target).split('.')[0]}" for r in ans.answer] == [expected]
+
+
+def test_slice_whose_only_port_cannot_be_served_does_not_take_the_services_ports():
+    from builders import build
+    from dnslib import QTYPE, RCODE
+    from kdns.objects import endpointslice_from_dict, service_from_dict
+
+    service = service_from_dict(svc("data", "h", ports=[{"name": "web", "port": 80}]))
+    listed = endpointslice_from_dict(eslice("data", "h", "h-1", [endpoint("10.5.0.1", hostname="a")],
+                                            ports=[{"name": "web", "port": 70000, "protocol": "TCP"}]))
+    unlisted = endpointslice_from_dict(eslice("data", "h", "h-2", [endpoint("10.5.0.2", hostname="b")]))
+    assert listed.ports == () and listed.unserved
+    _, resolver = build(service, listed, unlisted, implicit=True)
+    ans = resolver.resolve(("_web", "_tcp", "h", "data", "svc", "cluster", "local"), QTYPE.SRV)
+    assert ans.rcode == RCODE.NOERROR
+    assert [f"{r.rdata.port} {str(r.rdata.target).split('.')[0]}" for r in ans.answer] == ["80 b"]
