@@ -19,6 +19,7 @@ from typing import Any, Hashable, Iterable
 from .memory import MemoryBudget
 
 PROTECTED_SHARE = 0.8
+DOORKEEPER_BITS = 1 << 20  # 128 KiB: names seen once, for the admission of negative answers
 # bytes of an entry beyond its packed answer and key name: the value object, the key tuple, one slot
 # in the entry table, one in a segment table and one in the dependency table (sys.getsizeof, CPython
 # 3.11, dicts at their average fill; calibrated with tracemalloc, which tests/test_memory.py re-checks)
@@ -42,6 +43,9 @@ class AnswerCache:
         self.misses = 0
         self.evictions = 0
         self.promotions = 0
+        self.not_admitted = 0
+        self._seen = bytearray(DOORKEEPER_BITS // 8)
+        self._seen_count = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -90,6 +94,23 @@ class AnswerCache:
             self._probation[old] = old_cost  # newest in probation: one more chance
             self.probation_bytes += old_cost
         self._shrink()
+
+    def seen_before(self, key: Hashable) -> bool:
+        """A doorkeeper (a one-hash Bloom filter, cleared when half full): False the first time a key
+        is asked, True after. Negative answers are cached from their second asking only, so a flood of
+        names asked once costs no cache work and no memory, while a hot miss (a search-path expansion
+        every pod tries) is cached at once on its second go."""
+        h = hash(key) & (DOORKEEPER_BITS - 1)
+        byte, bit = h >> 3, 1 << (h & 7)
+        if self._seen[byte] & bit:
+            return True
+        if self._seen_count >= DOORKEEPER_BITS // 2:
+            self._seen = bytearray(DOORKEEPER_BITS // 8)
+            self._seen_count = 0
+        self._seen[byte] |= bit
+        self._seen_count += 1
+        self.not_admitted += 1
+        return False
 
     def put(self, key: Hashable, value: Any, deps: Iterable[Hashable]) -> None:
         if key in self._entries:

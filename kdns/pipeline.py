@@ -102,7 +102,7 @@ class Block:
     def _authoritative(self, query: Query, ans: Answer, zone: str):
         packed = pack_answer(query, ans, self.ra)
         groups = rotation_groups(packed) if self.config.loadbalance else ()
-        if ans.cacheable:
+        if ans.cacheable and (ans.answer or self.answers.seen_before(query.key)):
             self.answers.put(query.key, CachedAnswer(packed, self, zone, "kubernetes", groups), ans.deps)
         return patch(packed, query), "kubernetes"
 

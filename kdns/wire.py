@@ -222,11 +222,83 @@ class _NotByHand(Exception):
 _SIMPLE_NAME_TYPES = (CNAME, PTR, NS)
 
 
+_NEGATIVE_SOA: dict[tuple[int, int], tuple] = {}  # (id(SOA RR), pointer to the zone) -> (RR, record bytes)
+_SOA_SHAPES: dict[int, tuple] = {}  # id(SOA RR) -> (RR, zone in wire form, first labels of its names)
+
+
+def _soa_shape(rr) -> tuple | None:
+    """(rr, the zone's wire bytes, the labels that precede the zone in the SOA's own names), or None
+    when the SOA's names are not under its zone (then no template applies)."""
+    if type(rr.rdata) is not SOA or not rr.rname.label:
+        return None
+    zone = rr.rname.label
+    n = len(zone)
+    lasts = set()
+    for name in (rr.rdata.mname.label, rr.rdata.rname.label):
+        if len(name) <= n or name[len(name) - n:] != zone:
+            return None
+        lasts.add(name[len(name) - n - 1])
+    return rr, b"".join(bytes((len(label),)) + label for label in zone) + b"\x00", frozenset(lasts)
+
+
+def _pack_negative(query: Query, answer, flags: int) -> bytes | None:
+    """NXDOMAIN / NODATA: header, the question, the zone's SOA with its names pointing into the
+    question (the zone is the question's suffix). The SOA record's bytes are kept per SOA and pointer,
+    so a miss costs a dict lookup, not a name compression. None when the layout is not this one."""
+    rr = answer.authority[0]
+    shape = _SOA_SHAPES.get(id(rr))
+    if shape is None or shape[0] is not rr:
+        shape = _soa_shape(rr)
+        if shape is None:
+            return None
+        if len(_SOA_SHAPES) >= 256:
+            _SOA_SHAPES.clear()
+        _SOA_SHAPES[id(rr)] = shape
+    qname = query.qname.lower()
+    zone_wire = shape[1]
+    if not qname.endswith(zone_wire):
+        return None
+    end = len(qname) - len(zone_wire)
+    pos, last = 0, -1
+    while pos < end:  # the zone must start at a label boundary
+        last = pos
+        pos += qname[pos] + 1
+    if pos != end:
+        return None
+    if last >= 0 and qname[last + 1:end] in shape[2]:
+        return None  # the SOA's names would compress into the question's own labels: not shareable
+    key = (id(rr), 12 + end)
+    cached = _NEGATIVE_SOA.get(key)
+    if cached is None or cached[0] is not rr:
+        out = bytearray(HEADER.pack(0, 0, 1, 0, 1, 0))
+        names: dict[tuple, int] = {}
+        _put_name(out, names, tuple(_wire_labels(qname)))
+        out += U16.pack(query.qtype) + U16.pack(query.qclass)
+        start = len(out)
+        _put_name(out, names, rr.rname.label)
+        out += RR_FIXED.pack(rr.rtype, rr.rclass, rr.ttl, 0)
+        rdata = len(out)
+        _put_name(out, names, rr.rdata.mname.label)
+        _put_name(out, names, rr.rdata.rname.label)
+        out += struct.pack("!IIIII", *rr.rdata.times)
+        struct.pack_into("!H", out, rdata - 2, len(out) - rdata)
+        if len(_NEGATIVE_SOA) >= 4096:
+            _NEGATIVE_SOA.clear()
+        cached = _NEGATIVE_SOA[key] = (rr, bytes(out[start:]))
+    edns = opt_record(query.do, answer.rcode >> 4) if query.edns else b""
+    return b"".join((HEADER.pack(0, flags, 1, 0, 1, 1 if edns else 0), qname, query.data[query.qend - 4:query.qend],
+                     cached[1], edns))
+
+
 def _pack_by_hand(query: Query, answer, recursion_available: bool) -> bytes:
     rcode = answer.rcode
     # RD set as dnslib sets it: `patch` copies the asker's RD in
     flags = FLAG_QR | 0x0100 | (0x0400 if answer.authoritative else 0) | (0x0080 if recursion_available else 0) \
         | (rcode & 0xF)
+    if not answer.answer and not answer.additional and len(answer.authority) == 1:
+        packed = _pack_negative(query, answer, flags)
+        if packed is not None:
+            return packed
     records = answer.answer, answer.authority, answer.additional
     out = bytearray(HEADER.pack(0, flags, 1, len(records[0]), len(records[1]),
                                 len(records[2]) + (1 if query.edns else 0)))
