@@ -110,7 +110,10 @@ def judge(checked: list, histories: dict, restarts: list, allowance: float | Non
         allowed = h.allowed(t_sent, t_recv)
         if got not in allowed:
             result["wrong"] += 1
-            _example(result, h, name, got, allowed, t_sent, t_recv)
+            replaced = h.replaced_at(got, t_recv)
+            _example(result, "wrong: not a state kdns could serve", name, got, sorted(map(str, allowed)),
+                     "not its state before the answer" if replaced == float("-inf")
+                     else f"asked {t_sent - replaced:.3f}s after it was replaced")
             continue
         # the restart this answer may be stale from: the last one that went down before the query
         restart = next((r for r in reversed(restarts) if r.down_at <= t_sent), None)
@@ -127,15 +130,13 @@ def judge(checked: list, histories: dict, restarts: list, allowance: float | Non
         restart.stale_seconds = max(restart.stale_seconds, t_recv - restart.up_at)
         if allowance is not None and t_sent > restart.up_at + allowance:
             result["wrong"] += 1
-            _example(result, h, name, got, allowed, t_sent, t_recv)
+            _example(result, "wrong: stale past the allowance", name, got, f"replaced {restart.up_at - replaced:.3f}s "
+                     f"before the return, asked {t_sent - restart.up_at:.3f}s after it")
 
 
-def _example(result: dict, h: History, name: str, got: str | None, allowed: set, t_sent: float,
-             t_recv: float) -> None:
+def _example(result: dict, *example) -> None:
     if len(result["examples"]) < 5:
-        late = t_sent - h.replaced_at(got, t_recv)
-        result["examples"].append(("wrong", name, got, sorted(map(str, allowed)),
-                                   f"asked {late:.3f}s after it was replaced"))
+        result["examples"].append(example)
 
 
 def rss_kib(pid: int) -> int:
@@ -244,8 +245,7 @@ def run(seconds: float = 60, rate: int = 2000, services: int = 200, churn_interv
                 h.confirmed[index] = prober.confirm(name, h.states[index], confirm_timeout)
                 if h.confirmed[index] is None:
                     result["unserved"] += 1
-                    if len(result["examples"]) < 5:
-                        result["examples"].append(("unserved", name, h.states[index]))
+                    _example(result, "unserved:", name, h.states[index])
 
             def restart_api() -> None:
                 # the API process goes away (connections refused, open ones dropped) while the churn
