@@ -72,19 +72,6 @@ def test_file_never_loaded_means_not_synced_until_it_loads(tmp_path):
         assert kdns.query("nothing.shop.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
 
 
-def test_missing_manifest_path_is_not_synced(tmp_path):
-    _write(tmp_path / "a.yaml", GOOD)
-    missing = tmp_path / "later.yaml"
-    with KdnsProcess("--manifests", str(tmp_path / "a.yaml"), "--manifests", str(missing),
-                     "--ready-listen", "127.0.0.1:0") as kdns:
-        status, body = kdns.get("ready", "/ready?verbose=1")
-        assert status == 503 and "later.yaml" in body and "no such file" in body
-        assert kdns.query("nothing.shop.svc.cluster.local").rcode() == dns.rcode.SERVFAIL
-        _write(missing, GOOD.replace("web", "api").replace("10.96.0.10", "10.96.0.11"))
-        wait_until(lambda: kdns.get("ready", "/ready")[0] == 200, what="ready once the file exists")
-        assert answers(kdns.query("api.shop.svc.cluster.local")) == ["10.96.0.11"]
-
-
 def _check(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "kdns", "check-config", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
