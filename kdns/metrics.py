@@ -160,7 +160,9 @@ class DnsMetrics:
 
     def observe(self, server: str, zone: str, proto: str, family: str, qtype: int, do: bool, req_size: int,
                 rcode: int, plugin: str, resp_size: int, seconds: float) -> None:
-        key = (server, zone, proto, family, qtype, do, rcode, plugin, bisect_left(SIZE_BUCKETS, req_size),
+        # the type as its label value: 65,536 qtypes must not make 65,536 label sets (a flood of odd types)
+        key = (server, zone, proto, family, COMMON_TYPES.get(qtype, "other"), do, rcode, plugin,
+               bisect_left(SIZE_BUCKETS, req_size),
                bisect_left(SIZE_BUCKETS, resp_size), bisect_left(DURATION_BUCKETS, seconds))
         raw = self.raw
         raw[key] = raw.get(key, 0) + 1
@@ -175,7 +177,7 @@ class DnsMetrics:
         """The coredns_dns_* families' data, folded from the per-query counters."""
         out = FoldedDns()
         for (server, zone, proto, family, qtype, do, rcode, plugin, req_b, resp_b, dur_b), n in list(self.raw.items()):
-            out.requests[(server, zone, proto, family, COMMON_TYPES.get(qtype, "other"))] += n
+            out.requests[(server, zone, proto, family, qtype)] += n
             out.responses[(server, zone, RCODES.get(rcode, str(rcode)), plugin)] += n
             if do:
                 out.do_requests[(server, zone)] += n

@@ -7,7 +7,7 @@ import re
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from kdns.metrics import CoreDnsCollector, DnsMetrics
+from kdns.metrics import COMMON_TYPES, CoreDnsCollector, DnsMetrics
 
 
 def scrape(m: DnsMetrics) -> dict[tuple, float]:
@@ -56,3 +56,12 @@ def test_folded_families_count_each_query_once_with_its_buckets_and_sums():
     a = "coredns_dns_response_size_bytes"
     assert [at(got, a + "_bucket", le=le, proto="udp") for le in ("0.0", "100.0", "200.0")] == [0, 2, 3]
     assert at(got, a + "_sum", proto="tcp") == 400
+
+
+def test_label_sets_stay_bounded_under_any_qtype():
+    m = DnsMetrics()
+    for qtype in range(0, 65536, 7):  # a flood of odd query types: one "other" label set, not thousands
+        m.observe("dns://:53", ".", "udp", "1", qtype, False, 512, 4, "", 40, 0.0001)
+    assert len(m.raw) <= len(set(COMMON_TYPES.values())) + 1
+    got = scrape(m)
+    assert at(got, "coredns_dns_requests_total", family="1", proto="udp", type="other") > 9000
