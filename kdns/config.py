@@ -12,8 +12,12 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
+from . import plugins as plugin_registry
 from .corefile import CorefileError, Directive, Token, parse
+from .plugins._common import integer as _int
+from .plugins._common import nargs as _nargs
 from .selectors import LabelSelector, SelectorError, parse_selector
 
 DEFAULT_RESOLV_CONF = "/etc/resolv.conf"
@@ -152,6 +156,7 @@ class BlockConfig:
     errors: bool = False
     loop: bool = False
     acl: AclConfig | None = None
+    plugins: dict[str, Any] = field(default_factory=dict)  # directives of kdns/plugins/: name -> settings
     line: int = 0
 
     @property
@@ -217,27 +222,17 @@ def parse_key(tok: Token, path: str, default_port: int = 53) -> tuple[str, int]:
     if "://" in text:
         scheme, text = text.split("://", 1)
         if scheme != "dns":
-            raise CorefileError(path, tok.line, tok.col, f"transport {scheme}:// is not supported (only dns://)")
+            raise tok.error(f"transport {scheme}:// is not supported (only dns://)")
     port = default_port
     if text.startswith("[") or text.count(":") == 1:
         host, _, port_text = text.rpartition(":")
         if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 0 <= int(port_text) < 65536:
-            raise CorefileError(path, tok.line, tok.col, f"bad port in server block key {tok.text!r}")
+            raise tok.error(f"bad port in server block key {tok.text!r}")
         port, text = int(port_text), host
     zone = normalize_zone(text or ".")
     if "/" in zone:
-        raise CorefileError(path, tok.line, tok.col, f"CIDR server block keys are not supported: {tok.text!r}")
+        raise tok.error(f"CIDR server block keys are not supported: {tok.text!r}")
     return zone, port
-
-
-def _int(d: Directive, tok: Token, lo: int, hi: int, what: str) -> int:
-    try:
-        value = int(tok.text)
-    except ValueError:
-        raise d.error(f"{d.name}: {what} must be a number, got {tok.text!r}", tok) from None
-    if not lo <= value <= hi:
-        raise d.error(f"{d.name}: {what} must be between {lo} and {hi}, got {value}", tok)
-    return value
 
 
 def _duration(d: Directive, tok: Token, what: str) -> float:
@@ -245,12 +240,6 @@ def _duration(d: Directive, tok: Token, what: str) -> float:
         return parse_duration(tok.text)
     except ValueError as exc:
         raise d.error(f"{d.name}: {what}: {exc}", tok) from None
-
-
-def _nargs(d: Directive, lo: int, hi: int | None, usage: str) -> None:
-    n = len(d.args)
-    if n < lo or (hi is not None and n > hi):
-        raise d.error(f"{d.name}: wrong number of arguments ({n}); usage: {usage}")
 
 
 def _no_block(d: Directive) -> None:
@@ -588,32 +577,25 @@ def _log(d: Directive) -> LogConfig:
     return cfg
 
 
-SUPPORTED = ("errors", "health", "ready", "kubernetes", "prometheus", "forward", "cache", "loop", "reload",
-             "loadbalance", "log", "hosts", "autopath", "acl")
+SUPPORTED = tuple(plugin_registry.names())
 
 
 def settings_from_corefile(text: str, path: str = "Corefile", resolv_conf: str = DEFAULT_RESOLV_CONF,
                            default_port: int = 53) -> Settings:
     blocks = parse(text, path)
     settings = Settings(blocks=[], path=path, digest=hashlib.sha512(text.encode()).hexdigest())
-    seen_keys: dict[tuple[str, int], Token] = {}
+    seen_keys: dict[tuple[str, int], list[tuple[Token, frozenset]]] = {}
     kubernetes_seen: Directive | None = None
     for sb in blocks:
         keys = [(parse_key(tok, path, default_port), tok) for tok in sb.keys]
         ports = {port for (_, port), _ in keys}
         if len(ports) > 1:
-            raise CorefileError(path, sb.line, sb.col, "all keys of one server block must use the same port")
-        for (zone, port), tok in keys:
-            if (zone, port) in seen_keys:
-                first = seen_keys[(zone, port)]
-                raise CorefileError(path, tok.line, tok.col,
-                                    f"zone {zone or '.'} on port {port} is already served by the block at line "
-                                    f"{first.line}")
-            seen_keys[(zone, port)] = tok
+            raise sb.keys[0].error("all keys of one server block must use the same port")
         block = BlockConfig(zones=[z for (z, _), _ in keys], port=ports.pop(), line=sb.line)
+        ctx = plugin_registry.SetupContext(block, settings, resolv_conf)
         once: dict[str, Directive] = {}
-        for d in sb.directives:
-            if d.name in once and d.name not in ("log",):
+        for d in sorted(sb.directives, key=lambda d: d.name != "root"):  # root first: later paths use it
+            if d.name in once and d.name not in ("log", "rewrite", "template"):
                 raise d.error(f"{d.name} appears twice in this server block (first at line {once[d.name].line})")
             once[d.name] = d
             if d.name == "errors":
@@ -654,11 +636,12 @@ def settings_from_corefile(text: str, path: str = "Corefile", resolv_conf: str =
                     jitter = interval / 2
                 settings.reload = (interval, jitter)
             elif d.name == "kubernetes":
-                if kubernetes_seen is not None:
-                    raise d.error(f"kdns serves one kubernetes source; another kubernetes block is at line "
-                                  f"{kubernetes_seen.line}")
-                kubernetes_seen = d
                 block.kubernetes = _kubernetes(d, block.zones, settings.warnings)
+                if kubernetes_seen is not None and \
+                        block.kubernetes.source_key() != settings.kubernetes.source_key():
+                    raise d.error(f"kdns follows one cluster: this kubernetes directive's source settings "
+                                  f"differ from the one at line {kubernetes_seen.line}")
+                kubernetes_seen = kubernetes_seen or d
             elif d.name == "forward":
                 block.forward = _forward(d, resolv_conf, settings.warnings)
             elif d.name == "cache":
@@ -680,12 +663,30 @@ def settings_from_corefile(text: str, path: str = "Corefile", resolv_conf: str =
                 block.log = _log(d)
             elif d.name == "acl":
                 block.acl = _acl(d, block.zones)
+            elif (module := plugin_registry.module(d.name)) is not None:
+                block.plugins[d.name] = module.setup(d, ctx)
             else:
                 raise d.error(f"unknown directive {d.name!r} (kdns supports: {', '.join(SUPPORTED)})")
+        root = block.plugins.get("root")
+        if root is not None and block.hosts is not None and block.hosts.path and not os.path.isabs(block.hosts.path):
+            block.hosts.path = os.path.join(root, block.hosts.path)
+        _check_keys(seen_keys, keys, block)
         if block.autopath is not None and block.autopath.source == "@kubernetes" and block.kubernetes is None:
             raise once["autopath"].error("autopath @kubernetes needs a kubernetes directive in the same block")
         settings.blocks.append(block)
     return settings
+
+
+def _check_keys(seen: dict, keys: list, block: BlockConfig) -> None:
+    """A zone may be served twice on a port only by blocks bound to different addresses."""
+    bind = block.plugins.get("bind")
+    addresses = frozenset(bind.addresses) if bind is not None else frozenset()
+    for (zone, port), tok in keys:
+        for first, other in seen.get((zone, port), []):
+            if not addresses or not other or addresses & other:
+                raise tok.error(f"zone {zone or '.'} on port {port} is already served by the block at line "
+                                f"{first.line}" + (" on the same address" if addresses and other else ""))
+        seen.setdefault((zone, port), []).append((tok, addresses))
 
 
 def _global(settings: Settings, d: Directive, attr: str, address: str) -> None:

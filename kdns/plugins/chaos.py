@@ -1,0 +1,42 @@
+"""`chaos [VERSION] [AUTHORS...]`: CH-class TXT answers for version.bind, version.server, authors.bind,
+hostname.bind and id.server; other CH-class questions are REFUSED."""
+
+from __future__ import annotations
+
+import socket
+
+from dnslib import CLASS, QTYPE, RCODE, RR, TXT, DNSLabel
+
+from ..corefile import Directive
+from . import Request, SetupContext
+from ._common import no_block, reply
+
+CH = 3
+
+
+def setup(d: Directive, ctx: SetupContext) -> tuple[str, list[str]]:
+    no_block(d)
+    from .. import __version__
+    version = d.args[0].text if d.args else f"kdns-{__version__}"
+    authors = [t.text for t in d.args[1:]] or ["kdns"]
+    return version, authors
+
+
+class Handler:
+    classes = (CH,)
+
+    def __init__(self, config: tuple[str, list[str]], block) -> None:
+        self.version, self.authors = config
+
+    def serve(self, req: Request, next):
+        query = req.query
+        if query.qclass != CH:
+            return next(req)
+        if query.qtype not in (QTYPE.TXT, QTYPE.ANY):
+            return reply(req, "chaos", rcode=RCODE.REFUSED, aa=False)
+        texts = {"version.bind": [self.version], "version.server": [self.version], "authors.bind": self.authors,
+                 "hostname.bind": [socket.gethostname()], "id.server": [socket.gethostname()]}.get(req.name)
+        if texts is None:
+            return reply(req, "chaos", rcode=RCODE.REFUSED, aa=False)
+        owner = DNSLabel(query.name_text)
+        return reply(req, "chaos", [RR(owner, QTYPE.TXT, CLASS.CH, 0, TXT(t)) for t in texts])

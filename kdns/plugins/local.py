@@ -1,0 +1,60 @@
+"""`local`: answer localhost names locally (RFC 6761): localhost, localhost.<anything>, and the reverse zones of
+127/8, 0/8, 255/8 and ::1; they never reach kubernetes or an upstream."""
+
+from __future__ import annotations
+
+from dnslib import AAAA, NS, PTR, QTYPE, RCODE, RR, SOA, A, DNSLabel
+
+from ..corefile import Directive
+from . import Handler as Base, Request, SetupContext
+from ._common import flag, reply
+
+ZONES = ("localhost", "0.in-addr.arpa", "127.in-addr.arpa", "255.in-addr.arpa",
+         "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa")
+TTL = 604800  # CoreDNS's local plugin: a week
+
+
+def setup(d: Directive, ctx: SetupContext) -> bool:
+    return flag(d)
+
+
+def _soa(zone: str) -> RR:
+    return RR(DNSLabel(zone + "."), QTYPE.SOA, ttl=TTL,
+              rdata=SOA(DNSLabel(zone + "."), DNSLabel("root." + zone + "."), (1, 604800, 86400, 2419200, 604800)))
+
+
+class Handler(Base):
+
+    def serve(self, req: Request, next):
+        name, qtype = req.name, req.query.qtype
+        owner = DNSLabel(req.query.name_text)
+        if name.startswith("localhost.") and not name.endswith(".arpa"):  # localhost.example.org
+            return self._localhost(req, owner, qtype, None)
+        zone = None
+        for z in ZONES:
+            if name == z or name.endswith("." + z):
+                zone = z
+                break
+        if zone is None:
+            return next(req)
+        if name == zone:
+            if qtype == QTYPE.SOA:
+                return reply(req, "local", [_soa(zone)])
+            if qtype == QTYPE.NS:
+                return reply(req, "local", [RR(owner, QTYPE.NS, ttl=TTL, rdata=NS(DNSLabel("localhost.")))])
+            if zone == "localhost":
+                return self._localhost(req, owner, qtype, zone)
+            return reply(req, "local", authority=[_soa(zone)])
+        if qtype == QTYPE.PTR and name in ("1.0.0.127.in-addr.arpa", ZONES[4]):
+            return reply(req, "local", [RR(owner, QTYPE.PTR, ttl=TTL, rdata=PTR(DNSLabel("localhost.")))])
+        if name in ("1.0.0.127.in-addr.arpa",):
+            return reply(req, "local", authority=[_soa(zone)])
+        return reply(req, "local", authority=[_soa(zone)], rcode=RCODE.NXDOMAIN)
+
+    @staticmethod
+    def _localhost(req: Request, owner, qtype: int, zone: str | None):
+        if qtype == QTYPE.A:
+            return reply(req, "local", [RR(owner, QTYPE.A, ttl=TTL, rdata=A("127.0.0.1"))])
+        if qtype == QTYPE.AAAA:
+            return reply(req, "local", [RR(owner, QTYPE.AAAA, ttl=TTL, rdata=AAAA("::1"))])
+        return reply(req, "local", authority=[_soa(zone or "localhost")])

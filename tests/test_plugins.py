@@ -1,0 +1,234 @@
+"""The directives of kdns/plugins/ through real sockets (UDP and TCP): rewrite, template, any, local, chaos,
+nsid, whoami, minimal, bufsize, root, debug — with snippets, imports and {$ENV} in the same Corefile.
+Cases follow CoreDNS's plugin READMEs (rewrite's ftp-us-west-1 example, template's ip-a-b-c-d and
+AAAA-blocking examples, any's RFC 8482 HINFO, chaos's version.bind)."""
+
+from __future__ import annotations
+
+import dns.edns
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import pytest
+
+from harness import EXAMPLE, answers
+from test_dropin import start
+from upstream import FakeUpstream
+
+COREFILE = r"""
+(common) {
+    errors
+    log
+}
+.:53 {
+    import common
+    import extra/*.conf
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+        fallthrough in-addr.arpa ip6.arpa
+    }
+    rewrite name exact alias.example.org. kubernetes.default.svc.cluster.local
+    rewrite name suffix .corp.internal .shop.svc.cluster.local answer auto
+    rewrite stop {
+        name regex (.*)-(us-west-1)\.example\.org {1}.{2}.example.com
+        answer name (.*)\.(us-west-1)\.example\.com {1}-{2}.example.org
+    }
+    rewrite continue name prefix chain-one. chain-two.
+    rewrite name exact chain-two.example.org. www.example.com.
+    rewrite ttl exact ttl.example.com 7
+    rewrite rcode exact gone.example.com NXDOMAIN REFUSED
+    rewrite cname exact payments.example.com. www.example.com.
+    rewrite type HINFO A
+    template IN A tpl.example {
+        match ^ip-(?P<a>[0-9]+)-(?P<b>[0-9]+)-(?P<c>[0-9]+)-(?P<d>[0-9]+)[.]tpl[.]example[.]$
+        answer "{{ .Name }} 60 IN A {{ .Group.a }}.{{ .Group.b }}.{{ .Group.c }}.{{ .Group.d }}"
+        fallthrough
+    }
+    template IN AAAA tpl.example {
+        rcode NOERROR
+    }
+    template IN TXT tpl.example {
+        match "^(?P<x>[0-9a-f]+)[.]hex[.]tpl[.]example[.]$"
+        answer "{{ .Name }} 30 IN TXT \"{{ parseInt .Group.x 16 32 }} {{ .Zone }} {{ .Remote }} {{ index .Match 1 }}\""
+    }
+    template ANY ANY nx.example {
+        match ^exists[.]nx[.]example[.]$
+        answer "{{ .Name }} 60 IN A 192.0.2.7"
+    }
+    any
+    local
+    chaos kdns-test "A. Author"
+    nsid kdns-nsid
+    whoami
+    debug
+    forward example.com UPSTREAM
+    cache {$KDNS_TEST_CACHE_TTL:30}
+}
+"""
+
+HOSTS_SNIPPET = """hosts {
+    10.9.9.9 hosts.example
+    fallthrough
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    with FakeUpstream({
+        ("www.example.com", "A"): ["93.184.215.15"],
+        ("ftp.us-west-1.example.com", "A"): ["10.10.10.10", "10.20.20.20"],
+        ("ttl.example.com", "A"): ["192.0.2.60"],
+    }) as up:
+        yield up
+
+
+@pytest.fixture(scope="module")
+def kdns(tmp_path_factory, upstream):
+    tmp = tmp_path_factory.mktemp("plugins")
+    (tmp / "extra").mkdir()
+    (tmp / "extra" / "hosts.conf").write_text(HOSTS_SNIPPET)
+    with start(tmp, COREFILE, upstream, "--manifests", EXAMPLE) as server:
+        yield server
+
+
+def owners(msg) -> list[str]:
+    return sorted(str(rrset.name) for rrset in msg.answer)
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+def test_rewrite_name_rules_answer_the_clients_own_question(kdns, tcp):
+    # exact: the answer is always rewritten back
+    msg = kdns.query("alias.example.org", tcp=tcp)
+    assert answers(msg) == ["10.96.0.1"] and owners(msg) == ["alias.example.org."]
+    # suffix + answer auto: resolved by kubernetes as api.shop.svc.cluster.local, shown as asked
+    msg = kdns.query("api.corp.internal", tcp=tcp)
+    assert answers(msg) == ["10.96.200.20"] and owners(msg) == ["api.corp.internal."]
+    # CoreDNS README: regex with an explicit answer name rule, resolved upstream
+    msg = kdns.query("ftp-us-west-1.example.org", tcp=tcp)
+    assert answers(msg) == ["10.10.10.10", "10.20.20.20"] and owners(msg) == ["ftp-us-west-1.example.org."]
+    # mixed case in the question is echoed (0x20)
+    msg = kdns.query("AlIaS.eXample.ORG", tcp=tcp)
+    assert str(msg.question[0].name) == "AlIaS.eXample.ORG." and answers(msg) == ["10.96.0.1"]
+
+
+def test_rewrite_continue_stop_and_response_fields(kdns, upstream):
+    # continue: chain-one. -> chain-two. then the next rule -> www.example.com (no answer rule: owner stays)
+    msg = kdns.query("chain-one.example.org")
+    assert answers(msg) == ["93.184.215.15"]
+    assert upstream.count("chain-two.example.org") == 0 and upstream.count("chain-one.example.org") == 0
+    # ttl rewrite on a forwarded answer (upstream says 60)
+    assert [rrset.ttl for rrset in kdns.query("ttl.example.com").answer] == [7]
+    # rcode rewrite: the upstream's NXDOMAIN becomes REFUSED
+    assert kdns.query("gone.example.com").rcode() == dns.rcode.REFUSED
+    # cname rewrite: the ExternalName's target is replaced and the new target resolved
+    msg = kdns.query("payments.shop.svc.cluster.local")
+    texts = sorted(rd.to_text() for rrset in msg.answer for rd in rrset)
+    assert texts == ["93.184.215.15", "www.example.com."] and msg.rcode() == dns.rcode.NOERROR
+    # type rewrite: HINFO asked, A answered, the question is the client's
+    msg = kdns.query("kubernetes.default.svc.cluster.local", "HINFO")
+    assert answers(msg) == ["10.96.0.1"] and msg.question[0].rdtype == dns.rdatatype.HINFO
+
+
+def test_rewritten_name_is_served_like_a_direct_one(kdns):
+    direct = kdns.query("api.shop.svc.cluster.local", "SRV")
+    rewritten = kdns.query("api.corp.internal", "SRV")
+    assert direct.rcode() == rewritten.rcode()
+    assert kdns.query("nope.corp.internal").rcode() == dns.rcode.NXDOMAIN  # NXDOMAIN from kubernetes
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+def test_template(kdns, tcp):
+    msg = kdns.query("ip-10-1-2-3.tpl.example", tcp=tcp)
+    assert answers(msg) == ["10.1.2.3"] and msg.answer[0].ttl == 60 and msg.flags & 0x0400  # AA
+    assert kdns.query("ip-10-1-2-3.tpl.example", "AAAA", tcp=tcp).answer == []  # the AAAA-blocking example
+    assert kdns.query("ip-10-1-2-3.tpl.example", "AAAA", tcp=tcp).rcode() == dns.rcode.NOERROR
+    txt = kdns.query("ff.hex.tpl.example", "TXT", tcp=tcp)
+    assert answers(txt) == ['"255 tpl.example. 127.0.0.1 ff"']
+    # no regex matches, no fallthrough: NXDOMAIN; a match of ANY ANY answers every type
+    assert kdns.query("other.nx.example", tcp=tcp).rcode() == dns.rcode.NXDOMAIN
+    assert answers(kdns.query("exists.nx.example", "MX", tcp=tcp)) == ["192.0.2.7"]
+    # the A template falls through for names it does not match: hosts (from an imported file) answers
+    assert answers(kdns.query("hosts.example", tcp=tcp)) == ["10.9.9.9"]
+
+
+def test_any_local_chaos_whoami_nsid(kdns):
+    msg = kdns.query("kubernetes.default.svc.cluster.local", "ANY")
+    assert [rd.to_text() for rrset in msg.answer for rd in rrset] == ['"ANY obsoleted" "See RFC 8482"']
+    assert answers(kdns.query("localhost")) == ["127.0.0.1"] and answers(kdns.query("localhost", "AAAA")) == ["::1"]
+    assert answers(kdns.query("1.0.0.127.in-addr.arpa", "PTR")) == ["localhost."]
+    assert answers(kdns.query("localhost.example.org")) == ["127.0.0.1"]
+    version = dns.message.make_query("version.bind", "TXT", "CH")
+    assert answers(dns.query.udp(version, "127.0.0.1", port=kdns.port, timeout=3)) == ['"kdns-test"']
+    authors = dns.message.make_query("authors.bind", "TXT", "CH")
+    assert answers(dns.query.tcp(authors, "127.0.0.1", port=kdns.port, timeout=3)) == ['"A. Author"']
+    who = kdns.query("who.am.i")
+    assert who.answer == [] and sorted(rrset.rdtype for rrset in who.additional) == [dns.rdatatype.A,
+                                                                                     dns.rdatatype.SRV]
+    assert [rd.to_text() for rrset in who.additional if rrset.rdtype == dns.rdatatype.A for rd in rrset] == \
+        ["127.0.0.1"]
+    asks = dns.message.make_query("kubernetes.default.svc.cluster.local", "A", use_edns=0,
+                                  options=[dns.edns.GenericOption(dns.edns.NSID, b"")])
+    reply = dns.query.udp(asks, "127.0.0.1", port=kdns.port, timeout=3)
+    assert [o.to_text() for o in reply.options if o.otype == dns.edns.NSID][0].endswith("kdns-nsid")
+    plain = kdns.query("kubernetes.default.svc.cluster.local", use_edns=0)
+    assert not [o for o in plain.options if o.otype == dns.edns.NSID]
+
+
+def test_snippet_logs_queries(kdns):
+    kdns.query("alias.example.org", "TXT")
+    kdns.wait_for_log(r'"TXT IN alias\.example\.org\. udp')
+
+
+def test_minimal_and_bufsize(tmp_path, upstream):
+    text = """.:53 {
+    kubernetes cluster.local
+    minimal
+    bufsize 512
+    hosts {
+        10.0.0.1 big.example
+        10.0.0.2 big.example
+        10.0.0.3 big.example
+        10.0.0.4 big.example
+        10.0.0.5 big.example
+        10.0.0.6 big.example
+        10.0.0.7 big.example
+        10.0.0.8 big.example
+        10.0.0.9 big.example
+        10.0.0.10 big.example
+        10.0.0.11 big.example
+        10.0.0.12 big.example
+        10.0.0.13 big.example
+        10.0.0.14 big.example
+        10.0.0.15 big.example
+        10.0.0.16 big.example
+        10.0.0.17 big.example
+        10.0.0.18 big.example
+        10.0.0.19 big.example
+        10.0.0.20 big.example
+        10.0.0.21 big.example
+        10.0.0.22 big.example
+        10.0.0.23 big.example
+        10.0.0.24 big.example
+        10.0.0.25 big.example
+        10.0.0.26 big.example
+        10.0.0.27 big.example
+        10.0.0.28 big.example
+        10.0.0.29 big.example
+        10.0.0.30 big.example
+        10.0.0.31 big.example
+        10.0.0.32 big.example
+        10.0.0.33 big.example
+        fallthrough
+    }
+}"""
+    with start(tmp_path, text, upstream, "--manifests", EXAMPLE) as kdns:
+        srv = kdns.query("_https._tcp.kubernetes.default.svc.cluster.local", "SRV")
+        assert len(srv.answer) == 1 and srv.additional == []  # minimal: no address in additional
+        nx = kdns.query("nope.default.svc.cluster.local")
+        assert nx.rcode() == dns.rcode.NXDOMAIN and nx.authority  # negative answers keep their SOA
+        # 33 A records are more than 512 bytes: truncated although the client offers 4096
+        big = kdns.query("big.example", use_edns=0, payload=4096)
+        assert big.flags & 0x0200 and big.answer == []
+        assert len(kdns.query("big.example", tcp=True).answer[0]) == 33
