@@ -47,8 +47,8 @@ class Runtime:
         self.reload_settings = reload_settings or (lambda: load_corefile(self.settings.path, self.resolv_conf))
         self.metrics = DnsMetrics()
         self.metrics.reload_hash = settings.digest
-        self.handlers: dict[int, QueryHandler] = {}
-        self.listeners: dict[int, tuple] = {}  # config port -> (udp transport, tcp server, bound port)
+        self.handlers: dict[tuple[int, str], QueryHandler] = {}  # (config port, host) -> handler
+        self.listeners: dict[tuple[int, str], tuple] = {}  # (config port, host) -> (udp, tcp server, bound port)
         self.blocks: list[Block] = []
         self.index = ClusterIndex(implicit_namespaces=True)
         self.index.mark_synced()
@@ -71,14 +71,14 @@ class Runtime:
     async def _apply(self, settings: Settings) -> None:
         self._start_source(settings)
         k = settings.kubernetes
-        blocks_by_port: dict[int, list[Block]] = {}
-        answers_by_port = {port: self.handlers[port].cache if port in self.handlers else AnswerCache()
-                           for port in settings.ports}
-        own = {(self.bind_host, self.port_map.get(port, port)) for port in settings.ports}
-        own |= {(self.bind_host, self.listeners[p][2]) for p in settings.ports if p in self.listeners}
+        blocks_by_listener: dict[tuple[int, str], list[Block]] = {}
+        wanted = {(bc.port, host) for bc in settings.blocks for host in self._hosts(bc)}
+        answers = {key: self.handlers[key].cache if key in self.handlers else AnswerCache() for key in wanted}
+        own = {(host, self.port_map.get(port, port)) for port, host in wanted}
+        own |= {(host, self.listeners[key][2]) for key in wanted if key in self.listeners for host in [key[1]]}
         old_blocks = self.blocks
         new_blocks = []
-        for bc in settings.blocks:
+        for bc, host in ((bc, host) for bc in settings.blocks for host in self._hosts(bc)):
             resolver = None
             if bc.kubernetes is not None:
                 resolver = Resolver(self.index, ResolverConfig(
@@ -95,35 +95,37 @@ class Runtime:
                 except OSError as exc:
                     self.log.warning("autopath_resolv_conf_unreadable", file=path, error=exc.strerror,
                                      effect="no host search domains are tried")
-            block = Block(bc, self.index, answers_by_port[bc.port], self.log, self.metrics, resolver=resolver,
-                          forwarder=forwarder, cache=cache, hosts=hosts, search_domains=search)
+            # one Block per listener: each listener's answer cache holds only what its own blocks answered
+            block = Block(bc, self.index, answers[(bc.port, host)], self.log, self.metrics, resolver=resolver,
+                          forwarder=forwarder, cache=cache, hosts=hosts, search_domains=search,
+                          listener=(bc.port, host))
             new_blocks.append(block)
-            blocks_by_port.setdefault(bc.port, []).append(block)
-        # listeners: keep the ports that stay, bind new ones, close the ones gone
-        for port, blocks in blocks_by_port.items():
-            handler = self.handlers.get(port)
+            blocks_by_listener.setdefault((bc.port, host), []).append(block)
+        # listeners: keep the (port, address) pairs that stay, bind new ones, close the ones gone
+        for key, blocks in blocks_by_listener.items():
+            handler = self.handlers.get(key)
             if handler is None:
-                handler = QueryHandler(blocks, self.log, self.metrics, answers=answers_by_port[port])
+                handler = QueryHandler(blocks, self.log, self.metrics, answers=answers[key])
                 self.index.subscribe(handler.cache.invalidate)
                 if self.negative_rate_limit > 0:
                     handler.negative_limit = NegativeRateLimit(self.negative_rate_limit)
                     handler._update_plain()
-                udp, tcp_server, _, bound = await bind(handler, self.log, self.bind_host, self.port_map.get(port, port),
-                                                       tcp_idle_timeout=self.tcp_idle_timeout,
-                                                       tcp_max_connections=self.tcp_max_connections,
-                                                       reuse_port=self.reuse_port)
-                self.handlers[port] = handler
-                self.listeners[port] = (udp, tcp_server, bound)
+                port, host = key
+                udp, tcp_server, _, bound = await self._bind(handler, host, port)
+                self.handlers[key] = handler
+                self.listeners[key] = (udp, tcp_server, bound)
+                if old_blocks:
+                    self.log.info("listener_opened", server=f"dns://:{port}", address=show_address(host, bound))
             else:
                 handler.set_blocks(blocks)
             handler.observe = settings.prometheus is not None
-        for port in list(self.listeners):
-            if port not in blocks_by_port:
-                udp, tcp_server, bound = self.listeners.pop(port)
+        for key in list(self.listeners):
+            if key not in blocks_by_listener:
+                udp, tcp_server, bound = self.listeners.pop(key)
                 udp.close()
                 tcp_server.close()
-                self.handlers.pop(port)
-                self.log.info("listener_closed", port=bound)
+                self.handlers.pop(key)
+                self.log.info("listener_closed", port=bound, address=show_address(key[1], bound))
         for block in old_blocks:
             if block.forwarder is not None:
                 block.forwarder.close()
@@ -139,6 +141,27 @@ class Runtime:
         for warning in settings.warnings:
             self.log.warning("config_warning", detail=warning)
         self.settings = settings
+
+    def _hosts(self, bc) -> list[str]:
+        """The addresses a block listens on: its `bind`, else kdns's --bind (default every interface)."""
+        bind = bc.plugins.get("bind")
+        return list(bind.addresses) if bind is not None else [self.bind_host]
+
+    async def _bind(self, handler: QueryHandler, host: str, port: int):
+        """UDP+TCP for (host, Corefile port); a port mapped to 0 takes the port another address of it got."""
+        target = self.port_map.get(port, port)
+        if target == 0:
+            taken = [b for (p, _), (_, _, b) in self.listeners.items() if p == port]
+            if taken:
+                try:
+                    return await self._bind_at(handler, host, taken[0])
+                except OSError:
+                    pass
+        return await self._bind_at(handler, host, target)
+
+    async def _bind_at(self, handler: QueryHandler, host: str, port: int):
+        return await bind(handler, self.log, host, port, tcp_idle_timeout=self.tcp_idle_timeout,
+                          tcp_max_connections=self.tcp_max_connections, reuse_port=self.reuse_port)
 
     def _start_source(self, settings: Settings) -> None:
         k = settings.kubernetes
@@ -241,8 +264,9 @@ class Runtime:
                     handler.cache.clear()  # hosts answers take precedence over cached cluster answers
 
     async def _check_loop(self, block: Block) -> None:
-        port = self.listeners[block.config.port][2]
-        host = self.bind_host if self.bind_host not in ("", "::", "0.0.0.0") else "127.0.0.1"
+        port = self.listeners[block.listener][2]
+        host = block.listener[1]
+        host = host if host not in ("", "::", "0.0.0.0") else "127.0.0.1"
         await block.check_loop((host, port))
 
     async def _reload_loop(self) -> None:
@@ -293,6 +317,12 @@ class Runtime:
                 block.forwarder.close()
         if self.http is not None:
             await self.http.stop()
+
+
+def show_address(host: str, port: int) -> str:
+    """HOST:PORT as logged ([v6]:port; every interface is [::])."""
+    host = host or "::"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class _RuntimeCollector:

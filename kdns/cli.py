@@ -179,7 +179,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
 
 
 async def serve(args: argparse.Namespace, log: Logger) -> int:
-    from .app import Runtime  # the runtime pulls in aiohttp and prometheus; check-config does not need them
+    from .app import Runtime, show_address  # aiohttp and prometheus: check-config does not need them
     try:
         settings = load_settings(args)
     except CorefileError as exc:
@@ -228,12 +228,11 @@ async def serve(args: argparse.Namespace, log: Logger) -> int:
             await runtime.shutdown()
             return 2
         raise
-    for port, (_, _, bound) in sorted(runtime.listeners.items()):
-        host = bind_host or "[::]"
-        shown = f"[{host}]:{bound}" if ":" in host and not host.startswith("[") else f"{host}:{bound}"
+    for (port, host), (_, _, bound) in sorted(runtime.listeners.items()):
+        shown = show_address(host, bound)
         extra = {"worker": worker} if args.workers > 1 else {}
         log.info("listening", server=f"dns://:{port}", udp=shown, tcp=shown, **runtime.http_bound,
-                 zones=",".join(z or "." for b in settings.blocks if b.port == port for z in b.zones),
+                 zones=",".join(z or "." for b in runtime.blocks if b.listener == (port, host) for z in b.config.zones),
                  loop=type(asyncio.get_running_loop()).__module__.split(".")[0], **extra)
     reporter = asyncio.create_task(_report_bad_packets(runtime, log, args.stats_interval))
     orphan_watch = asyncio.create_task(_exit_with_parent(stop)) if worker else None

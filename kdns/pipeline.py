@@ -56,6 +56,7 @@ class Block:
     loop_seen: int = 0
     loop_detected: bool = False
     name: str = ""  # the `server` metric label, dns://:PORT (computed once, read per query)
+    listener: tuple = ()  # (Corefile port, address) of the listener this block instance serves
     chain: Chain = field(default_factory=Chain)  # kdns/plugins/ handlers around the built-in chain
 
     def __post_init__(self) -> None:
