@@ -284,7 +284,7 @@ def check_config(args: argparse.Namespace, log: Logger) -> int:
         plugins = [n for n, on in (("kubernetes", block.kubernetes), ("hosts", block.hosts),
                                    ("autopath", block.autopath), ("cache", block.cache), ("forward", block.forward),
                                    ("loadbalance", block.loadbalance), ("log", block.log), ("errors", block.errors),
-                                   ("loop", block.loop)) if on]
+                                   ("loop", block.loop)) if on] + list(block.plugins)
         zones = " ".join(z or "." for z in block.zones)
         print(f"{args.corefile}:{block.line}: server {zones} port {block.port}: {', '.join(plugins) or 'no plugins'}")
     print(f"{args.corefile}: OK")

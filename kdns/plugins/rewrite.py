@@ -110,7 +110,10 @@ def _code(d: Directive, tok: Token, table, what: str) -> int:
     text = tok.text.upper()
     if text.isdigit():
         return int(text)
-    value = getattr(table, text, None) if text != "ANY" or table is QTYPE else 255
+    try:
+        value = getattr(table, text)
+    except (AttributeError, DNSError):
+        value = None
     if not isinstance(value, int):
         raise d.error(f"rewrite: unknown {what} {tok.text!r}", tok)
     return int(value)

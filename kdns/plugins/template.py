@@ -47,8 +47,11 @@ def setup(d: Directive, ctx: SetupContext) -> list[TemplateRule]:
     from ..config import normalize_zone
     nargs(d, 2, None, "template CLASS TYPE [ZONE...] { ... }")
     cls_tok, type_tok = d.args[0], d.args[1]
-    qclass = None if cls_tok.text.upper() == "ANY" else getattr(CLASS, cls_tok.text.upper(), None)
-    if cls_tok.text.upper() != "ANY" and not isinstance(qclass, int):
+    try:
+        qclass = None if cls_tok.text.upper() == "ANY" else getattr(CLASS, cls_tok.text.upper())
+    except (AttributeError, DNSError):
+        qclass = -1
+    if qclass == -1:
         raise d.error(f"template: unknown class {cls_tok.text!r} (IN, CH, HS or ANY)", cls_tok)
     try:
         qtype = None if type_tok.text.upper() == "ANY" else int(getattr(QTYPE, type_tok.text.upper()))
@@ -72,7 +75,10 @@ def setup(d: Directive, ctx: SetupContext) -> list[TemplateRule]:
             checks.append((tpl, opt))
         elif opt.name == "rcode":
             nargs(opt, 1, 1, "rcode CODE")
-            code = getattr(RCODE, opt.args[0].text.upper(), None)
+            try:
+                code = getattr(RCODE, opt.args[0].text.upper())
+            except (AttributeError, DNSError):
+                code = None
             if not isinstance(code, int):
                 raise opt.error(f"template: unknown rcode {opt.args[0].text!r}", opt.args[0])
             rule.rcode = code
