@@ -170,9 +170,10 @@ def load_settings(args: argparse.Namespace) -> Settings:
     if args.corefile:
         settings = load_corefile(args.corefile, args.resolv_conf, args.dns_port)
         k = settings.kubernetes
-        if k is not None:
-            _source_overrides(args, k)
-        elif args.manifests or args.kubeconfig:
+        for block in settings.blocks:  # every kubernetes directive follows the one source
+            if block.kubernetes is not None:
+                _source_overrides(args, block.kubernetes)
+        if k is None and (args.manifests or args.kubeconfig):
             raise ConfigProblem("--manifests", "the Corefile has no kubernetes directive to feed")
         return settings
     return settings_from_args(args)

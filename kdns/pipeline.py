@@ -100,11 +100,14 @@ class Block:
 
     def _store(self, req: Request, result: tuple) -> tuple:
         """Cache what the whole chain produced for the client's own question, when every step allows it."""
+        response, plugin = result
         if req.pending is not None and req.cacheable:
-            response, plugin = result
             zone, deps = req.pending
             groups = rotation_groups(response) if self.config.loadbalance else ()
             self.answers.put(req.query.key, CachedAnswer(response, self, zone, plugin, groups), deps)
+            return result
+        if plugin not in ("forward", "cache"):  # not cached: rotate now (cache hits rotate as they are served)
+            return self._balance(response), plugin
         return result
 
     def _builtin(self, query: Query, name: str, zone: str, tcp: bool, client_ip: str | None,
