@@ -78,7 +78,7 @@ class Runtime:
         own |= {(host, self.listeners[key][2]) for key in wanted if key in self.listeners for host in [key[1]]}
         old_blocks = self.blocks
         new_blocks = []
-        for bc, host in ((bc, host) for bc in settings.blocks for host in self._hosts(bc)):
+        for bc in settings.blocks:
             resolver = None
             if bc.kubernetes is not None:
                 resolver = Resolver(self.index, ResolverConfig(
@@ -95,12 +95,14 @@ class Runtime:
                 except OSError as exc:
                     self.log.warning("autopath_resolv_conf_unreadable", file=path, error=exc.strerror,
                                      effect="no host search domains are tried")
-            # one Block per listener: each listener's answer cache holds only what its own blocks answered
-            block = Block(bc, self.index, answers[(bc.port, host)], self.log, self.metrics, resolver=resolver,
-                          forwarder=forwarder, cache=cache, hosts=hosts, search_domains=search,
-                          listener=(bc.port, host))
-            new_blocks.append(block)
-            blocks_by_listener.setdefault((bc.port, host), []).append(block)
+            # a Block per listener, sharing the plugins (cache, forwarder, hosts) of the server block; each
+            # listener's answer cache holds only what its own blocks answered
+            for host in self._hosts(bc):
+                block = Block(bc, self.index, answers[(bc.port, host)], self.log, self.metrics, resolver=resolver,
+                              forwarder=forwarder, cache=cache, hosts=hosts, search_domains=search,
+                              listener=(bc.port, host))
+                new_blocks.append(block)
+                blocks_by_listener.setdefault((bc.port, host), []).append(block)
         # listeners: keep the (port, address) pairs that stay, bind new ones, close the ones gone
         for key, blocks in blocks_by_listener.items():
             handler = self.handlers.get(key)
@@ -133,7 +135,7 @@ class Runtime:
         self._register_metrics(settings)
         await self._start_http(settings)
         self._tasks = [t for t in self._tasks if not t.done()]  # finished loop checks etc. of earlier configs
-        for block in new_blocks:
+        for block in _per_server_block(new_blocks):
             if block.hosts is not None:
                 self._tasks.append(asyncio.create_task(self._hosts_loop(block)))
             if block.config.loop and block.forwarder is not None:
@@ -210,9 +212,10 @@ class Runtime:
     def _register_metrics(self, settings: Settings) -> None:
         m = self.metrics
         m.plugins_enabled = set()
-        m.forwarders = [b.forwarder for b in self.blocks if b.forwarder is not None]
+        blocks = _per_server_block(self.blocks)
+        m.forwarders = [b.forwarder for b in blocks if b.forwarder is not None]
         m.caches = [(b.name, " ".join(z or "." for z in b.cache.config.zones), b.cache)
-                    for b in self.blocks if b.cache is not None]
+                    for b in blocks if b.cache is not None]
         for b in self.blocks:
             c = b.config
             names = [n for n, on in (("kubernetes", c.kubernetes), ("forward", c.forward), ("cache", c.cache),
@@ -317,6 +320,17 @@ class Runtime:
                 block.forwarder.close()
         if self.http is not None:
             await self.http.stop()
+
+
+def _per_server_block(blocks: list[Block]) -> list[Block]:
+    """One Block of each server block (the others are the same block on its other bind addresses)."""
+    seen: set[int] = set()
+    out = []
+    for block in blocks:
+        if id(block.config) not in seen:
+            seen.add(id(block.config))
+            out.append(block)
+    return out
 
 
 def show_address(host: str, port: int) -> str:
