@@ -667,6 +667,10 @@ def settings_from_corefile(text: str, path: str = "Corefile", resolv_conf: str =
                 block.plugins[d.name] = module.setup(d, ctx)
             else:
                 raise d.error(f"unknown directive {d.name!r} (kdns supports: {', '.join(SUPPORTED)})")
+        for name, plugin_settings in block.plugins.items():
+            validate = getattr(plugin_registry.module(name), "validate", None)
+            if validate is not None:
+                validate(plugin_settings, block)
         root = block.plugins.get("root")
         if root is not None and block.hosts is not None and block.hosts.path and not os.path.isabs(block.hosts.path):
             block.hosts.path = os.path.join(root, block.hosts.path)

@@ -45,6 +45,9 @@ class Service:
     # spec.clusterIP exactly as the API holds it (cluster_ips are canonical): the kubelet writes
     # this string verbatim into <SVC>_SERVICE_HOST, and so does kdns-webhook
     cluster_ip: str = ""
+    # served outside the cluster by the Corefile's k8s_external: spec.externalIPs and
+    # status.loadBalancer.ingress (IPs, and hostnames as "host.name." with the trailing dot)
+    external: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[str, str]:
@@ -219,7 +222,21 @@ def service_from_dict(obj: Mapping[str, Any], default_namespace: str = "default"
             ips = [first]
     return Service(namespace, name, "ClusterIP", cluster_ips=tuple(ips), ports=ports,
                    publish_not_ready=publish, labels=labels,
-                   cluster_ip=cluster_ip or (cluster_ips[0] if isinstance(cluster_ips[0], str) else ips[0]))
+                   cluster_ip=cluster_ip or (cluster_ips[0] if isinstance(cluster_ips[0], str) else ips[0]),
+                   external=_external(obj))
+
+
+def _external(obj: Mapping[str, Any]) -> tuple[str, ...]:
+    """spec.externalIPs, then status.loadBalancer.ingress ip/hostname (hostnames end with a dot)."""
+    out = [_ip(v, f"spec.externalIPs[{i}]") for i, v in enumerate(_list(obj, "spec.externalIPs"))]
+    for i, ing in enumerate(_list(obj, "status.loadBalancer.ingress")):
+        if not isinstance(ing, Mapping):
+            raise ObjectError(f"status.loadBalancer.ingress[{i}]", "expected a mapping")
+        if ing.get("ip"):
+            out.append(_ip(ing["ip"], f"status.loadBalancer.ingress[{i}].ip"))
+        elif isinstance(ing.get("hostname"), str) and ing["hostname"]:
+            out.append(ing["hostname"].rstrip(".").lower() + ".")
+    return tuple(dict.fromkeys(out))
 
 
 def endpointslice_from_dict(obj: Mapping[str, Any], default_namespace: str = "default") -> EndpointSlice | None:

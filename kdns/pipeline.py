@@ -74,7 +74,7 @@ class Block:
     # -------------------------------------------------------------------- the chain
 
     def answer(self, query: Query, name: str, zone: str, tcp: bool, client_ip: str | None, client=None):
-        if not self.chain.wrappers and not self.chain.last:
+        if not self.chain.wrappers and not self.chain.middle and not self.chain.last:
             return self._builtin(query, name, zone, tcp, client_ip)
         req = Request(query, name, zone, tcp, client or ((client_ip, 0) if client_ip else None))
         return then(self.serve(req, 0), lambda result: self._store(req, result))
@@ -121,6 +121,10 @@ class Block:
             ans = self.hosts.lookup(name, qtype)
             if ans is not None:
                 return patch(pack_answer(query, ans, self.ra), query), "hosts"
+        for handler in self.chain.middle:  # k8s_external
+            result = handler.serve(req, None)
+            if result is not None:
+                return result
         if self.resolver is not None:
             labels = query.labels
             ans = self.resolver.resolve(labels, qtype)

@@ -80,6 +80,12 @@ import stub.server
     (".:53 {\n  minimal {\n    more\n  }\n}\n", "3:5", "unknown option 'more'"),
     (".:53 {\n  root /no/such/dir\n}\n", "2:8", "is not a directory"),
     (".:53 {\n  local 1\n}\n", "2:3", "wrong number of arguments"),
+    (".:53 {\n  k8s_external example.com\n}\n", "2:3", "needs a kubernetes directive"),
+    ("a.test {\n  kubernetes a.test\n  k8s_external b.test\n}\n", "3:16", "not inside the server block"),
+    (".:53 {\n  kubernetes cluster.local\n  k8s_external x.test {\n    wildcard\n  }\n}\n", "4:5",
+     "unknown option 'wildcard'"),
+    (".:53 {\n  kubernetes cluster.local\n  k8s_external x.test {\n    ttl 99999\n  }\n}\n", "4:9",
+     "between 0 and 3600"),
 ])
 def test_plugin_errors_name_file_line_and_column(text, where, message, resolv):
     with pytest.raises(CorefileError) as err:

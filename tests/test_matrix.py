@@ -1,5 +1,5 @@
 """Every directive kdns accepts together with every other, in one server block each (generated, not
-hand-picked): one kdns process serves all pairs, each block on its own port, and each directive's
+hand-picked): one kdns process serves all 351 pairs, each block on its own port, and each directive's
 probes are asked of every block holding it, over UDP and over TCP. autopath + cache is among them."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pytest
 
 from harness import EXAMPLE, answers
 from test_dropin import start
+from test_k8s_external import MANIFEST as EDGE
 from upstream import FakeUpstream
 
 BIG = 40  # hosts addresses of big.example: more than 512 bytes
@@ -148,6 +149,8 @@ DIRECTIVES: dict[str, Spec] = {
     "bufsize": Spec("bufsize 512", ("hosts",), (Probe("big.example", "A", _big, options={"use_edns": 0,
                                                                                          "payload": 4096}),)),
     "whoami": Spec("whoami", probes=(Probe("who.am.i", "A", _whoami),)),
+    "k8s_external": Spec("k8s_external example.external", ("kubernetes",),
+                         (Probe("web.edge.example.external", "A", _a("192.0.2.50", "198.51.100.7")),)),
     "debug": Spec("debug", ("kubernetes",), BASIC),
     "root": Spec("root ROOTDIR", ("kubernetes",), BASIC),
     "chaos": Spec("chaos kdns-matrix", probes=(Probe("version.bind", "TXT", _chaos, rdclass="CH"),)),
@@ -187,7 +190,9 @@ def test_combination_matrix(tmp_path):
     port_maps = [arg for i in range(len(all_pairs)) for arg in ("--port-map", f"{FIRST_PORT + i}=0")]
     with FakeUpstream({("www.example.com", "A"): ["93.184.215.15"]}) as upstream:
         text = corefile().replace("ROOTDIR", str(tmp_path))
-        with start(tmp_path, text, upstream, "--manifests", EXAMPLE, *port_maps) as kdns:
+        (tmp_path / "edge.yaml").write_text(EDGE)  # a LoadBalancer service for k8s_external
+        with start(tmp_path, text, upstream, "--manifests", EXAMPLE, "--manifests", str(tmp_path / "edge.yaml"),
+                   *port_maps) as kdns:
             kdns.wait_for_log(rf"listening server=dns://:{FIRST_PORT + len(all_pairs) - 1} ", timeout=60)
             where = {}
             for line in kdns.lines:

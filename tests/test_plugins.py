@@ -232,3 +232,33 @@ def test_minimal_and_bufsize(tmp_path, upstream):
         big = kdns.query("big.example", use_edns=0, payload=4096)
         assert big.flags & 0x0200 and big.answer == []
         assert len(kdns.query("big.example", tcp=True).answer[0]) == 33
+
+
+def test_plugins_reload_and_a_broken_reload_keeps_them(tmp_path, upstream):
+    base = """(tpl) {
+    template IN A tpl.example {
+        answer "{{ .Name }} 60 IN A ADDRESS"
+    }
+}
+.:53 {
+    reload 2s 1s
+    kubernetes cluster.local
+    rewrite name exact alias.example.org TARGET
+    import tpl
+}
+"""
+    first = base.replace("TARGET", "kubernetes.default.svc.cluster.local").replace("ADDRESS", "192.0.2.1")
+    with start(tmp_path, first, upstream, "--manifests", EXAMPLE) as kdns:
+        assert answers(kdns.query("alias.example.org")) == ["10.96.0.1"]
+        assert answers(kdns.query("x.tpl.example")) == ["192.0.2.1"]
+        (tmp_path / "Corefile").write_text(
+            base.replace("TARGET", "api.shop.svc.cluster.local").replace("ADDRESS", "192.0.2.2"))
+        kdns.wait_for_log(r"INFO reloaded ", timeout=20)
+        assert answers(kdns.query("alias.example.org")) == ["10.96.200.20"]
+        assert answers(kdns.query("x.tpl.example", tcp=True)) == ["192.0.2.2"]
+        mark = len(kdns.lines)
+        (tmp_path / "Corefile").write_text(base.replace("TARGET", "a.b").replace("ADDRESS", "{{ .Nope }}"))
+        line = kdns.wait_for_log(r"ERROR reload_failed ", timeout=20, start=mark)
+        assert f"{tmp_path / 'Corefile'}:3:40: template: unknown field .Nope" in line
+        assert answers(kdns.query("alias.example.org")) == ["10.96.200.20"]  # still the last good config
+        assert answers(kdns.query("x.tpl.example")) == ["192.0.2.2"]

@@ -8,8 +8,10 @@ listed in ORDER. The module provides:
         .serve(req: Request, next) -> Result              # Result: (bytes, plugin) or an awaitable of it
 
 Handlers ordered before `hosts` wrap the block's built-in chain (hosts, kubernetes, forward) as
-CoreDNS middleware does: they see the request first and the response last. Handlers ordered after
-`forward` answer what nothing before them answered.
+CoreDNS middleware does: they see the request first and the response last. Handlers between
+`hosts` and `kubernetes` are asked after hosts (`serve(req, None)` returns a result or None to pass
+on). Handlers ordered after `forward` answer what nothing before them answered. A module may also
+define `validate(settings, block_config)`, called once its whole server block is parsed.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any, Awaitable, Callable, Union
 ORDER = (
     "root", "reload", "nsid", "bufsize", "bind", "debug", "ready", "health", "prometheus", "errors", "log",
     "local", "acl", "any", "chaos", "loadbalance", "cache", "rewrite", "autopath", "minimal", "template",
-    "hosts", "kubernetes", "loop", "forward", "whoami",
+    "hosts", "k8s_external", "kubernetes", "loop", "forward", "whoami",
 )
 BUILTIN = frozenset({"reload", "ready", "health", "prometheus", "errors", "log", "acl", "loadbalance", "cache",
                      "autopath", "hosts", "kubernetes", "loop", "forward"})
@@ -114,6 +116,7 @@ class Chain:
     """A block's plugin handlers, split around the built-in chain."""
 
     wrappers: list = field(default_factory=list)  # before hosts: middleware, outermost first
+    middle: list = field(default_factory=list)  # between hosts and kubernetes: answer or pass (None)
     last: list = field(default_factory=list)  # after forward: tried when nothing else answered
 
 
@@ -130,6 +133,8 @@ def build_chain(plugins: dict[str, Any], block) -> Chain:
             chain.wrappers.append(handler)
         elif POSITION[name] > POSITION["forward"]:
             chain.last.append(handler)
+        elif POSITION[name] < POSITION["kubernetes"]:
+            chain.middle.append(handler)
         else:
-            raise AssertionError(f"plugin {name}: no hook between hosts and forward yet")
+            raise AssertionError(f"plugin {name}: no hook between kubernetes and forward yet")
     return chain
