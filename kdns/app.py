@@ -83,7 +83,8 @@ class Runtime:
             if bc.kubernetes is not None:
                 resolver = Resolver(self.index, ResolverConfig(
                     zones=ZoneSet(bc.kubernetes.zones), ttl=bc.kubernetes.ttl, pods=bc.kubernetes.pods,
-                    can_chase=bc.forward is not None, ignore_empty_service=bc.kubernetes.ignore_empty_service))
+                    can_chase=bc.forward is not None, ignore_empty_service=bc.kubernetes.ignore_empty_service,
+                    zonal=bc.kubernetes.zonal))
             forwarder = Forwarder(bc.forward, self.log, own) if bc.forward is not None else None
             cache = ResponseCache(bc.cache, own_zones=k.zones if k else []) if bc.cache is not None else None
             hosts = Hosts(bc.hosts, self.log) if bc.hosts is not None else None

@@ -38,6 +38,7 @@ class KubernetesConfig:
     endpoint_pod_names: bool = False
     noendpoints: bool = False
     ignore_empty_service: bool = False
+    zonal: bool = False
     kubeconfig: str | None = None
     context: str | None = None
     endpoint: str | None = None
@@ -333,6 +334,9 @@ def _kubernetes(d: Directive, block_zones: list[str], warnings: list[str]) -> Ku
         elif opt.name == "noendpoints":
             _nargs(opt, 0, 0, "noendpoints")
             k.noendpoints = True
+        elif opt.name == "zonal":
+            _nargs(opt, 0, 0, "zonal")
+            k.zonal = True
         elif opt.name == "ignore":
             _nargs(opt, 1, 1, "ignore empty_service")
             if vals[0].text != "empty_service":
@@ -361,7 +365,7 @@ def _kubernetes(d: Directive, block_zones: list[str], warnings: list[str]) -> Ku
         else:
             raise opt.error(f"kubernetes: unknown or unsupported option {opt.name!r} (kdns supports: endpoint, tls, "
                             "kubeconfig, namespaces, labels, namespace_labels, pods, endpoint_pod_names, ttl, "
-                            "noendpoints, fallthrough, ignore empty_service, manifests)")
+                            "noendpoints, zonal, fallthrough, ignore empty_service, manifests)")
     if k.manifests and (k.kubeconfig or k.endpoint or k.tls):
         raise d.error("kubernetes: manifests cannot be combined with kubeconfig/endpoint/tls")
     return k

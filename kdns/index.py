@@ -33,6 +33,7 @@ class EndpointRecord:
     ready: bool
     pod_name: str
     ports: tuple[ServicePort, ...] = ()  # the ports of the slice this address came from
+    zone: str = ""  # the endpoint's topology zone (kubernetes `zonal`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,7 +340,7 @@ class ClusterIndex:
             if (name, ip) in seen:
                 continue
             seen.add((name, ip))
-            yield EndpointRecord(name, ip, ep.ready, ep.pod_name, ports)
+            yield EndpointRecord(name, ip, ep.ready, ep.pod_name, ports, ep.zone)
 
     # ---------------------------------------------------------------- queries (for the resolver)
 

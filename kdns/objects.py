@@ -64,6 +64,7 @@ class Endpoint:
     ready: bool = True
     hostname: str = ""
     pod_name: str = ""
+    zone: str = ""  # EndpointSlice endpoints[].zone (topology zone), for the kubernetes `zonal` option
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,8 +278,11 @@ def endpointslice_from_dict(obj: Mapping[str, Any], default_namespace: str = "de
             raise ObjectError(f"{p}.hostname", f"expected a string, got {_show(hostname)}")
         target = ep.get("targetRef") or {}
         pod_name = target.get("name", "") if isinstance(target, Mapping) and target.get("kind", "Pod") == "Pod" else ""
+        zone = ep.get("zone") or ""
+        if not isinstance(zone, str):
+            raise ObjectError(f"{p}.zone", f"expected a string, got {_show(zone)}")
         endpoints.append(Endpoint(addresses=ips, ready=ready is not False, hostname=hostname.lower(),
-                                  pod_name=pod_name if isinstance(pod_name, str) else ""))
+                                  pod_name=pod_name if isinstance(pod_name, str) else "", zone=zone))
     ports = _ports(_list(obj, "ports"), "ports")
     return EndpointSlice(namespace, name, service, tuple(endpoints), ports)
 
