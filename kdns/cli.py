@@ -287,7 +287,8 @@ def check_config(args: argparse.Namespace, log: Logger) -> int:
                                    ("loadbalance", block.loadbalance), ("log", block.log), ("errors", block.errors),
                                    ("loop", block.loop)) if on] + list(block.plugins)
         zones = " ".join(z or "." for z in block.zones)
-        print(f"{args.corefile}:{block.line}: server {zones} port {block.port}: {', '.join(plugins) or 'no plugins'}")
+        print(f"{block.path or args.corefile}:{block.line}: server {zones} port {block.port}: "
+              f"{', '.join(plugins) or 'no plugins'}")
     print(f"{args.corefile}: OK")
     return 0
 

@@ -159,6 +159,7 @@ class BlockConfig:
     acl: AclConfig | None = None
     plugins: dict[str, Any] = field(default_factory=dict)  # directives of kdns/plugins/: name -> settings
     line: int = 0
+    path: str = ""  # the file the block is written in (an imported file names itself)
 
     @property
     def name(self) -> str:
@@ -595,7 +596,7 @@ def settings_from_corefile(text: str, path: str = "Corefile", resolv_conf: str =
         ports = {port for (_, port), _ in keys}
         if len(ports) > 1:
             raise sb.keys[0].error("all keys of one server block must use the same port")
-        block = BlockConfig(zones=[z for (z, _), _ in keys], port=ports.pop(), line=sb.line)
+        block = BlockConfig(zones=[z for (z, _), _ in keys], port=ports.pop(), line=sb.line, path=sb.path)
         ctx = plugin_registry.SetupContext(block, settings, resolv_conf)
         once: dict[str, Directive] = {}
         for d in sorted(sb.directives, key=lambda d: d.name != "root"):  # root first: later paths use it

@@ -101,7 +101,7 @@ class Block:
     def _store(self, req: Request, result: tuple) -> tuple:
         """Cache what the whole chain produced for the client's own question, when every step allows it."""
         response, plugin = result
-        if req.pending is not None and req.cacheable:
+        if req.pending is not None and req.cacheable and response[3] & 0x0F != RCODE.SERVFAIL:
             zone, deps = req.pending
             groups = rotation_groups(response) if self.config.loadbalance else ()
             self.answers.put(req.query.key, CachedAnswer(response, self, zone, plugin, groups), deps)

@@ -85,3 +85,13 @@ def test_customised_kubeadm_corefile(tmp_path):
                 assert answers(kdns.query("kubernetes.default.svc.cluster.local", tcp=tcp)) == ["10.96.0.1"]
             assert internet.count("git.corp.internal") == 0
             wait_until(lambda: kdns.get("ready", "/ready")[0] == 200, what="ready")
+
+
+def test_deploy_corefiles_pass_check_config():
+    from test_corefile import _kdns
+    for name in ("nodelocaldns", "kubeadm-customised"):
+        path = os.path.join(CORFILES, name, "Corefile")
+        out = _kdns("check-config", path)
+        assert out.returncode == 0 and out.stdout.strip().endswith(f"{path}: OK"), out.stderr
+    # a block from an imported file is listed under that file's name and line
+    assert f"{os.path.join(CORFILES, 'kubeadm-customised', 'stubs', 'corp.server')}:2: server corp.internal" in out.stdout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from dnslib import DNSRecord
+from dnslib import DNSLabel, DNSRecord
 
 from ..corefile import Directive
 from ..resolver import Answer
@@ -37,6 +37,18 @@ def integer(d: Directive, tok, lo: int, hi: int, what: str) -> int:
     if not lo <= value <= hi:
         raise d.error(f"{d.name}: {what} must be between {lo} and {hi}, got {value}", tok)
     return value
+
+
+def asked_name(query, *prefix: bytes) -> DNSLabel | None:
+    """The asked name (lower case) as a DNSLabel built from its wire labels, so odd bytes are never
+    re-parsed as text, with `prefix` labels in front; None when that exceeds 255 bytes."""
+    labels, name, pos = list(prefix), query.qname.lower(), 0
+    while name[pos]:
+        labels.append(name[pos + 1: pos + 1 + name[pos]])
+        pos += 1 + name[pos]
+    if sum(len(label) + 1 for label in labels) + 1 > 255:
+        return None
+    return DNSLabel(labels) if labels else DNSLabel(".")
 
 
 def reply(req, plugin: str, answer=(), authority=(), additional=(), rcode: int = 0, aa: bool = True,

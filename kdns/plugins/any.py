@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dnslib import QTYPE, RD, RR, DNSLabel
+from dnslib import QTYPE, RD, RR
 
 from ..corefile import Directive
 from . import Handler as Base, Request, SetupContext
-from ._common import flag, reply
+from ._common import asked_name, flag, reply
 
 
 CPU, OS = b"ANY obsoleted", b"See RFC 8482"
@@ -22,6 +22,6 @@ class Handler(Base):
     def serve(self, req: Request, next):
         if req.query.qtype != QTYPE.ANY:
             return next(req)
-        owner = DNSLabel(req.query.name_text)
+        owner = asked_name(req.query)
         rr = RR(owner, QTYPE.HINFO, ttl=8482, rdata=RD(HINFO_RDATA))
         return reply(req, "any", [rr], aa=False)

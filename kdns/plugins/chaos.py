@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import socket
 
-from dnslib import CLASS, QTYPE, RCODE, RR, TXT, DNSLabel
+from dnslib import CLASS, QTYPE, RCODE, RR, TXT
 
 from ..corefile import Directive
 from . import Request, SetupContext
-from ._common import no_block, reply
+from ._common import asked_name, no_block, reply
 
 CH = 3
 
@@ -38,5 +38,5 @@ class Handler:
                  "hostname.bind": [socket.gethostname()], "id.server": [socket.gethostname()]}.get(req.name)
         if texts is None:
             return reply(req, "chaos", rcode=RCODE.REFUSED, aa=False)
-        owner = DNSLabel(query.name_text)
+        owner = asked_name(query)
         return reply(req, "chaos", [RR(owner, QTYPE.TXT, CLASS.CH, 0, TXT(t)) for t in texts])

@@ -12,7 +12,7 @@ from dnslib import AAAA, CNAME, NS, QTYPE, RCODE, RR, SOA, SRV, A, DNSLabel
 
 from ..corefile import Directive
 from . import Handler as Base, Request, SetupContext
-from ._common import integer, nargs, reply
+from ._common import asked_name, integer, nargs, reply
 
 
 @dataclass
@@ -74,7 +74,7 @@ class Handler(Base):
         req.top.cacheable = False  # read from the index on every query: no dependency keys to invalidate by
         labels = req.name[: len(req.name) - len(zone)].rstrip(".").split(".") if req.name != zone else []
         qtype = req.query.qtype
-        owner = DNSLabel(req.query.name_text)
+        owner = asked_name(req.query)
         fzone = zone + "." if zone else ""
         soa = RR(DNSLabel(fzone or "."), QTYPE.SOA, ttl=cfg.ttl, rdata=SOA(
             DNSLabel(f"ns1.{cfg.apex}.{fzone}"), DNSLabel(f"hostmaster.{cfg.apex}.{fzone}"),

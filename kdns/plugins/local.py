@@ -7,7 +7,7 @@ from dnslib import AAAA, NS, PTR, QTYPE, RCODE, RR, SOA, A, DNSLabel
 
 from ..corefile import Directive
 from . import Handler as Base, Request, SetupContext
-from ._common import flag, reply
+from ._common import asked_name, flag, reply
 
 ZONES = ("localhost", "0.in-addr.arpa", "127.in-addr.arpa", "255.in-addr.arpa",
          "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa")
@@ -27,7 +27,7 @@ class Handler(Base):
 
     def serve(self, req: Request, next):
         name, qtype = req.name, req.query.qtype
-        owner = DNSLabel(req.query.name_text)
+        owner = asked_name(req.query)
         if name.startswith("localhost.") and not name.endswith(".arpa"):  # localhost.example.org
             return self._localhost(req, owner, qtype, None)
         zone = None

@@ -16,7 +16,7 @@ from dnslib import CLASS, CNAME, QTYPE, RCODE, DNSError, DNSLabel, DNSQuestion, 
 from ..corefile import Directive, Token
 from ..wire import WireError, error_response, parse_query, patch
 from . import Handler as Base, Request, SetupContext, then
-from ._common import edit
+from ._common import asked_name, edit
 
 MATCH_TYPES = ("exact", "prefix", "suffix", "substring", "regex")
 VALUE_TYPES = (QTYPE.CNAME, QTYPE.DNAME, QTYPE.SOA, QTYPE.SRV, QTYPE.MX, QTYPE.NAPTR, QTYPE.NS)
@@ -270,6 +270,7 @@ class Handler(Base):
             data = query.data[:12] + _question(name, qtype, qclass) + query.data[query.qend:]
             inner = parse_query(data)
         except (ValueError, WireError) as exc:
+            req.top.cacheable = False
             self.block.log.warning("rewrite_failed", name=query.name_text, rewritten=name, error=str(exc))
             return error_response(query.data, RCODE.SERVFAIL, query), "rewrite"
         return then(next(req.replace(inner)), lambda r: self._back(req, r, name_rules, response_rules, next))
@@ -280,7 +281,7 @@ class Handler(Base):
         cname_rules = [r for r in response_rules if r.field == "cname"]
 
         def fix(record: DNSRecord) -> None:
-            record.questions = [DNSQuestion(DNSLabel(query.name_text), query.qtype, query.qclass)]
+            record.questions = [DNSQuestion(asked_name(query), query.qtype, query.qclass)]
             for rule, before, after in name_rules:
                 owners: list[Matcher] = list(rule.answer_name)
                 if rule.matcher.kind == "exact" or rule.answer_auto:
@@ -302,7 +303,8 @@ class Handler(Base):
                     record.header.rcode = rule.to_value
         try:
             out = edit(response, fix)
-        except (DNSError, ValueError, struct.error) as exc:
+        except Exception as exc:  # noqa: BLE001 - dnslib raises many kinds for a name it cannot pack
+            req.top.cacheable = False
             self.block.log.warning("rewrite_failed", name=query.name_text, error=f"response: {exc}")
             return error_response(query.data, RCODE.SERVFAIL, query), "rewrite"
         out = patch(out, query)
@@ -336,10 +338,14 @@ class Handler(Base):
             req.top.cacheable = False
 
             def merge(result: tuple) -> tuple:
-                sub = DNSRecord.parse(result[0])
-                record.rr = keep + list(sub.rr)
-                record.header.rcode = sub.header.rcode
-                return patch(bytes(record.pack()), req.query), plugin
+                try:
+                    sub = DNSRecord.parse(result[0])
+                    record.rr = keep + list(sub.rr)
+                    record.header.rcode = sub.header.rcode
+                    return patch(bytes(record.pack()), req.query), plugin
+                except Exception as exc:  # noqa: BLE001 - dnslib raises many kinds for a name it cannot pack
+                    self.block.log.warning("rewrite_failed", name=req.query.name_text, error=f"cname: {exc}")
+                    return response, plugin
             return then(next(req.replace(inner)), merge)
         return response, plugin
 

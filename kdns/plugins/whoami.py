@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dnslib import AAAA, QTYPE, RR, SRV, A, DNSLabel
+from dnslib import AAAA, QTYPE, RR, SRV, A
 
 from ..corefile import Directive
 from . import Handler as Base, Request, SetupContext
-from ._common import flag, reply
+from ._common import asked_name, flag, reply
 
 
 def setup(d: Directive, ctx: SetupContext) -> bool:
@@ -20,10 +20,12 @@ class Handler(Base):
         if req.client is None:
             return None
         ip, port = req.client[0].split("%")[0], req.client[1]
-        owner = DNSLabel(req.query.name_text)
+        name = asked_name(req.query)
         if ip.startswith("::ffff:") and "." in ip:
             ip = ip[len("::ffff:"):]
-        addr = RR(owner, QTYPE.AAAA, ttl=0, rdata=AAAA(ip)) if ":" in ip else RR(owner, QTYPE.A, ttl=0, rdata=A(ip))
-        srv_owner = DNSLabel(("_tcp." if req.tcp else "_udp.") + req.query.name_text)
-        srv = RR(srv_owner, QTYPE.SRV, ttl=0, rdata=SRV(0, 0, port, owner))
+        addr = RR(name, QTYPE.AAAA, ttl=0, rdata=AAAA(ip)) if ":" in ip else RR(name, QTYPE.A, ttl=0, rdata=A(ip))
+        srv_owner = asked_name(req.query, b"_tcp" if req.tcp else b"_udp")
+        if srv_owner is None:  # a name of 250+ bytes has no room for the _udp label
+            return reply(req, "whoami", additional=[addr])
+        srv = RR(srv_owner, QTYPE.SRV, ttl=0, rdata=SRV(0, 0, port, name))
         return reply(req, "whoami", additional=[addr, srv])
