@@ -83,6 +83,8 @@ class Block:
         """The chain from wrapper `position` on: plugins may call it again with a rewritten request."""
         if position < len(self.chain.wrappers):
             return self.chain.wrappers[position].serve(req, lambda r: self.serve(r, position + 1))
+        if req.query.qclass not in (1, 255):  # CH/HS let in for a plugin that did not answer it
+            return error_response(req.query.data, RCODE.REFUSED, req.query), ""
         result = self._builtin(req.query, req.name, req.zone, req.tcp, req.client_ip, req)
         if self.chain.last:
             return then(result, lambda res: self._last(req, res))

@@ -71,6 +71,8 @@ import stub.server
      "4:29", "index .Match 3: the match regexes have 1 groups"),
     (".:53 {\n  template IN A {\n    answer \"{{ .Name }} 60 IN A not-an-ip\"\n  }\n}\n", "3:12", "not a resource record"),
     (".:53 {\n  template IN A {\n    answer \"{{ lower .Name }}\"\n  }\n}\n", "3:16", "unknown function 'lower'"),
+    # CoreDNS's NonRRTemplate: a SERVFAIL per query there, a config error here
+    (".:53 {\n  template IN A {\n    answer \"{{ .Name }}\"\n  }\n}\n", "3:12", "not a resource record"),
     (".:53 {\n  template IN BOGUS\n}\n", "2:15", "unknown type 'BOGUS'"),
     (".:53 {\n  template XX A\n}\n", "2:12", "unknown class 'XX'"),
     (".:53 {\n  template IN A {\n    ederror 1\n  }\n}\n", "3:5", "unknown option 'ederror'"),

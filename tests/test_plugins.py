@@ -312,3 +312,81 @@ def test_random_queries_never_break_the_plugins(kdns):
     assert not problems, problems[:5]
     errors = [line for line in kdns.lines if "internal_error" in line]
     assert not errors, "\n".join(errors[:3])
+
+
+def test_coredns_template_cases(tmp_path, upstream):
+    # CoreDNS plugin/template template_test.go: TestMultiSection (each template in the block of its zone, as
+    # the server block keys route them in CoreDNS) and TestHandler's MX/additional, authority, NXDOMAIN-with-SOA,
+    # SERVFAIL and CNAME cases
+    text = r"""test.:53 {
+    template IN A {
+        rcode REFUSED
+    }
+    template IN TXT {
+        match "$^"
+        rcode SERVFAIL
+        fallthrough
+    }
+    template IN MX {
+        rcode SERVFAIL
+    }
+    whoami
+}
+coredns.invalid.:53 {
+    template CH TXT coredns.invalid {
+        answer "{{ .Name }} 60 CH TXT \"test\""
+    }
+}
+example.:53 {
+    template IN A example {
+        match ^ip-10-(?P<b>[0-9]*)-(?P<c>[0-9]*)-(?P<d>[0-9]*)[.]example[.]$
+        answer "{{ .Name }} 60 IN A 10.{{ .Group.b }}.{{ .Group.c }}.{{ .Group.d }}"
+        additional "ns0.example. IN A 203.0.113.8"
+        authority "example. IN NS ns0.example.com."
+        fallthrough
+    }
+    template IN MX example {
+        match ^ip-10-(?P<b>[0-9]*)-(?P<c>[0-9]*)-(?P<d>[0-9]*)[.]example[.]$
+        answer "{{ .Name }} 60 IN MX 10 {{ .Name }}"
+        additional "{{ .Name }} 60 IN A 10.{{ .Group.b }}.{{ .Group.c }}.{{ .Group.d }}"
+    }
+    whoami
+}
+invalid.:53 {
+    template ANY ANY invalid {
+        match "[.]invalid[.]$"
+        rcode NXDOMAIN
+        answer "invalid. 60 {{ .Class }} SOA a.invalid. b.invalid. (1 60 60 60 60)"
+    }
+}
+net.:53 {
+    template ANY ANY {
+        match "example[.]net[.]"
+        answer "example.net 60 IN CNAME target.example.com"
+    }
+}
+"""
+    with start(tmp_path, text, upstream) as kdns:
+        assert kdns.query("some.test").rcode() == dns.rcode.REFUSED
+        assert kdns.query("some.test", "TXT").answer == []  # fell through to whoami (no answer records)
+        assert kdns.query("some.test", "TXT").rcode() == dns.rcode.NOERROR
+        assert kdns.query("some.test", "MX").rcode() == dns.rcode.SERVFAIL
+        ch = dns.query.udp(dns.message.make_query("coredns.invalid", "TXT", "CH"), "127.0.0.1", port=kdns.port,
+                           timeout=3)
+        assert answers(ch) == ['"test"'] and ch.answer[0].rdclass == dns.rdataclass.CH
+        a = kdns.query("ip-10-11-12-13.example")
+        assert answers(a) == ["10.11.12.13"]
+        assert [rd.to_text() for rrset in a.additional for rd in rrset] == ["203.0.113.8"]
+        assert [rd.to_text() for rrset in a.authority for rd in rrset] == ["ns0.example.com."]
+        mx = kdns.query("ip-10-11-12-13.example", "MX", tcp=True)
+        assert answers(mx) == ["10 ip-10-11-12-13.example."]
+        assert [rd.to_text() for rrset in mx.additional for rd in rrset] == ["10.11.12.13"]
+        # something.example. A falls through (to whoami); MX never does: NXDOMAIN
+        assert kdns.query("something.example").rcode() == dns.rcode.NOERROR
+        assert kdns.query("something.example", "MX").rcode() == dns.rcode.NXDOMAIN
+        nx = kdns.query("test.invalid", "MX")
+        assert nx.rcode() == dns.rcode.NXDOMAIN and [r.rdtype for r in nx.answer] == [dns.rdatatype.SOA]
+        assert answers(kdns.query("example.net")) == ["target.example.com."]
+        # CH questions no template answers are REFUSED, never answered as IN by the rest of the block
+        other = dns.message.make_query("else.coredns.invalid", "A", "CH")
+        assert dns.query.udp(other, "127.0.0.1", port=kdns.port, timeout=3).rcode() == dns.rcode.REFUSED

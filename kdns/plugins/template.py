@@ -127,9 +127,26 @@ def _check_rr(opt: Directive, tok: Token, tpl: Template, rule: TemplateRule) -> 
         raise opt.error(f"template: {exc}", tok) from None
 
 
+def _unparen(text: str) -> str:
+    """Zone-file parentheses (`SOA a. b. (1 60 60 60 60)`) as spaces, outside quoted strings: dnslib's
+    parser reads one line and does not know them."""
+    out, quoted, escaped = [], False, False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch in "()" and not quoted:
+            ch = " "
+        out.append(ch)
+    return "".join(out)
+
+
 def _rr(text: str) -> RR:
     try:
-        records = RR.fromZone(text)
+        records = RR.fromZone(_unparen(text))
     except Exception as exc:  # noqa: BLE001 - dnslib's zone parser raises many kinds
         raise ValueError(f"not a resource record: {text!r} ({exc})") from None
     if len(records) != 1:
@@ -139,6 +156,11 @@ def _rr(text: str) -> RR:
 
 class Handler(Base):
     """config: the block's templates, in file order."""
+
+    @property
+    def classes(self) -> set[int]:
+        """Classes other than IN that a template names (CH, HS): the server lets those questions in."""
+        return {rule.qclass for rule in self.config if rule.qclass is not None}
 
     def serve(self, req: Request, next):
         query = req.query
