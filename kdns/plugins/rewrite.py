@@ -19,16 +19,13 @@ from . import Handler as Base, Request, SetupContext, then
 from ._common import asked_name, edit
 
 MATCH_TYPES = ("exact", "prefix", "suffix", "substring", "regex")
+MAX_REGEX = 10000  # as CoreDNS: a pattern is compiled once but matched against every question
 VALUE_TYPES = (QTYPE.CNAME, QTYPE.DNAME, QTYPE.SOA, QTYPE.SRV, QTYPE.MX, QTYPE.NAPTR, QTYPE.NS)
 
 
 def _fqdn(name: str) -> str:
     name = name.lower()
     return name if name.endswith(".") else name + "."
-
-
-def _go_template(to: str) -> str:
-    return re.sub(r"\{(\d+)\}", r"\\g<\1>", to)
 
 
 @dataclass
@@ -42,8 +39,8 @@ class Matcher:
 
     def match(self, name: str) -> bool:
         k, s = self.kind, self.source
-        if k == "exact":
-            return name == s
+        if k in ("exact", "remap"):
+            return name == s or (k == "remap" and name.endswith("." + s))
         if k == "prefix":
             return name.startswith(s)
         if k == "suffix":
@@ -56,6 +53,10 @@ class Matcher:
         k, s, t = self.kind, self.source, self.target
         if k == "exact":
             return t if name == s else None
+        if k == "remap":  # answer auto: the rewritten name, and names below it, back to the asked one
+            if name == s:
+                return t
+            return name[: len(name) - len(s)] + t if name.endswith("." + s) else None
         if k == "prefix":
             return t + name[len(s):] if name.startswith(s) else None
         if k == "suffix":
@@ -63,13 +64,18 @@ class Matcher:
         if k == "substring":
             return name.replace(s, t) if s in name else None
         m = self.regex.search(name)
-        return _fqdn(m.expand(_go_template(t))) if m is not None else None
-
-    def reverse(self) -> "Matcher | None":
-        """The rule that maps rewritten names back (answer auto); None for regex."""
-        if self.kind == "regex":
+        if m is None:
             return None
-        return Matcher(self.kind, self.target, self.source)
+        for i, group in enumerate((m.group(0),) + m.groups()):  # {N} as CoreDNS substitutes them
+            t = t.replace("{%d}" % i, group or "")
+        return _fqdn(t)
+
+    def answer_rule(self, before: str, after: str) -> "Matcher":
+        """answer auto (always for exact): suffix rules swap FROM and TO, the others map the name they
+        produced, and names below it, back to the asked one (as CoreDNS's remap rewriter)."""
+        if self.kind == "suffix":
+            return Matcher("suffix", self.target, self.source)
+        return Matcher("remap", after, before)
 
 
 def _matcher(d: Directive, kind_tok: Token | None, source: Token, target: Token | None) -> Matcher:
@@ -77,11 +83,13 @@ def _matcher(d: Directive, kind_tok: Token | None, source: Token, target: Token 
     if kind not in MATCH_TYPES:
         raise d.error(f"rewrite: unknown match type {kind!r} (exact, prefix, suffix, substring or regex)", kind_tok)
     src, dst = source.text.lower(), target.text.lower() if target is not None else ""
-    if kind in ("exact", "suffix"):
+    if kind != "regex":  # CoreDNS normalises every non-regex FROM and TO to a lower-case FQDN
         src = _fqdn(src)
         dst = _fqdn(dst) if target is not None else ""
     regex = None
     if kind == "regex":
+        if len(src) > MAX_REGEX:
+            raise d.error(f"rewrite: regex too long ({len(src)} characters, at most {MAX_REGEX})", source)
         try:
             regex = re.compile(src, re.I)
         except re.error as exc:
@@ -143,6 +151,8 @@ def _answer_options(d: Directive, rule: Rule, toks: list[Token]) -> None:
             i += 3
         else:
             raise d.error(f"rewrite: answer expects auto, name or value, got {what!r}", toks[i])
+    if rule.answer_auto and rule.answer_name:
+        raise d.error("rewrite: answer auto cannot be combined with answer name rules", toks[0])
 
 
 def _rule(d: Directive, toks: list[Token], stop: bool) -> Rule:
@@ -283,17 +293,17 @@ class Handler(Base):
         def fix(record: DNSRecord) -> None:
             record.questions = [DNSQuestion(asked_name(query), query.qtype, query.qclass)]
             for rule, before, after in name_rules:
-                owners: list[Matcher] = list(rule.answer_name)
+                owners, values = list(rule.answer_name), list(rule.answer_value)
                 if rule.matcher.kind == "exact" or rule.answer_auto:
-                    owners.insert(0, Matcher("exact", after, before))
-                    if rule.answer_auto and rule.matcher.reverse() is not None:
-                        owners.insert(1, rule.matcher.reverse())
+                    back = rule.matcher.answer_rule(before, after)
+                    owners.insert(0, back)
+                    values.insert(0, back)
                 for rr in record.rr + record.auth + record.ar:
                     if rr.rtype == QTYPE.OPT:
                         continue
                     rr.rname = DNSLabel(_apply(owners, str(rr.rname)))
-                    if rule.answer_value and rr.rtype in VALUE_TYPES:
-                        _rewrite_values(rr, rule.answer_value)
+                    if values and rr.rtype in VALUE_TYPES:
+                        _rewrite_values(rr, values)
             for rule in response_rules:
                 if rule.field == "ttl":
                     lo, hi = rule.ttl
@@ -351,12 +361,13 @@ class Handler(Base):
 
 
 def _apply(matchers: list[Matcher], name: str) -> str:
-    lowered = name.lower()
+    """Every response rule in turn, as CoreDNS applies them to each record."""
+    out = name
     for m in matchers:
-        new = m.rewrite(lowered)
+        new = m.rewrite(out.lower())
         if new is not None:
-            return new
-    return name
+            out = new
+    return out
 
 
 def _rewrite_values(rr, matchers: list[Matcher]) -> None:
