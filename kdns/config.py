@@ -587,8 +587,8 @@ SUPPORTED = tuple(plugin_registry.names())
 
 def settings_from_corefile(text: str, path: str = "Corefile", resolv_conf: str = DEFAULT_RESOLV_CONF,
                            default_port: int = 53) -> Settings:
-    blocks = parse(text, path)
     settings = Settings(blocks=[], path=path, digest=hashlib.sha512(text.encode()).hexdigest())
+    blocks = parse(text, path, settings.warnings)
     seen_keys: dict[tuple[str, int], list[tuple[Token, frozenset]]] = {}
     kubernetes_seen: Directive | None = None
     for sb in blocks:

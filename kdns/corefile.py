@@ -138,9 +138,10 @@ def _flat(lines: list[list[Token]]) -> list[Token]:
 class _Expander:
     """Snippets and imports, spliced in at token level (as Caddy does) before the block structure is parsed."""
 
-    def __init__(self) -> None:
+    def __init__(self, warnings: list[str] | None = None) -> None:
         self.snippets: dict[str, list[Token]] = {}
         self.count = 0
+        self.warnings = warnings if warnings is not None else []
 
     def expand(self, tokens: list[Token], depth: int, chain: tuple[str, ...]) -> list[Token]:
         out: list[Token] = []
@@ -194,6 +195,8 @@ class _Expander:
             pattern = os.path.join(os.path.dirname(arg.path) or ".", pattern)
         if glob.has_magic(pattern):
             paths = sorted(glob.glob(pattern))
+            if not paths:  # as Caddy: not an error, but said
+                self.warnings.append(f"{arg.path}:{arg.line}:{arg.col}: import: no file matches {arg.text!r}")
         else:
             if not os.path.exists(pattern):
                 raise arg.error(f"import: {arg.text!r} is neither a snippet defined above nor a file")
@@ -258,10 +261,10 @@ def _is(tok: Token | None, text: str) -> bool:
     return tok is not None and tok.text == text and not tok.quoted
 
 
-def parse(text: str, path: str = "Corefile") -> list[ServerBlock]:
-    """Server blocks of a Corefile, snippets and imports expanded."""
+def parse(text: str, path: str = "Corefile", warnings: list[str] | None = None) -> list[ServerBlock]:
+    """Server blocks of a Corefile, snippets and imports expanded (what deserves a word goes to `warnings`)."""
     real = os.path.realpath(path) if os.path.exists(path) else path
-    tokens = _Expander().expand(_flat(tokenize(text, path)), 0, (real,))
+    tokens = _Expander(warnings).expand(_flat(tokenize(text, path)), 0, (real,))
     cur = _Cursor(tokens, path)
     blocks: list[ServerBlock] = []
     while True:

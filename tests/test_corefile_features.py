@@ -47,6 +47,10 @@ import stub.server
     assert root.kubernetes.zones == ["cluster.local"] and root.kubernetes.ttl == 17
     assert root.errors and root.loadbalance  # from the two files of the glob
     assert stub.zones == ["example.org"] and stub.forward.to == [("10.0.0.53", 53)]
+    assert s.warnings == []
+    path.write_text(text.replace("{%KDNS_UNSET_TTL%}", "30").replace("conf.d/*.conf", "nothing.d/*.conf"))
+    s = load_corefile(str(path), resolv)  # a glob matching nothing is not an error (Caddy), but it is said
+    assert s.warnings == [f"{path}:12:12: import: no file matches 'nothing.d/*.conf'"]
 
 
 @pytest.mark.parametrize("text,where,message", [
