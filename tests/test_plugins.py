@@ -31,6 +31,7 @@ COREFILE = r"""
         fallthrough in-addr.arpa ip6.arpa
     }
     rewrite name exact alias.example.org. kubernetes.default.svc.cluster.local
+    rewrite name exact hosts-alias.example.org. hosts.example
     rewrite name suffix .corp.internal .shop.svc.cluster.local answer auto
     rewrite stop {
         name regex (.*)-(us-west-1)\.example\.org {1}.{2}.example.com
@@ -133,11 +134,20 @@ def test_rewrite_continue_stop_and_response_fields(kdns, upstream):
     assert answers(msg) == ["10.96.0.1"] and msg.question[0].rdtype == dns.rdatatype.HINFO
 
 
-def test_rewritten_name_is_served_like_a_direct_one(kdns):
+def test_rewritten_name_is_served_like_a_direct_one(kdns, upstream):
     direct = kdns.query("api.shop.svc.cluster.local", "SRV")
     rewritten = kdns.query("api.corp.internal", "SRV")
     assert direct.rcode() == rewritten.rcode()
+    # answer auto on a suffix rule maps values back too (CoreDNS): the SRV target is the client's name
+    assert [a.replace(".corp.internal.", ".shop.svc.cluster.local.") for a in answers(rewritten)] == answers(direct)
     assert kdns.query("nope.corp.internal").rcode() == dns.rcode.NXDOMAIN  # NXDOMAIN from kubernetes
+    assert answers(kdns.query("hosts-alias.example.org")) == ["10.9.9.9"]  # hosts, from the imported file
+    # forward + cache: the rewritten name goes upstream once, later answers come from the cache
+    before = upstream.count("ftp.us-west-1.example.com")
+    for tcp in (False, True, False):
+        assert answers(kdns.query("ftp-us-west-1.example.org", tcp=tcp)) == ["10.10.10.10", "10.20.20.20"]
+    assert upstream.count("ftp.us-west-1.example.com") <= before + 1
+    assert upstream.count("ftp-us-west-1.example.org") == 0
 
 
 @pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
