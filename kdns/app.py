@@ -4,12 +4,12 @@ swaps them on reload without dropping listeners that did not change, and shuts d
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 
 from .cache import AnswerCache
 from .config import DEFAULT_RESOLV_CONF, Settings, load_corefile, read_resolv_conf
 from .corefile import CorefileError
+from .corefile import digest as corefile_digest
 from .forward import Forwarder
 from .hosts import Hosts
 from .http import HttpEndpoints
@@ -279,8 +279,8 @@ class Runtime:
             await asyncio.sleep(max(0.5, interval + random.uniform(-jitter, jitter)))
             path = self.settings.path
             try:
-                with open(path, "rb") as fh:
-                    digest = hashlib.sha512(fh.read()).hexdigest()
+                with open(path, "rb") as fh:  # the Corefile and what it imports: an edit to either reloads
+                    digest = corefile_digest(fh.read().decode("utf-8", errors="replace"), path)
             except OSError as exc:
                 self.metrics.reload_failed += 1
                 self.log.error("reload_failed", file=path, error=exc.strerror, action="keeping the running config")

@@ -7,7 +7,6 @@ but that has no effect in its design produces a warning in `Settings.warnings`.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
 import re
@@ -16,6 +15,7 @@ from typing import Any
 
 from . import plugins as plugin_registry
 from .corefile import CorefileError, Directive, Token, parse
+from .corefile import digest as corefile_digest
 from .plugins._common import integer as _int
 from .plugins._common import nargs as _nargs
 from .selectors import LabelSelector, SelectorError, parse_selector
@@ -587,7 +587,7 @@ SUPPORTED = tuple(plugin_registry.names())
 
 def settings_from_corefile(text: str, path: str = "Corefile", resolv_conf: str = DEFAULT_RESOLV_CONF,
                            default_port: int = 53) -> Settings:
-    settings = Settings(blocks=[], path=path, digest=hashlib.sha512(text.encode()).hexdigest())
+    settings = Settings(blocks=[], path=path, digest=corefile_digest(text, path))
     blocks = parse(text, path, settings.warnings)
     seen_keys: dict[tuple[str, int], list[tuple[Token, frozenset]]] = {}
     kubernetes_seen: Directive | None = None

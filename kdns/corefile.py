@@ -9,6 +9,7 @@ in the file where the token was written (an imported file names itself).
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -142,6 +143,7 @@ class _Expander:
         self.snippets: dict[str, list[Token]] = {}
         self.count = 0
         self.warnings = warnings if warnings is not None else []
+        self.files: list[tuple[str, str]] = []  # (path, text) of every imported file, in order
 
     def expand(self, tokens: list[Token], depth: int, chain: tuple[str, ...]) -> list[Token]:
         out: list[Token] = []
@@ -211,6 +213,7 @@ class _Expander:
                     text = fh.read()
             except (OSError, UnicodeDecodeError) as exc:
                 raise arg.error(f"import: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+            self.files.append((path, text))
             out.extend(self.expand(_flat(tokenize(text, path)), depth + 1, chain + (real,)))
         return out
 
@@ -259,6 +262,21 @@ class _Cursor:
 
 def _is(tok: Token | None, text: str) -> bool:
     return tok is not None and tok.text == text and not tok.quoted
+
+
+def digest(text: str, path: str = "Corefile") -> str:
+    """SHA-512 of a Corefile and every file it imports, so `reload` sees an edited imported file too
+    (without imports: the Corefile's own SHA-512, as CoreDNS's reload hash)."""
+    h = hashlib.sha512(text.encode())
+    expander = _Expander()
+    try:
+        real = os.path.realpath(path) if os.path.exists(path) else path
+        expander.expand(_flat(tokenize(text, path)), 0, (real,))
+    except CorefileError:
+        return h.hexdigest()  # loading will report the error; its text is what changed
+    for name, content in expander.files:
+        h.update(b"\0" + name.encode() + b"\0" + content.encode())
+    return h.hexdigest()
 
 
 def parse(text: str, path: str = "Corefile", warnings: list[str] | None = None) -> list[ServerBlock]:

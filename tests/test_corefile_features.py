@@ -115,3 +115,19 @@ def test_check_config_lists_plugin_directives(tmp_path, resolv):
     out = _kdns("check-config", str(path), "--resolv-conf", resolv)
     assert out.returncode == 0, out.stderr
     assert "any, rewrite, whoami" in out.stdout
+
+
+def test_reload_digest_covers_imported_files(tmp_path):
+    import hashlib
+
+    from kdns.corefile import digest
+    path = tmp_path / "Corefile"
+    plain = ".:53 {\n    errors\n}\n"
+    assert digest(plain, str(path)) == hashlib.sha512(plain.encode()).hexdigest()  # CoreDNS's reload hash
+    (tmp_path / "extra.conf").write_text("log\n")
+    text = ".:53 {\n    import extra.conf\n}\n"
+    before = digest(text, str(path))
+    assert before != hashlib.sha512(text.encode()).hexdigest()
+    (tmp_path / "extra.conf").write_text("errors\n")
+    assert digest(text, str(path)) != before  # the Corefile is unchanged, the imported file is not
+    assert digest(".:53 {\n    import missing.conf\n}\n", str(path))  # a broken import still hashes

@@ -257,8 +257,11 @@ def test_plugins_reload_and_a_broken_reload_keeps_them(tmp_path, upstream):
     kubernetes cluster.local
     rewrite name exact alias.example.org TARGET
     import tpl
+    import hosts.d/*
 }
 """
+    (tmp_path / "hosts.d").mkdir()
+    (tmp_path / "hosts.d" / "a").write_text("hosts {\n    10.7.7.7 imported.example\n    fallthrough\n}\n")
     first = base.replace("TARGET", "kubernetes.default.svc.cluster.local").replace("ADDRESS", "192.0.2.1")
     with start(tmp_path, first, upstream, "--manifests", EXAMPLE) as kdns:
         assert answers(kdns.query("alias.example.org")) == ["10.96.0.1"]
@@ -274,6 +277,16 @@ def test_plugins_reload_and_a_broken_reload_keeps_them(tmp_path, upstream):
         assert f"{tmp_path / 'Corefile'}:3:40: template: unknown field .Nope" in line
         assert answers(kdns.query("alias.example.org")) == ["10.96.200.20"]  # still the last good config
         assert answers(kdns.query("x.tpl.example")) == ["192.0.2.2"]
+        # an edit to an imported file alone is a change too
+        mark = len(kdns.lines)
+        (tmp_path / "Corefile").write_text(
+            base.replace("TARGET", "api.shop.svc.cluster.local").replace("ADDRESS", "192.0.2.2"))
+        kdns.wait_for_log(r"INFO reloaded ", timeout=20, start=mark)
+        assert answers(kdns.query("imported.example")) == ["10.7.7.7"]
+        mark = len(kdns.lines)
+        (tmp_path / "hosts.d" / "a").write_text("hosts {\n    10.7.7.8 imported.example\n    fallthrough\n}\n")
+        kdns.wait_for_log(r"INFO reloaded ", timeout=20, start=mark)
+        assert answers(kdns.query("imported.example")) == ["10.7.7.8"]
 
 
 PLUGIN_NAMES = ["alias.example.org", "api.corp.internal", "ftp-us-west-1.example.org", "chain-one.example.org",
