@@ -5,7 +5,7 @@ from __future__ import annotations
 from dnslib import QTYPE, RD, RR
 
 from ..corefile import Directive
-from . import Handler as Base, Request, SetupContext
+from . import Handler as Base, Next, Request, Result, SetupContext
 from ._common import asked_name, flag, reply
 
 
@@ -19,7 +19,7 @@ def setup(d: Directive, ctx: SetupContext) -> bool:
 
 class Handler(Base):
 
-    def serve(self, req: Request, next):
+    def serve(self, req: Request, next: Next) -> Result:
         if req.query.qtype != QTYPE.ANY:
             return next(req)
         owner = asked_name(req.query)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ..corefile import Directive
 from ..wire import truncate
-from . import Handler as Base, Request, SetupContext, then
+from . import Handler as Base, Next, Request, Result, SetupContext, then
 from ._common import integer, nargs, no_block
 
 
@@ -19,7 +19,7 @@ def setup(d: Directive, ctx: SetupContext) -> int:
 class Handler(Base):
     """config: the size cap."""
 
-    def serve(self, req: Request, next):
+    def serve(self, req: Request, next: Next) -> Result:
         req.top.cacheable = False
         query = req.query
         if req.tcp or not query.edns or query.udp_size <= self.config:

@@ -8,7 +8,7 @@ import socket
 from dnslib import CLASS, QTYPE, RCODE, RR, TXT
 
 from ..corefile import Directive
-from . import Request, SetupContext
+from . import Next, Request, Result, SetupContext
 from ._common import asked_name, no_block, reply
 
 CH = 3
@@ -28,7 +28,7 @@ class Handler:
     def __init__(self, config: tuple[str, list[str]], block) -> None:
         self.version, self.authors = config
 
-    def serve(self, req: Request, next):
+    def serve(self, req: Request, next: Next) -> Result:
         query = req.query
         if query.qclass != CH:
             return next(req)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from dnslib import AAAA, CNAME, NS, QTYPE, RCODE, RR, SOA, SRV, A, DNSLabel
 
 from ..corefile import Directive
-from . import Handler as Base, Request, SetupContext
+from . import Handler as Base, Next, Request, Result, SetupContext
 from ._common import asked_name, integer, nargs, reply
 
 
@@ -66,7 +66,7 @@ def _in(name: str, zone: str) -> bool:
 class Handler(Base):
     """config: ExternalConfig."""
 
-    def serve(self, req: Request, next):
+    def serve(self, req: Request, next: Next | None) -> Result | None:
         cfg: ExternalConfig = self.config
         zone = max((z for z in cfg.zones if _in(req.name, z)), key=len, default=None)
         if zone is None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dnslib import AAAA, NS, PTR, QTYPE, RCODE, RR, SOA, A, DNSLabel
 
 from ..corefile import Directive
-from . import Handler as Base, Request, SetupContext
+from . import Handler as Base, Next, Request, Result, SetupContext
 from ._common import asked_name, flag, reply
 
 ZONES = ("localhost", "0.in-addr.arpa", "127.in-addr.arpa", "255.in-addr.arpa",
@@ -25,7 +25,7 @@ def _soa(zone: str) -> RR:
 
 class Handler(Base):
 
-    def serve(self, req: Request, next):
+    def serve(self, req: Request, next: Next) -> Result:
         name, qtype = req.name, req.query.qtype
         owner = asked_name(req.query)
         if name.startswith("localhost.") and not name.endswith(".arpa"):  # localhost.example.org

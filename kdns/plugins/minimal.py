@@ -5,7 +5,7 @@ from __future__ import annotations
 from dnslib import QTYPE
 
 from ..corefile import Directive
-from . import Handler as Base, Request, SetupContext, then
+from . import Handler as Base, Next, Request, Result, SetupContext, then
 from ._common import edit, flag
 
 
@@ -20,7 +20,7 @@ def _strip(record) -> None:
 
 class Handler(Base):
 
-    def serve(self, req: Request, next):
+    def serve(self, req: Request, next: Next) -> Result:
         return then(next(req), self._minimal)
 
     @staticmethod

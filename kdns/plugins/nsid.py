@@ -12,7 +12,7 @@ from dnslib import EDNSOption, QTYPE
 
 from ..corefile import Directive
 from ..wire import T_OPT, WireError, walk_records
-from . import Handler as Base, Request, SetupContext, then
+from . import Handler as Base, Next, Request, Result, SetupContext, then
 from ._common import edit, no_block
 
 NSID = 3
@@ -45,7 +45,7 @@ def asks_nsid(data: bytes) -> bool:
 class Handler(Base):
     """config: the NSID bytes."""
 
-    def serve(self, req: Request, next):
+    def serve(self, req: Request, next: Next) -> Result:
         req.top.cacheable = False
         if not req.query.edns or not asks_nsid(req.query.data):
             return next(req)

@@ -15,7 +15,7 @@ from dnslib import CLASS, CNAME, QTYPE, RCODE, DNSError, DNSLabel, DNSQuestion, 
 
 from ..corefile import Directive, Token
 from ..wire import WireError, error_response, parse_query, patch
-from . import Handler as Base, Request, SetupContext, then
+from . import Handler as Base, Next, Request, Result, SetupContext, then
 from ._common import asked_name, edit
 
 MATCH_TYPES = ("exact", "prefix", "suffix", "substring", "regex")
@@ -247,7 +247,7 @@ def _question(name: str, qtype: int, qclass: int) -> bytes:
 class Handler(Base):
     """config: the block's rules, in file order."""
 
-    def serve(self, req: Request, next):
+    def serve(self, req: Request, next: Next) -> Result:
         query = req.query
         name, qtype, qclass = query.name_text.lower(), query.qtype, query.qclass
         name_rules: list[tuple[Rule, str, str]] = []  # (rule, name before, name after)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from dnslib import CLASS, QTYPE, RCODE, RR, DNSError, DNSRecord
 
 from ..corefile import Directive, Token
-from . import Handler as Base, Request, SetupContext
+from . import Handler as Base, Next, Request, Result, SetupContext
 from ._common import nargs, reply
 from ._gotemplate import Template, TemplateError
 
@@ -162,7 +162,7 @@ class Handler(Base):
         """Classes other than IN that a template names (CH, HS): the server lets those questions in."""
         return {rule.qclass for rule in self.config if rule.qclass is not None}
 
-    def serve(self, req: Request, next):
+    def serve(self, req: Request, next: Next) -> Result:
         query = req.query
         fqdn = req.name + "." if req.name else "."
         for rule in self.config:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dnslib import AAAA, QTYPE, RR, SRV, A
 
 from ..corefile import Directive
-from . import Handler as Base, Request, SetupContext
+from . import Handler as Base, Next, Request, Result, SetupContext
 from ._common import asked_name, flag, reply
 
 
@@ -15,7 +15,7 @@ def setup(d: Directive, ctx: SetupContext) -> bool:
 
 class Handler(Base):
 
-    def serve(self, req: Request, next):
+    def serve(self, req: Request, next: Next | None) -> Result | None:
         req.top.cacheable = False
         if req.client is None:
             return None
