@@ -413,3 +413,34 @@ net.:53 {
         # CH questions no template answers are REFUSED, never answered as IN by the rest of the block
         other = dns.message.make_query("else.coredns.invalid", "A", "CH")
         assert dns.query.udp(other, "127.0.0.1", port=kdns.port, timeout=3).rcode() == dns.rcode.REFUSED
+
+
+# CoreDNS plugin/local local_test.go: (question, type, rcode, answer (type, owner) or None, authority owner or None)
+LOCAL_CASES = [
+    ("localhost.", "A", dns.rcode.NOERROR, ("A", "localhost."), None),
+    ("localHOst.", "A", dns.rcode.NOERROR, ("A", "localHOst."), None),
+    ("localhost.", "AAAA", dns.rcode.NOERROR, ("AAAA", "localhost."), None),
+    ("localhost.", "NS", dns.rcode.NOERROR, ("NS", "localhost."), None),
+    ("localhost.", "SOA", dns.rcode.NOERROR, ("SOA", "localhost."), None),
+    ("127.in-addr.arpa.", "A", dns.rcode.NOERROR, None, "127.in-addr.arpa."),
+    ("localhost.", "MX", dns.rcode.NOERROR, None, "localhost."),
+    ("a.localhost.", "A", dns.rcode.NXDOMAIN, None, "localhost."),
+    ("1.0.0.127.in-addr.arpa.", "PTR", dns.rcode.NOERROR, ("PTR", "1.0.0.127.in-addr.arpa."), None),
+    ("1.0.0.127.in-addr.arpa.", "MX", dns.rcode.NOERROR, None, "127.in-addr.arpa."),
+    ("2.0.0.127.in-addr.arpa.", "PTR", dns.rcode.NXDOMAIN, None, "127.in-addr.arpa."),
+    ("localhost.example.net.", "A", dns.rcode.NOERROR, ("A", "localhost.example.net."), None),
+    ("localhost.example.net.", "AAAA", dns.rcode.NOERROR, ("AAAA", "localhost.example.net."), None),
+    ("localhost.example.net.", "SOA", dns.rcode.NOERROR, None, "localhost.example.net."),
+    ("1." + "0." * 31 + "ip6.arpa.", "PTR", dns.rcode.NOERROR, ("PTR", "1." + "0." * 31 + "ip6.arpa."), None),
+]
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+def test_coredns_local_cases(kdns, tcp):
+    for question, rdtype, rcode, answer, authority in LOCAL_CASES:
+        msg = kdns.query(question, rdtype, tcp=tcp)
+        got = (msg.rcode(), [(dns.rdatatype.to_text(r.rdtype), str(r.name)) for r in msg.answer][:1] or None,
+               [str(r.name) for r in msg.authority][:1] or None)
+        assert got == (rcode, [answer] if answer else None, [authority] if authority else None), question
+    soa = kdns.query("localhost", "SOA").answer[0][0]
+    assert (soa.mname.to_text(), soa.rname.to_text()) == ("root.localhost.", "localhost.")

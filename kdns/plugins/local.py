@@ -9,8 +9,8 @@ from ..corefile import Directive
 from . import Handler as Base, Next, Request, Result, SetupContext
 from ._common import asked_name, flag, reply
 
-ZONES = ("localhost", "0.in-addr.arpa", "127.in-addr.arpa", "255.in-addr.arpa",
-         "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa")
+IP6_LOCALHOST = "1." + "0." * 31 + "ip6.arpa"  # ::1
+ZONES = ("localhost", "0.in-addr.arpa", "127.in-addr.arpa", "255.in-addr.arpa", IP6_LOCALHOST)
 TTL = 604800  # CoreDNS's local plugin: a week
 
 
@@ -18,9 +18,10 @@ def setup(d: Directive, ctx: SetupContext) -> bool:
     return flag(d)
 
 
-def _soa(zone: str) -> RR:
+def _soa(zone: str, host: str = "localhost") -> RR:
+    """CoreDNS's: `<zone> SOA root.<host>. <host>. 1 0 0 0 0`."""
     return RR(DNSLabel(zone + "."), QTYPE.SOA, ttl=TTL,
-              rdata=SOA(DNSLabel(zone + "."), DNSLabel("root." + zone + "."), (1, 604800, 86400, 2419200, 604800)))
+              rdata=SOA(DNSLabel(f"root.{host}."), DNSLabel(host + "."), (1, 0, 0, 0, 0)))
 
 
 class Handler(Base):
@@ -28,33 +29,33 @@ class Handler(Base):
     def serve(self, req: Request, next: Next) -> Result:
         name, qtype = req.name, req.query.qtype
         owner = asked_name(req.query)
-        if name.startswith("localhost.") and not name.endswith(".arpa"):  # localhost.example.org
-            return self._localhost(req, owner, qtype, None)
         zone = None
         for z in ZONES:
             if name == z or name.endswith("." + z):
                 zone = z
                 break
         if zone is None:
+            if name.startswith("localhost."):  # localhost.example.net: still this host
+                return self._localhost(req, owner, qtype, _soa(name, name))
             return next(req)
-        if name == zone:
-            if qtype == QTYPE.SOA:
-                return reply(req, "local", [_soa(zone)])
-            if qtype == QTYPE.NS:
-                return reply(req, "local", [RR(owner, QTYPE.NS, ttl=TTL, rdata=NS(DNSLabel("localhost.")))])
-            if zone == "localhost":
-                return self._localhost(req, owner, qtype, zone)
+        if name in ("1.0.0.127.in-addr.arpa", IP6_LOCALHOST):
+            if qtype == QTYPE.PTR:
+                return reply(req, "local", [RR(owner, QTYPE.PTR, ttl=TTL, rdata=PTR(DNSLabel("localhost.")))])
             return reply(req, "local", authority=[_soa(zone)])
-        if qtype == QTYPE.PTR and name in ("1.0.0.127.in-addr.arpa", ZONES[4]):
-            return reply(req, "local", [RR(owner, QTYPE.PTR, ttl=TTL, rdata=PTR(DNSLabel("localhost.")))])
-        if name in ("1.0.0.127.in-addr.arpa",):
-            return reply(req, "local", authority=[_soa(zone)])
-        return reply(req, "local", authority=[_soa(zone)], rcode=RCODE.NXDOMAIN)
+        if name != zone:
+            return reply(req, "local", authority=[_soa(zone)], rcode=RCODE.NXDOMAIN)
+        if qtype == QTYPE.SOA:
+            return reply(req, "local", [_soa(zone)])
+        if qtype == QTYPE.NS:
+            return reply(req, "local", [RR(owner, QTYPE.NS, ttl=TTL, rdata=NS(DNSLabel("localhost.")))])
+        if zone == "localhost":
+            return self._localhost(req, owner, qtype, _soa(zone))
+        return reply(req, "local", authority=[_soa(zone)])
 
     @staticmethod
-    def _localhost(req: Request, owner, qtype: int, zone: str | None):
+    def _localhost(req: Request, owner, qtype: int, soa: RR) -> Result:
         if qtype == QTYPE.A:
             return reply(req, "local", [RR(owner, QTYPE.A, ttl=TTL, rdata=A("127.0.0.1"))])
         if qtype == QTYPE.AAAA:
             return reply(req, "local", [RR(owner, QTYPE.AAAA, ttl=TTL, rdata=AAAA("::1"))])
-        return reply(req, "local", authority=[_soa(zone or "localhost")])
+        return reply(req, "local", authority=[soa])
