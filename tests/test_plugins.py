@@ -175,6 +175,9 @@ def test_any_local_chaos_whoami_nsid(kdns):
     assert answers(dns.query.udp(version, "127.0.0.1", port=kdns.port, timeout=3)) == ['"kdns-test"']
     authors = dns.message.make_query("authors.bind", "TXT", "CH")
     assert answers(dns.query.tcp(authors, "127.0.0.1", port=kdns.port, timeout=3)) == ['"A. Author"']
+    for name, rdtype in (("version.bind", "A"), ("other.bind", "TXT")):  # not chaos's: REFUSED down the block
+        other = dns.message.make_query(name, rdtype, "CH")
+        assert dns.query.udp(other, "127.0.0.1", port=kdns.port, timeout=3).rcode() == dns.rcode.REFUSED
     who = kdns.query("who.am.i")
     assert who.answer == [] and sorted(rrset.rdtype for rrset in who.additional) == [dns.rdatatype.A,
                                                                                      dns.rdatatype.SRV]
@@ -356,6 +359,7 @@ def test_coredns_template_cases(tmp_path, upstream):
     whoami
 }
 coredns.invalid.:53 {
+    chaos
     template CH TXT coredns.invalid {
         answer "{{ .Name }} 60 CH TXT \"test\""
     }

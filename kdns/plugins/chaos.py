@@ -1,11 +1,11 @@
 """`chaos [VERSION] [AUTHORS...]`: CH-class TXT answers for version.bind, version.server, authors.bind,
-hostname.bind and id.server; other CH-class questions are REFUSED."""
+hostname.bind and id.server; other questions go on down the block (a CH one nothing answers is REFUSED)."""
 
 from __future__ import annotations
 
 import socket
 
-from dnslib import CLASS, QTYPE, RCODE, RR, TXT
+from dnslib import CLASS, QTYPE, RR, TXT
 
 from ..corefile import Directive
 from . import Next, Request, Result, SetupContext
@@ -30,13 +30,11 @@ class Handler:
 
     def serve(self, req: Request, next: Next) -> Result:
         query = req.query
-        if query.qclass != CH:
+        if query.qclass != CH or query.qtype != QTYPE.TXT:
             return next(req)
-        if query.qtype not in (QTYPE.TXT, QTYPE.ANY):
-            return reply(req, "chaos", rcode=RCODE.REFUSED, aa=False)
         texts = {"version.bind": [self.version], "version.server": [self.version], "authors.bind": self.authors,
                  "hostname.bind": [socket.gethostname()], "id.server": [socket.gethostname()]}.get(req.name)
-        if texts is None:
-            return reply(req, "chaos", rcode=RCODE.REFUSED, aa=False)
+        if texts is None:  # as CoreDNS: the rest of the block (a CH template, else REFUSED there)
+            return next(req)
         owner = asked_name(query)
         return reply(req, "chaos", [RR(owner, QTYPE.TXT, CLASS.CH, 0, TXT(t)) for t in texts])
