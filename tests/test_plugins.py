@@ -183,6 +183,9 @@ def test_any_local_chaos_whoami_nsid(kdns):
                                                                                      dns.rdatatype.SRV]
     assert [rd.to_text() for rrset in who.additional if rrset.rdtype == dns.rdatatype.A for rd in rrset] == \
         ["127.0.0.1"]
+    srv = [(str(rrset.name), rd.target.to_text(), rd.port) for rrset in who.additional
+           if rrset.rdtype == dns.rdatatype.SRV for rd in rrset]
+    assert len(srv) == 1 and srv[0][:2] == ("_udp.who.am.i.", ".") and 0 < srv[0][2] < 65536  # CoreDNS's shape
     asks = dns.message.make_query("kubernetes.default.svc.cluster.local", "A", use_edns=0,
                                   options=[dns.edns.GenericOption(dns.edns.NSID, b"")])
     reply = dns.query.udp(asks, "127.0.0.1", port=kdns.port, timeout=3)

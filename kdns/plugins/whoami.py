@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dnslib import AAAA, QTYPE, RR, SRV, A
+from dnslib import AAAA, QTYPE, RR, SRV, A, DNSLabel
 
 from ..corefile import Directive
 from . import Handler as Base, Next, Request, Result, SetupContext
@@ -27,5 +27,5 @@ class Handler(Base):
         srv_owner = asked_name(req.query, b"_tcp" if req.tcp else b"_udp")
         if srv_owner is None:  # a name of 250+ bytes has no room for the _udp label
             return reply(req, "whoami", additional=[addr])
-        srv = RR(srv_owner, QTYPE.SRV, ttl=0, rdata=SRV(0, 0, port, name))
+        srv = RR(srv_owner, QTYPE.SRV, ttl=0, rdata=SRV(0, 0, port, DNSLabel(".")))  # target "." as CoreDNS
         return reply(req, "whoami", additional=[addr, srv])
