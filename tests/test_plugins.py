@@ -200,56 +200,27 @@ def test_snippet_logs_queries(kdns):
 
 
 def test_minimal_and_bufsize(tmp_path, upstream):
-    text = """.:53 {
-    kubernetes cluster.local
-    minimal
-    bufsize 512
-    hosts {
-        10.0.0.1 big.example
-        10.0.0.2 big.example
-        10.0.0.3 big.example
-        10.0.0.4 big.example
-        10.0.0.5 big.example
-        10.0.0.6 big.example
-        10.0.0.7 big.example
-        10.0.0.8 big.example
-        10.0.0.9 big.example
-        10.0.0.10 big.example
-        10.0.0.11 big.example
-        10.0.0.12 big.example
-        10.0.0.13 big.example
-        10.0.0.14 big.example
-        10.0.0.15 big.example
-        10.0.0.16 big.example
-        10.0.0.17 big.example
-        10.0.0.18 big.example
-        10.0.0.19 big.example
-        10.0.0.20 big.example
-        10.0.0.21 big.example
-        10.0.0.22 big.example
-        10.0.0.23 big.example
-        10.0.0.24 big.example
-        10.0.0.25 big.example
-        10.0.0.26 big.example
-        10.0.0.27 big.example
-        10.0.0.28 big.example
-        10.0.0.29 big.example
-        10.0.0.30 big.example
-        10.0.0.31 big.example
-        10.0.0.32 big.example
-        10.0.0.33 big.example
-        fallthrough
-    }
-}"""
-    with start(tmp_path, text, upstream, "--manifests", EXAMPLE) as kdns:
+    # a headless service with 40 ready endpoints: its A answer is over 512 bytes
+    endpoints = "".join(f"- {{addresses: [10.77.0.{i}], conditions: {{ready: true}}}}\n" for i in range(1, 41))
+    (tmp_path / "big.yaml").write_text(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: big, namespace: data}\nspec:\n  clusterIP: None\n---\n"
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: big-1, namespace: data, labels: "
+        "{kubernetes.io/service-name: big}}\naddressType: IPv4\nendpoints:\n" + endpoints)
+    text = ".:53 {\n    kubernetes cluster.local\n    minimal\n    bufsize 512\n}\n"
+    with start(tmp_path, text, upstream, "--manifests", EXAMPLE, "--manifests", str(tmp_path / "big.yaml")) as kdns:
         srv = kdns.query("_https._tcp.kubernetes.default.svc.cluster.local", "SRV")
         assert len(srv.answer) == 1 and srv.additional == []  # minimal: no address in additional
         nx = kdns.query("nope.default.svc.cluster.local")
         assert nx.rcode() == dns.rcode.NXDOMAIN and nx.authority  # negative answers keep their SOA
-        # 33 A records are more than 512 bytes: truncated although the client offers 4096
-        big = kdns.query("big.example", use_edns=0, payload=4096)
-        assert big.flags & 0x0200 and big.answer == []
-        assert len(kdns.query("big.example", tcp=True).answer[0]) == 33
+        # over 512 bytes: truncated although the client offers 4096, also after the full answer went out
+        # over TCP (an answer over the cap is never served from the packed-answer cache)
+        big = "big.data.svc.cluster.local"
+        assert len(kdns.query(big, tcp=True, use_edns=0, payload=4096).answer[0]) == 40  # same cache key
+        for _ in range(2):
+            reply = kdns.query(big, use_edns=0, payload=4096)
+            assert reply.flags & 0x0200 and reply.answer == []
+        assert len(kdns.query(big, tcp=True, use_edns=0, payload=4096).answer[0]) == 40  # same cache key
+        assert answers(kdns.query("kubernetes.default.svc.cluster.local", use_edns=0, payload=4096)) == ["10.96.0.1"]
 
 
 def test_plugins_reload_and_a_broken_reload_keeps_them(tmp_path, upstream):

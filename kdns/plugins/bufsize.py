@@ -1,6 +1,6 @@
 """`bufsize [SIZE]`: cap the EDNS UDP payload size clients may ask for (default 1232, 512-4096); a larger
-answer is truncated so the client retries over TCP. Answers are then packed per query (the
-packed-answer cache serves by the client's own size)."""
+answer is truncated so the client retries over TCP. Answers over the cap are packed per query (the
+packed-answer cache serves by the client's own size); those within it are cached as usual."""
 
 from __future__ import annotations
 
@@ -20,8 +20,14 @@ class Handler(Base):
     """config: the size cap."""
 
     def serve(self, req: Request, next: Next) -> Result:
-        req.top.cacheable = False
+        return then(next(req), lambda result: self._cap(req, result))
+
+    def _cap(self, req: Request, result: tuple) -> tuple:
+        response, plugin = result
+        if len(response) <= self.config:
+            return result  # the same for every client: the packed-answer cache may serve it
+        req.top.cacheable = False  # over the cap: what a client gets depends on its transport and size
         query = req.query
-        if req.tcp or not query.edns or query.udp_size <= self.config:
-            return next(req)
-        return then(next(req), lambda r: (truncate(r[0], query), r[1]) if len(r[0]) > self.config else r)
+        if not req.tcp and query.edns and query.udp_size > self.config:
+            return truncate(response, query), plugin
+        return result
