@@ -15,6 +15,7 @@ from .hosts import Hosts
 from .http import HttpEndpoints
 from .index import ClusterIndex
 from .log import Logger, route_library_logs
+from .memory import MemoryBudget, cgroup_memory_limit, format_size, index_bytes, rss_bytes
 from .metrics import CoreDnsCollector, DnsMetrics, KdnsCollector
 from .pipeline import Block
 from .resolver import Resolver, ResolverConfig, ZoneSet
@@ -24,13 +25,21 @@ from .sources import object_filter, settle_heap
 from .sources.manifests import ManifestSource
 
 
+# a full relist's transient peak over the RSS at ready, measured (perf/memory_relist.py, BENCH.md):
+# 3-6% of it; at least 8 MiB for a reload's second config and the odd large response
+HEADROOM_SHARE = 0.06
+HEADROOM_MIN = 8 << 20
+
+
 class Runtime:
     def __init__(self, settings: Settings, log: Logger, bind_host: str = "", resolv_conf: str = DEFAULT_RESOLV_CONF,
                  tcp_idle_timeout: float = 10.0, poll_interval: float = 0.25, api_options: dict | None = None,
                  serviceaccount_dir: str | None = None, reload_settings=None, port_map: dict | None = None,
-                 tcp_max_connections: int = 1000, negative_rate_limit: float = 0.0, reuse_port: bool = False,
-                 serve_http: bool = True):
+                 tcp_max_connections: int | None = None, negative_rate_limit: float = 0.0, reuse_port: bool = False,
+                 serve_http: bool = True, memory_budget: MemoryBudget | None = None):
         self.settings = settings
+        self.budget = memory_budget or MemoryBudget()
+        self._memory_cache: tuple | None = None  # (when, index generation, index bytes, index)
         self.log = log
         self.bind_host = bind_host
         self.resolv_conf = resolv_conf
@@ -67,13 +76,19 @@ class Runtime:
         await self._apply(self.settings)
         if self.settings.reload and self.settings.path:
             self._tasks.append(asyncio.create_task(self._reload_loop()))
+        self._tasks.append(asyncio.create_task(self.check_memory_fits()))
 
     async def _apply(self, settings: Settings) -> None:
         self._start_source(settings)
         k = settings.kubernetes
         blocks_by_listener: dict[tuple[int, str], list[Block]] = {}
         wanted = {(bc.port, host) for bc in settings.blocks for host in self._hosts(bc)}
-        answers = {key: self.handlers[key].cache if key in self.handlers else AnswerCache() for key in wanted}
+        per_listener = self.budget.answers // max(1, len(wanted))
+        answers = {key: self.handlers[key].cache if key in self.handlers else AnswerCache(per_listener)
+                   for key in wanted}
+        for cache in answers.values():
+            cache.resize(per_listener)
+        per_cache = self.budget.responses // max(1, sum(1 for bc in settings.blocks if bc.cache is not None))
         own = {(host, self.port_map.get(port, port)) for port, host in wanted}
         own |= {(host, self.listeners[key][2]) for key in wanted if key in self.listeners for host in [key[1]]}
         old_blocks = self.blocks
@@ -86,7 +101,8 @@ class Runtime:
                     can_chase=bc.forward is not None, ignore_empty_service=bc.kubernetes.ignore_empty_service,
                     zonal=bc.kubernetes.zonal))
             forwarder = Forwarder(bc.forward, self.log, own) if bc.forward is not None else None
-            cache = ResponseCache(bc.cache, own_zones=k.zones if k else []) if bc.cache is not None else None
+            cache = ResponseCache(bc.cache, own_zones=k.zones if k else [], max_bytes=per_cache) \
+                if bc.cache is not None else None
             hosts = Hosts(bc.hosts, self.log) if bc.hosts is not None else None
             search: list[str] = []
             if bc.autopath is not None:
@@ -111,10 +127,12 @@ class Runtime:
                 handler = QueryHandler(blocks, self.log, self.metrics, answers=answers[key])
                 self.index.subscribe(handler.cache.invalidate)
                 if self.negative_rate_limit > 0:
-                    handler.negative_limit = NegativeRateLimit(self.negative_rate_limit)
+                    handler.negative_limit = NegativeRateLimit(self.negative_rate_limit,
+                                                               max_sources=self.budget.rate_limit_sources)
                     handler._update_plain()
                 port, host = key
-                udp, tcp_server, _, bound = await self._bind(handler, host, port)
+                tcp_max = self.tcp_max_connections or max(1, self.budget.tcp_connections // len(wanted))
+                udp, tcp_server, _, bound = await self._bind(handler, host, port, tcp_max)
                 self.handlers[key] = handler
                 self.listeners[key] = (udp, tcp_server, bound)
                 if old_blocks:
@@ -150,21 +168,21 @@ class Runtime:
         bind = bc.plugins.get("bind")
         return list(bind.addresses) if bind is not None else [self.bind_host]
 
-    async def _bind(self, handler: QueryHandler, host: str, port: int):
+    async def _bind(self, handler: QueryHandler, host: str, port: int, tcp_max: int):
         """UDP+TCP for (host, Corefile port); a port mapped to 0 takes the port another address of it got."""
         target = self.port_map.get(port, port)
         if target == 0:
             taken = [b for (p, _), (_, _, b) in self.listeners.items() if p == port]
             if taken:
                 try:
-                    return await self._bind_at(handler, host, taken[0])
+                    return await self._bind_at(handler, host, taken[0], tcp_max)
                 except OSError:
                     pass
-        return await self._bind_at(handler, host, target)
+        return await self._bind_at(handler, host, target, tcp_max)
 
-    async def _bind_at(self, handler: QueryHandler, host: str, port: int):
+    async def _bind_at(self, handler: QueryHandler, host: str, port: int, tcp_max: int):
         return await bind(handler, self.log, host, port, tcp_idle_timeout=self.tcp_idle_timeout,
-                          tcp_max_connections=self.tcp_max_connections, reuse_port=self.reuse_port)
+                          tcp_max_connections=tcp_max, reuse_port=self.reuse_port)
 
     def _start_source(self, settings: Settings) -> None:
         k = settings.kubernetes
@@ -245,6 +263,7 @@ class Runtime:
         registry.register(_RuntimeCollector(self))
         self.http = HttpEndpoints(registry)
         self.http.add_ready_check("kubernetes", self._source_ready)
+        self.http.add_ready_check("memory", lambda: (True, self.memory_line()))
         self.http.add_advisory("forward", self._loop_report)
         self.http_bound = await self.http.start(*addresses)
         self._http_addresses = addresses
@@ -253,6 +272,52 @@ class Runtime:
         if self.source is not None and hasattr(self.source, "ready"):
             return self.source.ready()
         return True, "manifests loaded" if self.source is not None else "no kubernetes source"
+
+    # -------------------------------------------------------------------- memory
+
+    def index_bytes(self, max_age: float = 60.0) -> int:
+        """The index's estimated footprint, re-measured when it changed and the last figure is older than max_age."""
+        import time
+        now = time.monotonic()
+        cached = self._memory_cache
+        if cached is None or (cached[1] != self.index.generation and now - cached[0] > max_age) \
+                or cached[3] is not self.index:
+            self._memory_cache = cached = (now, self.index.generation, index_bytes(self.index), self.index)
+        return cached[2]
+
+    def cache_bytes(self) -> dict[str, int]:
+        return {"answers": sum(h.cache.bytes for h in self.handlers.values()),
+                "responses": sum(b.cache.bytes for b in self.blocks if b.cache is not None)}
+
+    def memory_line(self) -> str:
+        rss = rss_bytes()
+        limit = cgroup_memory_limit()
+        caches = self.cache_bytes()
+        return (f"rss {format_size(rss) if rss else 'unknown'}, index {format_size(self.index_bytes())}, "
+                f"caches {format_size(sum(caches.values()))} of a {format_size(self.budget.total)} budget, "
+                f"limit {format_size(limit[0]) if limit else 'none'}")
+
+    async def check_memory_fits(self, timeout: float = 600.0) -> None:
+        """Once the source has synced: warn when the index plus the budget cannot fit the cgroup's limit."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.index.synced and loop.time() < deadline:
+            await asyncio.sleep(0.5)
+        if not self.index.synced:
+            return
+        limit = cgroup_memory_limit()
+        rss = rss_bytes()
+        if limit is None or rss is None:
+            return
+        need = rss + self.budget.total + max(HEADROOM_MIN, int(rss * HEADROOM_SHARE))
+        fields = dict(rss=format_size(rss), index=format_size(self.index_bytes(max_age=0)),
+                      budget=format_size(self.budget.total), limit=format_size(limit[0]), source=limit[1])
+        if need > limit[0]:
+            self.log.warning("memory_limit_too_small", **fields, needed=format_size(need),
+                             fix="raise the container's memory limit (deploy/README.md: sizing) or lower "
+                                 "--memory-budget; under a flood of new names kdns would grow into the limit")
+        else:
+            self.log.info("memory_fits", **fields)
 
     def _loop_report(self) -> str:
         looped = [b.name for b in self.blocks if b.loop_detected]
@@ -356,6 +421,27 @@ class _RuntimeCollector:
         api = source if source is not None and not isinstance(source, _MS) else None
         manifests = source if isinstance(source, _MS) else None
         yield from KdnsCollector(_MergedHandlers(handlers), rt.index, api, manifests).collect()
+        yield from _memory_metrics(rt)
+
+
+def _memory_metrics(rt: Runtime):
+    from prometheus_client.core import GaugeMetricFamily
+    yield GaugeMetricFamily("kdns_memory_budget_bytes", "Bytes allowed for traffic-grown state (caches, "
+                            "rate-limit buckets): --memory-budget.", value=rt.budget.total)
+    cache = GaugeMetricFamily("kdns_cache_bytes", "Bytes held by each cache, as accounted against the budget.",
+                              labels=["cache"])
+    for name, n in rt.cache_bytes().items():
+        cache.add_metric([name], n)
+    yield cache
+    yield GaugeMetricFamily("kdns_index_bytes", "Estimated bytes held by the cluster index (sampled deep size).",
+                            value=rt.index_bytes())
+    rss = rss_bytes()
+    if rss is not None:
+        yield GaugeMetricFamily("kdns_resident_memory_bytes", "Resident set size of this process.", value=rss)
+    limit = cgroup_memory_limit()
+    if limit is not None:
+        yield GaugeMetricFamily("kdns_memory_limit_bytes", "The memory cgroup limit this process runs under.",
+                                value=limit[0])
 
 
 class _MergedHandlers:

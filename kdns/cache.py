@@ -1,52 +1,137 @@
-"""Packed-answer cache for our own zones, invalidated precisely by index dependency keys.
+"""Packed-answer cache for our own zones: bounded in bytes, flood-resistant, invalidated by index dependency keys.
 
 Entries are whole packed responses keyed by Query.key; an index change drops every entry that
 depends on a touched key before the next query is read (both run on the one event loop), so no
 answer outlives the event that changed it.
+
+Admission is a segmented LRU: a new entry goes to *probation*; its first reuse promotes it to the
+*protected* segment (at most PROTECTED_SHARE of the bytes). A flood of names asked once (random
+subdomains, a misconfigured client) only ever evicts other probation entries -- the cold negative
+answers -- never the hot set. Protected overflow is demoted to probation, so a formerly hot answer
+gets one more chance before it goes.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Hashable, Iterable
+
+from .memory import MemoryBudget
+
+PROTECTED_SHARE = 0.8
+DOORKEEPER_BITS = 1 << 20  # 128 KiB: names seen once, for the admission of negative answers
+# bytes of an entry beyond its packed answer and key name: the value object, the key tuple, one slot
+# in the entry table, one in a segment table and one in the dependency table (sys.getsizeof, CPython
+# 3.11, dicts at their average fill; calibrated with tracemalloc, which tests/test_memory.py re-checks)
+ENTRY_OVERHEAD = 570
+DEP_OVERHEAD = 90  # the dep tuple's slot in _deps_of and the key's slot in a _by_dep set
+NEW_DEP_OVERHEAD = 300  # a dep key seen first: its tuple and strings, a new set and its dict slot
 
 
 class AnswerCache:
-    def __init__(self, maxsize: int = 100_000):
-        self.maxsize = maxsize
+    def __init__(self, max_bytes: int | None = None):
+        self.max_bytes = max_bytes if max_bytes is not None else MemoryBudget().answers
+        self.protected_max = int(self.max_bytes * PROTECTED_SHARE)
         self._entries: dict[Hashable, Any] = {}
+        self._probation: dict[Hashable, int] = {}  # key -> cost, oldest first
+        self._protected: dict[Hashable, int] = {}  # key -> cost, least recently promoted first
+        self.probation_bytes = 0
+        self.protected_bytes = 0
         self._deps_of: dict[Hashable, tuple] = {}
         self._by_dep: dict[Hashable, set] = {}
         self.hits = 0
         self.misses = 0
         self.evictions = 0
+        self.promotions = 0
+        self.not_admitted = 0
+        self._seen = bytearray(DOORKEEPER_BITS // 8)
+        self._seen_count = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def bytes(self) -> int:
+        return self.probation_bytes + self.protected_bytes
+
+    def resize(self, max_bytes: int) -> None:
+        """A new budget (a reload changed the number of ports): evict down to it at once."""
+        self.max_bytes = max_bytes
+        self.protected_max = int(max_bytes * PROTECTED_SHARE)
+        while self.protected_bytes > self.protected_max and self._protected:
+            self._drop(next(iter(self._protected)))
+            self.evictions += 1
+        self._shrink()
+
     def get(self, key: Hashable) -> Any:
-        packed = self._entries.get(key)
-        if packed is None:
+        value = self._entries.get(key)
+        if value is None:
             self.misses += 1
         else:
             self.hits += 1
-        return packed
+            if key in self._probation:
+                self.promote(key)
+        return value
 
     def peek(self, key: Hashable) -> Any:
-        """get() without counting a hit or miss (the caller counts what it serves)."""
+        """get() without counting a hit or miss or promoting (the caller counts what it serves and
+        calls promote() on the first reuse)."""
         return self._entries.get(key)
 
-    def put(self, key: Hashable, packed: Any, deps: Iterable[Hashable]) -> None:
+    def promote(self, key: Hashable) -> None:
+        """A reused probation entry joins the protected segment."""
+        cost = self._probation.pop(key, None)
+        if cost is None:
+            return
+        self.probation_bytes -= cost
+        self._protected[key] = cost
+        self.protected_bytes += cost
+        self.promotions += 1
+        while self.protected_bytes > self.protected_max and len(self._protected) > 1:
+            old = next(iter(self._protected))
+            old_cost = self._protected.pop(old)
+            self.protected_bytes -= old_cost
+            self._probation[old] = old_cost  # newest in probation: one more chance
+            self.probation_bytes += old_cost
+        self._shrink()
+
+    def seen_before(self, key: Hashable) -> bool:
+        """A doorkeeper (a one-hash Bloom filter, cleared when half full): False the first time a key
+        is asked, True after. Negative answers are cached from their second asking only, so a flood of
+        names asked once costs no cache work and no memory, while a hot miss (a search-path expansion
+        every pod tries) is cached at once on its second go."""
+        h = hash(key) & (DOORKEEPER_BITS - 1)
+        byte, bit = h >> 3, 1 << (h & 7)
+        if self._seen[byte] & bit:
+            return True
+        if self._seen_count >= DOORKEEPER_BITS // 2:
+            self._seen = bytearray(DOORKEEPER_BITS // 8)
+            self._seen_count = 0
+        self._seen[byte] |= bit
+        self._seen_count += 1
+        self.not_admitted += 1
+        return False
+
+    def put(self, key: Hashable, value: Any, deps: Iterable[Hashable]) -> None:
         if key in self._entries:
             self._drop(key)
-        elif len(self._entries) >= self.maxsize:
-            # oldest first (dicts keep insertion order)
-            self._drop(next(iter(self._entries)))
-            self.evictions += 1
         deps = tuple(deps)
-        self._entries[key] = packed
+        cost = entry_cost(key, value, deps, self._by_dep)
+        if cost > self.max_bytes // 4:
+            return  # one answer may not take a quarter of the cache
+        self._entries[key] = value
         self._deps_of[key] = deps
         for dep in deps:
             self._by_dep.setdefault(dep, set()).add(key)
+        self._probation[key] = cost
+        self.probation_bytes += cost
+        self._shrink()
+
+    def _shrink(self) -> None:
+        while self.probation_bytes + self.protected_bytes > self.max_bytes:
+            segment = self._probation if self._probation else self._protected
+            self._drop(next(iter(segment)))
+            self.evictions += 1
 
     def invalidate(self, touched: Iterable[Hashable]) -> int:
         dropped = 0
@@ -64,12 +149,35 @@ class AnswerCache:
         self._entries.clear()
         self._deps_of.clear()
         self._by_dep.clear()
+        self._probation.clear()
+        self._protected.clear()
+        self.probation_bytes = self.protected_bytes = 0
+
+    def links(self, dep: Hashable) -> frozenset:
+        """The keys that depend on `dep` (for tests and explanations)."""
+        return frozenset(self._by_dep.get(dep, ()))
 
     def _drop(self, key: Hashable) -> None:
         del self._entries[key]
+        cost = self._probation.pop(key, None)
+        if cost is not None:
+            self.probation_bytes -= cost
+        else:
+            self.protected_bytes -= self._protected.pop(key)
         for dep in self._deps_of.pop(key, ()):
             keys = self._by_dep.get(dep)
             if keys is not None:
                 keys.discard(key)
                 if not keys:
                     del self._by_dep[dep]
+
+
+def entry_cost(key: Hashable, value: Any, deps: tuple, by_dep: dict) -> int:
+    """Bytes one cache entry holds, by sys.getsizeof of its parts plus fixed table overheads."""
+    packed = getattr(value, "packed", value)
+    cost = ENTRY_OVERHEAD + (sys.getsizeof(packed) if isinstance(packed, (bytes, bytearray)) else 64)
+    if isinstance(key, tuple) and key and isinstance(key[0], bytes):
+        cost += sys.getsizeof(key[0])
+    for dep in deps:
+        cost += DEP_OVERHEAD if dep in by_dep else NEW_DEP_OVERHEAD
+    return cost

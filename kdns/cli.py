@@ -14,6 +14,7 @@ from .config import (DEFAULT_RESOLV_CONF, AutopathConfig, BlockConfig, ForwardCo
 from .corefile import CorefileError
 from .forward import parse_hostport
 from .log import Logger
+from .memory import MemoryBudget, parse_size
 from .selectors import SelectorError, parse_selector
 
 DEFAULT_ZONES = ["cluster.local", "in-addr.arpa", "ip6.arpa"]
@@ -24,6 +25,13 @@ def _ttl(text: str) -> int:
     if not 0 <= value <= 3600:
         raise argparse.ArgumentTypeError(f"ttl must be between 0 and 3600, got {value}")
     return value
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,8 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
                            "source itself; health/ready/metrics come from the first (default 1)")
     misc.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
                       help="event loop: uvloop when installed (pip install kdns[fast]) unless asyncio is asked for")
-    misc.add_argument("--tcp-max-connections", type=int, default=1000, metavar="N",
-                      help="open TCP connections per port; more are closed at once (default %(default)s)")
+    misc.add_argument("--tcp-max-connections", type=int, default=None, metavar="N",
+                      help="open TCP connections per port; more are closed at once (default: what the memory "
+                           "budget's TCP share allows, 30%% of it at 40 KiB a connection: 184 with 24Mi)")
+    misc.add_argument("--memory-budget", type=_size, default=None, metavar="SIZE",
+                      help="bytes for everything that grows with traffic -- answer caches, the cache plugin, "
+                           "rate-limit buckets, TCP connections -- evicting cold entries first beyond it "
+                           "(e.g. 24Mi, the default; the cluster index comes on top: deploy/README.md, sizing)")
     misc.add_argument("--negative-rate-limit", type=float, default=0.0, metavar="PER_SECOND",
                       help="per source /24 (/56), at most this many NXDOMAIN/REFUSED answers a second over UDP; "
                            "beyond it they are dropped, every 2nd sent truncated so real clients retry over TCP "
@@ -215,7 +228,8 @@ async def serve(args: argparse.Namespace, log: Logger) -> int:
                       api_options=api_options, serviceaccount_dir=args.serviceaccount_dir,
                       reload_settings=lambda: load_settings(args), port_map=port_map,
                       tcp_max_connections=args.tcp_max_connections, negative_rate_limit=args.negative_rate_limit,
-                      reuse_port=args.workers > 1, serve_http=worker == 0)
+                      reuse_port=args.workers > 1, serve_http=worker == 0,
+                      memory_budget=MemoryBudget(args.memory_budget) if args.memory_budget else None)
     try:
         await runtime.start()
     except OSError as exc:

@@ -48,16 +48,22 @@ class KdnsCollector:
                                     "Seconds since the last successful list/watch contact.", labels=["resource"])
             connected = GaugeMetricFamily("kdns_api_connected", "1 while the watch is healthy.", labels=["resource"])
             events = CounterMetricFamily("kdns_api_events", "Objects received by list and watch.", labels=["resource"])
-            relists = CounterMetricFamily("kdns_api_relists", "Relists after 410 Gone.", labels=["resource"])
+            relists = CounterMetricFamily("kdns_api_relists", "Relists after 410 Gone, by what expired "
+                                          "(watch_expired: the watch's resourceVersion; list_expired: a list's "
+                                          "continue token).", labels=["resource", "reason"])
             errors = CounterMetricFamily("kdns_api_errors", "Failed list/watch attempts.", labels=["resource"])
             for kind, state in self.api_source.states.items():
                 synced.add_metric([kind], 1 if state.synced else 0)
                 age.add_metric([kind], self.api_source.age(kind))
                 connected.add_metric([kind], 1 if state.connected else 0)
                 events.add_metric([kind], state.events)
-                relists.add_metric([kind], state.relists)
+                for reason, count in sorted(state.relists.items()):
+                    relists.add_metric([kind, reason], count)
                 errors.add_metric([kind], state.errors)
             yield from (synced, age, connected, events, relists, errors)
+            yield self.api_source.catchup.family(
+                "kdns_api_catchup_seconds", "Seconds from the API answering again (after an outage, or the 410 "
+                "that asked for a relist) to the resource's relist being applied.", ["resource"])
         if self.manifest_source is not None:
             problems = sum(len(p) for p in self.manifest_source.problems.values())
             yield GaugeMetricFamily("kdns_manifest_problems", "Current problems in manifest files.", value=problems)

@@ -25,7 +25,7 @@ from .metrics import DnsMetrics
 from .plugins import Chain, Request, build_chain, then
 from .resolver import Answer, Resolver
 from .respcache import ResponseCache
-from .wire import Query, error_response, pack_answer, patch, qtype_name, rotate, rotation_groups
+from .wire import Query, error_response, pack_answer, parse_query, patch, qtype_name, rotate, rotation_groups
 
 
 @dataclass(slots=True)
@@ -109,7 +109,7 @@ class Block:
             self.answers.put(req.query.key, CachedAnswer(response, self, zone, plugin, groups), deps)
             return result
         if plugin not in ("forward", "cache"):  # not cached: rotate now (cache hits rotate as they are served)
-            return self._balance(response), plugin
+            return self.balance(response), plugin
         return result
 
     def _builtin(self, query: Query, name: str, zone: str, tcp: bool, client_ip: str | None,
@@ -146,7 +146,7 @@ class Block:
             if self.cache is not None and self.cache.covers(name):
                 hit = self.cache.get(query)
                 if hit is not None:
-                    return self._balance(hit), "cache"
+                    return self.balance(hit), "cache"
             return self._forward(query, name, tcp)
         if fallthrough_nx is not None:
             return self._authoritative(query, fallthrough_nx, zone, req)
@@ -154,7 +154,8 @@ class Block:
 
     def _authoritative(self, query: Query, ans: Answer, zone: str, req: Request | None = None):
         packed = pack_answer(query, ans, self.ra)
-        if ans.cacheable:
+        # negative answers are cached from their second asking (the doorkeeper), as the client asked them
+        if ans.cacheable and (ans.answer or self.answers.seen_before(req.top.query.key if req else query.key)):
             if req is not None:  # plugins wrap the chain: cache their final response (Block._store)
                 req.top.pending = (zone, ans.deps)
             elif not self.chain.wrappers:
@@ -166,7 +167,15 @@ class Block:
         fall = self.config.kubernetes.fallthrough if self.config.kubernetes is not None else None
         return fall is not None and (not fall or any(in_zone(name, z) for z in fall))
 
-    def _balance(self, response: bytes) -> bytes:
+    def forward_cache_is_final(self) -> bool:
+        """Whether a name outside the kubernetes zones that the `cache` plugin holds would be answered
+        from it whatever else the chain has (no hosts, no acl before it): then the query handler serves
+        such names from the query key alone, on its fast path, as it serves cached cluster answers."""
+        return (self.cache is not None and self.forwarder is not None and self.hosts is None
+                and self.config.acl is None and "" in self.config.zones
+                and not (self.chain.wrappers or self.chain.middle or self.chain.last))  # plugins see every query
+
+    def balance(self, response: bytes) -> bytes:
         if not self.config.loadbalance:
             return response
         try:
@@ -188,7 +197,7 @@ class Block:
             return error_response(query.data, RCODE.SERVFAIL, query), "forward"
         if self.cache is not None and self.cache.covers(name):
             reply = self.cache.put(query, reply, name)
-        return self._balance(reply), "forward"
+        return self.balance(reply), "forward"
 
     def _error(self, query: Query, message: str) -> None:
         if self.config.errors:  # CoreDNS's errors plugin line: [ERROR] plugin/errors: 2 name. TYPE: error
@@ -213,17 +222,17 @@ class Block:
         request = DNSRecord.question(name, QTYPE.get(qtype, "A"))
         request.header.rd = 1
         request.header.id = secrets.randbelow(65536)
+        packet = bytes(request.pack())  # dnslib packs into a bytearray: cache keys must be hashable
         query_name = name.rstrip(".").lower()
         if self.cache is not None and self.cache.covers(query_name):
-            from .wire import parse_query  # local: only here
-            q = parse_query(bytes(request.pack()))  # dnslib packs a bytearray: unhashable as a cache key
+            q = parse_query(packet)
             hit = self.cache.get(q)
             if hit is not None:
                 return DNSRecord.parse(hit)
-            reply = await self.forwarder.forward(request.pack(), tcp, observe=self.metrics.observe_upstream)
+            reply = await self.forwarder.forward(packet, tcp, observe=self.metrics.observe_upstream)
             self.cache.put(q, reply, query_name)
             return DNSRecord.parse(reply)
-        return DNSRecord.parse(await self.forwarder.forward(request.pack(), tcp, observe=self.metrics.observe_upstream))
+        return DNSRecord.parse(await self.forwarder.forward(packet, tcp, observe=self.metrics.observe_upstream))
 
     # -------------------------------------------------------------------- autopath
 
@@ -276,7 +285,7 @@ class Block:
             out.answer = [RR(owner, QTYPE.CNAME, ttl=ttl, rdata=CNAME(target))] + list(records)
             out.authority = [] if records else list(authority)
             self.metrics.autopath_success[self.name] += 1
-            return self._balance(patch(pack_answer(query, out, self.ra), query)), "autopath"
+            return self.balance(patch(pack_answer(query, out, self.ra), query)), "autopath"
         return self._authoritative(query, nx, zone.name)
 
     # -------------------------------------------------------------------- loop detection

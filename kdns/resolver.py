@@ -106,6 +106,7 @@ class Resolver:
     def __init__(self, index: ClusterIndex, config: ResolverConfig):
         self.index = index
         self.config = config
+        self._soa_memo: dict[tuple[str, int], RR] = {}
 
     # ---------------------------------------------------------------- entry point
 
@@ -131,6 +132,16 @@ class Resolver:
     # ---------------------------------------------------------------- negative answers
 
     def _soa(self, zone: Zone) -> RR:
+        # one record per zone and serial: negative answers all carry it (RRs are never mutated)
+        key = (zone.name, self.index.serial)
+        rr = self._soa_memo.get(key)
+        if rr is None:
+            if len(self._soa_memo) > 64:
+                self._soa_memo.clear()
+            rr = self._soa_memo[key] = self._build_soa(zone)
+        return rr
+
+    def _build_soa(self, zone: Zone) -> RR:
         ttl = min(self.config.ttl, 300)
         return RR(_name(zone.name), T_SOA, ttl=ttl, rdata=SOA(
             _name(_fqdn("ns.dns", zone.name)), _name(_fqdn("hostmaster", zone.name)),

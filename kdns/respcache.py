@@ -13,9 +13,16 @@ import time
 from dataclasses import dataclass
 
 from .config import CacheConfig, in_zone
+from .memory import MemoryBudget
 from .wire import Query, WireError, patch, walk_records
 
 T_SOA, T_OPT = 6, 41
+
+
+# bytes of an entry beyond its packed response: the Entry, its key tuple and name, the offsets tuple's
+# frame, the dict slot (sys.getsizeof, CPython 3.11); plus OFFSET_BYTES per record's TTL offset
+ENTRY_OVERHEAD = 360
+OFFSET_BYTES = 72
 
 
 @dataclass(slots=True)
@@ -25,13 +32,23 @@ class Entry:
     stored: float
     expires: float
     kind: str  # success | denial | servfail
+    cost: int = 0  # bytes held, for the memory budget
+    elapsed: int = 0  # whole seconds since stored that `served` was decremented for
+    served: bytes = b""  # packed with TTLs decremented by `elapsed`
+    outside: bool = True  # the name is in none of our (kubernetes) zones: no plugin before cache answers it
 
 
 class ResponseCache:
-    def __init__(self, config: CacheConfig, own_zones: list[str] = (), clock=time.monotonic):
+    """Besides CoreDNS's entry capacities, the whole cache holds at most `max_bytes` (the memory
+    budget's share): a flood of large forwarded answers evicts the oldest, it does not grow."""
+
+    def __init__(self, config: CacheConfig, own_zones: list[str] = (), clock=time.monotonic,
+                 max_bytes: int | None = None):
         self.config = config
         self.own_zones = list(own_zones)
         self.clock = clock
+        self.max_bytes = max_bytes if max_bytes is not None else MemoryBudget().responses
+        self.bytes = 0
         self._entries: dict[str, dict[tuple, Entry]] = {"success": {}, "denial": {}}
         self.hits = {"success": 0, "denial": 0}
         self.misses = 0
@@ -45,23 +62,41 @@ class ResponseCache:
         return len(self._entries[kind])
 
     def get(self, query: Query) -> bytes | None:
-        self.requests += 1
-        key = query.key
+        packed = self.lookup(query.key)
+        return None if packed is None else patch(packed, query)
+
+    def lookup(self, key: tuple, count: bool = True, outside_only: bool = False) -> bytes | None:
+        """The cached response for a query key, TTLs decremented, ID and question not yet patched.
+        Counts the request and its hit or miss, unless count is False (the query handler's fast path,
+        which counts with count_hit() only what it serves, and asks only for names outside our zones:
+        inside them, e.g. a reverse name that fell through, the kubernetes plugin must look first)."""
         now = self.clock()
         for kind in ("success", "denial"):
             entry = self._entries[kind].get(key)
-            if entry is None:
+            if entry is None or (outside_only and not entry.outside):
                 continue
             if now >= entry.expires:
                 del self._entries[kind][key]
+                self.bytes -= entry.cost
                 continue
-            self.hits[kind] += 1
-            packed = entry.packed
-            if not self.config.keepttl:
-                packed = _decrement(packed, entry.ttl_offsets, int(now - entry.stored))
-            return patch(packed, query)
-        self.misses += 1
+            if count:
+                self.requests += 1
+                self.hits[kind] += 1
+            if self.config.keepttl:
+                return entry.packed
+            elapsed = int(now - entry.stored)
+            if elapsed != entry.elapsed:  # re-decremented at most once a second per entry
+                entry.elapsed = elapsed
+                entry.served = _decrement(entry.packed, entry.ttl_offsets, elapsed)
+            return entry.served
+        if count:
+            self.requests += 1
+            self.misses += 1
         return None
+
+    def count_hit(self, response: bytes) -> None:
+        self.requests += 1
+        self.hits["success" if response[3] & 0x0F == 0 and response[6:8] != b"\x00\x00" else "denial"] += 1
 
     def put(self, query: Query, response: bytes, name: str) -> bytes:
         """Cache `response`; returns what to send now: the response with TTLs capped as cached
@@ -100,15 +135,31 @@ class ResponseCache:
             return response
         bucket = self._entries[kind]
         capacity = cfg.success_capacity if kind == "success" else cfg.denial_capacity
-        if query.key not in bucket and len(bucket) >= capacity:
-            bucket.pop(next(iter(bucket)))
-            self.evictions[kind] += 1
+        old = bucket.pop(query.key, None)
+        if old is not None:
+            self.bytes -= old.cost
+        elif len(bucket) >= capacity:
+            self._evict(kind)
         offsets = tuple((r.ttl_offset, _ttl(response, r)) for r in records if r.rtype != T_OPT)
         now = self.clock()
         # cached TTLs never exceed the time the entry lives
         capped = _cap(response, offsets, int(ttl))
-        bucket[query.key] = Entry(capped, tuple((o, min(t, int(ttl))) for o, t in offsets), now, now + ttl, kind)
+        # the packed response twice: as stored and as last served with TTLs decremented
+        cost = ENTRY_OVERHEAD + 2 * len(capped) + len(query.key[0]) + OFFSET_BYTES * len(offsets)
+        if cost > self.max_bytes // 4:
+            return capped  # one response may not take a quarter of the cache
+        while self.bytes + cost > self.max_bytes:
+            self._evict(max(self._entries, key=lambda k: len(self._entries[k])))
+        bucket[query.key] = Entry(capped, tuple((o, min(t, int(ttl))) for o, t in offsets), now, now + ttl, kind,
+                                  cost, 0, capped, not any(in_zone(name, z) for z in self.own_zones))
+        self.bytes += cost
         return capped
+
+    def _evict(self, kind: str) -> None:
+        """Drop the oldest entry of `kind` (insertion order)."""
+        bucket = self._entries[kind]
+        self.bytes -= bucket.pop(next(iter(bucket))).cost
+        self.evictions[kind] += 1
 
 
 def _ttl(packet: bytes, rec) -> int:

@@ -18,6 +18,7 @@ from dnslib import QTYPE, RCODE
 
 from .cache import AnswerCache
 from .log import Logger
+from .memory import TCP_READ_LIMIT, MemoryBudget
 from .metrics import DnsMetrics
 from .wire import (MIN_UDP_SIZE, Query, WireError, error_response, fast_key, parse_query, patch, qtype_name, rotate,
                    truncate)
@@ -33,7 +34,7 @@ class NegativeRateLimit:
     Sources are grouped by /24 (IPv4) or /56 (IPv6). Over the rate, answers are dropped, except
     every `slip`-th one, which goes out truncated so a real client retries over TCP (as BIND's RRL)."""
 
-    def __init__(self, per_second: float, slip: int = 2, max_sources: int = 100_000):
+    def __init__(self, per_second: float, slip: int = 2, max_sources: int = MemoryBudget().rate_limit_sources):
         self.rate = per_second
         self.slip = slip
         self.max_sources = max_sources
@@ -68,11 +69,11 @@ class NegativeRateLimit:
 class QueryHandler:
     """All server blocks of one port. handle() returns response bytes, None (drop), or an awaitable."""
 
-    def __init__(self, blocks: list, log: Logger, metrics: DnsMetrics | None = None, cache_size: int = 100_000,
+    def __init__(self, blocks: list, log: Logger, metrics: DnsMetrics | None = None,
                  answers: AnswerCache | None = None):
         self.log = log
         self.metrics = metrics or DnsMetrics()
-        self.cache = answers if answers is not None else AnswerCache(cache_size)
+        self.cache = answers if answers is not None else AnswerCache()
         self.stats: Counter = Counter()
         self._observe = False
         self.negative_limit: NegativeRateLimit | None = None
@@ -89,9 +90,13 @@ class QueryHandler:
 
     def _update_plain(self) -> None:
         """Whether a cache hit needs nothing but the ID/flags/question patch and metrics (no query log,
-        acl, rate limit): then handle() answers it before the full parser runs."""
+        acl, rate limit): then handle() answers it before the full parser runs. With one server block
+        whose chain ends in `cache` + `forward` for every name, its cached forwarded answers too."""
         self.plain = not (self.querylog or self.negative_limit is not None
                           or any(b.config.acl is not None for b in self.blocks))
+        self.forward_cache = None
+        if len(self.blocks) == 1 and self.blocks[0].forward_cache_is_final():
+            self.forward_cache = (self.blocks[0], self.blocks[0].cache)
 
     @property
     def observe(self) -> bool:
@@ -121,19 +126,27 @@ class QueryHandler:
             if fast is not None:
                 key, qend, udp_size = fast
                 entry = self.cache.peek(key)
-                if entry is not None and not entry.groups and (tcp or len(entry.packed) <= udp_size):
-                    # the hottest path: a cached answer, nothing to log, filter or rotate
-                    packed = entry.packed
-                    entry.served += 1
-                    self.cache.hits += 1
-                    flags = bytes(((packed[2] & 0xFE) | (data[2] & 0x01), (packed[3] & 0xEF) | (data[3] & 0x10)))
-                    response = b"".join((data[0:2], flags, packed[4:12], data[12:qend], packed[qend:]))
-                    if self._observe:
-                        self.metrics.observe(entry.block.name, entry.zone, "tcp" if tcp else "udp",
-                                             "2" if client and ":" in client[0] else "1", key[1], key[4],
-                                             65535 if tcp else udp_size, packed[3] & 0x0F, entry.plugin,
-                                             len(response), time.perf_counter() - start)
-                    return response
+                if entry is not None:
+                    # the hottest path: a cached answer, nothing to log or filter
+                    if tcp or len(entry.packed) <= udp_size:
+                        if not entry.served:
+                            self.cache.promote(key)  # reused: out of probation, safe from floods of new names
+                        entry.served += 1
+                        self.cache.hits += 1
+                        packed = rotate(entry.packed, entry.groups, entry.served) if entry.groups else entry.packed
+                        return self._reply(data, qend, packed, key, tcp, udp_size, client, entry.block, entry.zone,
+                                           entry.plugin, start)
+                elif self.forward_cache is not None and (key[2] == CLASS_IN or key[2] == CLASS_ANY):
+                    # a name outside our zones that the `cache` plugin holds: served the same way
+                    block, cache = self.forward_cache
+                    if not block.loop_detected:
+                        packed = cache.lookup(key, count=False, outside_only=True)  # misses: the full path
+                        if packed is not None and (tcp or len(packed) <= udp_size):
+                            cache.count_hit(packed)
+                            if block.config.loadbalance:
+                                packed = block.balance(packed)
+                            return self._reply(data, qend, packed, key, tcp, udp_size, client, block, ".", "cache",
+                                               start)
         start = time.perf_counter()
         try:
             query = parse_query(data)
@@ -160,6 +173,17 @@ class QueryHandler:
             return self._miss(query, tcp, client, start)
         except Exception as exc:  # noqa: BLE001 - a bug must cost one SERVFAIL, never the server
             return self._internal_error(query, exc)
+
+    def _reply(self, data: bytes, qend: int, packed: bytes, key: tuple, tcp: bool, udp_size: int, client, block,
+               zone: str, plugin: str, start: float) -> bytes:
+        """A cached response for the fast path: the query's ID, RD/CD bits and question bytes written in."""
+        flags = bytes(((packed[2] & 0xFE) | (data[2] & 0x01), (packed[3] & 0xEF) | (data[3] & 0x10)))
+        response = b"".join((data[0:2], flags, packed[4:12], data[12:qend], packed[qend:]))
+        if self._observe:
+            self.metrics.observe(block.name, zone, "tcp" if tcp else "udp", "2" if client and ":" in client[0] else "1",
+                                 key[1], key[4], 65535 if tcp else udp_size, packed[3] & 0x0F, plugin,
+                                 len(response), time.perf_counter() - start)
+        return response
 
     def _internal_error(self, query: Query, exc: Exception) -> bytes:
         self.stats["internal_errors"] += 1
@@ -463,6 +487,6 @@ async def bind(handler: QueryHandler, log: Logger, host: str, port: int, attempt
         bound_port = udp_sock.getsockname()[1]
         udp_transport, _ = await loop.create_datagram_endpoint(lambda: UDPProtocol(handler), sock=udp_sock)
         tcp = TCPServer(handler, log, idle_timeout=tcp_idle_timeout, max_connections=tcp_max_connections)
-        server = await asyncio.start_server(tcp.serve_client, sock=tcp_sock)
+        server = await asyncio.start_server(tcp.serve_client, sock=tcp_sock, limit=TCP_READ_LIMIT)
         return udp_transport, server, tcp, bound_port
     raise last_error or OSError("could not bind")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
+from dnslib import A, AAAA, CNAME, EDNS0, NS, PTR, QTYPE, RCODE, SOA, SRV, TXT, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
 HEADER = struct.Struct("!HHHHHH")
 U16 = struct.Struct("!H")
@@ -44,6 +44,7 @@ class Query:
     udp_size: int = MIN_UDP_SIZE
     do: bool = False
     edns_version: int = 0
+    _labels: tuple | None = None
 
     @property
     def key(self) -> tuple:
@@ -52,6 +53,11 @@ class Query:
     @property
     def labels(self) -> tuple[str, ...]:
         """Lower-case labels as text (latin-1 keeps every byte; non-ASCII simply matches nothing)."""
+        if self._labels is None:
+            self._labels = self._split()
+        return self._labels
+
+    def _split(self) -> tuple[str, ...]:
         out = []
         pos = 0
         name = self.qname.lower()
@@ -199,8 +205,158 @@ def pack_answer(query: Query, answer, recursion_available: bool) -> bytes:
     """Build the full response for `answer` (a resolver.Answer), question in lower case.
 
     The result is reusable for any query with the same Query.key: `patch` writes the ID,
-    RD/CD bits and the asked question bytes back in.
+    RD/CD bits and the asked question bytes back in. The record types the resolver produces are
+    packed here by hand, byte for byte as dnslib would (its name compression included); anything
+    else (an upstream's records in a chased answer) goes through dnslib.
     """
+    try:
+        return _pack_by_hand(query, answer, recursion_available)
+    except _NotByHand:
+        return _pack_with_dnslib(query, answer, recursion_available)
+
+
+class _NotByHand(Exception):
+    pass
+
+
+_SIMPLE_NAME_TYPES = (CNAME, PTR, NS)
+
+
+_NEGATIVE_SOA: dict[tuple[int, int], tuple] = {}  # (id(SOA RR), pointer to the zone) -> (RR, record bytes)
+_SOA_SHAPES: dict[int, tuple] = {}  # id(SOA RR) -> (RR, zone in wire form, first labels of its names)
+
+
+def _soa_shape(rr) -> tuple | None:
+    """(rr, the zone's wire bytes, the labels that precede the zone in the SOA's own names), or None
+    when the SOA's names are not under its zone (then no template applies)."""
+    if type(rr.rdata) is not SOA or not rr.rname.label:
+        return None
+    zone = rr.rname.label
+    n = len(zone)
+    lasts = set()
+    for name in (rr.rdata.mname.label, rr.rdata.rname.label):
+        if len(name) <= n or name[len(name) - n:] != zone:
+            return None
+        lasts.add(name[len(name) - n - 1])
+    return rr, b"".join(bytes((len(label),)) + label for label in zone) + b"\x00", frozenset(lasts)
+
+
+def _pack_negative(query: Query, answer, flags: int) -> bytes | None:
+    """NXDOMAIN / NODATA: header, the question, the zone's SOA with its names pointing into the
+    question (the zone is the question's suffix). The SOA record's bytes are kept per SOA and pointer,
+    so a miss costs a dict lookup, not a name compression. None when the layout is not this one."""
+    rr = answer.authority[0]
+    shape = _SOA_SHAPES.get(id(rr))
+    if shape is None or shape[0] is not rr:
+        shape = _soa_shape(rr)
+        if shape is None:
+            return None
+        if len(_SOA_SHAPES) >= 256:
+            _SOA_SHAPES.clear()
+        _SOA_SHAPES[id(rr)] = shape
+    qname = query.qname.lower()
+    zone_wire = shape[1]
+    if not qname.endswith(zone_wire):
+        return None
+    end = len(qname) - len(zone_wire)
+    pos, last = 0, -1
+    while pos < end:  # the zone must start at a label boundary
+        last = pos
+        pos += qname[pos] + 1
+    if pos != end:
+        return None
+    if last >= 0 and qname[last + 1:end] in shape[2]:
+        return None  # the SOA's names would compress into the question's own labels: not shareable
+    key = (id(rr), 12 + end)
+    cached = _NEGATIVE_SOA.get(key)
+    if cached is None or cached[0] is not rr:
+        out = bytearray(HEADER.pack(0, 0, 1, 0, 1, 0))
+        names: dict[tuple, int] = {}
+        _put_name(out, names, tuple(_wire_labels(qname)))
+        out += U16.pack(query.qtype) + U16.pack(query.qclass)
+        start = len(out)
+        _put_name(out, names, rr.rname.label)
+        out += RR_FIXED.pack(rr.rtype, rr.rclass, rr.ttl, 0)
+        rdata = len(out)
+        _put_name(out, names, rr.rdata.mname.label)
+        _put_name(out, names, rr.rdata.rname.label)
+        out += struct.pack("!IIIII", *rr.rdata.times)
+        struct.pack_into("!H", out, rdata - 2, len(out) - rdata)
+        if len(_NEGATIVE_SOA) >= 4096:
+            _NEGATIVE_SOA.clear()
+        cached = _NEGATIVE_SOA[key] = (rr, bytes(out[start:]))
+    edns = opt_record(query.do, answer.rcode >> 4) if query.edns else b""
+    return b"".join((HEADER.pack(0, flags, 1, 0, 1, 1 if edns else 0), qname, query.data[query.qend - 4:query.qend],
+                     cached[1], edns))
+
+
+def _pack_by_hand(query: Query, answer, recursion_available: bool) -> bytes:
+    rcode = answer.rcode
+    # RD set as dnslib sets it: `patch` copies the asker's RD in
+    flags = FLAG_QR | 0x0100 | (0x0400 if answer.authoritative else 0) | (0x0080 if recursion_available else 0) \
+        | (rcode & 0xF)
+    if not answer.answer and not answer.additional and len(answer.authority) == 1:
+        packed = _pack_negative(query, answer, flags)
+        if packed is not None:
+            return packed
+    records = answer.answer, answer.authority, answer.additional
+    out = bytearray(HEADER.pack(0, flags, 1, len(records[0]), len(records[1]),
+                                len(records[2]) + (1 if query.edns else 0)))
+    names: dict[tuple, int] = {}
+    _put_name(out, names, tuple(_wire_labels(query.qname.lower())))
+    out += U16.pack(query.qtype) + U16.pack(query.qclass)
+    for section in records:
+        for rr in section:
+            rdata = rr.rdata
+            kind = type(rdata)
+            _put_name(out, names, rr.rname.label)
+            out += RR_FIXED.pack(rr.rtype, rr.rclass, rr.ttl, 0)
+            start = len(out)
+            if kind is A or kind is AAAA:
+                out += bytes(rdata.data)
+            elif kind in _SIMPLE_NAME_TYPES:
+                _put_name(out, names, rdata.label.label)
+            elif kind is SRV:
+                out += struct.pack("!HHH", rdata.priority, rdata.weight, rdata.port)
+                for label in rdata.target.label:  # SRV targets are never compressed (RFC 2782)
+                    out.append(len(label))
+                    out += label
+                out.append(0)
+            elif kind is SOA:
+                _put_name(out, names, rdata.mname.label)
+                _put_name(out, names, rdata.rname.label)
+                out += struct.pack("!IIIII", *rdata.times)
+            elif kind is TXT:
+                for item in rdata.data:
+                    out.append(len(item))
+                    out += item
+            else:
+                raise _NotByHand
+            struct.pack_into("!H", out, start - 2, len(out) - start)
+    if query.edns:
+        out += opt_record(query.do, rcode >> 4)
+    return bytes(out)
+
+
+def _put_name(out: bytearray, names: dict, labels: tuple) -> None:
+    """Append a name, compressed against the suffixes already written (dnslib's scheme)."""
+    for i in range(len(labels)):
+        suffix = labels[i:]
+        pointer = names.get(suffix)
+        if pointer is not None:
+            out += U16.pack(0xC000 | pointer)
+            return
+        if len(out) < 0x4000:
+            names[suffix] = len(out)
+        label = labels[i]
+        if len(label) > 63:
+            raise _NotByHand
+        out.append(len(label))
+        out += label
+    out.append(0)
+
+
+def _pack_with_dnslib(query: Query, answer, recursion_available: bool) -> bytes:
     header = DNSHeader(id=0, qr=1, aa=int(answer.authoritative), ra=int(recursion_available),
                        rcode=answer.rcode & 0xF)
     qname = DNSLabel(list(_wire_labels(query.qname.lower())) or ".")

@@ -2,10 +2,20 @@
 checked against the state the API had, and kdns's RSS is sampled.
 
     .venv/bin/python perf/soak.py [--seconds 60] [--rate 2000] [--services 200] [--churn-interval 0.02]
+        [--api-restart-every S [--api-down-seconds 2]] [--compact-every S] [--catchup-allowance 2]
 
 An answer is right if it equals the state of that service at some moment between (query sent -
 --lag) and (answer received): --lag allows for the watch event still being on its way (measured
 event-to-answer p99 is under 1 ms; the default allows 50 ms). Loopback only; bounded in time.
+
+API restarts: the double refuses connections for --api-down-seconds and drops the open ones, as a
+restarting apiserver does; the churn goes on meanwhile (recorded when the API changed, not when kdns
+could know), and the history is compacted before it listens again, so every re-watch gets 410 and
+relists. --compact-every compacts throughout as well, as etcd does. An answer that shows an older
+state is *stale*: expected while the API is unreachable (kdns serves the last state it had), counted
+per restart after the API's return (the "stale seconds": from the return to the last stale answer
+received), and *wrong* when it comes more than --catchup-allowance after the return, or outside any
+restart, or was never the service's state at all.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import argparse
 import bisect
 import os
 import random
+import re
 import socket
 import struct
 import sys
@@ -25,7 +36,7 @@ from dataclasses import dataclass, field
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from apiserver import FakeApiServer, namespace, service, write_kubeconfig  # noqa: E402
+from apiserver import FakeApiServer, kubeconfig_args, namespace, service  # noqa: E402
 from harness import KdnsProcess  # noqa: E402
 
 NS = "soak"
@@ -46,6 +57,64 @@ class History:
         i = max(0, bisect.bisect_right(self.times, start) - 1)
         j = bisect.bisect_right(self.times, end)
         return set(self.states[i:max(j, i + 1)])
+
+    def replaced_at(self, state: str | None, before: float) -> float:
+        """When the last period in which the service had `state`, begun before `before`, ended."""
+        j = bisect.bisect_right(self.times, before)
+        for k in range(j - 1, -1, -1):
+            if self.states[k] == state:
+                return self.times[k + 1] if k + 1 < len(self.times) else float("inf")
+        return float("-inf")
+
+
+@dataclass
+class Restart:
+    """One API outage: when the double stopped answering, and when it listened again."""
+
+    down_at: float
+    up_at: float = float("inf")
+    stale_answers: int = 0  # stale answers to queries sent after up_at (beyond the allowance: also wrong)
+    stale_seconds: float = 0.0  # from up_at to the last of those answers
+
+
+def judge(checked: list, histories: dict, restarts: list, lag: float, allowance: float, result: dict) -> None:
+    """Sort every answer into right, SERVFAIL, stale (while down / after the return, within the
+    allowance) or wrong; fill result and each Restart's staleness figures."""
+    for t_sent, t_recv, name, rcode, ip in checked:
+        result["answers"] += 1
+        if rcode == 2:
+            result["servfail"] += 1
+            continue
+        got = ip if rcode == 0 else None
+        if got in histories[name].states_between(t_sent - lag, t_recv):
+            continue
+        # the restart this answer may be stale from: the last one that went down before it came
+        restart = next((r for r in reversed(restarts) if r.down_at <= t_recv), None)
+        if restart is None or got not in histories[name].states_between(restart.down_at - lag, t_recv):
+            result["wrong"] += 1  # never the state since (or no restart at all): wrong as without restarts
+            _example(result, histories, name, got, t_sent, t_recv, lag)
+            continue
+        if t_sent < restart.up_at:
+            result["stale_while_down"] += 1
+            continue
+        in_allowance = t_sent <= restart.up_at + allowance
+        # past the allowance, only a state replaced before the return is this restart's staleness
+        # (a later one should have come by watch event: late, it is wrong as without restarts)
+        if in_allowance or histories[name].replaced_at(got, t_recv) <= restart.up_at:
+            restart.stale_answers += 1
+            restart.stale_seconds = max(restart.stale_seconds, t_recv - restart.up_at)
+        if in_allowance:
+            continue
+        result["wrong"] += 1
+        _example(result, histories, name, got, t_sent, t_recv, lag)
+
+
+def _example(result: dict, histories: dict, name: str, got: str | None, t_sent: float, t_recv: float,
+             lag: float) -> None:
+    if len(result["examples"]) < 5:
+        allowed = histories[name].states_between(t_sent - lag, t_recv)
+        late = t_sent - histories[name].replaced_at(got, t_recv)
+        result["examples"].append((name, got, sorted(map(str, allowed)), f"asked {late:.3f}s after it was replaced"))
 
 
 def rss_kib(pid: int) -> int:
@@ -69,20 +138,21 @@ def _parse(reply: bytes) -> tuple[int, int, str | None]:
 
 
 def run(seconds: float = 60, rate: int = 2000, services: int = 200, churn_interval: float = 0.02,
-        lag: float = 0.05, seed: int = 1, quiet: bool = False, api_restart_every: float = 0.0) -> dict:
+        lag: float = 0.05, seed: int = 1, quiet: bool = False, api_restart_every: float = 0.0,
+        api_down_seconds: float = 0.3, compact_every: float = 0.0, catchup_allowance: float = 5.0) -> dict:
     rng = random.Random(seed)
     histories = {f"svc-{i}": History() for i in range(services)}
+    restarts: list[Restart] = []
     result = {"queries": 0, "answers": 0, "wrong": 0, "lost": 0, "servfail": 0, "changes": 0, "examples": [],
-              "api_restarts": 0}
+              "stale_while_down": 0, "compactions": 0}
     with FakeApiServer() as api, tempfile.TemporaryDirectory() as tmp:
         api.apply(namespace(NS))
         for i, name in enumerate(histories):
             ip = f"10.{100 + i // 250}.{i % 250}.1"
-            api.apply(service(NS, name, ip))
             histories[name].add(time.monotonic(), ip)
-        kubeconfig = write_kubeconfig(os.path.join(tmp, "kubeconfig"), api.url, token=api.token)
-        with KdnsProcess("--kubeconfig", kubeconfig, "--ready-listen", "127.0.0.1:0",
-                         "--api-backoff-max", "0.5") as kdns:
+            api.apply(service(NS, name, ip))
+        with KdnsProcess(*kubeconfig_args(api, tmp), "--ready-listen", "127.0.0.1:0",
+                         "--metrics-listen", "127.0.0.1:0") as kdns:
             deadline = time.monotonic() + 20
             while kdns.get("ready", "/ready")[0] != 200:
                 if time.monotonic() > deadline:
@@ -93,45 +163,37 @@ def run(seconds: float = 60, rate: int = 2000, services: int = 200, churn_interv
             stop = threading.Event()
 
             def churn() -> None:
+                # goes on while the API is unreachable too: its state changes, kdns cannot know yet
                 version = 0
-                next_restart = time.monotonic() + api_restart_every if api_restart_every else float("inf")
                 while not stop.is_set():
-                    if time.monotonic() >= next_restart:
-                        # an API server restart: streams cut, a few changes made while it is down,
-                        # history compacted, so the watches get 410 and relist. kdns cannot know the
-                        # changes before it reconnects: they count from the moment it has.
-                        mark = len(kdns.lines)
-                        api.set_down(True)
-                        changed = []
-                        for _ in range(5):
-                            name = rng.choice(list(histories))
-                            version += 1
-                            ip = f"10.250.{version // 250 % 250}.{version % 250 + 1}"
-                            api.apply(service(NS, name, ip))
-                            changed.append((name, ip))
-                        stop.wait(0.3)
-                        api.compact()
-                        api.set_down(False)
-                        kdns.wait_for_log(r"api_relisted resource=Service", timeout=10, start=mark)
-                        now = time.monotonic()
-                        for name, ip in changed:
-                            histories[name].add(now, ip)
-                        result["api_restarts"] += 1
-                        result["changes"] += len(changed)
-                        next_restart = time.monotonic() + api_restart_every
-                        continue
                     name = rng.choice(list(histories))
                     h = histories[name]
                     version += 1
                     if h.states[-1] is None or rng.random() < 0.8:
                         ip = f"10.{200 + version // 60000 % 50}.{version // 250 % 240}.{version % 250 + 1}"
+                        h.add(time.monotonic(), ip)  # before the API has it: the judge's window covers both
                         api.apply(service(NS, name, ip))
-                        h.add(time.monotonic(), ip)
                     else:
-                        api.delete("Service", NS, name)
                         h.add(time.monotonic(), None)
+                        api.delete("Service", NS, name)
                     result["changes"] += 1
                     stop.wait(churn_interval)
+
+            def restarter() -> None:
+                # the API process goes away (connections refused), history is compacted, it listens again
+                while not stop.wait(api_restart_every):
+                    restart = Restart(down_at=time.monotonic())
+                    restarts.append(restart)
+                    api.set_unreachable(True)
+                    stop.wait(api_down_seconds)
+                    api.compact()
+                    api.set_unreachable(False)
+                    restart.up_at = time.monotonic()
+
+            def compactor() -> None:
+                while not stop.wait(compact_every):
+                    api.compact()
+                    result["compactions"] += 1
 
             sent: dict[int, tuple[float, str]] = {}
             checked: list = []
@@ -152,8 +214,13 @@ def run(seconds: float = 60, rate: int = 2000, services: int = 200, churn_interv
                     if info is not None:
                         checked.append((info[0], now, info[1], rcode, ip))
 
-            churner = threading.Thread(target=churn, daemon=True)
-            churner.start()
+            helpers = [threading.Thread(target=churn, daemon=True)]
+            if api_restart_every:
+                helpers.append(threading.Thread(target=restarter, daemon=True))
+            if compact_every:
+                helpers.append(threading.Thread(target=compactor, daemon=True))
+            for thread in helpers:
+                thread.start()
             start = time.monotonic()
             end = start + seconds
             qid = 0
@@ -175,7 +242,8 @@ def run(seconds: float = 60, rate: int = 2000, services: int = 200, churn_interv
                     next_sample += 1
                 time.sleep(min(0.001, max(0.0, next_send - time.monotonic())))
             stop.set()
-            churner.join(5)
+            for thread in helpers:
+                thread.join(10)
             drain = time.monotonic() + 1
             while sent and time.monotonic() < drain:
                 receive()
@@ -184,37 +252,45 @@ def run(seconds: float = 60, rate: int = 2000, services: int = 200, churn_interv
             sock.close()
             alive = kdns.proc.poll() is None
             errors = [line for line in kdns.lines if "internal_error" in line or "Traceback" in line]
+            relists = [line for line in kdns.lines if " api_relist " in line]
+            catchups = [float(m.group(1)) for line in kdns.lines
+                        if (m := re.search(r"api_relisted .*catchup_seconds=([\d.]+)", line))]
     result["lost"] = len(sent)
-    for t_sent, t_recv, name, rcode, ip in checked:
-        result["answers"] += 1
-        if rcode == 2:
-            result["servfail"] += 1
-            continue
-        got = ip if rcode == 0 else None
-        allowed = histories[name].states_between(t_sent - lag, t_recv)
-        if got not in allowed:
-            result["wrong"] += 1
-            if len(result["examples"]) < 5:
-                result["examples"].append((name, got, sorted(map(str, allowed))))
-    result["relists"] = sum(1 for line in kdns.lines if "api_relist resource=Service" in line)
+    judge(checked, histories, restarts, lag, catchup_allowance, result)
     result.update(seconds=seconds, rate=rate, services=services, achieved_qps=round(result["answers"] / seconds),
                   rss_start_kib=rss[0][1], rss_end_kib=rss[-1][1], rss_max_kib=max(r for _, r in rss),
-                  alive=alive, internal_errors=len(errors))
+                  alive=alive, internal_errors=len(errors), api_restarts=len(restarts),
+                  relists=sum(" resource=Service " in line for line in relists), relists_all=len(relists),
+                  relist_retries=sum("retry_in=" in line for line in relists),
+                  stale_after_return=[r.stale_answers for r in restarts],
+                  stale_seconds=[round(r.stale_seconds, 3) for r in restarts],
+                  catchup_max=max(catchups, default=0.0), catchup_allowance=catchup_allowance)
     if not quiet:
         print(format_table(result))
     return result
 
 
 def format_table(r: dict) -> str:
-    return "\n".join([
-        "| soak seconds | target qps | answered qps | service changes | API restarts (relists) | wrong answers | "
-        "SERVFAIL | lost | RSS start → end (max) MiB | alive | internal errors |",
+    rows = [
+        "| soak seconds | target qps | answered qps | service changes | API restarts (relists: Service / all) | "
+        "wrong answers | SERVFAIL | lost | RSS start → end (max) MiB | alive | internal errors |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        f"| {r['seconds']} | {r['rate']} | {r['achieved_qps']} | {r['changes']} | {r['api_restarts']} ({r['relists']}) | "
-        f"{r['wrong']} | {r['servfail']} | "
+        f"| {r['seconds']} | {r['rate']} | {r['achieved_qps']} | {r['changes']} | {r['api_restarts']} "
+        f"({r['relists']} / {r['relists_all']}) | {r['wrong']} | {r['servfail']} | "
         f"{r['lost']} | {r['rss_start_kib'] / 1024:.1f} → {r['rss_end_kib'] / 1024:.1f} "
         f"({r['rss_max_kib'] / 1024:.1f}) | {r['alive']} | {r['internal_errors']} |",
-    ])
+    ]
+    if r["api_restarts"]:
+        rows += [
+            "",
+            "| restarts | compactions | stale answers while down | stale answers after each return | "
+            "stale seconds after each return | max catch-up (kdns_api_catchup_seconds) | relists that waited |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+            f"| {r['api_restarts']} | {r['compactions']} + 1 per restart | {r['stale_while_down']} | "
+            f"{', '.join(map(str, r['stale_after_return']))} | {', '.join(f'{s:.3f}' for s in r['stale_seconds'])} | "
+            f"{r['catchup_max']:.3f} s | {r['relist_retries']} |",
+        ]
+    return "\n".join(rows)
 
 
 def main() -> int:
@@ -225,13 +301,20 @@ def main() -> int:
     parser.add_argument("--churn-interval", type=float, default=0.02)
     parser.add_argument("--lag", type=float, default=0.05)
     parser.add_argument("--api-restart-every", type=float, default=0.0, metavar="SECONDS",
-                        help="restart the API double this often (streams cut, history compacted -> relist)")
+                        help="restart the API double this often (connections refused, history compacted -> relist)")
+    parser.add_argument("--api-down-seconds", type=float, default=2.0, metavar="SECONDS",
+                        help="how long each restart keeps the API unreachable")
+    parser.add_argument("--compact-every", type=float, default=0.0, metavar="SECONDS",
+                        help="compact the API's history this often as well (etcd's compaction)")
+    parser.add_argument("--catchup-allowance", type=float, default=2.0, metavar="SECONDS",
+                        help="stale answers to queries sent this long after an API return are not counted wrong")
     args = parser.parse_args()
     r = run(args.seconds, args.rate, args.services, args.churn_interval, args.lag,
-            api_restart_every=args.api_restart_every)
+            api_restart_every=args.api_restart_every, api_down_seconds=args.api_down_seconds,
+            compact_every=args.compact_every, catchup_allowance=args.catchup_allowance)
     for example in r["examples"]:
         print("wrong:", example)
-    return 0 if r["wrong"] == 0 and r["alive"] and not r["internal_errors"] else 1
+    return 0 if r["wrong"] == 0 and r["servfail"] == 0 and r["alive"] and not r["internal_errors"] else 1
 
 
 if __name__ == "__main__":

@@ -5,8 +5,13 @@ Resources: services, endpointslices (discovery.k8s.io/v1), namespaces, pods — 
 - watch: ?watch=1&resourceVersion=RV&allowWatchBookmarks=true&timeoutSeconds=N, one JSON event per line
   (ADDED, MODIFIED, DELETED, BOOKMARK, ERROR with a 410 Status when RV is older than the compaction point)
 - auth: bearer token (rotatable) or TLS client certificates
-- faults: answer N requests with an HTTP status, 410 on the next watch (status or ERROR event),
-  close watch streams mid-event, stall watches, go down entirely
+- faults: answer N requests with an HTTP status (optionally with Retry-After), 410 on the next watch
+  (status or ERROR event), close watch streams mid-event, stall watches, answer everything 503
+  (set_down), or be unreachable as during a real restart (set_unreachable: connections refused and
+  every open one dropped; objects may still change and history be compacted meanwhile)
+- paging: the pages of one list come from one snapshot taken at its resourceVersion (as etcd's)
+- compaction: compact() makes every watch from an older resourceVersion, and every list continue
+  token taken before it, answer 410 Gone
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import asyncio
 import base64
 import copy
 import json
+import os
 import ssl
 import threading
 import time
@@ -40,7 +46,10 @@ def status(code: int, reason: str, message: str) -> dict:
 class Faults:
     fail_statuses: list = field(default_factory=list)  # next requests answer these HTTP statuses
     fail_kinds: set | None = None  # only for these kinds (None: all)
+    retry_after: str | None = None  # Retry-After header sent with the fail_statuses answers
     gone_next_watch: dict = field(default_factory=dict)  # kind -> "status" | "event"
+    gone_every_watch: set = field(default_factory=set)  # kinds whose every watch gets a 410 event
+    list_delay: float = 0.0  # seconds each list page takes (a big list, a slow API)
     stall: bool = False  # watches send nothing (no events, no bookmarks)
     down: bool = False  # every request gets 503 and open watches are cut
 
@@ -53,15 +62,19 @@ class FakeApiServer:
         self.bookmark_interval = bookmark_interval
         self.faults = Faults()
         self.requests: list[tuple[str, dict]] = []
+        self.request_times: list[float] = []  # monotonic, one per entry of `requests`
         self._lock = threading.Lock()
         self._rv = 1
         self._compacted = 0  # watches from an RV below this get 410
         self._objects: dict[str, dict[tuple[str, str], dict]] = {kind: {} for kind in KIND_PATH}
         self._history: list[tuple[int, str, str, dict]] = []  # (rv, type, kind, object)
+        self._snapshots: dict[tuple[str, int], list] = {}  # (kind, rv) -> the list continue tokens page through
         self._watchers: dict[str, set[asyncio.Queue]] = {kind: set() for kind in KIND_PATH}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
         self.port = 0
+        self.unreachable = False
         self.watch_count = {kind: 0 for kind in KIND_PATH}
         self.list_count = {kind: 0 for kind in KIND_PATH}
 
@@ -89,11 +102,22 @@ class FakeApiServer:
             app.router.add_get(path, self._handle)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]
+        self._loop.run_until_complete(self._listen())
         started.set()
         self._loop.run_forever()
+
+    async def _listen(self) -> None:
+        # the same port again after set_unreachable(False): asyncio sets SO_REUSEADDR
+        self._site = web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=self.ssl_context)
+        await self._site.start()
+        self.port = self._site._server.sockets[0].getsockname()[1]
+
+    async def _go_away(self) -> None:
+        await self._site.stop()  # new connections are refused
+        self._cut_watches()
+        for handler in list(self._runner.server.connections):  # keep-alive connections die with the process
+            if handler.transport is not None:
+                handler.transport.close()
 
     async def _shutdown(self) -> None:
         self._cut_watches()
@@ -139,6 +163,7 @@ class FakeApiServer:
         with self._lock:
             self._compacted = self._rv  # a watch from the current version (a fresh list) is fine
             self._history.clear()
+            self._snapshots.clear()
 
     def bookmark(self, kind: str) -> None:
         with self._lock:
@@ -149,6 +174,15 @@ class FakeApiServer:
     def cut_watches(self) -> None:
         """Close every open watch stream in the middle of an event."""
         self._loop.call_soon_threadsafe(self._cut_watches, "mid-event")
+
+    def set_unreachable(self, unreachable: bool) -> None:
+        """Be unreachable as an API server process that is restarting: refuse new connections and
+        drop open ones (True), or listen again on the same port (False). Returns when done."""
+        if unreachable == self.unreachable:
+            return
+        self.unreachable = unreachable
+        coro = self._go_away() if unreachable else self._listen()
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
 
     def _cut_watches(self, how: str = "close") -> None:
         for queues in self._watchers.values():
@@ -175,6 +209,7 @@ class FakeApiServer:
         kind, api_version = PATHS[request.path]
         query = dict(request.query)
         self.requests.append((request.path, query))
+        self.request_times.append(time.monotonic())
         cert_auth = self.ssl_context is not None and self.ssl_context.verify_mode == ssl.CERT_REQUIRED
         if self.token is not None and not cert_auth:  # with client certificates, TLS already authenticated
             auth = request.headers.get("Authorization", "")
@@ -184,20 +219,33 @@ class FakeApiServer:
             return web.json_response(status(503, "ServiceUnavailable", "apiserver is down"), status=503)
         if self.faults.fail_statuses and (self.faults.fail_kinds is None or kind in self.faults.fail_kinds):
             code = self.faults.fail_statuses.pop(0)
-            return web.json_response(status(code, "InternalError", f"injected failure {code}"), status=code)
+            headers = {"Retry-After": self.faults.retry_after} if self.faults.retry_after else None
+            return web.json_response(status(code, "InternalError", f"injected failure {code}"), status=code,
+                                     headers=headers)
         if query.get("watch") in ("1", "true", "True"):
             return await self._watch(request, kind, query)
-        return self._list(kind, api_version, query)
+        return await self._list(kind, api_version, query)
 
-    def _list(self, kind: str, api_version: str, query: dict) -> web.Response:
+    async def _list(self, kind: str, api_version: str, query: dict) -> web.Response:
         self.list_count[kind] += 1
-        with self._lock:
-            items = [copy.deepcopy(o) for _, o in sorted(self._objects[kind].items())]
-            rv = self._rv
+        if self.faults.list_delay:
+            await asyncio.sleep(self.faults.list_delay)
         start = 0
-        if query.get("continue"):
-            token = json.loads(base64.b64decode(query["continue"]))
-            start, rv = token["start"], token["rv"]
+        with self._lock:
+            if query.get("continue"):
+                # the next page of the same snapshot, as etcd serves it at the list's revision
+                token = json.loads(base64.b64decode(query["continue"]))
+                start, rv = token["start"], token["rv"]
+                items = self._snapshots.get((kind, rv))
+                if items is None or rv < self._compacted:
+                    return web.json_response(status(410, "Expired", "The provided continue parameter is too old "
+                                                    "to display a consistent list result."), status=410)
+            else:
+                items = [copy.deepcopy(o) for _, o in sorted(self._objects[kind].items())]
+                rv = self._rv
+                if len(self._snapshots) >= 16:
+                    self._snapshots.pop(next(iter(self._snapshots)))
+                self._snapshots[(kind, rv)] = items
         limit = int(query.get("limit") or 0)
         meta = {"resourceVersion": str(rv)}
         if limit and start + limit < len(items):
@@ -216,7 +264,7 @@ class FakeApiServer:
             return web.json_response(status(410, "Expired", f"too old resource version: {rv}"), status=410)
         queue: asyncio.Queue = asyncio.Queue()
         with self._lock:
-            too_old = rv < self._compacted or gone == "event"
+            too_old = rv < self._compacted or gone == "event" or kind in self.faults.gone_every_watch
             backlog = [] if too_old else [json.dumps({"type": t, "object": o})
                                           for r, t, k, o in self._history if k == kind and r > rv]
             self._watchers[kind].add(queue)
@@ -299,6 +347,18 @@ def pod(ns: str, name: str, ip: str) -> dict:
     return {"kind": "Pod", "apiVersion": "v1", "metadata": {"name": name, "namespace": ns},
             "spec": {"containers": [{"name": "c", "image": "busybox"}]},
             "status": {"podIP": ip, "podIPs": [{"ip": ip}]}}
+
+
+def add_services(api: FakeApiServer, count: int, ns: str = "bulk") -> None:
+    """Namespace `ns` with services s0..s{count-1} at 10.97.0.1, 10.97.0.2, ..."""
+    for i in range(count):
+        api.apply(service(ns, f"s{i}", f"10.97.0.{i + 1}"))
+    api.apply(namespace(ns))
+
+
+def kubeconfig_args(api: FakeApiServer, directory) -> list[str]:
+    """`--kubeconfig PATH` for kdns to reach this double with its token (the file goes in `directory`)."""
+    return ["--kubeconfig", write_kubeconfig(os.path.join(directory, "kubeconfig"), api.url, token=api.token)]
 
 
 def write_kubeconfig(path, server: str, token: str | None = None, ca_pem: bytes | None = None,

@@ -61,16 +61,17 @@ class LoggedProcess:
 
 
 class KdnsProcess(LoggedProcess):
-    def __init__(self, *args: str, startup_timeout: float = 15.0, listen: bool = True):
+    def __init__(self, *args: str, startup_timeout: float = 15.0, listen: bool = True, wrap=None):
         super().__init__()
         self.args = list(args)
+        self.wrap = wrap or (lambda cmd: cmd)  # e.g. MemoryCgroup.wrap: run inside a memory cgroup
         self.listen = listen
         self.startup_timeout = startup_timeout
         self.port = 0
 
     def __enter__(self) -> "KdnsProcess":
-        self.spawn([sys.executable, "-m", "kdns", "serve", *(["--listen", "127.0.0.1:0"] if self.listen else []),
-                    *self.args])
+        self.spawn(self.wrap([sys.executable, "-m", "kdns", "serve",
+                              *(["--listen", "127.0.0.1:0"] if self.listen else []), *self.args]))
         try:
             line = self.wait_for_log(r'(INFO listening |"event": "listening")', self.startup_timeout)
             self.port = int(re.search(r"udp[=\": ]+127\.0\.0\.\d+:(\d+)", line).group(1))  # bind: 127.0.0.2 etc.

@@ -11,7 +11,7 @@ import dns.rcode
 import pytest
 import trustme
 
-from apiserver import FakeApiServer, endpointslice, namespace, pod, service, write_kubeconfig
+from apiserver import FakeApiServer, add_services, endpointslice, kubeconfig_args, namespace, pod, service, write_kubeconfig
 from harness import KdnsProcess, answers, wait_until
 
 FAST = ("--api-backoff-max", "0.3", "--ready-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0")
@@ -34,8 +34,7 @@ def api():
 
 
 def start(api: FakeApiServer, tmp_path, *extra: str) -> KdnsProcess:
-    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", api.url, token=api.token)
-    return KdnsProcess("--kubeconfig", kubeconfig, *FAST, *extra)
+    return KdnsProcess(*kubeconfig_args(api, tmp_path), *FAST, *extra)
 
 
 def addrs(kdns: KdnsProcess, name: str, rdtype: str = "A") -> list[str]:
@@ -151,7 +150,7 @@ def test_relist_after_410_drops_objects_deleted_while_away(api, tmp_path, how):
                    what="quietly deleted service gone after relist")
         assert addrs(kdns, "new.shop.svc.cluster.local") == ["10.96.0.50"]
         kdns.wait_for_log(r"api_relist_removed resource=Service objects=1")
-        assert kdns.metric("kdns_api_relists_total", resource="Service") >= 1
+        assert kdns.metric("kdns_api_relists_total", resource="Service", reason="watch_expired") >= 1
 
 
 def test_stream_closed_mid_event_resumes_from_last_version(api, tmp_path):
@@ -220,9 +219,7 @@ def test_bookmarks_advance_the_resource_version(api, tmp_path):
 
 
 def test_relist_is_paged(api, tmp_path):
-    for i in range(25):
-        api.apply(service("bulk", f"s{i}", f"10.97.0.{i + 1}"))
-    api.apply(namespace("bulk"))
+    add_services(api, 25)
     with start(api, tmp_path, "--api-page-size", "10") as kdns:
         wait_synced(kdns)
         assert addrs(kdns, "s24.bulk.svc.cluster.local") == ["10.97.0.25"]

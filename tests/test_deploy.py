@@ -373,7 +373,7 @@ def test_resources_are_sized():
     deploy, _ = kdns_objects()
     res = container(deploy)["resources"]
     # CoreDNS's figures (perf/BENCH.md has no RSS figures yet; deploy/README.md "Resources")
-    assert res == {"requests": {"cpu": "100m", "memory": "70Mi"}, "limits": {"memory": "170Mi"}}
+    assert res == {"requests": {"cpu": "100m", "memory": "100Mi"}, "limits": {"memory": "170Mi"}}
     res = container(find(render("webhook/base"), "Deployment"))["resources"]
     assert set(res["requests"]) == {"cpu", "memory"} and set(res["limits"]) == {"memory"}
 
@@ -486,7 +486,7 @@ spec:
         imagePullPolicy: IfNotPresent
         resources:
           limits: {memory: 170Mi}
-          requests: {cpu: 100m, memory: 70Mi}
+          requests: {cpu: 100m, memory: 100Mi}
         args: ["-conf", "/etc/coredns/Corefile"]
         volumeMounts:
         - {name: config-volume, mountPath: /etc/coredns, readOnly: true}

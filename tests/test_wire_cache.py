@@ -105,11 +105,13 @@ def test_unrelated_change_keeps_positive_entries_cached():
 
 
 def test_cache_eviction_is_bounded_and_drops_dependency_links():
-    cache = AnswerCache(maxsize=2)
-    cache.put("a", b"A", [("svc", "n", "a")])
-    cache.put("b", b"B", [("svc", "n", "b")])
-    cache.put("c", b"C", [("svc", "n", "c")])
-    assert len(cache) == 2 and cache.get("a") is None and cache.evictions == 1
+    from kdns.cache import entry_cost
+    cost = entry_cost("a", b"A", (("svc", "n", "a"),), {})
+    cache = AnswerCache(max_bytes=4 * cost + cost // 2)  # room for four entries, not five
+    for name in "abcde":
+        cache.put(name, name.upper().encode(), [("svc", "n", name)])
+    assert len(cache) == 4 and cache.peek("a") is None and cache.evictions == 1
+    assert cache.links(("svc", "n", "a")) == frozenset()  # the evicted entry's link went with it
     assert cache.invalidate([("svc", "n", "b")]) == 1 and cache.get("b") is None and cache.get("c") == b"C"
 
 
@@ -187,12 +189,24 @@ def test_fast_key_leaves_unusual_packets_to_the_full_parser(mutate):
 
 def test_an_unrelated_change_keeps_cached_negative_answers():
     index, h = handler_for(namespace("ns"), clusterip("ns", "s", "10.0.0.1"))
-    assert ask(h, "t.ns.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
+    for _ in range(2):  # a negative answer is cached from its second asking (cache.seen_before)
+        assert ask(h, "t.ns.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
+    assert len(h.cache) == 1
     index.upsert(clusterip("ns", "other", "10.0.0.9"))  # unrelated: the NXDOMAIN stays cached
     assert ask(h, "t.ns.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
     assert h.cache.hits == 1
     index.upsert(clusterip("ns", "t", "10.0.0.3"))  # the name itself appears: never a stale NXDOMAIN
     assert addresses(ask(h, "t.ns.svc.cluster.local")) == ["10.0.0.3"]
+
+
+def test_a_negative_answer_is_cached_from_its_second_asking():
+    index, h = handler_for(namespace("ns"))
+    for i in range(50):  # a flood of names asked once leaves nothing behind
+        assert ask(h, f"r{i}.ns.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
+    assert len(h.cache) <= 1 and h.cache.not_admitted >= 49  # (one hash collision allowed)
+    ask(h, "r7.ns.svc.cluster.local")
+    assert h.cache.peek(parse_query(dns.message.make_query("r7.ns.svc.cluster.local", "A").to_wire()).key)
+    assert ask(h, "r7.ns.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN and h.cache.hits == 1
 
 
 def test_partial_reverse_names_follow_any_address_change():

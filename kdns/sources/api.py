@@ -8,9 +8,11 @@ sync / staleness state that /ready, the metrics and the logs report.
 Protocol (kubernetes api-concepts): list in pages (limit/continue) -> resourceVersion -> watch
 from it with allowWatchBookmarks; every event and bookmark advances the resourceVersion; a
 server-side timeout ends the stream normally and the watch resumes from the last version; 410
-Gone (HTTP status or ERROR event) means the version is too old: relist, and replace that
-resource's state so objects deleted meanwhile disappear; any other failure reconnects with
-capped exponential backoff and jitter.
+Gone (HTTP status or ERROR event) means the version is too old: relist at once, and replace that
+resource's state in one step so objects deleted meanwhile disappear. Other failures: an API that
+does not answer is probed about every second (so its return is noticed at once, whatever the
+outage's length); an API that answers with errors gets capped exponential backoff with jitter, or
+its Retry-After (Reflector says which is which).
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
+from urllib3.exceptions import MaxRetryError
+from urllib3.util.retry import Retry
 
 from ..index import ClusterIndex
 from ..log import Logger
+from ..metrics import Histogram
 from . import settle_heap
 from ..objects import (ObjectError, endpointslice_from_dict, namespace_from_dict, pod_from_dict,
                        service_from_dict)
@@ -38,8 +43,15 @@ from ..objects import (ObjectError, endpointslice_from_dict, namespace_from_dict
 SERVICEACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
+RELIST_REASONS = ("watch_expired", "list_expired")
+
+
 class Gone(Exception):
     """410: the resourceVersion (or continue token) is too old; relist."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason  # "watch_expired" (resourceVersion compacted) | "list_expired" (continue token)
 
 
 class ConfigError(Exception):
@@ -79,6 +91,9 @@ def build_api_client(kubeconfig: str | None = None, context: str | None = None,
             where = f"in-cluster {configuration.host} (service account {serviceaccount_dir})"
     except (k8s_config.ConfigException, OSError, ValueError, TypeError) as exc:
         raise ConfigError(str(exc)) from None
+    # urllib3 would sleep out a 429/503's Retry-After inside the request, unseen and uninterruptible;
+    # the reflector honours it itself. Connection failures are still retried at once, 3 times.
+    configuration.retries = Retry(total=3, respect_retry_after_header=False)
     return k8s_client.ApiClient(configuration), where
 
 
@@ -153,12 +168,56 @@ class Backoff:
         self.attempt = 0
 
 
+RETRY_AFTER_MAX = 120.0  # a Retry-After beyond this is taken as this (a misbehaving proxy must not park us)
+
+
+class Reachability:
+    """Shared by one source's reflectors: when one of them gets an answer from the API, the others
+    stop waiting out their probe interval and retry at once, so every resource notices the API's
+    return within one probe of the first."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.answers = 0
+
+    def answered(self) -> None:
+        with self._cond:
+            self.answers += 1
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait(self, seen: int, timeout: float, stop: threading.Event) -> None:
+        """Sleep up to `timeout`, less if the API answered anyone since `seen` or `stop` is set."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.answers == seen and not stop.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(left)
+
+
 class Reflector:
-    """List + watch one resource in a thread; posts Batches to `post` (thread-safe)."""
+    """List + watch one resource in a thread; posts Batches to `post` (thread-safe).
+
+    Waiting between attempts depends on what went wrong:
+    - nothing answered (refused, reset, connect timeout): probe again every `probe_interval`
+      (jittered, 50-100 %) by retrying the request itself, which costs an absent API nothing;
+      these failures never raise the backoff, so the API's return is noticed within a probe;
+    - the API answered with an error (5xx, 429, 401, ...) or broke a stream it had opened: capped
+      exponential backoff, or the Retry-After the API asked for;
+    - 410 Gone: relist at once, unless the previous attempt also ended in 410 with no working watch
+      in between (back to back: a separate capped backoff).
+    Any request that succeeds (a list page, an opened watch, or a 410) resets the error backoff.
+    """
 
     def __init__(self, resource: Resource, api_client: k8s_client.ApiClient, post: Callable[[str, Any], None],
                  page_size: int = 500, watch_timeout: int = 300, stall_timeout: float = 120.0,
-                 connect_timeout: float = 10.0, backoff_max: float = 30.0):
+                 connect_timeout: float = 10.0, backoff_max: float = 30.0, probe_interval: float = 1.0,
+                 reachability: Reachability | None = None):
         self.resource = resource
         self.list_fn = resource.list_call(api_client)
         self.post = post
@@ -167,8 +226,14 @@ class Reflector:
         # a watch that delivers nothing (no event, no bookmark) this long is presumed dead and reopened
         self.stall_timeout = stall_timeout
         self.connect_timeout = connect_timeout
+        self.probe_interval = probe_interval
         self.backoff = Backoff(base=min(0.5, backoff_max), cap=backoff_max)
+        self.gone_backoff = Backoff(base=min(0.5, backoff_max), cap=backoff_max)
+        self.reachability = reachability or Reachability()
         self.resource_version = ""
+        self._listed = False  # a list has completed once: later lists are relists, applied atomically
+        self._answered = False  # the API answered during the current attempt
+        self._watch_opened = False  # the current attempt's watch request was accepted (HTTP 200)
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self.run, name=f"reflector-{resource.kind}", daemon=True)
 
@@ -177,47 +242,89 @@ class Reflector:
 
     def stop(self) -> None:
         self._stop.set()
+        self.reachability.wake()
 
     def run(self) -> None:
         need_list = True
+        gone_streak = 0  # 410s with no established watch in between
         while not self._stop.is_set():
+            seen = self.reachability.answers
+            self._answered = self._watch_opened = False
             try:
                 if need_list:
                     self._list()
                     need_list = False
-                    self.post("contact", None)
                 self._watch()
-                self.backoff.reset()
-                self.post("contact", None)
+                gone_streak = 0
             except Gone as exc:
-                self.post("gone", str(exc))
                 need_list = True
-                if self.backoff.attempt:  # repeated 410s: do not hammer the server
-                    self._stop.wait(self.backoff.next())
+                if gone_streak:  # the relist did not help: do not hammer the server
+                    delay = self.gone_backoff.next()
                 else:
-                    self.backoff.attempt = 1
-            except Exception as exc:  # noqa: BLE001 - any failure: report, back off, resume
-                self.post("error", _describe(exc))
-                self._stop.wait(self.backoff.next())
+                    delay = 0.0
+                    self.gone_backoff.reset()
+                gone_streak += 1
+                self.post("gone", (exc.reason, str(exc), delay))
+                if delay:
+                    self._stop.wait(delay)
+            except Exception as exc:  # noqa: BLE001 - any failure: report, wait, resume
+                if self._watch_opened:  # the resourceVersion was accepted: a later 410 is a new one
+                    gone_streak = 0
+                cause, delay = self._retry_plan(exc)
+                self.post("error", (cause, _describe(exc), delay))
+                if cause == "unreachable":
+                    self.reachability.wait(seen, delay, self._stop)
+                else:
+                    self._stop.wait(delay)
+
+    def _retry_plan(self, exc: Exception) -> tuple[str, float]:
+        """("unreachable" | "error", seconds to wait) for a failed attempt."""
+        if isinstance(exc, ApiException) and exc.status:  # an HTTP answer with an error status
+            delay = self.backoff.next()
+            retry_after = _retry_after(exc)
+            if retry_after is not None:
+                delay = min(retry_after, RETRY_AFTER_MAX) * random.uniform(1.0, 1.1)
+            return "error", delay
+        if self._answered or isinstance(exc, (WatchError, ApiException)):
+            return "error", self.backoff.next()  # it answered, then broke the stream (or a TLS error)
+        return "unreachable", self.probe_interval * random.uniform(0.5, 1.0)
+
+    def _answer_arrived(self) -> None:
+        """A request succeeded (a list page, an open watch, or 410 Gone): reset the backoff, wake the
+        reflectors probing an unreachable API, and count it as contact."""
+        self._answered = True
+        self.backoff.reset()
+        self.reachability.answered()
+        self.post("contact", None)
+
+    def _call(self, reason: str, what: str, **kwargs) -> Any:
+        try:
+            resp = self.list_fn(_preload_content=False, **kwargs)
+        except ApiException as exc:
+            if exc.status == 410:  # a valid answer: relist
+                self._answer_arrived()
+                raise Gone(reason, f"{what}: {exc.reason}") from None
+            self._answered = bool(exc.status)  # an error answer: the API is there, but not well
+            raise
+        self._answer_arrived()
+        return resp
 
     # -------------------------------------------------------------------- list
 
     def _list(self) -> None:
+        """List in pages. The first list is applied page by page (what is known is served at once);
+        a relist is posted as one batch, so the loop swaps the resource's state in one step."""
         token = None
         first = True
+        pending: Batch | None = Batch(relist_begin=True) if self._listed else None
         while True:
-            try:
-                resp = self.list_fn(limit=self.page_size, _continue=token, _preload_content=False,
-                                    _request_timeout=(self.connect_timeout, 60))
-            except ApiException as exc:
-                if exc.status == 410:
-                    raise Gone(f"list continue token expired: {exc.reason}") from None
-                raise
+            resp = self._call("list_expired", "list continue token expired", limit=self.page_size,
+                              _continue=token, _request_timeout=(self.connect_timeout, 60))
             try:
                 data = json.loads(resp.data)
             finally:
                 resp.release_conn()
-            batch = Batch(relist_begin=first)
+            batch = pending if pending is not None else Batch(relist_begin=first)
             first = False
             for item in data.get("items") or []:
                 self._convert_into(batch, item, "ADDED")
@@ -228,8 +335,10 @@ class Reflector:
                 self.resource_version = str(meta.get("resourceVersion") or "")
                 batch.relist_end = True
                 batch.resource_version = self.resource_version
-            self.post("batch", batch)
+            if pending is None or token is None:
+                self.post("batch", batch)
             if token is None:
+                self._listed = True
                 return
 
     # -------------------------------------------------------------------- watch
@@ -237,16 +346,12 @@ class Reflector:
     def _watch(self) -> None:
         # server-side timeout varied per watch (as client-go does) so watches do not restart in lockstep
         timeout = random.randint(self.watch_timeout, self.watch_timeout * 2)
+        resp = self._call("watch_expired", f"watch from resourceVersion {self.resource_version}", watch=True,
+                          resource_version=self.resource_version, allow_watch_bookmarks=True,
+                          timeout_seconds=timeout,
+                          _request_timeout=(self.connect_timeout, min(self.stall_timeout, timeout + 30)))
+        self._watch_opened = True
         try:
-            resp = self.list_fn(watch=True, resource_version=self.resource_version, allow_watch_bookmarks=True,
-                                timeout_seconds=timeout, _preload_content=False,
-                                _request_timeout=(self.connect_timeout, min(self.stall_timeout, timeout + 30)))
-        except ApiException as exc:
-            if exc.status == 410:
-                raise Gone(f"watch from resourceVersion {self.resource_version}: {exc.reason}") from None
-            raise
-        try:
-            self.post("contact", None)
             for line in iter_resp_lines(resp):
                 if self._stop.is_set():
                     return
@@ -267,7 +372,7 @@ class Reflector:
             code = obj.get("code") if isinstance(obj, dict) else None
             message = obj.get("message", "") if isinstance(obj, dict) else str(obj)
             if code == 410:
-                raise Gone(f"watch: {message or 'resourceVersion too old'}")
+                raise Gone("watch_expired", f"watch: {message or 'resourceVersion too old'}")
             raise WatchError(f"watch error event code={code}: {message}")
         rv = ((obj.get("metadata") or {}).get("resourceVersion")) if isinstance(obj, dict) else None
         batch = Batch()
@@ -304,9 +409,20 @@ class WatchError(Exception):
     pass
 
 
+def _retry_after(exc: ApiException) -> float | None:
+    """Seconds from an answer's Retry-After header (delta-seconds form), if it has one."""
+    value = exc.headers.get("Retry-After") if exc.headers else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
 def _describe(exc: Exception) -> str:
     if isinstance(exc, ApiException):
         return f"HTTP {exc.status} {exc.reason}".strip()
+    if isinstance(exc, MaxRetryError) and exc.reason is not None:  # urllib3's wrapper: say what failed
+        exc = exc.reason
     text = str(exc)
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
@@ -320,12 +436,22 @@ class ResourceState:
     connected: bool = False
     last_contact: float = 0.0  # monotonic
     disconnected_since: float = 0.0
+    unreachable: bool = False  # the last failure got no answer at all (vs an error answer)
     last_error: str = ""
     resource_version: str = ""
     relist_seen: set | None = None
     events: int = 0
-    relists: int = 0
+    # reason -> count; both reasons from the start, so rate() works before the first relist
+    relists: dict = field(default_factory=lambda: dict.fromkeys(RELIST_REASONS, 0))
     errors: int = 0
+    reachable_again: float = 0.0  # when the API answered again after this resource's last outage
+    relisting_since: float = 0.0  # a 410 asked for a relist that is not applied yet
+    relist_reason: str = ""
+    catchup_from: float = 0.0  # start of the catch-up the next applied relist ends
+
+
+# seconds from "the API answers again" to "the resource's relist is applied"
+CATCHUP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
 class ApiSource:
@@ -338,10 +464,14 @@ class ApiSource:
         self.wanted = wanted
         self.states = {kind: ResourceState() for kind in kinds}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.reflectors = [Reflector(RESOURCES[kind], api_client, self._poster(kind), **reflector_options)
+        self.reachability = Reachability()
+        self.reflectors = [Reflector(RESOURCES[kind], api_client, self._poster(kind),
+                                     reachability=self.reachability, **reflector_options)
                            for kind in kinds]
         self.synced_event = asyncio.Event()
         self.started_at = time.monotonic()
+        self.api_back_at = 0.0  # the last time any resource found the API answering again
+        self.catchup = Histogram(CATCHUP_BUCKETS)  # labels: (resource,)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -372,24 +502,41 @@ class ApiSource:
         elif what == "contact":
             self._contact(kind, state)
         elif what == "gone":
-            state.relists += 1
-            self.log.info("api_relist", resource=kind, reason=payload)
+            reason, detail, delay = payload
+            now = time.monotonic()
+            state.relists[reason] = state.relists.get(reason, 0) + 1
+            if not state.relisting_since:
+                state.relisting_since = now
+                state.catchup_from = state.reachable_again or now
+            state.relist_reason = reason
+            self.log.info("api_relist", resource=kind, reason=reason, detail=detail,
+                          **({"retry_in": round(delay, 3)} if delay else {}),
+                          serving="last known state until the relist completes" if state.synced else "partial state")
         elif what == "error":
+            cause, detail, delay = payload
             state.errors += 1
-            state.last_error = payload
+            state.last_error = detail
+            state.unreachable = cause == "unreachable"
             if state.connected or not state.disconnected_since:
                 state.connected = False
                 state.disconnected_since = time.monotonic()
-                self.log.warning("api_disconnected", resource=kind, error=payload,
-                                 serving="last known state" if state.synced else "SERVFAIL for unknown names")
+                state.reachable_again = 0.0
+                self.log.warning("api_disconnected", resource=kind, cause=cause, error=detail,
+                                 serving="last known state" if state.synced else "SERVFAIL for unknown names",
+                                 retry_in=round(delay, 3))
             else:
-                self.log.debug("api_retry_failed", resource=kind, error=payload)
+                self.log.debug("api_retry_failed", resource=kind, cause=cause, error=detail,
+                               retry_in=round(delay, 3))
 
     def _contact(self, kind: str, state: ResourceState) -> None:
         now = time.monotonic()
         state.last_contact = now
         if not state.connected:
             if state.disconnected_since:
+                # the API is back: from the first resource to see it in this outage, if that was earlier
+                if self.api_back_at < state.disconnected_since:
+                    self.api_back_at = now
+                state.reachable_again = self.api_back_at
                 self.log.info("api_reconnected", resource=kind,
                               outage_seconds=round(now - state.disconnected_since, 3))
             state.connected = True
@@ -399,6 +546,8 @@ class ApiSource:
         index = self.index
         if batch.relist_begin:
             state.relist_seen = set()
+        elif state.relist_seen is None:
+            state.reachable_again = 0.0  # a watch delivered: whatever follows is not this outage's catch-up
         for key, message in batch.errors:
             self.log.error("api_object_invalid", resource=kind, object=key, reason=message,
                            action="previous version kept" if self._stored(kind, key) else "not served")
@@ -427,9 +576,15 @@ class ApiSource:
                 if stale:
                     self.log.info("api_relist_removed", resource=kind, objects=len(stale))
                 if state.synced:
+                    extra = {}
+                    if state.relisting_since:
+                        catchup = time.monotonic() - state.catchup_from
+                        self.catchup.observe((kind,), catchup)
+                        extra = {"reason": state.relist_reason, "catchup_seconds": round(catchup, 3)}
                     self.log.info("api_relisted", resource=kind, objects=len(state.relist_seen),
-                                  removed=len(stale), resource_version=batch.resource_version)
+                                  removed=len(stale), resource_version=batch.resource_version, **extra)
                 state.relist_seen = None
+                state.relisting_since = state.catchup_from = state.reachable_again = 0.0
             state.events += len(batch.upserts) + len(batch.deletes)
             if batch.resource_version:
                 state.resource_version = batch.resource_version
@@ -453,11 +608,39 @@ class ApiSource:
 
     def ready(self) -> tuple[bool, str]:
         not_synced = [k for k, s in self.states.items() if not s.synced]
+        detail = "; ".join(self.describe(k) for k in self.states)
         if not_synced:
-            return False, "waiting for the first list of " + ", ".join(not_synced)
-        return True, "; ".join(f"{k}: {self.age(k):.1f}s since last API contact, resourceVersion "
-                               f"{s.resource_version}" + ("" if s.connected else f" (disconnected: {s.last_error})")
-                               for k, s in self.states.items())
+            return False, "waiting for the first list of " + ", ".join(not_synced) + "; " + detail
+        return True, detail
+
+    def phase(self, kind: str) -> str:
+        """What the resource is doing: listing (first list), reconnecting, relisting or watching."""
+        state = self.states[kind]
+        if not state.synced:
+            return "listing"
+        if not state.connected and state.disconnected_since:
+            return "reconnecting"
+        if state.relisting_since:
+            return "relisting"
+        return "watching"
+
+    def describe(self, kind: str) -> str:
+        """One line of /ready?verbose=1 for a resource (no ';' inside: it separates resources)."""
+        state = self.states[kind]
+        now = time.monotonic()
+        phase = self.phase(kind)
+        text = f"{kind}: {phase}"
+        if phase == "reconnecting":
+            what = "API unreachable" if state.unreachable else "API answering with errors"
+            text += (f" ({what}, disconnected {now - state.disconnected_since:.1f}s: {state.last_error};"
+                     f" serving the last known state)").replace(";", ",")
+        elif phase == "relisting":
+            text += (f" (410 Gone: {state.relist_reason} {now - state.relisting_since:.1f}s ago,"
+                     " serving the last known state until the new list is complete)")
+        elif phase == "listing" and state.disconnected_since:
+            text += f" (disconnected: {state.last_error})".replace(";", ",")
+        return text + (f", {self.age(kind):.1f}s since last API contact, "
+                       f"resourceVersion {state.resource_version}")
 
     def age(self, kind: str) -> float:
         """Seconds since the last successful contact with the API for `kind` (since start if never)."""

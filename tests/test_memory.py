@@ -1,0 +1,175 @@
+"""Memory: the answer cache's byte bound and flood-resistant admission, its accounting against
+tracemalloc, the cgroup limit reader, and the real server under a budget and inside a memory cgroup."""
+
+from __future__ import annotations
+
+import gc
+import socket
+import tracemalloc
+
+import dns.message
+import dns.rcode
+
+from builders import clusterip, handler_for, namespace
+from cgroup import MemoryCgroup
+from harness import EXAMPLE, KdnsProcess, answers, wait_until
+from kdns.cache import AnswerCache
+from kdns.memory import cgroup_memory_limit, index_bytes, parse_size
+
+
+def ask_wire(handler, name: str, rdtype: str = "A") -> dns.message.Message:
+    return dns.message.from_wire(handler.handle(dns.message.make_query(name, rdtype).to_wire(), False, ("10.0.0.1", 1)))
+
+
+# ---------------------------------------------------------------- admission and the byte bound
+
+
+def test_flood_of_new_names_never_evicts_a_reused_answer():
+    cache = AnswerCache(max_bytes=200_000)
+    cache.put("hot", b"H" * 100, [("svc", "n", "hot")])
+    assert cache.get("hot") == b"H" * 100  # reused once: promoted out of probation
+    for i in range(5000):  # far more than fits: ~1000 entries of ~200 bytes would
+        cache.put(f"cold{i}", b"C" * 100, [("svc", "n", f"cold{i}")])
+        assert cache.bytes <= cache.max_bytes
+    assert cache.peek("hot") == b"H" * 100
+    assert cache.evictions > 4000 and cache.peek("cold0") is None and cache.peek("cold4999") is not None
+    # the evicted entries' dependency links went with them; the hot one's stayed
+    assert cache.links(("svc", "n", "cold0")) == frozenset()
+    assert cache.links(("svc", "n", "hot")) == frozenset({"hot"})
+    assert cache.invalidate([("svc", "n", "hot")]) == 1 and cache.peek("hot") is None
+
+
+def test_protected_segment_is_bounded_and_demotes_the_oldest():
+    cache = AnswerCache(max_bytes=50_000)
+    for i in range(400):  # every entry reused: all want the protected segment
+        cache.put(i, b"x" * 100, [("svc", "n", str(i))])
+        cache.get(i)
+        assert cache.protected_bytes <= cache.protected_max and cache.bytes <= cache.max_bytes
+    assert cache.peek(399) is not None and cache.peek(0) is None
+
+
+def test_invalidation_drops_exactly_the_dependent_entries_and_their_bytes():
+    cache = AnswerCache(max_bytes=100_000)
+    cache.put("a", b"A", [("svc", "n", "a"), ("ns", "n")])
+    cache.put("b", b"B", [("svc", "n", "b"), ("ns", "n")])
+    before = cache.bytes
+    assert cache.invalidate([("svc", "n", "a")]) == 1
+    assert cache.peek("a") is None and cache.peek("b") == b"B" and 0 < cache.bytes < before
+    assert cache.links(("ns", "n")) == frozenset({"b"})
+    cache.invalidate([("ns", "n")])
+    assert len(cache) == 0 and cache.bytes == 0 and cache.links(("svc", "n", "b")) == frozenset()
+
+
+def test_accounted_bytes_match_what_the_entries_really_hold():
+    """The cost model (cache.entry_cost) against tracemalloc, for the entries a flood really creates:
+    unique NXDOMAIN names under one namespace, through the real handler."""
+    index, handler = handler_for(namespace("shop"), clusterip("shop", "web", "10.96.0.10"))
+    for i in range(200):  # warm-up: interned strings, dict growth
+        ask_wire(handler, f"w{i}.shop.svc.cluster.local")
+    handler.cache.clear()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(3000):  # each twice: a negative answer is cached from its second asking
+            assert ask_wire(handler, f"r{i}.shop.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
+            assert ask_wire(handler, f"r{i}.shop.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
+        gc.collect()
+        traced = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(handler.cache) == 3000
+    accounted = handler.cache.bytes
+    # never under-counts by more than 10% (the budget must hold), never over-counts 2x (wasted budget)
+    assert 0.9 * traced <= accounted <= 2.0 * traced, (accounted, traced)
+
+
+def test_index_bytes_estimate_follows_the_cluster():
+    small, _ = handler_for(namespace("a"), clusterip("a", "s0", "10.96.0.1"))
+    objects = [namespace("a")] + [clusterip("a", f"s{i}", f"10.96.{i // 250}.{i % 250 + 1}") for i in range(2000)]
+    big, _ = handler_for(*objects)
+    assert index_bytes(big) > 50 * index_bytes(small) > 0
+
+
+# ---------------------------------------------------------------- sizes and the cgroup limit
+
+
+def test_parse_size_takes_kubernetes_quantities_and_rejects_the_rest():
+    assert parse_size("24Mi") == 24 << 20 and parse_size("64M") == 64_000_000 and parse_size("2097152") == 2 << 20
+    for bad in ("", "12 apples", "-5Mi", "100"):
+        try:
+            parse_size(bad)
+        except ValueError as exc:
+            assert repr(bad) in str(exc)
+        else:
+            raise AssertionError(f"{bad!r} accepted")
+
+
+def test_cgroup_limit_v1_v2_and_parents(tmp_path):
+    proc = tmp_path / "cgroup"
+    root = tmp_path / "fs"
+    (root / "memory" / "pod" / "ctr").mkdir(parents=True)
+    (root / "memory" / "pod" / "memory.limit_in_bytes").write_text("178257920\n")
+    (root / "memory" / "pod" / "ctr" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    proc.write_text("4:memory:/pod/ctr\n0::/\n")
+    # the container itself is unlimited; its pod's limit binds
+    assert cgroup_memory_limit(str(proc), str(root)) == (178257920, str(root / "memory" / "pod" / "memory.limit_in_bytes"))
+    (root / "svc").mkdir()
+    (root / "svc" / "memory.max").write_text("max\n")
+    (root / "memory.max").write_text("104857600\n")
+    proc.write_text("0::/svc\n")
+    assert cgroup_memory_limit(str(proc), str(root)) == (104857600, str(root / "memory.max"))
+    proc.write_text("0::/svc\n")
+    (root / "memory.max").write_text("max\n")
+    assert cgroup_memory_limit(str(proc), str(root)) is None
+
+
+# ---------------------------------------------------------------- the real server
+
+
+def test_server_under_a_flood_stays_in_its_budget_and_keeps_the_hot_name():
+    with KdnsProcess("--manifests", EXAMPLE, "--memory-budget", "2Mi", "--metrics-listen", "127.0.0.1:0") as kdns:
+        hot = "api.shop.svc.cluster.local"
+        assert answers(kdns.query(hot)) == ["10.96.200.20"]
+        assert answers(kdns.query(hot)) == ["10.96.200.20"]  # reused: protected from now on
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.settimeout(5)
+        sock.connect(("127.0.0.1", kdns.port))
+        try:
+            for i in range(12_000):  # 2Mi x 40% holds ~800 negative answers: most must be evicted
+                # each name twice: a negative answer is admitted to the cache on its second asking
+                sock.send(dns.message.make_query(f"r{i // 2}.shop.svc.cluster.local", "A").to_wire())
+                if i % 50 == 49:  # lockstep in small windows: nothing is lost to a full socket buffer
+                    for _ in range(50):
+                        sock.recv(4096)
+        finally:
+            sock.close()
+        budget_share = int((2 << 20) * 0.40)
+        assert budget_share * 0.8 <= kdns.metric("kdns_cache_bytes", cache="answers") <= budget_share
+        assert kdns.metric("kdns_memory_budget_bytes") == 2 << 20
+        assert kdns.metric("kdns_index_bytes") > 0
+        hits = kdns.metric("kdns_answer_cache_hits_total")
+        misses = kdns.metric("kdns_answer_cache_misses_total")
+        assert answers(kdns.query(hot)) == ["10.96.200.20"]
+        wait_until(lambda: kdns.metric("kdns_answer_cache_hits_total") == hits + 1, what="the hot name hit the cache")
+        assert kdns.metric("kdns_answer_cache_misses_total") == misses
+
+
+def test_ready_verbose_shows_memory():
+    with KdnsProcess("--manifests", EXAMPLE, "--ready-listen", "127.0.0.1:0") as kdns:
+        status, text = kdns.get("ready", "/ready?verbose=1")
+        assert status == 200
+        line = next(l for l in text.splitlines() if l.startswith("memory: ready; "))
+        assert "rss " in line and "index " in line and "of a 24.0Mi budget" in line
+
+
+def test_startup_warns_when_index_plus_budget_cannot_fit_the_cgroup_limit():
+    with MemoryCgroup(160 << 20) as cg:
+        with KdnsProcess("--manifests", EXAMPLE, "--memory-budget", "150Mi", wrap=cg.wrap) as kdns:
+            line = kdns.wait_for_log(r"memory_limit_too_small", timeout=30)
+            assert "limit=160.0Mi" in line and "budget=150.0Mi" in line and "fix=" in line
+            assert answers(kdns.query("api.shop.svc.cluster.local")) == ["10.96.200.20"]  # still serving
+    with MemoryCgroup(160 << 20) as cg:
+        with KdnsProcess("--manifests", EXAMPLE, wrap=cg.wrap) as kdns:
+            line = kdns.wait_for_log(r"memory_fits", timeout=30)
+            assert "limit=160.0Mi" in line and not any("memory_limit_too_small" in l for l in kdns.lines)
