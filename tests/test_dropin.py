@@ -210,9 +210,8 @@ def test_forward_timeout_is_servfail_not_a_hang(tmp_path, upstream):
 
 def test_never_forwards_to_itself(tmp_path):
     # "forward . 127.0.0.1:PORT" where PORT is kdns's own listener
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    from kdns.cli import _free_port
+    port = _free_port("127.0.0.1")  # free for UDP and TCP alike (a UDP-free port may be taken for TCP)
     text = f".:53 {{\n  forward . 127.0.0.1:{port}\n}}\n"
     path, resolv = corefile(tmp_path, text)
     with KdnsProcess("--corefile", path, "--resolv-conf", resolv, "--bind", "127.0.0.1", "--port-map", f"53={port}",

@@ -422,3 +422,13 @@ def test_coredns_local_cases(kdns, tcp):
         assert got == (rcode, [answer] if answer else None, [authority] if authority else None), question
     soa = kdns.query("localhost", "SOA").answer[0][0]
     assert (soa.mname.to_text(), soa.rname.to_text()) == ("root.localhost.", "localhost.")
+
+
+def test_cached_forwarded_answers_still_pass_the_plugins(tmp_path, upstream):
+    # main's fast path serves cached forwarded answers from the query key alone; a block with plugins
+    # must not take it, or a second answer would skip them (here: the ttl rule and minimal)
+    text = ".:53 {\n    forward . UPSTREAM\n    cache 30\n    rewrite ttl exact www.example.com 7\n    minimal\n}\n"
+    with start(tmp_path, text, upstream) as kdns:
+        for tcp in (False, True, False, False):
+            msg = kdns.query("www.example.com", tcp=tcp)
+            assert answers(msg) == ["93.184.215.15"] and msg.answer[0].ttl == 7
