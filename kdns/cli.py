@@ -345,21 +345,20 @@ def _run(args: argparse.Namespace, log: Logger) -> int:
         return 0
 
 
-def _free_port(host: str, attempts: int = 20) -> int:
-    """A port free for both UDP and TCP (a free UDP port may be taken for TCP: try another, as bind() does)."""
+def _free_port(host: str) -> int:
+    """A port free for both UDP and TCP: the kernel picks a free UDP port, whose TCP twin may be taken
+    (then another is tried)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for attempt in range(attempts):
+    for _ in range(100):
         with socket.socket(family, socket.SOCK_DGRAM) as udp, socket.socket(family, socket.SOCK_STREAM) as tcp:
             udp.bind((host or "0.0.0.0", 0))
             port = udp.getsockname()[1]
             try:
                 tcp.bind((host or "0.0.0.0", port))
             except OSError:
-                if attempt == attempts - 1:
-                    raise
                 continue
             return port
-    raise OSError("no port free for both UDP and TCP")
+    raise OSError(f"no port free for both UDP and TCP on {host or '0.0.0.0'} after 100 tries")
 
 
 def _serve_workers(args: argparse.Namespace, log: Logger) -> int:

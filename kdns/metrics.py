@@ -95,11 +95,21 @@ class Histogram:
         self.data: dict[tuple, list] = {}
 
     def observe(self, labels: tuple, value: float) -> None:
+        self.add(labels, bisect_left(self.buckets, value), 1)
+        self.add_sum(labels, value)
+
+    def _entry(self, labels: tuple) -> list:
         entry = self.data.get(labels)
         if entry is None:
             entry = self.data[labels] = [[0] * (len(self.buckets) + 1), 0.0]
-        entry[0][bisect_left(self.buckets, value)] += 1
-        entry[1] += value
+        return entry
+
+    def add(self, labels: tuple, bucket: int, n: int) -> None:
+        """n observations that fell in bucket index `bucket` (bisect_left of the buckets)."""
+        self._entry(labels)[0][bucket] += n
+
+    def add_sum(self, labels: tuple, value: float) -> None:
+        self._entry(labels)[1] += value
 
     def family(self, name: str, doc: str, label_names: list[str]) -> HistogramMetricFamily:
         fam = HistogramMetricFamily(name, doc, labels=label_names)
@@ -119,15 +129,16 @@ def _fmt(value: float) -> str:
 
 
 class DnsMetrics:
-    """coredns_dns_* and friends, fed by the query handler; also owns forward/autopath/reload counters."""
+    """coredns_dns_* and friends, fed by the query handler; also owns forward/autopath/reload counters.
+
+    A query costs one counter increment: `observe` counts the query's whole label set with its three
+    histogram buckets in `raw`, and adds its duration and sizes to `sums`; the CoreDNS families
+    (requests, responses, DO, the three histograms) are folded from them when scraped."""
 
     def __init__(self):
-        self.requests: dict[tuple, int] = defaultdict(int)  # (server, zone, proto, family, type)
-        self.responses: dict[tuple, int] = defaultdict(int)  # (server, zone, rcode, plugin)
-        self.do_requests: dict[tuple, int] = defaultdict(int)  # (server, zone)
-        self.duration = Histogram(DURATION_BUCKETS)  # (server, zone)
-        self.request_size = Histogram(SIZE_BUCKETS)  # (server, zone, proto)
-        self.response_size = Histogram(SIZE_BUCKETS)
+        # (server, zone, proto, family, qtype, do, rcode, plugin, req bucket, resp bucket, duration bucket)
+        self.raw: dict[tuple, int] = {}
+        self.sums: dict[tuple, list] = {}  # (server, zone, proto) -> [seconds, request bytes, response bytes]
         self.forward_requests: dict[str, int] = defaultdict(int)
         self.forward_responses: dict[tuple, int] = defaultdict(int)  # (to, rcode)
         self.proxy_duration = Histogram(DURATION_BUCKETS)  # (to, rcode)
@@ -142,13 +153,33 @@ class DnsMetrics:
 
     def observe(self, server: str, zone: str, proto: str, family: str, qtype: int, do: bool, req_size: int,
                 rcode: int, plugin: str, resp_size: int, seconds: float) -> None:
-        self.requests[(server, zone, proto, family, COMMON_TYPES.get(qtype, "other"))] += 1
-        self.responses[(server, zone, RCODES.get(rcode, str(rcode)), plugin)] += 1
-        if do:
-            self.do_requests[(server, zone)] += 1
-        self.duration.observe((server, zone, ""), seconds)
-        self.request_size.observe((server, zone, "", proto), req_size)
-        self.response_size.observe((server, zone, "", proto), resp_size)
+        key = (server, zone, proto, family, qtype, do, rcode, plugin, bisect_left(SIZE_BUCKETS, req_size),
+               bisect_left(SIZE_BUCKETS, resp_size), bisect_left(DURATION_BUCKETS, seconds))
+        raw = self.raw
+        raw[key] = raw.get(key, 0) + 1
+        sums = self.sums.get((server, zone, proto))
+        if sums is None:
+            sums = self.sums[(server, zone, proto)] = [0.0, 0, 0]
+        sums[0] += seconds
+        sums[1] += req_size
+        sums[2] += resp_size
+
+    def folded(self) -> "FoldedDns":
+        """The coredns_dns_* families' data, folded from the per-query counters."""
+        out = FoldedDns()
+        for (server, zone, proto, family, qtype, do, rcode, plugin, req_b, resp_b, dur_b), n in list(self.raw.items()):
+            out.requests[(server, zone, proto, family, COMMON_TYPES.get(qtype, "other"))] += n
+            out.responses[(server, zone, RCODES.get(rcode, str(rcode)), plugin)] += n
+            if do:
+                out.do_requests[(server, zone)] += n
+            out.duration.add((server, zone, ""), dur_b, n)
+            out.request_size.add((server, zone, "", proto), req_b, n)
+            out.response_size.add((server, zone, "", proto), resp_b, n)
+        for (server, zone, proto), (seconds, req, resp) in list(self.sums.items()):
+            out.request_size.add_sum((server, zone, "", proto), req)
+            out.response_size.add_sum((server, zone, "", proto), resp)
+            out.duration.add_sum((server, zone, ""), seconds)
+        return out
 
     def observe_upstream(self, to: str, rcode: int, seconds: float) -> None:
         self.forward_requests[to] += 1
@@ -157,34 +188,47 @@ class DnsMetrics:
         self.proxy_duration.observe(("forward", to, code), seconds)
 
 
+class FoldedDns:
+    """What the coredns_dns_* families export, folded from DnsMetrics.raw at scrape time."""
+
+    def __init__(self):
+        self.requests: dict[tuple, int] = defaultdict(int)  # (server, zone, proto, family, type)
+        self.responses: dict[tuple, int] = defaultdict(int)  # (server, zone, rcode, plugin)
+        self.do_requests: dict[tuple, int] = defaultdict(int)  # (server, zone)
+        self.duration = Histogram(DURATION_BUCKETS)  # (server, zone, view)
+        self.request_size = Histogram(SIZE_BUCKETS)  # (server, zone, view, proto)
+        self.response_size = Histogram(SIZE_BUCKETS)
+
+
 class CoreDnsCollector:
     def __init__(self, metrics: DnsMetrics):
         self.m = metrics
 
     def collect(self):
         m = self.m
+        f = m.folded()
         req = CounterMetricFamily("coredns_dns_requests", "Counter of DNS requests made per zone, protocol and family.",
                                   labels=["server", "zone", "view", "proto", "family", "type"])
-        for (server, zone, proto, family, qtype), n in m.requests.items():
+        for (server, zone, proto, family, qtype), n in f.requests.items():
             req.add_metric([server, zone, "", proto, family, qtype], n)
         yield req
         resp = CounterMetricFamily("coredns_dns_responses", "Counter of response status codes.",
                                    labels=["server", "zone", "view", "rcode", "plugin"])
-        for (server, zone, rcode, plugin), n in m.responses.items():
+        for (server, zone, rcode, plugin), n in f.responses.items():
             resp.add_metric([server, zone, "", rcode, plugin], n)
         yield resp
         do = CounterMetricFamily("coredns_dns_do_requests", "Counter of DNS requests with DO bit set per zone.",
                                  labels=["server", "zone", "view"])
-        for (server, zone), n in m.do_requests.items():
+        for (server, zone), n in f.do_requests.items():
             do.add_metric([server, zone, ""], n)
         yield do
-        yield m.duration.family("coredns_dns_request_duration_seconds",
+        yield f.duration.family("coredns_dns_request_duration_seconds",
                                 "Histogram of the time (in seconds) each request took per zone.",
                                 ["server", "zone", "view"])
-        yield m.request_size.family("coredns_dns_request_size_bytes",
+        yield f.request_size.family("coredns_dns_request_size_bytes",
                                     "Size of the EDNS0 UDP buffer in bytes (64K for TCP) per zone and protocol.",
                                     ["server", "zone", "view", "proto"])
-        yield m.response_size.family("coredns_dns_response_size_bytes", "Size of the returned response in bytes.",
+        yield f.response_size.family("coredns_dns_response_size_bytes", "Size of the returned response in bytes.",
                                      ["server", "zone", "view", "proto"])
         enabled = GaugeMetricFamily("coredns_plugin_enabled", "A metric that indicates whether a plugin is enabled "
                                     "on per server and zone basis.", labels=["server", "zone", "view", "name"])

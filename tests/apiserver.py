@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from k8s_objects import namespace, service  # noqa: F401 - re-exported: the API tests build with these
+
 PATHS = {
     "/api/v1/services": ("Service", "v1"),
     "/apis/discovery.k8s.io/v1/endpointslices": ("EndpointSlice", "discovery.k8s.io/v1"),
@@ -311,23 +313,6 @@ class FakeApiServer:
 
 
 # ------------------------------------------------------------------------------ objects and kubeconfigs
-
-
-def namespace(name: str, **labels) -> dict:
-    return {"kind": "Namespace", "apiVersion": "v1", "metadata": {"name": name, "labels": labels}}
-
-
-def service(ns: str, name: str, ip: str | None = None, ports=(("http", 80, "TCP"),), labels=None,
-            external_name: str | None = None) -> dict:
-    spec: dict = {"ports": [{"name": n, "port": p, "protocol": proto} for n, p, proto in ports]}
-    if external_name:
-        spec = {"type": "ExternalName", "externalName": external_name}
-    elif ip == "None":
-        spec.update(clusterIP="None", clusterIPs=["None"])
-    else:
-        spec.update(clusterIP=ip, clusterIPs=[ip])
-    return {"kind": "Service", "apiVersion": "v1",
-            "metadata": {"name": name, "namespace": ns, "labels": labels or {}}, "spec": spec}
 
 
 def endpointslice(ns: str, svc: str, name: str, *ips: str, ready: bool = True, hostnames=()) -> dict:

@@ -3,8 +3,8 @@ every answer must pass. Shared by the test suite (tests/test_fuzz_wire.py, test_
 driven by hypothesis through `random.Random` instances) and perf/fuzz.py (longer seeded runs).
 
 Every generator is `gen(rng: random.Random) -> bytes`, bounded in size (a UDP query is at most a
-few KiB, a TCP stream at most ~70 KiB). `check_response` is the oracle: it uses dnspython, never
-kdns's own parser, except to learn the EDNS payload size a query asked for.
+few KiB, a TCP stream at most ~70 KiB). `check_response` is the oracle: it uses dnspython (and
+an RFC 1035 record walk where dnspython rejects a packet), never kdns's own parser.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import dns.exception
 import dns.flags
 import dns.message
 import dns.rcode
+
+from dnstcp import frame
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "cluster.yaml")
@@ -34,7 +36,10 @@ NAMES = [
     "dns-version.cluster.local", "cluster.local", "svc.cluster.local", "shop.svc.cluster.local",
     "nope.shop.svc.cluster.local", "ns.dns.cluster.local", "example.com", "in-addr.arpa", "ip6.arpa",
     "8.c.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.6.9.0.0.0.1.0.0.0.0.d.f.ip6.arpa", "",
+    "big.shop.svc.cluster.local", "mid.shop.svc.cluster.local",
 ]
+# example_handler adds these headless services: A answers of ~1,300 bytes (over 512 and 1232) and ~700
+BIG_ENDPOINTS = {"big.shop.svc.cluster.local": 80, "mid.shop.svc.cluster.local": 40}
 
 # every qtype is drawn from 0..65535; these get extra weight (meta types, OPT, zone transfers, TSIG...)
 INTERESTING_QTYPES = [0, 1, 2, 5, 6, 12, 15, 16, 28, 33, 35, 39, 41, 43, 46, 47, 48, 50, 52, 64, 65, 99,
@@ -316,10 +321,6 @@ class Stream:
     reset: bool = False  # close with RST instead (SO_LINGER 0), reading nothing
 
 
-def frame(msg: bytes) -> bytes:
-    return struct.pack("!H", len(msg)) + msg
-
-
 def expects_answer(msg: bytes) -> bool:
     """README: a malformed packet gets FORMERR when its header is readable, and is dropped otherwise;
     responses (QR set) are never answered."""
@@ -380,13 +381,55 @@ def _split(rng: random.Random, data: bytes) -> list[bytes]:
 
 
 def edns_payload(msg: bytes) -> int | None:
-    """The EDNS payload size a query asked for (None without a usable OPT), as kdns's parser reads it."""
-    from kdns.wire import WireError, parse_query
+    """The UDP payload size a query's OPT record allows (RFC 6891 6.2.5: never below 512), None
+    without exactly one OPT of root owner."""
+    opt = query_opt(msg)
+    return max(512, opt[0]) if opt is not None else None
+
+
+def query_opt(msg: bytes) -> tuple[int, int, bool] | None:
+    """(payload size field, EDNS version, DO) of a query's one OPT record of root owner, else None.
+    Read with dnspython; where dnspython rejects the packet for a reason of its own (a TSIG not
+    last, bad rdata), by walking the records per RFC 1035 here: never with kdns's parser, whose
+    misreadings this oracle must catch."""
     try:
-        q = parse_query(msg)
-    except WireError:
+        parsed = dns.message.from_wire(msg, ignore_trailing=True)
+    except (dns.exception.DNSException, ValueError, IndexError, struct.error):
+        return _walk_for_opt(msg)
+    return (parsed.payload, parsed.edns, bool(parsed.ednsflags & dns.flags.DO)) if parsed.edns >= 0 else None
+
+
+def _walk_for_opt(msg: bytes) -> tuple[int, int, bool] | None:
+    """RFC 1035 4.1: skip the questions and the answer/authority records, read the additional ones."""
+    def name_end(pos: int) -> int:
+        while True:
+            n = msg[pos]
+            if n & 0xC0 == 0xC0:
+                return pos + 2
+            if n & 0xC0:
+                raise ValueError("label type")
+            if n == 0:
+                return pos + 1
+            pos += 1 + n
+
+    try:
+        qd, an, ns, ar = struct.unpack_from("!HHHH", msg, 4)
+        pos = 12
+        for _ in range(qd):
+            pos = name_end(pos) + 4
+        opts = []
+        for i in range(an + ns + ar):
+            owner = pos
+            pos = name_end(pos)
+            rtype, rclass, ttl, rdlen = struct.unpack_from("!HHIH", msg, pos)
+            pos += 10 + rdlen
+            if pos > len(msg):
+                return None
+            if i >= an + ns and rtype == 41:
+                opts.append((rclass, (ttl >> 16) & 0xFF, bool(ttl & 0x8000)) if msg[owner] == 0 else None)
+    except (IndexError, ValueError, struct.error):
         return None
-    return q.udp_size if q.edns else None
+    return opts[0] if len(opts) == 1 else None
 
 
 def question_end(msg: bytes) -> int | None:
@@ -474,13 +517,17 @@ COUNTED = ("dropped", "formerr", "notimp", "badvers")
 
 def example_handler():
     """A QueryHandler (one `.` block, no upstream) serving examples/cluster.yaml, as `kdns serve
-    --manifests examples/cluster.yaml` does."""
+    --manifests examples/cluster.yaml` does, plus the headless services BIG_ENDPOINTS (answers too big for UDP)."""
     from builders import handler_for
     from kdns.sources.manifests import parse_manifest_text
     with open(EXAMPLE, encoding="utf-8") as fh:
         objects, problems = parse_manifest_text(fh.read(), EXAMPLE)
     assert not problems, problems
-    _, handler = handler_for(*(obj for obj, _ in objects), implicit=True)
+    from builders import ep, eps, headless
+    big = [obj for i, (name, count) in enumerate(BIG_ENDPOINTS.items()) for obj in (
+        headless("shop", name.split(".")[0]),
+        eps("shop", name.split(".")[0], *(ep(f"10.245.{i}.{n + 1}") for n in range(count))))]
+    _, handler = handler_for(*(obj for obj, _ in objects), *big, implicit=True)
     return handler
 
 
@@ -530,7 +577,10 @@ def control_in_process(handler, rng: random.Random) -> str | None:
 def fuzz_settings(max_examples: int):
     """hypothesis settings for the suite's fuzz tests: reproducible (derandomize, no example
     database), no deadline, and no shrinking (a failure reports the generated input as it was; the
-    minimal reproducers are the test_bug_* tests), so a failing run costs no more than a passing one."""
+    minimal reproducers are the test_bug_* tests), so a failing run costs no more than a passing one.
+    Health checks that catch a generator filtering or oversizing its inputs stay on."""
     from hypothesis import HealthCheck, Phase, settings
     return settings(max_examples=max_examples, deadline=None, derandomize=True, database=None,
-                    phases=(Phase.explicit, Phase.generate), suppress_health_check=list(HealthCheck))
+                    phases=(Phase.explicit, Phase.generate),
+                    # generation speed depends on the machine's load: not a property of the generators
+                    suppress_health_check=[HealthCheck.too_slow])

@@ -44,7 +44,7 @@ class LoggedProcess:
             self._eof = True
             self._cond.notify_all()
 
-    def wait_for_log(self, pattern: str, timeout: float = 5.0, start: int = 0) -> str:
+    def wait_for_log(self, pattern: str, timeout: float = 15.0, start: int = 0) -> str:
         """Wait (with a deadline) for a log line matching `pattern`; returns it."""
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout
@@ -99,27 +99,16 @@ class KdnsProcess(LoggedProcess):
     def query(self, name: str, rdtype: str = "A", tcp: bool = False, **make_kwargs) -> dns.message.Message:
         msg = dns.message.make_query(name, rdtype, **make_kwargs)
         if tcp:
-            return dns.query.tcp(msg, "127.0.0.1", port=self.port, timeout=3)
-        return dns.query.udp(msg, "127.0.0.1", port=self.port, timeout=3, ignore_trailing=True)
+            return dns.query.tcp(msg, "127.0.0.1", port=self.port, timeout=10)
+        return dns.query.udp(msg, "127.0.0.1", port=self.port, timeout=10, ignore_trailing=True)
 
     def get(self, endpoint: str, path: str) -> tuple[int, str]:
         """GET http://127.0.0.1:<port of health|ready|metrics><path> -> (status, body)."""
-        url = f"http://127.0.0.1:{self.http[endpoint]}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as err:
-            return err.code, err.read().decode()
+        return http_get(f"http://127.0.0.1:{self.http[endpoint]}{path}")
 
-    def metric(self, _name: str, **labels) -> float | None:
-        """One sample from /metrics, parsed with prometheus_client's parser."""
-        from prometheus_client.parser import text_string_to_metric_families
-        _, body = self.get("metrics", "/metrics")
-        for family in text_string_to_metric_families(body):
-            for sample in family.samples:
-                if sample.name == _name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    return sample.value
-        return None
+    def metric(self, name: str, /, **labels) -> float | None:
+        """One sample from /metrics (prometheus_sample)."""
+        return prometheus_sample(self.get("metrics", "/metrics")[1], name, **labels)
 
     def dig(self, *args: str) -> str:
         out = subprocess.run(["dig", "@127.0.0.1", "-p", str(self.port), "+tries=1", "+time=3", *args],
@@ -127,12 +116,37 @@ class KdnsProcess(LoggedProcess):
         return out.stdout
 
 
+def http_get(url: str, context=None, timeout: float = 5) -> tuple[int, str]:
+    """GET url -> (status, body); an HTTP error status is a result, not an exception."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def prometheus_samples(body: str, name: str, /, **labels) -> list[tuple[dict, float]]:
+    """(labels, value) of every sample `name` whose labels include `labels` in a Prometheus text
+    exposition, in exposition order, parsed with prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+    return [(sample.labels, sample.value) for family in text_string_to_metric_families(body)
+            for sample in family.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())]
+
+
+def prometheus_sample(body: str, name: str, /, **labels) -> float | None:
+    """The value of the first such sample (prometheus_samples), None if there is none."""
+    found = prometheus_samples(body, name, **labels)
+    return found[0][1] if found else None
+
+
 def answers(msg: dns.message.Message) -> list[str]:
     """Answer-section rdata as text, sorted, e.g. ['10.96.0.1']."""
     return sorted(rd.to_text() for rrset in msg.answer for rd in rrset)
 
 
-def wait_until(predicate, timeout: float = 5.0, interval: float = 0.05, what: str = "condition"):
+def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
+    """Poll `predicate` until it returns something true (returned), or fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:

@@ -24,9 +24,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 
 import dns.message
 import dns.query
@@ -37,7 +34,7 @@ from cryptography import x509
 from test_deploy import (DEPLOY, KUSTOMIZATIONS, ROOT, container, dockerfile, find, kdns_objects,
                          kind_kubernetes_version, kubectl, render, standalone, swapped_coredns, tool,
                          validate_strict, webhook_objects)
-from harness import LoggedProcess
+from harness import LoggedProcess, http_get, wait_until
 from test_corefile import KUBEADM_BLOCK_CACHE
 
 KIND = os.path.join(DEPLOY, "kind")
@@ -67,25 +64,6 @@ class Proc(LoggedProcess):
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def http_get(url: str, context: ssl.SSLContext | None = None) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5, context=context) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
-
-
-def until(predicate, timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not met within {timeout}s (last: {last!r})")
 
 
 def free_tcp_port() -> int:
@@ -190,7 +168,8 @@ def test_kdns_command_line_serves_dns_and_its_probe_ports(tmp_path, variant):
         live_port = http_map[ports[live["port"]]["containerPort"]]
         ready_port = http_map[ports[readiness["port"]]["containerPort"]]
         assert http_get(f"http://127.0.0.1:{live_port}{live['path']}") == (200, "OK")
-        until(lambda: http_get(f"http://127.0.0.1:{ready_port}{readiness['path']}")[0] == 200, what="ready")
+        wait_until(lambda: http_get(f"http://127.0.0.1:{ready_port}{readiness['path']}")[0] == 200, timeout=15,
+                   interval=0.1, what="ready")
         status, body = http_get(f"http://127.0.0.1:{http_map[ports['metrics']['containerPort']]}/metrics")
         assert status == 200 and "coredns_dns_requests_total" in body
         assert re.search(r"^kdns_", body, re.M), "verify.sh tells kdns from CoreDNS by its kdns_ series"
@@ -618,7 +597,8 @@ def test_webhook_command_line_is_reached_as_its_service_and_injects_env(provisio
                 conn.close()
 
         for probe in (c["readinessProbe"], c["livenessProbe"]):
-            until(lambda: request("GET", probe["httpGet"]["path"])[0] == 200, what=probe["httpGet"]["path"])
+            wait_until(lambda: request("GET", probe["httpGet"]["path"])[0] == 200, timeout=15, interval=0.1,
+                       what=probe["httpGet"]["path"])
         probe_pod = standalone("kind/verify/probe-pod.yaml")[0]
         review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
                   "request": {"uid": "0b6d6c1e-kind-verify", "kind": {"group": "", "version": "v1", "kind": "Pod"},

@@ -17,7 +17,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 from hypothesis import given
@@ -101,8 +100,10 @@ def test_live_server_survives_manifest_edits(tmp_path):
                 kind = sorted(MANIFEST_GENERATORS)[i % len(MANIFEST_GENERATORS)]
                 tmp = tmp_path / "fuzz.tmp~"
                 tmp.write_text(MANIFEST_GENERATORS[kind](rng), encoding="utf-8", errors="surrogatepass")
+                mark = len(proc.lines)
                 os.replace(tmp, fuzz)
-                time.sleep(0.12)
+                # the server has read this edit (loaded, or kept the last good state with an error)
+                proc.wait_for_log(r"manifest_(loaded|error) file=\S*fuzz\.yaml", timeout=20, start=mark)
                 client.control(tally, tcp=False)
         finally:
             client.close()
@@ -183,14 +184,14 @@ def test_bug_billion_laughs_is_bounded():
     """BUG (fuzz): an 800-byte YAML alias bomb (9 levels of 9 aliases, 9^9 leaves) used as
     metadata.name makes the error message repr() the whole expansion: unbounded time and memory
     (depth 6 already takes ~30 s and a 50 MB message). Expected: a short problem, in milliseconds."""
-    code = ("import sys, time; from kdns.sources.manifests import parse_manifest_text; t = time.time(); "
+    code = ("import sys; from kdns.sources.manifests import parse_manifest_text; "
             "o, p = parse_manifest_text(sys.stdin.read(), 'bomb.yaml'); "
-            "print(len(p), max((len(x.message) for x in p), default=0), round(time.time() - t, 3))")
-    try:
-        out = subprocess.run([sys.executable, "-c", code], input=BOMB, capture_output=True, text=True, timeout=5,
+            "print(len(p), max((len(x.message) for x in p), default=0))")
+    try:  # the unbounded expansion runs out of the 1 GiB or takes hours: 60 s is a generous bound
+        out = subprocess.run([sys.executable, "-c", code], input=BOMB, capture_output=True, text=True, timeout=60,
                              cwd=ROOT, preexec_fn=_limit_memory)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"parse_manifest_text did not finish within 5 s on a {len(BOMB)}-byte alias bomb")
+        pytest.fail(f"parse_manifest_text did not finish within 60 s on a {len(BOMB)}-byte alias bomb")
     assert out.returncode == 0, out.stderr[-1500:]
-    problems, longest, _ = out.stdout.split()
+    problems, longest = out.stdout.split()
     assert int(problems) >= 1 and int(longest) < 4096, out.stdout

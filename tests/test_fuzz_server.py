@@ -8,6 +8,7 @@ every datagram, and its log has no internal_error and no traceback.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import socket
 import struct
@@ -18,12 +19,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzz_dns import (CONTROL_NAME, EXAMPLE, GENERATOR_NAMES, GENERATORS, Stream, frame, fuzz_settings, query,
-                      tcp_stream)
-from fuzz_live import LiveDns, Tally
+from fuzz_dns import (CONTROL_NAME, EXAMPLE, GENERATOR_NAMES, GENERATORS, Stream, example_handler, frame, fuzz_settings,
+                      query, tcp_stream)
+from fuzz_live import CLOSE_GRACE, LiveDns, Tally
 from harness import KdnsProcess
 
-IDLE = 0.3  # --tcp-idle-timeout: lying prefixes cost this long, not 10 s
+IDLE = 1.5  # --tcp-idle-timeout: lying prefixes cost this long, not 10 s; dribbled bytes (1 ms apart) fit easily
 
 
 
@@ -78,8 +79,7 @@ def test_lying_prefixes_are_closed_in_time(server, prefix, payload, half_close):
     frames = [payload] if len(prefix) == 2 and struct.unpack("!H", prefix)[0] == len(payload) else []
     client.tcp_stream(Stream("lie", [prefix + payload], frames, half_close=half_close), tally)
     client.control(tally, tcp=True)
-    _assert_ok(tally)
-    assert tally.max_seconds < IDLE + 2
+    _assert_ok(tally)  # the server closed it by itself (fuzz_live.CLOSE_GRACE) and answered what was whole
 
 
 def test_many_stalled_connections_do_not_block_others(server):
@@ -96,7 +96,7 @@ def test_many_stalled_connections_do_not_block_others(server):
         client.control(tally, tcp=True)
         client.control(tally, tcp=False)
         _assert_ok(tally)
-        deadline = time.monotonic() + IDLE + 3
+        deadline = time.monotonic() + IDLE + CLOSE_GRACE
         for s in socks:
             s.settimeout(max(0.05, deadline - time.monotonic()))
             assert s.recv(1) == b"", "the server kept a stalled connection open past its idle timeout"
@@ -146,35 +146,56 @@ def test_bug_client_that_never_reads_is_disconnected(server):
         s.close()
 
 
-def test_bug_reset_mid_pipeline_logs_no_traceback_with_uvloop():
-    """BUG (fuzz, uvloop only; racy, so bounded by count and time): a client that pipelines queries
-    and resets the connection (RST) can close the transport between two answers; TCPServer.serve_client
-    then calls writer.write() on it, which uvloop rejects with RuntimeError ('the handler is closed').
-    Only ConnectionError is caught, so asyncio logs 'Unhandled exception in client_connected_cb' with a
-    traceback (19 of 3000 such connections on the 2-core machine; asyncio's own loop ignores writes
-    to a closed transport). Suggested fix: stop when writer.is_closing() before writing, and catch
-    RuntimeError with ConnectionError around write/drain."""
-    import uvloop  # noqa: F401 - ./dev setup installs the 'fast' extra: the image's loop
-    q = frame(query(CONTROL_NAME)) + frame(query("api.shop.svc.cluster.local", 255, edns=True))
+def test_reset_mid_pipeline_is_not_an_error_with_uvloop():
+    """Found by fuzzing (uvloop only): a client that pipelines queries and resets the connection can
+    close the transport while answers to queries already read are still to be written; uvloop then
+    rejects writer.write() with RuntimeError ('the handler is closed'), which escaped serve_client as
+    'Unhandled exception in client_connected_cb'. Made deterministic here, in-process on uvloop: the
+    transport of a real connection is reset and closed first, then serve_client is handed the three
+    queries that had been read before the reset."""
+    import uvloop
 
-    def reset_after_pipelining(i: int) -> None:
-        s = socket.create_connection(("127.0.0.1", proc.port), timeout=3)
-        s.sendall(q * (1 + i % 30))
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        s.close()
+    from kdns.server import TCPServer
+    handler = example_handler()
+    tcp = TCPServer(handler, handler.log, idle_timeout=5)
+    outcome: dict = {}
 
-    with KdnsProcess("--manifests", EXAMPLE, "--loop", "uvloop") as proc:
-        deadline = time.monotonic() + 5
-        done = 0
-        with ThreadPoolExecutor(32) as pool:
-            while time.monotonic() < deadline and not any("Unhandled exception" in line for line in proc.lines):
-                list(pool.map(reset_after_pipelining, range(done, done + 200)))
-                done += 200
-        time.sleep(0.3)
-        tracebacks = [i for i, line in enumerate(proc.lines) if "Unhandled exception" in line]
-        assert not tracebacks, (f"after {done} reset connections:\n"
-                                + "\n".join(proc.lines[tracebacks[0]:tracebacks[0] + 12]))
-        assert proc.query(CONTROL_NAME).answer
+    async def main() -> list:
+        errors: list = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: errors.append(context))
+        finished = asyncio.Event()
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.transport.abort()  # the reset
+            try:
+                await asyncio.wait_for(reader.read(), 10)  # returns once the transport is closed
+            except ConnectionError:
+                pass
+            pipelined = asyncio.StreamReader()  # what had been read before the reset
+            pipelined.feed_data(b"".join(frame(query(CONTROL_NAME, qid=i)) for i in range(3)))
+            pipelined.feed_eof()
+            try:
+                await tcp.serve_client(pipelined, writer)
+                outcome["returned"] = True
+            except BaseException as exc:  # noqa: BLE001 - what the loop would report as unhandled
+                outcome["raised"] = exc
+            finally:
+                finished.set()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        _, client = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        try:
+            await asyncio.wait_for(finished.wait(), 20)
+        finally:
+            client.close()
+            server.close()
+            await server.wait_closed()
+        return errors
+
+    errors = uvloop.run(main())
+    assert outcome == {"returned": True}, outcome
+    assert not errors and tcp.connections == 0
+    assert handler.stats["internal_errors"] == 0
 
 
 def test_zz_server_survived_and_accounted(server):
@@ -191,5 +212,5 @@ def test_zz_server_survived_and_accounted(server):
     assert proc.metric("kdns_internal_errors_total") == 0
     log = "\n".join(proc.lines)
     assert "internal_error" not in log and "Traceback" not in log, log[-3000:]
-    proc.wait_for_log(r"bad_packets ", timeout=3)  # summarised, not one line per packet
+    proc.wait_for_log(r"bad_packets ", timeout=15)  # summarised, not one line per packet
     assert sum("packet_dropped" in line or "packet_rejected" in line for line in proc.lines) == 0

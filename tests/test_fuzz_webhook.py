@@ -15,14 +15,13 @@ import io
 import json
 import logging
 import random
-import time
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzz_data import (EXAMPLE, HEAD, RAW_HTTP, WEBHOOK_GENERATORS, check_review, post_and_check,
-                       raw_exchange)
+from fuzz_data import (EXAMPLE, HEAD, RAW_HTTP, RAW_HTTP_STATUSES, WEBHOOK_GENERATORS, check_review, http_statuses,
+                       post_and_check, raw_exchange)
 from fuzz_dns import fuzz_settings
 from kdns.log import Logger
 from webhook.cluster import manifest_catalog
@@ -121,9 +120,8 @@ def test_generated_bodies_over_https(server):
 
 @pytest.mark.parametrize("name", list(RAW_HTTP))
 def test_raw_http(server, name):
-    reply = raw_exchange(server, RAW_HTTP[name])
-    statuses = [int(line.split(b" ")[1]) for line in reply.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")]
-    assert all(s < 500 for s in statuses), f"{statuses}: {reply[:600]!r}"
+    reply = raw_exchange(server, RAW_HTTP[name])  # TimeoutError if nothing at all comes back
+    assert http_statuses(reply) == RAW_HTTP_STATUSES[name], reply[:600]
     assert b"Traceback" not in reply
     control(server)
 
@@ -167,14 +165,12 @@ def test_bug_undecodable_content_encoding_logs_no_traceback(server, encoding):
     errors = _Errors()
     logging.getLogger("aiohttp").addHandler(errors)
     try:
-        started = time.monotonic()
+        # read until the server closes: a TimeoutError if it still holds the connection 5 s after its
+        # 400 (aiohttp's lingering keeps it 10 s), and whatever aiohttp logs is logged by then
         reply = raw_exchange(server, HEAD + b"Content-Encoding: " + encoding + b"\r\nContent-Length: 4\r\n\r\nxxxx",
-                             timeout=3, settle=3)
-        elapsed = time.monotonic() - started
-        time.sleep(0.2)
+                             settle=5, until_close=True)
     finally:
         logging.getLogger("aiohttp").removeHandler(errors)
     assert reply.startswith((b"HTTP/1.1 400 ", b"HTTP/1.0 400 ")), reply[:200]  # aiohttp answers br itself
     unhandled = [r for r in errors.records if not r.startswith("Error handling request")]
     assert not unhandled, unhandled[0][-1500:]
-    assert elapsed < 2, f"the connection stayed open {elapsed:.1f}s after a 400 with Connection: close"

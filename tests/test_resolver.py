@@ -222,9 +222,31 @@ def test_2_4_4_ptr_for_headless_endpoint(cluster):
     assert rrs(ans.answer) == ["21.2.244.10.in-addr.arpa. 5 PTR db-1.db.data.svc.cluster.local."]
 
 
-def test_ptr_not_served_for_not_ready_endpoint(cluster):
-    ans = ask(cluster[1], "22.3.244.10.in-addr.arpa", "PTR")  # db-2: ready only via publishNotReady peers
+def test_2_4_4_ptr_not_served_for_a_not_ready_endpoint():
+    _, r = build(namespace("ns"), headless("ns", "h"),
+                 eps("ns", "h", ep("10.0.0.1", hostname="a"), ep("10.0.0.2", hostname="b", ready=False)))
+    assert rrs(ask(r, "1.0.0.10.in-addr.arpa", "PTR").answer) == ["1.0.0.10.in-addr.arpa. 5 PTR a.h.ns.svc.cluster.local."]
+    assert nxdomain(ask(r, "2.0.0.10.in-addr.arpa", "PTR"))
+
+
+def test_ptr_of_a_not_ready_endpoint_comes_from_the_publish_not_ready_service(cluster):
+    ans = ask(cluster[1], "22.3.244.10.in-addr.arpa", "PTR")  # db-2: not ready in db, published by peers
     assert rrs(ans.answer) == ["22.3.244.10.in-addr.arpa. 5 PTR db-2.peers.data.svc.cluster.local."]
+
+
+def test_soa_serial_moves_forward_with_every_change():
+    """RFC 1035 3.3.13 / RFC 1982: a secondary (or a cache) sees a change by a larger serial."""
+    index, r = build(namespace("ns"), clusterip("ns", "s", "10.0.0.1"))
+
+    def serial() -> int:
+        return int(rrs(ask(r, "cluster.local", "SOA").answer)[0].split()[5])
+    before = serial()
+    assert serial() == before  # no change, same serial
+    index.upsert(clusterip("ns", "t", "10.0.0.2"))
+    after = serial()
+    assert after > before
+    index.delete("Service", "ns", "t")
+    assert serial() > after
 
 
 def test_endpoint_slices_win_over_v1_endpoints():
@@ -323,8 +345,8 @@ def test_missing_service_nxdomain_with_soa_and_aa(cluster):
     ans = ask(cluster[1], "nope.shop.svc.cluster.local")
     assert nxdomain(ans) and ans.authoritative
     soa = rrs(ans.authority)[0].split()
-    assert soa[:6] == ["cluster.local.", "5", "SOA", "ns.dns.cluster.local.", "hostmaster.cluster.local.", soa[5]]
-    assert soa[6:] == ["7200", "1800", "86400", "5"]
+    assert soa[:5] == ["cluster.local.", "5", "SOA", "ns.dns.cluster.local.", "hostmaster.cluster.local."]
+    assert 0 < int(soa[5]) < 2 ** 32 and soa[6:] == ["7200", "1800", "86400", "5"]
     # it depends on what the lookup consulted, not on every change in the cluster
     assert ans.deps == {("ns", "shop"), ("svc", "shop", "nope")}
 

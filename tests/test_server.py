@@ -13,8 +13,8 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from harness import EXAMPLE, KdnsProcess, answers
-from upstream import recv_exact
+from harness import EXAMPLE, KdnsProcess, answers, wait_until
+from dnstcp import read_frame
 
 
 
@@ -127,10 +127,16 @@ def test_malformed_packets_get_formerr_or_are_dropped_and_server_keeps_serving(k
     # compression pointer loop in the question -> FORMERR
     loop = good[:12] + b"\xc0\x0c\x00\x01\x00\x01"
     assert dns.message.from_wire(_udp_raw(kdns.port, loop)).rcode() == dns.rcode.FORMERR
-    # shorter than a header, and a response packet: dropped (no reply)
+    # shorter than a header, and a response packet: dropped (no reply). Each is followed on the same
+    # socket by a good query with another ID: the first reply that arrives is the good query's
     for junk in (b"\x01\x02\x03", good[:2] + b"\x80" + good[3:]):
-        with pytest.raises(socket.timeout):
-            _udp_raw(kdns.port, junk, timeout=0.3)
+        marker = dns.message.make_query("kubernetes.default.svc.cluster.local", "A")
+        marker.id = (struct.unpack("!H", good[:2])[0] + 1) & 0xFFFF
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(10)
+            s.sendto(junk, ("127.0.0.1", kdns.port))
+            s.sendto(marker.to_wire(), ("127.0.0.1", kdns.port))
+            assert dns.message.from_wire(s.recv(65535)).id == marker.id, f"{junk!r} was answered"
     # opcode NOTIFY -> NOTIMP
     notify = good[:2] + bytes([good[2] | (4 << 3)]) + good[3:]
     assert dns.message.from_wire(_udp_raw(kdns.port, notify)).rcode() == dns.rcode.NOTIMP
@@ -151,7 +157,7 @@ def test_tcp_pipelined_queries_on_one_connection(kdns):
     msgs = [dns.message.make_query(n, "A") for n in names]
     with socket.create_connection(("127.0.0.1", kdns.port), timeout=3) as s:
         s.sendall(b"".join(struct.pack("!H", len(w)) + w for w in (m.to_wire() for m in msgs)))
-        replies = [dns.message.from_wire(_read_tcp(s)) for _ in msgs]
+        replies = [dns.message.from_wire(read_frame(s)) for _ in msgs]
     by_id = {r.id: r for r in replies}
     assert answers(by_id[msgs[0].id]) == ["10.96.0.1"]
     assert answers(by_id[msgs[1].id]) == ["10.96.200.20"]
@@ -172,15 +178,10 @@ def _udp_raw(port: int, wire: bytes, timeout: float = 3.0) -> bytes:
         return s.recvfrom(65535)[0]
 
 
-def _read_tcp(s: socket.socket) -> bytes:
-    size = struct.unpack("!H", recv_exact(s, 2))[0]
-    return recv_exact(s, size)
-
-
 def _tcp_raw(port: int, wire: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
         s.sendall(struct.pack("!H", len(wire)) + wire)
-        return _read_tcp(s)
+        return read_frame(s)
 
 
 def test_idle_tcp_connections_are_closed(tmp_path):
@@ -188,7 +189,7 @@ def test_idle_tcp_connections_are_closed(tmp_path):
         with socket.create_connection(("127.0.0.1", proc.port), timeout=5) as s:
             wire = dns.message.make_query("kubernetes.default.svc.cluster.local", "A").to_wire()
             s.sendall(struct.pack("!H", len(wire)) + wire)
-            assert answers(dns.message.from_wire(_read_tcp(s))) == ["10.96.0.1"]
+            assert answers(dns.message.from_wire(read_frame(s))) == ["10.96.0.1"]
             # then idle: the server closes its side (recv returns b"") well before our 5 s timeout
             assert s.recv(1) == b""
 
@@ -204,21 +205,45 @@ def test_json_log_format(tmp_path):
 def test_workers_share_the_port_and_follow_the_parent():
     import signal as sig
     import subprocess
-    import time
     with KdnsProcess("--manifests", EXAMPLE, "--workers", "2") as kdns:
-        second = kdns.wait_for_log(r"INFO listening .*worker=1")
-        assert f"udp=127.0.0.1:{kdns.port}" in second  # both workers on one port (SO_REUSEPORT)
-        for _ in range(40):  # the kernel spreads these over both workers
-            assert answers(kdns.query("kubernetes.default.svc.cluster.local")) == ["10.96.0.1"]
+        for worker in (0, 1):  # either may be first to listen: wait for both
+            line = kdns.wait_for_log(rf"INFO listening .*worker={worker}")
+            assert f"udp=127.0.0.1:{kdns.port}" in line  # both workers on one port (SO_REUSEPORT)
         child = int(subprocess.run(["pgrep", "-P", str(kdns.proc.pid)], capture_output=True,
                                    text=True).stdout.split()[0])
+        # each worker answers on its own: with the other one stopped, queries from 32 source ports (the
+        # kernel hashes them over both sockets) still get answers, and only the running worker can give them
+        for stopped in (kdns.proc.pid, child):
+            os.kill(stopped, sig.SIGSTOP)
+            try:
+                assert _answered_from_many_ports(kdns.port, 32), f"no answer with pid {stopped} stopped (parent {kdns.proc.pid}, worker {child})"
+            finally:
+                os.kill(stopped, sig.SIGCONT)
         assert kdns.stop(sig.SIGTERM) == 0
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.kill(child, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
-        raise AssertionError("worker outlived the parent")
+    # the worker follows its parent out: waiting for its exit is waiting on a condition, not a time
+    wait_until(lambda: not os.path.exists(f"/proc/{child}") or _zombie(child), timeout=20,
+               what="worker exits after the parent")
+
+
+def _answered_from_many_ports(port: int, count: int, timeout: float = 10.0) -> int:
+    """Send one query from each of `count` sockets (distinct source ports); wait (up to `timeout`)
+    for the first correct answer on any of them: 1 if one came, else 0."""
+    import select
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
+    try:
+        wire = dns.message.make_query("kubernetes.default.svc.cluster.local", "A").to_wire()
+        for s in socks:
+            s.sendto(wire, ("127.0.0.1", port))
+        readable, _, _ = select.select(socks, [], [], timeout)
+        return int(any(answers(dns.message.from_wire(s.recv(65535))) == ["10.96.0.1"] for s in readable))
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import dns.flags
 import dns.message
@@ -110,11 +109,10 @@ def test_forwarder_retries_truncated_upstream_answer_over_tcp(kdns, upstream):
 
 
 def test_silent_upstream_gives_servfail_not_a_hang(kdns):
-    start = time.monotonic()
-    reply = dns.query.udp(dns.message.make_query("x.silent", "A"), "127.0.0.1", port=kdns.port, timeout=6)
+    # the client waits far longer than the forwarder's 2 s: a hang is a Timeout here, not a SERVFAIL
+    reply = dns.query.udp(dns.message.make_query("x.silent", "A"), "127.0.0.1", port=kdns.port, timeout=20)
     assert reply.rcode() == dns.rcode.SERVFAIL
-    assert time.monotonic() - start < 4
-    kdns.wait_for_log(r"forward_failed .*timed out")
+    kdns.wait_for_log(r"forward_failed name=x\.silent\. .*timed out after 2\.0s")
 
 
 def test_external_name_target_is_chased_upstream(kdns):

@@ -7,15 +7,12 @@ makeEnvironmentVariables)."""
 
 from __future__ import annotations
 
-import time
-
-
 from webhook.envvars import join_host_port
 from webhook.patch import pointer
 from webhook.selection import Settings
-from webhook_fixtures import BASE, certs, webhook  # noqa: F401 - fixtures
+from webhook_fixtures import BASE, KUBERNETES, certs, webhook  # noqa: F401 - fixtures
 from webhook_harness import WebhookThread, container, decoded_patch, env_of, ns, pod, svc
-from webhook_kubelet import pod_env
+from webhook_kubelet import from_services, pod_env
 
 K8S_ENV = [
     ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
@@ -391,41 +388,54 @@ def _env_bytes(env) -> int:
     return sum(len(n) + len(v or "") + 2 for n, v in env)
 
 
+def _whole_services_within(services: list[dict], budget: int) -> list[dict]:
+    """The leading services whose variables, as the kubelet writes them (webhook_kubelet, not the
+    webhook's code), fit whole in `budget` bytes (name, value and 2 bytes each)."""
+    fitting, used = [], 0
+    for service in services:
+        size = _env_bytes(from_services([service]))
+        if used + size > budget:
+            break
+        fitting.append(service)
+        used += size
+    return fitting
+
+
 def test_budget_cuts_whole_services_and_warns(certs):
     services = [svc("shop", f"svc-{i:02d}", f"10.96.1.{i}", (80,)) for i in range(20)]
+    expected = _whole_services_within([KUBERNETES, *services], 2048)
+    assert 1 < len(expected) < 21  # the budget cuts somewhere in the list, not at either end
     with WebhookThread(certs, Settings(budget=2048), objects=[*BASE, *services]) as server:
         patched, response = server.admit(pod(containers=[container("a"), container("b", env=[])]))
         env = env_of(patched)
-        assert _env_bytes(env) <= 2048
-        hosts = [n for n in names(env) if n.endswith("_SERVICE_HOST")]
-        assert hosts[0] == "KUBERNETES_SERVICE_HOST" and hosts[1:] == [f"SVC_{i:02d}_SERVICE_HOST" for i in range(len(hosts) - 1)]
-        # no service is cut in half
-        assert len(env) == len(K8S_ENV) + 7 * (len(hosts) - 1)
+        # the master service, then svc-00, svc-01... while whole services fit: the kubelet's variables for them
+        assert env == from_services(expected)
         assert env_of(patched, "containers", 1) == env
         [warning] = response["warnings"]
-        assert "budget of 2048 bytes per container reached" in warning and f"{21 - len(hosts)} of 21 services" in warning
+        assert "budget of 2048 bytes per container reached" in warning
+        assert f"{21 - len(expected)} of 21 services" in warning
         assert server.metric("kdns_webhook_budget_exceeded_total") == 1
 
 
 def test_pod_budget_is_shared_between_containers(certs):
     services = [svc("shop", f"svc-{i:02d}", f"10.96.1.{i}", (80,)) for i in range(20)]
+    expected = _whole_services_within([KUBERNETES, *services], 4096 // 4)
+    assert 1 < len(expected) < 21
     with WebhookThread(certs, Settings(budget=64 * 1024, pod_budget=4096), objects=[*BASE, *services]) as server:
         patched, response = server.admit(pod(containers=[container(f"c{i}") for i in range(4)]))
         for i in range(4):
-            assert 0 < _env_bytes(env_of(patched, "containers", i)) <= 1024
+            assert env_of(patched, "containers", i) == from_services(expected)
         assert "budget of 1024 bytes per container" in response["warnings"][0]
 
 
 def test_thousands_of_services_do_not_break_pod_start(certs):
     """kubernetes/kubernetes#92615: 1000+ services made the kubelet's env too big to exec. Here
-    3000 services are cut to the 64 KiB default quickly, and the kubelet's own copy is turned off."""
+    3000 services are cut to the 64 KiB default, and the kubelet's own copy is turned off (how fast
+    that is belongs in perf/)."""
     services = [svc("big", f"service-number-{i:04d}", f"10.97.{i // 250}.{i % 250 + 1}", ("http", 80, "TCP"),
                     ("metrics", 9090, "TCP")) for i in range(3000)]
     with WebhookThread(certs, objects=[*BASE, ns("big"), *services]) as server:
-        started = time.monotonic()
         patched, response = server.admit(pod("big", containers=[container("a"), container("b")]), namespace="big")
-        elapsed = time.monotonic() - started
-        assert elapsed < 2.0, elapsed
         for i in range(2):
             assert 60 * 1024 < _env_bytes(env_of(patched, "containers", i)) <= 64 * 1024
         assert patched["spec"]["enableServiceLinks"] is False

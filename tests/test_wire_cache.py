@@ -7,6 +7,7 @@ import struct
 import dns.flags
 import dns.message
 import dns.rcode
+import dns.rdatatype
 import pytest
 
 from builders import clusterip, ep, eps, handler_for, headless, namespace
@@ -113,6 +114,19 @@ def test_cache_eviction_is_bounded_and_drops_dependency_links():
     assert len(cache) == 4 and cache.peek("a") is None and cache.evictions == 1
     assert cache.links(("svc", "n", "a")) == frozenset()  # the evicted entry's link went with it
     assert cache.invalidate([("svc", "n", "b")]) == 1 and cache.get("b") is None and cache.get("c") == b"C"
+    # "a" comes back depending on something else: the link from its evicted entry must be gone, or a
+    # change to ("svc", "n", "a") would drop the new entry
+    cache.put("a", b"A2", [("svc", "n", "x")])
+    assert cache.invalidate([("svc", "n", "a")]) == 0 and cache.get("a") == b"A2"
+    # and the links do not pile up: a long run of evictions leaves as many as the entries hold
+    cache = AnswerCache(max_bytes=10 * entry_cost("k", b"K", (("svc", "n", "k"), ("ns", "n")), {}))
+    for i in range(1000):
+        cache.put(f"k{i}", b"K", [("svc", "n", f"k{i}"), ("ns", "n")])
+        assert cache.bytes <= cache.max_bytes
+    present = list(cache._entries)
+    assert 5 <= len(present) <= 20 and "k999" in present and cache.evictions >= 980
+    assert set(cache._by_dep) == {("svc", "n", k) for k in present} | {("ns", "n")}
+    assert cache.links(("ns", "n")) == frozenset(present)
 
 
 def test_cached_answer_for_external_name_chain_follows_the_target():
@@ -167,12 +181,21 @@ def test_a_resolver_bug_costs_one_servfail_and_is_logged(monkeypatch):
                                     dict(use_edns=0, want_dnssec=True), dict(use_edns=0, payload=100)])
 @pytest.mark.parametrize("name,rdtype", [("s.ns.svc.cluster.local", "A"), ("S.Ns.SVC.cluster.LOCAL", "SRV"),
                                          (".", "NS"), ("x" * 63 + ".test", "AAAA")])
-def test_fast_key_equals_the_full_parser(name, rdtype, kwargs):
+def test_fast_key_and_the_full_parser_read_what_dnspython_wrote(name, rdtype, kwargs):
+    """Both parsers against the query as dnspython built it: the cache key is (lower-cased wire
+    name, qtype, qclass, EDNS present, DO); the question ends after the name and 4 bytes; the UDP
+    limit is 512 without EDNS, else the payload size but never below 512 (RFC 6891 6.2.5)."""
     from kdns.wire import fast_key
-    wire = dns.message.make_query(name, rdtype, **kwargs).to_wire()
+    msg = dns.message.make_query(name, rdtype, **kwargs)
+    wire = msg.to_wire()
+    qname = msg.question[0].name.to_wire()
+    edns = msg.edns >= 0
+    expected_key = (qname.lower(), dns.rdatatype.from_text(rdtype), 1, edns, bool(msg.ednsflags & dns.flags.DO))
+    expected_udp = max(512, msg.payload) if edns else 512
     key, qend, udp = fast_key(wire)
     q = parse_query(wire)
-    assert key == q.key and qend == q.qend and udp == (q.udp_size if q.edns else 512)
+    assert (key, qend, udp) == (expected_key, 12 + len(qname) + 4, expected_udp)
+    assert (q.key, q.qend, q.udp_size if q.edns else 512) == (expected_key, 12 + len(qname) + 4, expected_udp)
 
 
 @pytest.mark.parametrize("mutate", [
@@ -215,3 +238,42 @@ def test_partial_reverse_names_follow_any_address_change():
     index.upsert(clusterip("ns", "t", "10.9.0.1"))
     reply = ask(h, "9.10.in-addr.arpa", "PTR")
     assert reply.rcode() == dns.rcode.NOERROR and not reply.answer  # now an empty non-terminal
+
+
+# ---------------------------------------------------------------- what a cached answer may not carry over
+
+def _query(name="s.ns.svc.cluster.local", rdtype="A", rd=True, **kwargs) -> dns.message.Message:
+    msg = dns.message.make_query(name, rdtype, **kwargs)
+    if not rd:
+        msg.flags &= ~dns.flags.RD
+    return msg
+
+
+@pytest.mark.parametrize("first,second", [
+    (_query(use_edns=False), _query(use_edns=0)),
+    (_query(use_edns=0), _query(use_edns=False)),
+    (_query(use_edns=0), _query(use_edns=0, want_dnssec=True)),
+    (_query(use_edns=0, want_dnssec=True), _query(use_edns=0)),
+    (_query(rd=False), _query(rd=True)),
+    (_query(rd=True), _query(rd=False)),
+    (_query("S.NS.SVC.CLUSTER.LOCAL"), _query("s.Ns.sVc.cluster.local")),
+    (_query(rdtype="AAAA"), _query(rdtype="A")),
+    (_query(rdclass="ANY"), _query()),
+], ids=["edns-after-plain", "plain-after-edns", "do-after-no-do", "no-do-after-do", "rd-after-no-rd",
+        "no-rd-after-rd", "0x20-case", "a-after-aaaa", "in-after-any"])
+def test_a_cached_answer_is_shaped_by_the_query_that_asks_for_it(first, second):
+    """Literal expectations for a query asked after a similar one filled the cache: its own ID,
+    its own question bytes (0x20 case), RD copied from it (RFC 1035 4.1.1), OPT only if it sent one
+    (RFC 6891 7), DO copied from it (RFC 3225 3), and the address records of its own qtype."""
+    _, h = handler_for(namespace("ns"), clusterip("ns", "s", "10.0.0.1", "fd00::1"))
+    h.handle(first.to_wire(), False)
+    wire = second.to_wire()
+    raw = h.handle(wire, False)
+    reply = dns.message.from_wire(raw)
+    qend = 12 + len(second.question[0].name.to_wire()) + 4
+    assert reply.id == second.id and raw[12:qend] == wire[12:qend]
+    assert bool(reply.flags & dns.flags.RD) == bool(second.flags & dns.flags.RD)
+    assert reply.edns == second.edns
+    assert bool(reply.ednsflags & dns.flags.DO) == bool(second.ednsflags & dns.flags.DO)
+    expected = {"A": ["10.0.0.1"], "AAAA": ["fd00::1"]}[dns.rdatatype.to_text(second.question[0].rdtype)]
+    assert addresses(reply) == expected

@@ -14,6 +14,8 @@ import time
 
 from dnslib import QTYPE, RCODE, RR, DNSRecord
 
+from dnstcp import read_frame
+
 
 class FakeUpstream:
     def __init__(self, records: dict[tuple[str, str], list[str]], ttl: int = 60,
@@ -38,9 +40,8 @@ class FakeUpstream:
             def handle(self):
                 self.request.settimeout(5)
                 try:
-                    size = struct.unpack("!H", recv_exact(self.request, 2))[0]
-                    reply = outer.answer(recv_exact(self.request, size), "tcp")
-                except (OSError, struct.error):
+                    reply = outer.answer(read_frame(self.request), "tcp")
+                except (OSError, EOFError):
                     return
                 if reply is not None:
                     self.request.sendall(struct.pack("!H", len(reply)) + reply)
@@ -114,17 +115,6 @@ class FakeUpstream:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    """Read exactly n bytes from a stream socket; OSError if it closes first."""
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise OSError("closed")
-        buf += chunk
-    return buf
 
 
 class LoopProxy:

@@ -19,7 +19,9 @@ import threading
 
 import jsonpatch
 
-from harness import LoggedProcess, wait_until  # noqa: F401 - re-exported for the webhook tests
+from harness import LoggedProcess, prometheus_sample, wait_until  # noqa: F401 - re-exported for the webhook tests
+from k8s_objects import namespace as ns  # noqa: F401 - re-exported for the webhook tests
+from k8s_objects import service
 
 from kdns.index import ClusterIndex
 from kdns.log import Logger
@@ -36,29 +38,9 @@ _uids = itertools.count(1)
 # ------------------------------------------------------------------------------ objects
 
 
-def svc(ns: str, name: str, ip: str | None, *ports, ips: list[str] | None = None, type_: str | None = None,
-        external_name: str | None = None) -> dict:
-    """A v1 Service. ports: (port,), (port, proto) or (name, port, proto)."""
-    spec: dict = {"ports": []}
-    for p in ports:
-        if len(p) == 1:
-            spec["ports"].append({"port": p[0]})
-        elif len(p) == 2:
-            spec["ports"].append({"port": p[0], "protocol": p[1]})
-        else:
-            spec["ports"].append({"name": p[0], "port": p[1], "protocol": p[2]})
-    if external_name:
-        spec.update(type="ExternalName", externalName=external_name)
-    else:
-        spec["clusterIP"] = ip
-        spec["clusterIPs"] = ips or [ip]
-        if type_:
-            spec["type"] = type_
-    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns}, "spec": spec}
-
-
-def ns(name: str, **labels: str) -> dict:
-    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+def svc(ns: str, name: str, ip: str | None, *ports, **options) -> dict:
+    """A v1 Service (k8s_objects.service), ports given inline: (port,), (port, proto) or (name, port, proto)."""
+    return service(ns, name, ip, ports=ports, **options)
 
 
 def container(name: str = "app", env: list | None = None, **extra) -> dict:
@@ -146,15 +128,10 @@ class Client:
             with self.context.wrap_socket(sock, server_hostname=self.host) as tls:
                 return tls.getpeercert(binary_form=True)
 
-    def metric(self, name: str, **labels) -> float | None:
-        from prometheus_client.parser import text_string_to_metric_families
+    def metric(self, name: str, /, **labels) -> float | None:
         status, body = self.request("GET", "/metrics")
         assert status == 200
-        for family in text_string_to_metric_families(body.decode()):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    return sample.value
-        return None
+        return prometheus_sample(body.decode(), name, **labels)
 
 
 # ------------------------------------------------------------------------------ in-process server
