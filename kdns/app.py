@@ -23,6 +23,7 @@ from .respcache import ResponseCache
 from .server import NegativeRateLimit, QueryHandler, bind
 from .sources import object_filter, settle_heap
 from .sources.manifests import ManifestSource
+from .startup import StartupFailure, api_refused, listen_failed
 
 
 # a full relist's transient peak over the RSS at ready, measured (perf/memory_relist.py, BENCH.md):
@@ -68,10 +69,14 @@ class Runtime:
         self._http_addresses: tuple = (None, None, None)
         self.http: HttpEndpoints | None = None
         self.http_bound: dict[str, str] = {}
+        self._unstarted = None  # an API source whose threads start once every listener is up
+        self.failure: StartupFailure | None = None  # why start-up cannot complete (the API refused us)
+        self.on_failure = lambda: None  # called once, on the loop, when `failure` is set
 
     # -------------------------------------------------------------------- building
 
     async def start(self) -> None:
+        """Bind every listener, then start the source: a port that cannot be had fails before any thread runs."""
         route_library_logs(self.log)  # aiohttp / asyncio complaints become one-line log events
         await self._apply(self.settings)
         if self.settings.reload and self.settings.path:
@@ -132,7 +137,12 @@ class Runtime:
                     handler._update_plain()
                 port, host = key
                 tcp_max = self.tcp_max_connections or max(1, self.budget.tcp_connections // len(wanted))
-                udp, tcp_server, _, bound = await self._bind(handler, host, port, tcp_max)
+                try:
+                    udp, tcp_server, _, bound = await self._bind(handler, host, port, tcp_max)
+                except OSError as exc:
+                    want = self.port_map.get(port, port)
+                    shown = f"[{host}]" if ":" in host else host
+                    raise listen_failed(exc, f"{shown}:{want}", f"dns://:{port}", want) from None
                 self.handlers[key] = handler
                 self.listeners[key] = (udp, tcp_server, bound)
                 if old_blocks:
@@ -162,6 +172,17 @@ class Runtime:
         for warning in settings.warnings:
             self.log.warning("config_warning", detail=warning)
         self.settings = settings
+        self._start_unstarted()
+
+    def _start_unstarted(self) -> None:
+        if self._unstarted is not None:
+            self._unstarted.start()
+            self._unstarted = None
+
+    def _fail(self, failure: StartupFailure) -> None:
+        if self.failure is None:
+            self.failure = failure
+            self.on_failure()
 
     def _hosts(self, bc) -> list[str]:
         """The addresses a block listens on: its `bind`, else kdns's --bind (default every interface)."""
@@ -205,8 +226,10 @@ class Runtime:
             if k.pods == "verified":
                 kinds.append("Pod")
             source = ApiSource(client, index, self.log, kinds, wanted=wanted, **self.api_options)
+            source.on_refused = lambda kind, verb, failure: self._fail(api_refused(
+                kind, failure.status, verb, source.server, where, failure.message))
             self.log.info("api_source", server=client.configuration.host, config=where, resources=",".join(kinds))
-            source.start()
+            self._unstarted = source
         else:
             source = ManifestSource(k.manifests, index, self.log, wanted=wanted)
             source.load()
@@ -221,6 +244,7 @@ class Runtime:
         self.source = source
 
     def _stop_source(self) -> None:
+        self._unstarted = None
         if self.source is not None and hasattr(self.source, "stop"):
             self.source.stop()
         if self._source_task is not None:
@@ -362,6 +386,7 @@ class Runtime:
             try:
                 await self._apply(new)
             except Exception as exc:  # noqa: BLE001 - e.g. a new port that cannot be bound
+                self._start_unstarted()  # a new source is in place: follow it even if a listener failed
                 self.metrics.reload_failed += 1
                 self.log.error("reload_failed", error=repr(exc), action="keeping what could be kept")
                 continue

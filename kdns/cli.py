@@ -13,15 +13,22 @@ from .config import (DEFAULT_RESOLV_CONF, AutopathConfig, BlockConfig, ForwardCo
                      load_corefile, normalize_zone)
 from .corefile import CorefileError
 from .forward import parse_hostport
+from .http import split_address
 from .log import Logger
 from .memory import MemoryBudget, parse_size
 from .selectors import SelectorError, parse_selector
+from .startup import (EXIT_CONFIG, EXIT_OK, ArgumentParser, StartupFailure, bad_config, bounded,
+                      check_manifest_paths, early_log_format, exit_now, listener_clash, non_negative, port_number,
+                      positive, reported)
 
 DEFAULT_ZONES = ["cluster.local", "in-addr.arpa", "ip6.arpa"]
 
 
 def _ttl(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number 0-3600, got {text!r}") from None
     if not 0 <= value <= 3600:
         raise argparse.ArgumentTypeError(f"ttl must be between 0 and 3600, got {value}")
     return value
@@ -35,14 +42,14 @@ def _size(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kdns", description="Kubernetes cluster DNS server.", allow_abbrev=False)
+    parser = ArgumentParser(prog="kdns", description="Kubernetes cluster DNS server.", allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve DNS for a cluster (Corefile, API watch, or manifests on disk)",
                            allow_abbrev=False)
     conf = serve.add_argument_group("Corefile (CoreDNS drop-in)")
     conf.add_argument("--corefile", "-conf", dest="corefile", metavar="PATH",
                       help="serve what this Corefile says (CoreDNS syntax; kdns -conf PATH works as coredns does)")
-    conf.add_argument("--dns-port", "-dns.port", "-p", dest="dns_port", type=int, default=53, metavar="PORT",
+    conf.add_argument("--dns-port", "-dns.port", "-p", dest="dns_port", type=port_number, default=53, metavar="PORT",
                       help="port for Corefile server blocks that name none (default 53)")
     conf.add_argument("--port-map", action="append", default=[], metavar="FROM=TO",
                       help="serve the Corefile's port FROM (DNS, health, ready or prometheus) on port TO instead "
@@ -63,13 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "and no other source is given)")
     source.add_argument("--serviceaccount-dir", default="/var/run/secrets/kubernetes.io/serviceaccount",
                         metavar="DIR", help="where the in-cluster token and ca.crt are (default %(default)s)")
-    source.add_argument("--api-watch-timeout", type=int, default=300, metavar="SECONDS",
+    source.add_argument("--api-watch-timeout", type=bounded(int, 1), default=300, metavar="SECONDS",
                         help="server-side watch timeout, randomised up to twice this (default %(default)s)")
-    source.add_argument("--api-stall-timeout", type=float, default=120.0, metavar="SECONDS",
+    source.add_argument("--api-stall-timeout", type=positive, default=120.0, metavar="SECONDS",
                         help="reopen a watch that delivered nothing, not even a bookmark, this long (default %(default)s)")
-    source.add_argument("--api-page-size", type=int, default=500, metavar="N",
+    source.add_argument("--api-page-size", type=bounded(int, 1), default=500, metavar="N",
                         help="list in pages of N objects, so a relist never holds the whole list (default %(default)s)")
-    source.add_argument("--api-backoff-max", type=float, default=30.0, metavar="SECONDS",
+    source.add_argument("--api-backoff-max", type=positive, default=30.0, metavar="SECONDS",
                         help="cap of the exponential reconnect backoff (default %(default)s)")
     flags = serve.add_argument_group("without a Corefile: what to serve")
     flags.add_argument("--listen", default="127.0.0.1:5353", metavar="HOST:PORT",
@@ -93,30 +100,30 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_argument("--ready-listen", metavar="HOST:PORT",
                        help="GET /ready -> 200 OK once synced, else 503 naming what is not (CoreDNS: :8181)")
     flags.add_argument("--metrics-listen", metavar="HOST:PORT", help="GET /metrics, Prometheus (CoreDNS: :9153)")
-    flags.add_argument("--lameduck", type=float, default=0.0, metavar="SECONDS",
+    flags.add_argument("--lameduck", type=non_negative, default=0.0, metavar="SECONDS",
                        help="on SIGTERM keep serving this long with /ready failing (Corefile: health { lameduck })")
     misc = serve.add_argument_group("runtime")
-    misc.add_argument("--poll-interval", type=float, default=0.25, metavar="SECONDS",
+    misc.add_argument("--poll-interval", type=positive, default=0.25, metavar="SECONDS",
                       help="how often manifest files are checked for edits (default 0.25)")
-    misc.add_argument("--tcp-idle-timeout", type=float, default=10.0, metavar="SECONDS",
+    misc.add_argument("--tcp-idle-timeout", type=positive, default=10.0, metavar="SECONDS",
                       help="close TCP connections idle this long (default 10, RFC 7766)")
-    misc.add_argument("--workers", type=int, default=1, metavar="N",
+    misc.add_argument("--workers", type=bounded(int, 1), default=1, metavar="N",
                       help="serve from N processes sharing the DNS ports (SO_REUSEPORT), each following the "
                            "source itself; health/ready/metrics come from the first (default 1)")
     misc.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
                       help="event loop: uvloop when installed (pip install kdns[fast]) unless asyncio is asked for")
-    misc.add_argument("--tcp-max-connections", type=int, default=None, metavar="N",
+    misc.add_argument("--tcp-max-connections", type=bounded(int, 1), default=None, metavar="N",
                       help="open TCP connections per port; more are closed at once (default: what the memory "
-                           "budget's TCP share allows, 30%% of it at 40 KiB a connection: 184 with 24Mi)")
+                           "budget's TCP share allows, 22%% of it at 40 KiB a connection: 157 with 28Mi)")
     misc.add_argument("--memory-budget", type=_size, default=None, metavar="SIZE",
                       help="bytes for everything that grows with traffic -- answer caches, the cache plugin, "
                            "rate-limit buckets, TCP connections -- evicting cold entries first beyond it "
-                           "(e.g. 24Mi, the default; the cluster index comes on top: deploy/README.md, sizing)")
-    misc.add_argument("--negative-rate-limit", type=float, default=0.0, metavar="PER_SECOND",
+                           "(e.g. 28Mi, the default; the cluster index comes on top: deploy/README.md, sizing)")
+    misc.add_argument("--negative-rate-limit", type=non_negative, default=0.0, metavar="PER_SECOND",
                       help="per source /24 (/56), at most this many NXDOMAIN/REFUSED answers a second over UDP; "
                            "beyond it they are dropped, every 2nd sent truncated so real clients retry over TCP "
                            "(default 0: off)")
-    misc.add_argument("--stats-interval", type=float, default=10.0, metavar="SECONDS",
+    misc.add_argument("--stats-interval", type=positive, default=10.0, metavar="SECONDS",
                       help="how often a summary of malformed packets is logged, if any arrived (default 10)")
     misc.add_argument("--log-format", choices=["text", "json"], default="text")
     misc.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
@@ -124,14 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
                            allow_abbrev=False)
     check.add_argument("corefile", metavar="COREFILE")
     check.add_argument("--resolv-conf", default=DEFAULT_RESOLV_CONF, metavar="PATH")
-    check.add_argument("--dns-port", "-dns.port", dest="dns_port", type=int, default=53)
+    check.add_argument("--dns-port", "-dns.port", dest="dns_port", type=port_number, default=53)
     return parser
 
 
 class ConfigProblem(Exception):
-    def __init__(self, field: str, reason: str):
+    def __init__(self, field: str, reason: str, fix: str = ""):
         super().__init__(f"{field}: {reason}")
-        self.field, self.reason = field, reason
+        self.field, self.reason, self.fix = field, reason, fix
 
 
 def _source_overrides(args: argparse.Namespace, k: KubernetesConfig) -> None:
@@ -170,9 +177,25 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             raise ConfigProblem("--upstream", f"expected HOST:PORT or none, got {args.upstream!r}") from None
         forward = ForwardConfig(from_zone="", to=[(host, port)], to_text=[args.upstream])
     try:
-        _, port = parse_hostport(args.listen, 53)
+        host, port = parse_hostport(args.listen, 53)
+        if not 0 <= port <= 65535:
+            raise ValueError
     except ValueError:
-        raise ConfigProblem("--listen", f"expected HOST:PORT, got {args.listen!r}") from None
+        raise ConfigProblem("--listen", f"expected HOST:PORT (port 0-65535), got {args.listen!r}") from None
+    listeners = [("--listen", host, port)]
+    for flag, address in (("--health-listen", args.health_listen), ("--ready-listen", args.ready_listen),
+                          ("--metrics-listen", args.metrics_listen)):
+        if address is not None:
+            try:
+                listeners.append((flag, *split_address(address)))
+                if not 0 <= listeners[-1][2] <= 65535:
+                    raise ValueError
+            except ValueError:
+                raise ConfigProblem(flag, f"expected HOST:PORT (port 0-65535), got {address!r}") from None
+    clash = listener_clash(listeners)
+    if clash is not None:
+        raise ConfigProblem(clash[0], f"port {clash[2]} is also given to {clash[1]}: two listeners cannot share it",
+                            "give each listener its own port (0 picks a free one)")
     block = BlockConfig(zones=[""], port=port, kubernetes=k, forward=forward,
                         autopath=AutopathConfig(zones=[""]) if args.autopath else None)
     return Settings(blocks=[block], health=args.health_listen, ready=args.ready_listen,
@@ -192,20 +215,31 @@ def load_settings(args: argparse.Namespace) -> Settings:
     return settings_from_args(args)
 
 
-async def serve(args: argparse.Namespace, log: Logger) -> int:
-    from .app import Runtime, show_address  # aiohttp and prometheus: check-config does not need them
+def _source_field(args: argparse.Namespace) -> str:
+    """The input an API client configuration came from, as the user gave it."""
+    if args.kubeconfig:
+        return "--kubeconfig"
+    if args.corefile and not args.in_cluster:
+        return f"{args.corefile} kubernetes"
+    return "--in-cluster"
+
+
+def _load(args: argparse.Namespace) -> Settings:
     try:
         settings = load_settings(args)
     except CorefileError as exc:
-        log.error("bad_config", file=exc.path, line=exc.line, column=exc.col, reason=exc.message)
-        return 2
+        fix = "correct the Corefile there (kdns check-config FILE)" if exc.line else "give -conf a readable Corefile"
+        raise StartupFailure("bad_config", EXIT_CONFIG, file=exc.path, line=exc.line, column=exc.col,
+                             reason=exc.message, fix=fix) from None
     except ConfigProblem as exc:
-        log.error("bad_config", field=exc.field, reason=exc.reason)
-        return 2
-    if args.corefile:
-        bind_host = args.bind if args.bind is not None else ""
-    else:
-        bind_host = parse_hostport(args.listen, 53)[0]
+        raise bad_config(exc.field, exc.reason, exc.fix or "see kdns serve --help") from None
+    k = settings.kubernetes
+    if k is not None:
+        check_manifest_paths(k.manifests, "--manifests" if args.manifests else f"{args.corefile} kubernetes manifests")
+    return settings
+
+
+def _port_map(args: argparse.Namespace) -> dict[int, int]:
     port_map = {}
     for item in args.port_map:
         try:
@@ -213,9 +247,21 @@ async def serve(args: argparse.Namespace, log: Logger) -> int:
             if not (0 < src < 65536 and 0 <= dst < 65536):
                 raise ValueError
         except ValueError:
-            log.error("bad_config", field="--port-map", reason=f"expected FROM=TO port numbers, got {item!r}")
-            return 2
+            raise bad_config("--port-map", f"expected FROM=TO port numbers, got {item!r}",
+                             "e.g. --port-map 53=5353 (TO 0: a free port)") from None
         port_map[src] = dst
+    return port_map
+
+
+async def serve(args: argparse.Namespace, log: Logger) -> int:
+    """Serve until SIGTERM/SIGINT (exit 0); a start-up failure raises StartupFailure, after cleaning up."""
+    from .app import Runtime, show_address  # aiohttp and prometheus: check-config does not need them
+    port_map = _port_map(args)
+    settings = _load(args)
+    if args.corefile:
+        bind_host = args.bind if args.bind is not None else ""
+    else:
+        bind_host = parse_hostport(args.listen, 53)[0]
     api_options = dict(watch_timeout=args.api_watch_timeout, stall_timeout=args.api_stall_timeout,
                        backoff_max=args.api_backoff_max, page_size=args.api_page_size)
     worker = getattr(args, "worker", 0)
@@ -230,18 +276,17 @@ async def serve(args: argparse.Namespace, log: Logger) -> int:
                       tcp_max_connections=args.tcp_max_connections, negative_rate_limit=args.negative_rate_limit,
                       reuse_port=args.workers > 1, serve_http=worker == 0,
                       memory_budget=MemoryBudget(args.memory_budget) if args.memory_budget else None)
+    runtime.on_failure = stop.set  # the API refused us before the first sync
     try:
         await runtime.start()
-    except OSError as exc:
-        log.error("listen_failed", error=str(exc))
+    except StartupFailure:
         await runtime.shutdown()
-        return 1
+        raise
     except Exception as exc:  # noqa: BLE001 - e.g. an API client that cannot be configured
         from .sources.api import ConfigError
+        await runtime.shutdown()
         if isinstance(exc, ConfigError):
-            log.error("bad_config", field="--kubeconfig" if args.kubeconfig else "kubernetes source", reason=str(exc))
-            await runtime.shutdown()
-            return 2
+            raise bad_config(_source_field(args), str(exc), exc.fix or "fix the files named in the reason") from None
         raise
     for (port, host), (_, _, bound) in sorted(runtime.listeners.items()):
         shown = show_address(host, bound)
@@ -254,11 +299,15 @@ async def serve(args: argparse.Namespace, log: Logger) -> int:
     await stop.wait()
     if orphan_watch is not None:
         orphan_watch.cancel()
+    if runtime.failure is not None:
+        reporter.cancel()
+        await runtime.shutdown()
+        raise runtime.failure
     log.info("shutting_down", lameduck=runtime.settings.lameduck)
     reporter.cancel()
     await runtime.shutdown(runtime.settings.lameduck)
     log.info("stopped")
-    return 0
+    return EXIT_OK
 
 
 async def _exit_with_parent(stop: asyncio.Event, every: float = 1.0) -> None:
@@ -308,7 +357,12 @@ def check_config(args: argparse.Namespace, log: Logger) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `kdns` console script: every start-up failure is one log line and a documented exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    return exit_now(reported(lambda: _main(argv), Logger(fmt=early_log_format(argv)), "debug" in argv))
+
+
+def _main(argv: list[str]) -> int:
     # `kdns -conf /etc/coredns/Corefile` (the coredns image's arguments) means `kdns serve -conf ...`
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv.insert(0, "serve")
@@ -320,10 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     log = Logger(fmt=getattr(args, "log_format", "text"), level=getattr(args, "log_level", "info"))
     if args.command == "check-config":
         return check_config(args, log)
-    if args.workers < 1:
-        log.error("bad_config", field="--workers", reason="must be at least 1")
-        return 2
     if args.workers > 1:
+        _load(args)  # a configuration error is reported once, before any worker is forked
         return _serve_workers(args, log)
     return _run(args, log)
 
@@ -337,8 +389,7 @@ def _run(args: argparse.Namespace, log: Logger) -> int:
             runner = uvloop.run
         except ImportError:
             if args.loop == "uvloop":
-                log.error("bad_config", field="--loop", reason="uvloop is not installed (pip install kdns[fast])")
-                return 2
+                raise bad_config("--loop", "uvloop is not installed", "pip install kdns[fast], or --loop asyncio")
     try:
         return runner(serve(args, log))
     except KeyboardInterrupt:
@@ -384,7 +435,7 @@ def _serve_workers(args: argparse.Namespace, log: Logger) -> int:
             args.worker = worker
             code = 1
             try:
-                code = _run(args, log)
+                code = reported(lambda: _run(args, log), log, args.log_level == "debug", worker=worker)
             finally:
                 os._exit(code)
         children.append(pid)

@@ -683,6 +683,7 @@ def settings_from_corefile(text: str, path: str = "Corefile", resolv_conf: str =
         if block.autopath is not None and block.autopath.source == "@kubernetes" and block.kubernetes is None:
             raise once["autopath"].error("autopath @kubernetes needs a kubernetes directive in the same block")
         settings.blocks.append(block)
+    _check_listener_ports(settings, blocks)
     return settings
 
 
@@ -698,6 +699,22 @@ def _check_keys(seen: dict, keys: list, block: BlockConfig) -> None:
         seen.setdefault((zone, port), []).append((tok, addresses))
 
 
+def _check_listener_ports(settings: Settings, blocks: list) -> None:
+    """Two listeners on one port can never start: an error at the directive, as check-config shows it."""
+    from .startup import listener_clash
+    named = {d.name: d for sb in blocks for d in sb.directives if d.name in ("health", "ready", "prometheus")}
+    listeners = [(f"dns://:{port}", "", port) for port in settings.ports]
+    for name in ("health", "ready", "prometheus"):
+        address = getattr(settings, name)
+        if address is not None:
+            host, port = _hostport(address, 0)
+            listeners.append((name, host.strip("[]"), port))
+    clash = listener_clash(listeners)
+    if clash is not None:
+        name, other, port = clash
+        raise named[name].error(f"{name}: port {port} is also used by {other}; give each listener its own port")
+
+
 def _global(settings: Settings, d: Directive, attr: str, address: str) -> None:
     current = getattr(settings, attr)
     if current is not None and current != address:
@@ -711,4 +728,6 @@ def load_corefile(path: str, resolv_conf: str = DEFAULT_RESOLV_CONF, default_por
             text = fh.read()
     except OSError as exc:
         raise CorefileError(path, 0, 0, f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise CorefileError(path, exc.object[:exc.start].count(b"\n") + 1, 0, "not UTF-8 text") from None
     return settings_from_corefile(text, path, resolv_conf, default_port)

@@ -12,6 +12,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .server import tcp_listener
+from .startup import listen_failed
 
 # name -> () -> (ready, detail)
 ReadyCheck = Callable[[], tuple[bool, str]]
@@ -74,9 +75,9 @@ class HttpEndpoints:
                 host = "127.0.0.1"
             try:
                 sock = tcp_listener(host, port)
-            except OSError:
+            except OSError as exc:
                 await runner.cleanup()
-                raise OSError(f"cannot listen on {address} for {path}")
+                raise listen_failed(exc, address, path, port) from None
             site = web.SockSite(runner, sock)
             await site.start()
             self._runners.append(runner)

@@ -13,16 +13,17 @@ import re
 import sys
 from dataclasses import dataclass
 
-DEFAULT_BUDGET = 24 << 20  # fits deploy/'s limit next to a 10k-service / 30k-endpoint index
+DEFAULT_BUDGET = 28 << 20  # fits deploy/'s limit next to a 10k-service / 30k-endpoint index
 MIN_BUDGET = 1 << 20
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?)?b?\s*$", re.IGNORECASE)
 
 # shares of the budget (they add up to 1)
-ANSWER_SHARE = 0.40      # authoritative answers, all ports together
-RESPONSE_SHARE = 0.25    # the `cache` plugin's forwarded answers, all blocks together
-RATE_LIMIT_SHARE = 0.05  # negative-answer rate-limit buckets
-TCP_SHARE = 0.30         # open TCP connections, all ports together
+# (the answer cache holds a 10k-service cluster's A and SRV answers: ~1.1 KiB an entry)
+ANSWER_SHARE = 0.55      # authoritative answers, all ports together
+RESPONSE_SHARE = 0.20    # the `cache` plugin's forwarded answers, all blocks together
+RATE_LIMIT_SHARE = 0.03  # negative-answer rate-limit buckets
+TCP_SHARE = 0.22         # open TCP connections, all ports together
 RATE_LIMIT_BUCKET_BYTES = 250  # a bucket: the prefix string, a 3-item list, the dict slot (sys.getsizeof)
 TCP_READ_LIMIT = 16 << 10  # a connection's read buffer high-water mark (asyncio StreamReader limit)
 # a connection at worst: its read buffer (2x the limit before reading pauses), transport, reader,

@@ -5,12 +5,16 @@
         [--namespaces 100] [--headless-share 0.1] [--queries 10000] [--unique-queries 200000]
         [--seed 1] [--format yaml|json] [--no-zones] [--no-queries]
 
+Zone TTLs: kdns's default (5 s); perf/run.py writes them with the kubeadm Corefile's `ttl 30`.
+
 Writes under OUT:
   manifests/<namespace>.yaml   Namespace, Services (clusterIP or None, named ports), EndpointSlices
                                (kubernetes.io/service-name label, addressType IPv4, <=100 endpoints per
                                slice, hostnames on the headless services' endpoints)
   zones/cluster.local.zone     what kdns answers for those manifests (A, SRV, endpoint A, NS, SOA, TXT)
   zones/in-addr.arpa.zone      PTR for every ClusterIP and endpoint address
+  upstream/example.test.zone   the outside zone a local upstream serves for the forward-* mixes (a
+                               wildcard A, so every name gets an answer)
   queries/<mix>.txt            dnsperf input ("name TYPE" per line), mixes listed in MIXES
   cluster.json                 counts and a few sample names
 
@@ -30,8 +34,9 @@ from dataclasses import dataclass, field
 
 ZONE = "cluster.local"
 TTL = 5  # kdns default --ttl
-SOA_TTL = min(TTL, 300)
 TXT_TTL = 28800  # dns-version TXT (kdns, CoreDNS)
+OUTSIDE_ZONE = "example.test"  # the local upstream's zone: forwarded names (forward-* mixes)
+OUTSIDE_TTL = 3600  # longer than the kubeadm `cache 30`, so the cache's own cap applies
 
 SERVICE_CIDR_BASE = int(ipaddress.IPv4Address("10.96.1.0"))  # 10.96.0.0/12; 10.96.0.x kept for system
 POD_CIDR_BASE = int(ipaddress.IPv4Address("10.128.0.1"))  # 10.128.0.0/10 fits 4M endpoints
@@ -58,6 +63,12 @@ MIXES = {
     "search": "ndots:5 search-path expansions of outside names (NXDOMAIN)",
     "mixed": "80% A hits, 10% SRV, 10% NXDOMAIN",
     "uncached": "NXDOMAIN, every name asked once: each query is a cache miss (run it as one pass)",
+    "forward-cached": f"outside names ({OUTSIDE_ZONE}, from a pool of 2,000) answered by the `cache` plugin after "
+                      "one pass through `forward` to the local upstream (Knot)",
+    "forward-miss": f"outside names, every one new: each goes through `forward` to the local upstream "
+                    f"(Knot, a wildcard in {OUTSIDE_ZONE} answers them)",
+    "flood": "a hot set of 200 cluster A names at a fixed rate (perf/loadgen.py) while unique random "
+             "cluster names (NXDOMAIN) arrive at full speed from dnsperf",
 }
 
 
@@ -224,22 +235,23 @@ def _named(ports):
     return [p for p in ports if p[0]]
 
 
-def zone_records(cluster: list[Svc]):
-    """Yield (zone, owner, ttl, type, rdata) — exactly what kdns (default flags) answers."""
+def zone_records(cluster: list[Svc], ttl: int = TTL):
+    """Yield (zone, owner, ttl, type, rdata) — exactly what kdns answers (default flags, or `ttl N`)."""
     z = ZONE
-    yield z, f"{z}.", SOA_TTL, "SOA", f"ns.dns.{z}. hostmaster.{z}. 1 7200 1800 86400 {TTL}"
-    yield z, f"{z}.", TTL, "NS", f"ns.dns.{z}."
+    soa_ttl = min(ttl, 300)
+    yield z, f"{z}.", soa_ttl, "SOA", f"ns.dns.{z}. hostmaster.{z}. 1 7200 1800 86400 {ttl}"
+    yield z, f"{z}.", ttl, "NS", f"ns.dns.{z}."
     kube_dns = next(s for s in cluster if (s.namespace, s.name) == ("kube-system", "kube-dns"))
-    yield z, f"ns.dns.{z}.", TTL, "A", kube_dns.cluster_ip
+    yield z, f"ns.dns.{z}.", ttl, "A", kube_dns.cluster_ip
     yield z, f"dns-version.{z}.", TXT_TTL, "TXT", '"1.1.0"'
     r = "in-addr.arpa"
-    yield r, f"{r}.", SOA_TTL, "SOA", f"ns.dns.{r}. hostmaster.{r}. 1 7200 1800 86400 {TTL}"
-    yield r, f"{r}.", TTL, "NS", f"ns.dns.{z}."
+    yield r, f"{r}.", soa_ttl, "SOA", f"ns.dns.{r}. hostmaster.{r}. 1 7200 1800 86400 {ttl}"
+    yield r, f"{r}.", ttl, "NS", f"ns.dns.{z}."
     for svc in cluster:
         owner = svc.fqdn + "."
         named = _named(svc.ports)
         if not svc.headless:
-            yield z, owner, TTL, "A", svc.cluster_ip
+            yield z, owner, ttl, "A", svc.cluster_ip
             weight = max(1, 100 // len(named)) if named else 0
             bare = set()
             for pname, port, _, proto in named:
@@ -247,28 +259,28 @@ def zone_records(cluster: list[Svc]):
                 # (Two ports with one number, as kube-dns's dns/dns-tcp, make one record in a zone.)
                 if port not in bare:
                     bare.add(port)
-                    yield z, owner, TTL, "SRV", f"0 {weight} {port} {owner}"
-                yield z, f"_{pname}._{proto.lower()}.{owner}", TTL, "SRV", f"0 100 {port} {owner}"
-            yield r, reverse_name(svc.cluster_ip) + ".", TTL, "PTR", owner
+                    yield z, owner, ttl, "SRV", f"0 {weight} {port} {owner}"
+                yield z, f"_{pname}._{proto.lower()}.{owner}", ttl, "SRV", f"0 100 {port} {owner}"
+            yield r, reverse_name(svc.cluster_ip) + ".", ttl, "PTR", owner
         else:
             eps = svc.endpoints
             for ep in eps:
-                yield z, owner, TTL, "A", ep.ip
+                yield z, owner, ttl, "A", ep.ip
             if eps and named:
                 bare_weight = max(1, 100 // (len(eps) * len(named)))
                 one_weight = max(1, 100 // len(eps))
                 for pname, _, target_port, proto in named:
                     for ep in eps:
                         target = f"{ep_label(ep)}.{owner}"
-                        yield z, owner, TTL, "SRV", f"0 {bare_weight} {target_port} {target}"
-                        yield z, f"_{pname}._{proto.lower()}.{owner}", TTL, "SRV", f"0 {one_weight} {target_port} {target}"
+                        yield z, owner, ttl, "SRV", f"0 {bare_weight} {target_port} {target}"
+                        yield z, f"_{pname}._{proto.lower()}.{owner}", ttl, "SRV", f"0 {one_weight} {target_port} {target}"
         for ep in svc.endpoints:
             # endpoint names exist for ClusterIP services' endpoints too (CoreDNS, kdns)
-            yield z, f"{ep_label(ep)}.{owner}", TTL, "A", ep.ip
-            yield r, reverse_name(ep.ip) + ".", TTL, "PTR", f"{ep_label(ep)}.{owner}"
+            yield z, f"{ep_label(ep)}.{owner}", ttl, "A", ep.ip
+            yield r, reverse_name(ep.ip) + ".", ttl, "PTR", f"{ep_label(ep)}.{owner}"
 
 
-def write_zones(cluster: list[Svc], outdir: str) -> dict[str, int]:
+def write_zones(cluster: list[Svc], outdir: str, ttl: int = TTL) -> dict[str, int]:
     os.makedirs(outdir, exist_ok=True)
     files = {ZONE: open(os.path.join(outdir, f"{ZONE}.zone"), "w"),
              "in-addr.arpa": open(os.path.join(outdir, "in-addr.arpa.zone"), "w")}
@@ -276,8 +288,8 @@ def write_zones(cluster: list[Svc], outdir: str) -> dict[str, int]:
     try:
         for fh in files.values():
             fh.write("; generated by perf/gen_cluster.py; absolute names only\n")
-        for zone, owner, ttl, rtype, rdata in zone_records(cluster):
-            files[zone].write(f"{owner} {ttl} IN {rtype} {rdata}\n")
+        for zone, owner, rttl, rtype, rdata in zone_records(cluster, ttl):
+            files[zone].write(f"{owner} {rttl} IN {rtype} {rdata}\n")
             counts[zone] += 1
     finally:
         for fh in files.values():
@@ -285,10 +297,26 @@ def write_zones(cluster: list[Svc], outdir: str) -> dict[str, int]:
     return counts
 
 
+def write_outside_zone(outdir: str) -> str:
+    """The zone the local upstream (Knot) serves for the forward-* mixes: a wildcard A record, so
+    every name under it, each unique forward-miss name included, gets a positive answer."""
+    os.makedirs(outdir, exist_ok=True)
+    z = OUTSIDE_ZONE
+    path = os.path.join(outdir, f"{z}.zone")
+    with open(path, "w") as fh:
+        fh.write(f"; generated by perf/gen_cluster.py: the forward-* mixes' upstream zone\n"
+                 f"{z}. {OUTSIDE_TTL} IN SOA ns.{z}. hostmaster.{z}. 1 7200 1800 86400 300\n"
+                 f"{z}. {OUTSIDE_TTL} IN NS ns.{z}.\n"
+                 f"ns.{z}. {OUTSIDE_TTL} IN A 192.0.2.53\n"
+                 f"*.{z}. {OUTSIDE_TTL} IN A 192.0.2.80\n")
+    return path
+
+
 # ------------------------------------------------------------------------------------------- queries
 
 
-def query_mixes(cluster: list[Svc], n: int, seed: int, unique: int = 200_000) -> dict[str, list[str]]:
+def query_mixes(cluster: list[Svc], n: int, seed: int, unique: int = 200_000, hot: int = 200,
+                outside_names: int = 2_000) -> dict[str, list[str]]:
     rng = random.Random(seed + 1)
     gen = [s for s in cluster if s.namespace.startswith("ns-")] or cluster
     cip = [s for s in gen if not s.headless] or [s for s in cluster if not s.headless]
@@ -336,6 +364,17 @@ def query_mixes(cluster: list[Svc], n: int, seed: int, unique: int = 200_000) ->
         # distinct names ("u<k>-..." never collides with a generated service name)
         mixes["uncached"] = [f"u{k:07d}-{rng.randrange(1 << 20):05x}.{namespaces[k % len(namespaces)]}.svc.{ZONE} A"
                              for k in range(unique)]
+        # unique outside names, each forwarded to the upstream (its wildcard answers them all)
+        mixes["forward-miss"] = [f"m{k:07d}-{rng.randrange(1 << 20):05x}.{OUTSIDE_ZONE} A" for k in range(unique)]
+        # the flood's background: unique cluster names ("f<k>-...", never a service, never asked twice)
+        mixes["flood"] = [f"f{k:07d}-{rng.randrange(1 << 20):05x}.{namespaces[k % len(namespaces)]}.svc.{ZONE} A"
+                          for k in range(2 * unique)]  # twice: a full-speed flood must outlast the hot set's run
+    # outside names from a fixed pool, asked again and again: after one pass all from the cache plugin
+    pool = [f"host-{k:05d}.{rng.choice(WORDS)}.{OUTSIDE_ZONE}" for k in range(max(1, outside_names))]
+    mixes["forward-cached"] = [f"{rng.choice(pool)} A" for _ in range(n)]
+    # the flood's hot set: a few cluster A names, asked at a fixed rate while the flood runs
+    hot_set = sorted({a_hit() for _ in range(hot)})
+    mixes["flood-hot"] = [rng.choice(hot_set) for _ in range(n)]
     return {k: v for k, v in mixes.items() if v}
 
 
@@ -351,7 +390,9 @@ def write_queries(mixes: dict[str, list[str]], outdir: str) -> None:
 
 def generate(out: str, services: int = 10_000, endpoints: int = 30_000, namespaces: int = 100,
              headless_share: float = 0.1, queries: int = 10_000, seed: int = 1, fmt: str = "yaml",
-             zones: bool = True, query_files: bool = True, unique_queries: int = 200_000) -> dict:
+             zones: bool = True, query_files: bool = True, unique_queries: int = 200_000, ttl: int = TTL) -> dict:
+    """Manifests, zone files (answers with this TTL; upstream/ holds the forward-* mixes' outside zone)
+    and query files under `out`. Returns the summary also written to cluster.json."""
     started = time.monotonic()
     namespaces = max(1, min(namespaces, services or 1))
     cluster = build_cluster(services, endpoints, namespaces, headless_share, seed)
@@ -366,7 +407,8 @@ def generate(out: str, services: int = 10_000, endpoints: int = 30_000, namespac
         "sample_a": cluster[-1].fqdn if services else cluster[0].fqdn,
     }
     if zones:
-        summary["zone_records"] = write_zones(cluster, os.path.join(out, "zones"))
+        summary["zone_records"] = write_zones(cluster, os.path.join(out, "zones"), ttl)
+        write_outside_zone(os.path.join(out, "upstream"))
     if query_files:
         mixes = query_mixes(cluster, queries, seed, unique_queries)
         write_queries(mixes, os.path.join(out, "queries"))

@@ -1,8 +1,10 @@
-"""kdns throughput, latency and memory benchmark against Knot DNS, NSD and a naive dnslib server.
+"""kdns throughput, latency and memory benchmark against Knot DNS, NSD, a naive dnslib server and a
+ceiling responder (perf/ceiling.py), with issue 11's targets and charts.
 
-    .venv/bin/python perf/run.py                   # full run (<= 10 min on 2 cores), prints the tables
-    .venv/bin/python perf/run.py --quick           # small cluster, 3 mixes, 3 servers (<= 2 min)
+    .venv/bin/python perf/run.py                   # full run (<= 15 min on 2 cores), prints the tables
+    .venv/bin/python perf/run.py --quick           # small cluster, fewer mixes and sizes (<= 3 min)
     .venv/bin/python perf/run.py --write-bench     # ... and rewrite the perf/run.py section of BENCH.md
+                                                   #     and the SVG charts in perf/charts/
     .venv/bin/python perf/run.py --kdns-rev HEAD   # measure a git revision's kdns/ (snapshot via git archive)
 
 Method (the issue's): the server under test is pinned to core 0 and the load generator to core 1
@@ -15,6 +17,14 @@ name once, so each of its queries is a cache miss. Latency at half saturation: d
 the measured max, per-query latencies from `dnsperf -v`, cross-checked with perf/loadgen.py.
 Memory: VmRSS/VmHWM of kdns after loading 10k services + 100k endpoints from manifests, and the time
 from start to the listening line and to the first answer.
+
+kdns runs with the kubeadm Corefile (servers.kubeadm_corefile: prometheus, cache 30, forward to a local
+Knot serving example.test, loop, reload, loadbalance), its ports mapped to free ones on 127.0.0.1.
+Issue 11 (perf/targets.py): server CPU per answered query at one fixed offered rate (`dnsperf -Q`) for
+kdns, the ceiling, Knot and NSD; `--workers 2` against one worker at that rate; `flood` (a hot set at a
+fixed rate while unique names arrive at full speed); start-up by cluster size from manifests and from
+the API double, with the RSS peak of a full relist (perf/startup.py); event -> answer latency
+(perf/event_latency.py). The targets table divides figures of this one run.
 
 All traffic goes to 127.0.0.1; every step has a deadline; servers are ended by their own PIDs.
 """
@@ -37,8 +47,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import ceiling  # noqa: E402
+import charts  # noqa: E402
 import gen_cluster  # noqa: E402
 import servers  # noqa: E402
+import startup  # noqa: E402
+import targets  # noqa: E402
 from loadgen import percentile  # noqa: E402
 
 ROOT = servers.ROOT
@@ -48,8 +62,11 @@ END = "<!-- perf/run.py: end -->"
 
 SERVER_CPU = "0"
 LOAD_CPU = "1"
-ALL_MIXES = ["a", "srv", "headless", "nxdomain", "ptr", "search", "mixed", "uncached"]
-ALL_SERVERS = ["kdns", "knot", "nsd", "dnslib", "dnslib-asyncio"]
+ALL_MIXES = ["a", "srv", "headless", "nxdomain", "ptr", "search", "mixed", "forward-cached", "uncached",
+             "forward-miss"]
+ONE_PASS = ("uncached", "forward-miss")  # every name asked once: run as one pass over fresh slices
+FORWARD = ("forward-cached", "forward-miss")  # names only kdns's forward answers (the upstream's zone)
+ALL_SERVERS = ["kdns", "ceiling", "knot", "nsd", "dnslib", "dnslib-asyncio"]
 PROBE = "kubernetes.default.svc.cluster.local"
 
 
@@ -252,6 +269,8 @@ def compare(reference: dict, got: dict) -> dict:
     (answers equal), an example]."""
     res: dict = {}
     for key, want in reference.items():
+        if key not in got:
+            continue  # not asked of this server (the ceiling: the one-pass mixes)
         entry = res.setdefault(key[0], [0, 0, 0, None])
         entry[0] += 1
         have = got.get(key)
@@ -351,10 +370,15 @@ class Budget:
         return False
 
 
-def make_server(name: str, data: str, kdns_src: str | None, startup_timeout: float, extra: list[str] | None = None):
+def make_server(name: str, data: str, kdns_src: str | None, startup_timeout: float, extra: list[str] | None = None,
+                corefile: str | None = None, cpu: str = SERVER_CPU, dns_port: int = 0):
     if name == "kdns":
-        return servers.KdnsServer(os.path.join(data, "manifests"), extra=extra, src=kdns_src, cpu=SERVER_CPU,
-                                  startup_timeout=startup_timeout, probe_name=PROBE)
+        return servers.KdnsServer(os.path.join(data, "manifests"), extra=extra, src=kdns_src, cpu=cpu,
+                                  startup_timeout=startup_timeout, probe_name=PROBE, corefile=corefile,
+                                  dns_port=dns_port)
+    if name == "ceiling":
+        return servers.CeilingServer(os.path.join(data, "ceiling.answers"), cpu=SERVER_CPU, startup_timeout=60,
+                                     probe_name=PROBE)
     if name == "knot":
         return servers.KnotServer(os.path.join(data, "zones"), cpu=SERVER_CPU, startup_timeout=60, probe_name=PROBE)
     if name == "nsd":
@@ -384,10 +408,13 @@ def _measure_once(name: str, srv, qfile: str, one_pass: bool, cfg) -> dict:
     row["other_cpu"] = servers.foreign_cpu_seconds(f0, servers.foreign_cpu_snapshot(exclude)) / wall * 100
     if name == "kdns":
         m1 = srv.scrape()
-        hits = m1.get("kdns_answer_cache_hits_total", 0) - m0.get("kdns_answer_cache_hits_total", 0)
-        miss = m1.get("kdns_answer_cache_misses_total", 0) - m0.get("kdns_answer_cache_misses_total", 0)
-        if hits + miss:
-            row["cache_hit_pct"] = 100.0 * hits / (hits + miss)
+        hits = targets.cache_hits(m1) - targets.cache_hits(m0)
+        asked = targets.udp_queries(m1) - targets.udp_queries(m0)
+        if asked:  # answer cache + the Corefile's cache plugin, per query received
+            row["cache_hit_pct"] = min(100.0, 100.0 * hits / asked)
+        fwd = m1.get("kdns_forwarded_queries_total", 0) - m0.get("kdns_forwarded_queries_total", 0)
+        if fwd:
+            row["forwarded"] = fwd
     row.update(qps=st["qps"], lost_pct=st.get("lost_pct", 0.0), avg_ms=st["avg_ms"], gen_cpu=st["gen_cpu"],
                rcodes=st.get("rcodes", {}), cmd=st["cmd"], resp_size=st.get("resp_size"))
     return row
@@ -405,7 +432,7 @@ def measure_server(name: str, srv, data: str, mixes: list[str], cfg, budget: Bud
         if not budget.ok(f"{name} {mix}", cfg.duration * cfg.repeats + 5):
             continue
         row = {"server": name, "mix": mix}
-        one_pass = mix == "uncached"
+        one_pass = mix in ONE_PASS
         try:
             if name == "kdns" and not one_pass and cfg.have_dnsperf:
                 # cold first pass (fills the answer cache); modest concurrency so few queries are dropped
@@ -416,7 +443,7 @@ def measure_server(name: str, srv, data: str, mixes: list[str], cfg, budget: Bud
             for i in range(cfg.repeats):
                 if i and not budget.ok(f"{name} {mix} run {i + 1}", cfg.duration + 5):
                     break
-                q = os.path.join(qdir, f"uncached.part{i}.txt") if one_pass else qfile
+                q = os.path.join(qdir, f"{mix}.part{i}.txt") if one_pass else qfile
                 runs.append(_measure_once(name, srv, q, one_pass, cfg))
             best = max(runs, key=lambda r: r["qps"])
             # still disturbed in its best run: wait for quiet and measure once more (not one-pass mixes)
@@ -483,52 +510,44 @@ def _half_saturation_once(name: str, srv, data: str, mix: str, max_qps: float, c
     return out
 
 
-def memory_probe(cfg, kdns_src: str | None, budget: Budget, tmp: str) -> list[dict]:
-    rows = []
-    # 1. kdns with the README's example cluster: the interpreter + libraries floor
+def memory_probe(cfg, kdns_src: str | None, budget: Budget, tmp: str) -> tuple[list[dict], list[dict]]:
+    """The interpreter floor (examples/cluster.yaml), start-up and RSS by cluster size from manifests
+    and from the API double (perf/startup.py; the target size among them), and Knot's RSS for the
+    target size as zone files. Returns (memory rows, start-up rows)."""
+    rows: list[dict] = []
     example = os.path.join(ROOT, "examples", "cluster.yaml")
     if os.path.exists(example) and budget.ok("memory: example", 20):
         with servers.KdnsServer(example, metrics=False, src=kdns_src, cpu=SERVER_CPU, startup_timeout=60,
                                 probe_name=PROBE) as s:
             rows.append({"what": "kdns, examples/cluster.yaml (floor)", "services": None, "endpoints": None,
                          "listening_s": s.listening_s, "ready_s": s.ready_s, **s.memory()})
-    # 2. the issue's size
-    data = os.path.join(tmp, "memory-cluster")
-    log(f"memory probe: generating {cfg.mem_services} services / {cfg.mem_endpoints} endpoints")
-    summary = gen_cluster.generate(data, cfg.mem_services, cfg.mem_endpoints, cfg.namespaces, cfg.headless_share,
-                                   queries=10_000, seed=cfg.seed, zones=True, query_files=True, unique_queries=0)
-    label = f"{cfg.mem_services // 1000}k svc + {cfg.mem_endpoints // 1000}k endpoints"
-    # about 0.6 s per 1,000 endpoints to load, at the work tree's HEAD when this was written
-    if budget.ok(f"memory: kdns {label}", min(cfg.mem_timeout, 15 + cfg.mem_endpoints / 1700)):
-        row = {"what": f"kdns, {label} ({summary['manifest_files']} YAML files, "
-                       f"{summary['manifest_bytes'] / 1e6:.0f} MB)",
-               "services": summary["services"], "endpoints": summary["endpoints"]}
-        try:
-            with servers.KdnsServer(os.path.join(data, "manifests"), metrics=False, src=kdns_src, cpu=SERVER_CPU,
-                                    startup_timeout=min(cfg.mem_timeout, max(30.0, budget.left() - 30)),
-                                    probe_name=PROBE) as s:
-                row.update(listening_s=s.listening_s, ready_s=s.ready_s, **s.memory())
-                if cfg.have_dnsperf and budget.ok("memory: one pass of A queries", 40):
-                    dnsperf(s.port, os.path.join(data, "queries", "mixed.txt"), passes=1, duration=30,
-                            clients=1, outstanding=20)
-                    mem = s.memory()
-                    row["rss_after_queries"] = mem.get("VmRSS")
-                    row["hwm_after_queries"] = mem.get("VmHWM")
-        except RuntimeError as exc:
-            row["error"] = str(exc).splitlines()[0][:200]
-        rows.append(row)
-        log(f"memory: {row}")
-    if "knot" in cfg.servers and servers.which("knotd") and budget.ok("memory: knot", 15):
+    sweep: list[dict] = []
+    for services, endpoints in cfg.sizes:
+        # about 0.1 ms per endpoint to generate and load, twice (manifests, API), plus the relist
+        if not budget.ok(f"start-up {services}/{endpoints}", min(cfg.mem_timeout, 20 + endpoints / 2000)):
+            continue
+        for source, probe in (("manifests", startup.from_manifests), ("api", startup.from_api)):
+            timeout = min(cfg.mem_timeout, max(30.0, budget.left() - 30))
+            row = probe(services, endpoints, tmp, kdns_src, timeout, namespaces=cfg.namespaces, seed=cfg.seed)
+            row.update(gen_services=services, gen_endpoints=endpoints)
+            sweep.append(row)
+            log(f"start-up from {source}, {services} services / {endpoints} endpoints: "
+                + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+    if "knot" in cfg.servers and servers.which("knotd") and budget.ok("memory: knot", 30):
+        data = os.path.join(tmp, "memory-cluster")
+        summary = gen_cluster.generate(data, cfg.mem_services, cfg.mem_endpoints, cfg.namespaces, cfg.headless_share,
+                                       seed=cfg.seed, zones=True, query_files=False)
+        label = f"{cfg.mem_services // 1000}k svc + {cfg.mem_endpoints // 1000}k endpoints"
         try:
             with servers.KnotServer(os.path.join(data, "zones"), cpu=SERVER_CPU, startup_timeout=60,
                                     probe_name=PROBE) as s:
-                rows.append({"what": f"knotd, same {label} as zone files ({sum(summary['zone_records'].values())} RRs)",
+                rows.append({"what": f"knotd, {label} as zone files ({sum(summary['zone_records'].values())} RRs)",
                              "services": summary["services"], "endpoints": summary["endpoints"],
                              "listening_s": None, "ready_s": s.ready_s, **s.memory()})
         except RuntimeError as exc:
             log(f"knot memory probe failed: {exc}")
-    shutil.rmtree(data, ignore_errors=True)
-    return rows
+        shutil.rmtree(data, ignore_errors=True)
+    return rows, sweep
 
 
 def wait_quiet(max_wait: float, threshold: float = 10.0, window: float = 3.0) -> float:
@@ -545,6 +564,88 @@ def wait_quiet(max_wait: float, threshold: float = 10.0, window: float = 3.0) ->
         log(f"other processes use {other:.0f}% of a core; waiting for a quieter moment")
 
 
+def split_one_pass(data: str, repeats: int) -> None:
+    """One slice of distinct names per run of each one-pass mix (MIX.part<i>.txt)."""
+    for mix in ONE_PASS:
+        path = os.path.join(data, "queries", f"{mix}.txt")
+        if not os.path.exists(path):
+            continue
+        with open(path) as fh:
+            names = fh.readlines()
+        per = max(1, len(names) // repeats)
+        for i in range(repeats):
+            with open(os.path.join(data, "queries", f"{mix}.part{i}.txt"), "w") as fh:
+                fh.writelines(names[i * per:(i + 1) * per])
+
+
+def record_ceiling(srv, data: str, mixes: list[str]) -> dict:
+    """Ask kdns once for every distinct query of the mixes the ceiling replays (not the one-pass ones)
+    and store the answers for perf/ceiling.py."""
+    files = [os.path.join(data, "queries", f"{m}.txt") for m in mixes if m not in ONE_PASS]
+    files = [f for f in files if os.path.exists(f)]
+    questions = ceiling.distinct_questions(files) + [ceiling.encode_question(PROBE, "A")]
+    answers = ceiling.record(srv.port, questions)
+    ceiling.save(os.path.join(data, "ceiling.answers"), answers)
+    log(f"ceiling: recorded {len(answers)} of {len(questions)} answers from kdns")
+    return {"questions": len(questions), "recorded": len(answers)}
+
+
+def start_upstream(data: str) -> servers.ServerProcess | None:
+    """The forward plugin's local upstream: Knot (else NSD) serving the outside zone, on the load core."""
+    zone = os.path.join(data, "upstream")
+    for cls, binary in ((servers.KnotServer, "knotd"), (servers.NsdServer, "nsd")):
+        if servers.which(binary):
+            up = cls(zone, cpu=LOAD_CPU, startup_timeout=60, probe_name=f"probe.{gen_cluster.OUTSIDE_ZONE}")
+            up.start()
+            return up
+    return None
+
+
+def fixed_rate_cpu(name: str, srv, data: str, cfg, budget: Budget, report: dict) -> None:
+    """CPU per answered query at cfg.cpu_rate on the `a` mix (warm: after the saturation runs)."""
+    qfile = os.path.join(data, "queries", "a.txt")
+    if not cfg.have_dnsperf or not budget.ok(f"{name} CPU/query", cfg.cpu_duration + 10):
+        return
+    try:
+        row = targets.cpu_per_query(dnsperf, srv, qfile, cfg.cpu_rate, cfg.cpu_duration)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        report["notes"].append(f"{name} CPU/query: {exc}")
+        return
+    row.update(server=name, mix="a", workers=1)
+    report["cpu"].append(row)
+    log(f"{name} at {cfg.cpu_rate:,.0f} qps offered: {row['us_per_query'] or 0:.1f} µs CPU per answered query "
+        f"({row['answered']:,.0f} answered, {row['lost_pct']:.2f}% lost)")
+
+
+def workers_probe(srv_one, data: str, kdns_src: str | None, corefile: str | None, cfg, budget: Budget) -> dict:
+    """The same fixed rate of `a` (cfg.workers_clients dnsperf sockets, so SO_REUSEPORT has flows to
+    spread) against one kdns worker (pinned to core 0) and against `--workers 2` (pinned to cores 0-1)."""
+    qfile = os.path.join(data, "queries", "a.txt")
+    out: dict = {"rate": cfg.cpu_rate, "clients": cfg.workers_clients}
+    if not budget.ok("--workers 2", 2 * cfg.cpu_duration + cfg.startup_timeout / 4 + 20):
+        out["error"] = "skipped for the time budget"
+        return out
+    try:
+        out["one"] = targets.cpu_per_query(dnsperf, srv_one, qfile, cfg.cpu_rate, cfg.cpu_duration,
+                                           clients=cfg.workers_clients)
+        # a port chosen here: kdns's own pick for `--port-map 53=0` with --workers binds UDP, then TCP
+        # on the same number once, without retrying when that TCP port is taken
+        two = make_server("kdns", data, kdns_src, cfg.startup_timeout, extra=["--workers", "2"], corefile=corefile,
+                          cpu=f"{SERVER_CPU},{LOAD_CPU}", dns_port=servers.free_port() if corefile else 0)
+        with two:
+            dnsperf(two.port, qfile, passes=1, duration=30, clients=cfg.workers_clients, outstanding=20)  # warm both
+            out["two"] = targets.cpu_per_query(dnsperf, two, qfile, cfg.cpu_rate, cfg.cpu_duration,
+                                               clients=cfg.workers_clients)
+            out["processes"] = len(two.pids())
+        out["shares"] = targets.worker_shares(out["two"], 2)
+        log(f"--workers 2: {out['two']['us_per_query']:.1f} µs/query vs 1 worker {out['one']['us_per_query']:.1f}; "
+            f"shares {out['shares']}")
+    except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
+        out["error"] = str(exc).splitlines()[0][:200]
+        log(f"--workers 2 failed: {exc}")
+    return out
+
+
 def run(cfg) -> dict:
     t_wait = time.monotonic()
     quiet = wait_quiet(cfg.wait_quiet) if cfg.wait_quiet > 0 else None
@@ -553,8 +654,10 @@ def run(cfg) -> dict:
     budget = Budget(cfg.max_seconds, cfg.retry_seconds if cfg.retry_noisy else 0.0)
     tmp = tempfile.mkdtemp(prefix="kdns-perf-")
     report: dict = {"machine": machine(), "tools": tool_versions(), "config": vars(cfg).copy(), "results": [],
-                    "latency": [], "memory": [], "notes": [], "checks": {}, "other_cpu_at_start": quiet,
-                    "waited_for_quiet_s": round(waited)}
+                    "latency": [], "memory": [], "startup": [], "cpu": [], "notes": [], "checks": {},
+                    "other_cpu_at_start": quiet, "waited_for_quiet_s": round(waited),
+                    "target_size": [cfg.mem_services, cfg.mem_endpoints]}
+    upstream = None
     try:
         kdns_src = None
         report["kdns"] = {"source": "work tree", "head": git("rev-parse", "--short", "HEAD"),
@@ -569,28 +672,38 @@ def run(cfg) -> dict:
         report["workers_option"] = workers
 
         if cfg.memory:  # first: a distinct measurement, and the one the issue's targets name
-            report["memory"] = memory_probe(cfg, kdns_src, budget, tmp)
+            report["memory"], report["startup"] = memory_probe(cfg, kdns_src, budget, tmp)
+        # a target row too, and short: before the long throughput part can use up the budget
+        if cfg.event_changes and budget.ok("event latency", 15 + cfg.event_changes / 50):
+            try:
+                report["event_latency"] = targets.event_latency(cfg.event_changes)
+                log(f"event -> answer: {report['event_latency']}")
+            except (RuntimeError, TimeoutError, OSError) as exc:
+                report["notes"].append(f"event latency: {exc}")
 
         data = os.path.join(tmp, "cluster")
+        unique = cfg.unique_queries if set(cfg.mixes) & set(ONE_PASS) or cfg.flood else 0
         summary = gen_cluster.generate(data, cfg.services, cfg.endpoints, cfg.namespaces, cfg.headless_share,
-                                       queries=cfg.queries, seed=cfg.seed,
-                                       unique_queries=cfg.unique_queries if "uncached" in cfg.mixes else 0)
+                                       queries=cfg.queries, seed=cfg.seed, unique_queries=unique,
+                                       ttl=30 if cfg.corefile else gen_cluster.TTL)
         report["cluster"] = summary
-        uncached = os.path.join(data, "queries", "uncached.txt")
-        if os.path.exists(uncached):  # one slice of distinct names per run
-            with open(uncached) as fh:
-                names = fh.readlines()
-            per = max(1, len(names) // cfg.repeats)
-            for i in range(cfg.repeats):
-                with open(os.path.join(data, "queries", f"uncached.part{i}.txt"), "w") as fh:
-                    fh.writelines(names[i * per:(i + 1) * per])
+        split_one_pass(data, cfg.repeats)
         log(f"cluster: {summary['services']} services, {summary['endpoints']} endpoints, "
             f"{summary['manifest_bytes'] / 1e6:.1f} MB of YAML, zone records {summary['zone_records']}")
+        corefile = None
+        if cfg.corefile:
+            upstream = start_upstream(data)
+            if upstream is None:
+                raise SystemExit("the kubeadm Corefile needs a local upstream: install knot or nsd (perf/setup.sh)")
+            corefile = servers.kubeadm_corefile(f"{servers.HOST}:{upstream.port}")
+            report["upstream"] = {"server": upstream.name, "zone": gen_cluster.OUTSIDE_ZONE, "cpu": LOAD_CPU}
+            log(f"upstream for forward: {upstream.name} on port {upstream.port} (core {LOAD_CPU})")
+        report["corefile"] = corefile
         rng = random.Random(cfg.seed)
         samples = {}
         for mix in cfg.mixes:
             path = os.path.join(data, "queries", f"{mix}.txt")
-            if os.path.exists(path):
+            if os.path.exists(path) and mix not in FORWARD:
                 with open(path) as fh:
                     lines = [ln.split() for ln in fh.read().splitlines()[:5000] if ln.strip()]
                 samples[mix] = [tuple(x) for x in rng.sample(lines, min(cfg.check, len(lines)))]
@@ -600,9 +713,12 @@ def run(cfg) -> dict:
             if name in ("knot", "nsd") and not servers.which("knotd" if name == "knot" else "nsd"):
                 report["notes"].append(f"{name}: not installed (run perf/setup.sh); not measured")
                 continue
+            if name == "ceiling" and not os.path.exists(os.path.join(data, "ceiling.answers")):
+                report["notes"].append("ceiling: no answers recorded (kdns did not run); not measured")
+                continue
             if not budget.ok(f"{name} (start)", cfg.duration * 2 + 10):
                 continue
-            srv = make_server(name, data, kdns_src, cfg.startup_timeout)
+            srv = make_server(name, data, kdns_src, cfg.startup_timeout, corefile=corefile)
             log(f"starting {name} pinned to core {SERVER_CPU}")
             try:
                 srv.start()
@@ -612,10 +728,14 @@ def run(cfg) -> dict:
                 continue
             try:
                 log(f"{name} ready in {srv.ready_s:.2f}s (port {srv.port}, pid {srv.pid}); RSS {srv.memory()}")
-                answers = sample_answers(srv.port, samples)
+                # the ceiling only knows the answers it replays: the one-pass mixes' names are new to it
+                answers = sample_answers(srv.port, {m: v for m, v in samples.items()
+                                                    if name != "ceiling" or m not in ONE_PASS})
                 if name == "kdns":
                     reference = answers
                     report["kdns_start"] = {"listening_s": srv.listening_s, "ready_s": srv.ready_s, **srv.memory()}
+                    if "ceiling" in cfg.servers:
+                        report["ceiling"] = record_ceiling(srv, data, cfg.mixes)
                 elif reference is not None:
                     report["checks"][name] = compare(reference, answers)
                     bad = sum(v[1] for v in report["checks"][name].values())
@@ -626,11 +746,17 @@ def run(cfg) -> dict:
                         if b or a:
                             log(f"  {mix}: {b}/{n} answers, {a}/{n} additional sections differ, e.g. {ex}")
                 mixes = cfg.asyncio_mixes if name == "dnslib-asyncio" else cfg.mixes
-                measure_server(name, srv, data, [m for m in mixes if m != "uncached"], cfg, budget,
+                if name != "kdns":  # only kdns forwards; the ceiling replays what kdns answered
+                    mixes = [m for m in mixes if m not in FORWARD or (name == "ceiling" and m == "forward-cached")]
+                if name == "ceiling":
+                    mixes = [m for m in mixes if m not in ONE_PASS]
+                measure_server(name, srv, data, [m for m in mixes if m not in ONE_PASS], cfg, budget,
                                report["results"], report["notes"])
                 for row in report["results"]:
                     if row["server"] == name and "qps" in row:
                         max_qps[(name, row["mix"])] = row["qps"]
+                if name in ("kdns", "ceiling", "knot", "nsd"):
+                    fixed_rate_cpu(name, srv, data, cfg, budget, report)
                 if name == "kdns":
                     if cfg.profile and budget.ok("kdns profile (cached)", 20):
                         report.setdefault("profile", {})
@@ -642,18 +768,32 @@ def run(cfg) -> dict:
                             r = half_saturation("kdns", srv, data, mix, max_qps[("kdns", mix)], cfg, budget)
                             if r:
                                 report["latency"].append(r)
-                    # every query a cache miss; last, since its names evict the cached ones
-                    if "uncached" in cfg.mixes:
-                        measure_server(name, srv, data, ["uncached"], cfg, budget, report["results"], report["notes"])
-                        if cfg.profile and budget.ok("kdns profile (misses)", 20):
-                            # names distinct from the ones just measured, so every query is still a miss
-                            fresh = os.path.join(data, "queries", "uncached-profile.txt")
-                            with open(os.path.join(data, "queries", "uncached.txt")) as src, open(fresh, "w") as dst:
-                                for line in src:
-                                    dst.write("p" + line[1:])
-                            top = profile_under_load(srv, fresh, True, cfg, tmp)
-                            if top:
-                                report.setdefault("profile", {})["uncached (every query a cache miss)"] = top
+                    if workers and cfg.workers and cfg.have_dnsperf:
+                        report["workers"] = workers_probe(srv, data, kdns_src, corefile, cfg, budget)
+                    # every query a cache miss; last, since their names evict the cached ones
+                    measure_server(name, srv, data, [m for m in mixes if m in ONE_PASS], cfg, budget,
+                                   report["results"], report["notes"])
+                    if cfg.flood and cfg.have_dnsperf and budget.ok("flood", cfg.flood_duration + 15):
+                        try:
+                            report["flood"] = targets.flood(
+                                srv, os.path.join(data, "queries", "flood-hot.txt"),
+                                os.path.join(data, "queries", "flood.txt"), cfg.flood_hot_rate, cfg.flood_duration,
+                                LOAD_CPU, loadgen, clients=cfg.clients, outstanding=5 * cfg.outstanding)
+                            fl = report["flood"]
+                            log(f"flood: hot set {fl['hit_pct'] or 0:.1f}% cache hits, p99 {fl['hot']['p99_ms']:.2f} ms, "
+                                f"lost {fl['hot']['lost_pct']:.2f}%; flood answered {fl['flood'].get('qps') or 0:,.0f} qps")
+                        except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
+                            report["notes"].append(f"flood: {exc}")
+                            log(f"flood failed: {exc}")
+                    if cfg.profile and "uncached" in mixes and budget.ok("kdns profile (misses)", 20):
+                        # names distinct from the ones just measured, so every query is still a miss
+                        fresh = os.path.join(data, "queries", "uncached-profile.txt")
+                        with open(os.path.join(data, "queries", "uncached.txt")) as src, open(fresh, "w") as dst:
+                            for line in src:
+                                dst.write("p" + line[1:])
+                        top = profile_under_load(srv, fresh, True, cfg, tmp)
+                        if top:
+                            report.setdefault("profile", {})["uncached (every query a cache miss)"] = top
                 elif name == "knot":
                     for lat in list(report["latency"]):
                         if lat["server"] == "kdns" and cfg.have_dnsperf:
@@ -662,15 +802,21 @@ def run(cfg) -> dict:
                             if r:
                                 r["note"] = "at kdns's half-saturation rate"
                                 report["latency"].append(r)
-                    if "uncached" in cfg.mixes:
-                        measure_server(name, srv, data, ["uncached"], cfg, budget, report["results"], report["notes"])
-                elif "uncached" in mixes:
-                    measure_server(name, srv, data, ["uncached"], cfg, budget, report["results"], report["notes"])
+                    measure_server(name, srv, data, [m for m in mixes if m in ONE_PASS], cfg, budget,
+                                   report["results"], report["notes"])
+                else:
+                    measure_server(name, srv, data, [m for m in mixes if m in ONE_PASS], cfg, budget,
+                                   report["results"], report["notes"])
             finally:
                 srv.stop()
+        if upstream is not None:
+            upstream.stop()
+            upstream = None
         report["skipped"] = budget.skipped
         report["seconds"] = round(time.monotonic() - started)
     finally:
+        if upstream is not None:
+            upstream.stop()
         if cfg.keep:
             log(f"kept {tmp}")
         else:
@@ -687,7 +833,7 @@ def _f(x, fmt="{:,.0f}", none="–"):
     return fmt.format(x)
 
 
-def render(report: dict, argv: list[str]) -> str:
+def render(report: dict, argv: list[str], chart_files: dict[str, str] | None = None) -> str:
     m, t, c = report["machine"], report["tools"], report["cluster"]
     cfg = report["config"]
     lines = []
@@ -704,8 +850,23 @@ def render(report: dict, argv: list[str]) -> str:
                    f"dnslib {t.get('dnslib')}"
                  + (f"; uvloop {t['uvloop']} in .venv (kdns's `--loop auto` runs on it when installed)"
                     if t.get("uvloop") else "") + ".")
+    if report.get("corefile"):
+        up = report.get("upstream") or {}
+        lines.append(f"kdns runs the kubeadm Corefile (CoreDNS's, verbatim but for its `forward` target: a local "
+                     f"{up.get('server', '?')} serving `{up.get('zone', '?')}`, pinned to core {up.get('cpu', '?')}), "
+                     "its ports mapped to free ones on 127.0.0.1 (`kdns serve --corefile F --bind 127.0.0.1 "
+                     "--port-map 53=0 --port-map 8080=0 --port-map 8181=0 --port-map 9153=0 --manifests DIR`):")
+        lines.append("")
+        lines.append("```")
+        lines.extend(report["corefile"].rstrip("\n").splitlines())
+        lines.append("```")
+    else:
+        lines.append("kdns runs bare (`kdns serve --manifests DIR --listen 127.0.0.1:0 --metrics-listen "
+                     "127.0.0.1:0`, `--no-corefile`).")
+    lines.append("")
     lines.append("Set-up on a fresh machine: `perf/setup.sh` (Debian's dnsperf, knot and nsd; py-spy into .venv). "
-                 "`--quick` (under 2 minutes) measures a 2k-service cluster, three mixes, kdns/Knot/dnslib; "
+                 "`--quick` (under 3 minutes) measures a 2k-service cluster, five mixes, kdns/ceiling/Knot and "
+                 "start-up at 1k services only; "
                  "`--json PATH` keeps the raw figures and `--from-json PATH --write-bench` re-renders them.")
     lines.append("")
     lines.append(f"Cluster (perf/gen_cluster.py, seed {cfg['seed']}): {c['services']:,} services "
@@ -717,7 +878,8 @@ def render(report: dict, argv: list[str]) -> str:
     niced = f" (both under `nice -n {cfg['nice']}`)" if cfg.get("nice") else ""
     lines.append(f"Each row: server pinned to core {SERVER_CPU}, `dnsperf` pinned to core {LOAD_CPU}{niced}, "
                  f"`dnsperf -s 127.0.0.1 -p PORT -d MIX.txt -l {cfg['duration']:g} -c {cfg['clients']} "
-                 f"-q {cfg['outstanding']} -t 1` (the `uncached` mix adds `-n 1`: one pass, so no name repeats), "
+                 f"-q {cfg['outstanding']} -t 1` (the one-pass mixes, `uncached` and `forward-miss`, add `-n 1` and "
+                 "use a fresh slice of their distinct names per run, so no name repeats), "
                  f"{cfg.get('repeats', 1)} times per server and mix; the table shows the best run (other work on "
                  "the machine only lowers QPS) and the notes every run's QPS. QPS counts answered queries. *srv CPU* is the server's CPU time over the run (100% = the "
                  "whole core) and *QPS per srv core* = QPS / srv CPU, the server's cost whichever side was "
@@ -789,6 +951,8 @@ def render(report: dict, argv: list[str]) -> str:
                      "serial differs by design): " + "; ".join(parts) + ".")
         lines.append("")
 
+    lines.extend(targets.render_target_table(report))
+    lines.extend(targets.render_charts(chart_files))
     lines.extend(render_targets(report))
     lines.append("### Latency at half saturation")
     lines.append("")
@@ -821,29 +985,18 @@ def render(report: dict, argv: list[str]) -> str:
         lines.append("")
     lines.append("Start = process spawned; listening = kdns's `listening` log line (manifests loaded, sockets "
                  "bound); answered = first successful answer to a probe query. VmRSS / VmHWM (peak) from "
-                 "/proc/PID/status at that moment, and again after one pass of the `mixed` query file "
-                 "(10,000 queries, which fills the answer cache).")
+                 "/proc/PID/status at that moment. kdns by cluster size: the start-up table below.")
     lines.append("")
-    lines.append("| what | listening s | answered s | VmRSS MiB | VmHWM MiB | after queries: VmRSS / VmHWM MiB |")
-    lines.append("| --- | ---: | ---: | ---: | ---: | ---: |")
+    lines.append("| what | listening s | answered s | VmRSS MiB | VmHWM MiB |")
+    lines.append("| --- | ---: | ---: | ---: | ---: |")
     for r in report["memory"]:
         mib = lambda v: _f(v / 1024 if v else None, "{:.0f}")
-        after = (f"{mib(r.get('rss_after_queries'))} / {mib(r.get('hwm_after_queries'))}"
-                 if r.get("rss_after_queries") else "–")
         what = r["what"] + (f" — {r['error']}" if r.get("error") else "")
         lines.append(f"| {what} | {_f(r.get('listening_s'), '{:.1f}')} | {_f(r.get('ready_s'), '{:.1f}')} | "
-                     f"{mib(r.get('VmRSS'))} | {mib(r.get('VmHWM'))} | {after} |")
+                     f"{mib(r.get('VmRSS'))} | {mib(r.get('VmHWM'))} |")
     lines.append("")
 
-    lines.append("### Scaling with `--workers`")
-    lines.append("")
-    if report.get("workers_option"):
-        lines.append("`kdns serve` now has a `--workers` option, but this harness does not measure it yet: on a "
-                     "2-core machine the load generator needs the second core. No numbers.")
-    else:
-        lines.append("Not yet available: `kdns serve` has no `--workers` option (checked with `kdns serve --help` "
-                     "in this run). No numbers.")
-    lines.append("")
+    lines.extend(targets.render_sections(report))
 
     prof = report.get("profile")
     if prof:
@@ -897,17 +1050,17 @@ def render_targets(report: dict) -> list[str]:
                 parts.append(f"`{mix}` {q[mix]['qps']:,.0f} ({ratio:.2f}× `a`)")
         if parts:
             rows.append(("NXDOMAIN / search path as fast as hits (`a` " + f"{hit:,.0f} QPS)", ", ".join(parts), ok))
-    big = [r for r in report["memory"] if r.get("what", "").startswith("kdns,") and r.get("endpoints")]
+    size = list(report.get("target_size") or [])
+    big = [r for r in report.get("startup", []) if r["source"] == "manifests"
+           and [r.get("gen_services"), r.get("gen_endpoints")] == size]
     for r in big:
         label = f"{r['services']:,} svc + {r['endpoints']:,} endpoints"
         if r.get("ready_s") is not None:
             rows.append((f"{label}: ready < 5 s", f"{r['ready_s']:.1f} s", r["ready_s"] < 5))
         if r.get("VmRSS"):
             kib = r["VmRSS"]
-            after = (f"; {r['rss_after_queries'] / 1024:.0f} MiB after 10,000 queries" if r.get("rss_after_queries")
-                     else "")
             rows.append((f"{label}: RSS after loading <= 164 MB", f"VmRSS {kib:,} KiB = {kib / 1024:.0f} MiB = "
-                         f"{kib * 1024 / 1e6:.0f} MB at ready (peak {r.get('VmHWM', 0) / 1024:.0f} MiB){after}",
+                         f"{kib * 1024 / 1e6:.0f} MB at ready (peak {r.get('VmHWM', 0) / 1024:.0f} MiB)",
                          kib * 1024 / 1e6 <= 164))
     for lat in report["latency"]:
         if lat["server"] == "kdns":
@@ -917,15 +1070,20 @@ def render_targets(report: dict) -> list[str]:
                              ", ".join(f"{t} {v:.2f} ms" for t, v in p99s), all(v < 1 for _, v in p99s)))
     if not rows:
         return []
-    out = ["### Against the issue's targets", "", "| target | kdns in this run | met |", "| --- | --- | --- |"]
+    out = ["### Earlier issues' targets", "", "| target | kdns in this run | met |", "| --- | --- | --- |"]
     out += [f"| {t} | {m} | {'yes' if ok else 'no'} |" for t, m, ok in rows]
     out.append("")
     return out
 
 
-def write_bench(section: str) -> None:
-    with open(BENCH) as fh:
-        text = fh.read()
+def write_bench(report: dict, path: str = BENCH) -> None:
+    """Charts into charts/ next to `path`, then the rendered section (embedding them) into `path`."""
+    chart_files = charts.write_all(report, os.path.join(os.path.dirname(os.path.abspath(path)), "charts"))
+    section = render(report, report.get("argv", []), chart_files)
+    text = ""
+    if os.path.exists(path):
+        with open(path) as fh:
+            text = fh.read()
     block = (f"{BEGIN}\n## Throughput, latency at half saturation, memory (perf/run.py)\n\n"
              f"{section.rstrip()}\n{END}\n")
     if BEGIN in text and END in text:
@@ -934,16 +1092,19 @@ def write_bench(section: str) -> None:
         text = head + block + (("\n" + tail) if tail else "")
     else:
         text = text.rstrip("\n") + "\n\n" + block
-    with open(BENCH + ".tmp", "w") as fh:
+    with open(path + ".tmp", "w") as fh:
         fh.write(text)
-    os.replace(BENCH + ".tmp", BENCH)
+    os.replace(path + ".tmp", path)
+    log(f"wrote {path} and {len(chart_files)} charts")
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--quick", action="store_true", help="small cluster, fewer mixes and servers, 3 s runs (<= 2 min)")
-    p.add_argument("--write-bench", action="store_true", help="rewrite the perf/run.py section of perf/BENCH.md")
+    p.add_argument("--quick", action="store_true", help="2k services, 5 mixes, kdns/ceiling/Knot, start-up at 1k services, "
+                   "1.5 s runs (<= 3 min)")
+    p.add_argument("--write-bench", action="store_true", help="rewrite the perf/run.py section of perf/BENCH.md "
+                   "(--bench-file) and its SVG charts in charts/ next to it")
     p.add_argument("--kdns-rev", metavar="REV", help="measure kdns/ as of this git revision (default: the work tree)")
     p.add_argument("--services", type=int)
     p.add_argument("--endpoints", type=int)
@@ -960,7 +1121,8 @@ def main() -> int:
     p.add_argument("--latency-duration", type=float, help="seconds per latency run (default 4, --quick 3)")
     p.add_argument("--clients", type=int, default=4, help="dnsperf -c")
     p.add_argument("--outstanding", type=int, default=200, help="dnsperf -q")
-    p.add_argument("--latency-mixes", default="mixed,a", help="mixes for the half-saturation latency run")
+    p.add_argument("--latency-mixes", default="mixed,a", help="mixes for the half-saturation latency run "
+                   "(--quick: the first of them present)")
     p.add_argument("--check", type=int, default=40, help="sampled queries per mix compared across servers")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the memory probe")
     p.add_argument("--mem-services", type=int, default=10_000)
@@ -969,7 +1131,7 @@ def main() -> int:
     p.add_argument("--startup-timeout", type=float, default=180.0)
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
                    help="py-spy profile of kdns under load (default: on, off with --quick)")
-    p.add_argument("--max-seconds", type=float, help="overall budget (default 560, --quick 110); later steps "
+    p.add_argument("--max-seconds", type=float, help="overall budget (default 840, --quick 170); later steps "
                    "are skipped past it")
     p.add_argument("--noisy", type=float, default=25.0,
                    help="a run during which other processes used more than this %% of a core is repeated once")
@@ -987,6 +1149,23 @@ def main() -> int:
     p.add_argument("--keep", action="store_true", help="keep the generated cluster and profiles (temp dir)")
     p.add_argument("--from-json", metavar="PATH", help="render (and with --write-bench, write) a report saved "
                    "by --json instead of measuring")
+    p.add_argument("--bench-file", default=BENCH, help="the BENCH.md --write-bench rewrites (default perf/BENCH.md; "
+                   "its charts go to charts/ next to it)")
+    p.add_argument("--no-corefile", dest="corefile", action="store_false",
+                   help="run kdns bare (`serve --manifests --listen`) instead of with the kubeadm Corefile")
+    p.add_argument("--cpu-rate", type=float, help="offered QPS of the CPU-per-query runs (default 20000, --quick "
+                   "10000: a rate every server measured carries)")
+    p.add_argument("--cpu-duration", type=float, help="seconds per CPU-per-query run (default 5, --quick 3)")
+    p.add_argument("--no-workers", dest="workers", action="store_false", help="skip the --workers 2 comparison")
+    p.add_argument("--workers-clients", type=int, default=128, help="dnsperf -c of the --workers comparison (flows "
+                   "for SO_REUSEPORT to spread)")
+    p.add_argument("--no-flood", dest="flood", action="store_false", help="skip the flood mix")
+    p.add_argument("--flood-hot-rate", type=float, default=2000.0, help="QPS of the flood's hot set (loadgen)")
+    p.add_argument("--flood-duration", type=float, help="seconds of flood (default 5, --quick 3)")
+    p.add_argument("--event-changes", type=int, help="API changes timed for event -> answer (default 300, "
+                   "--quick 100; 0: skip)")
+    p.add_argument("--sizes", help="start-up cluster sizes SERVICES:ENDPOINTS,... (default 1000:10000,"
+                   "<--mem-services>:<--mem-endpoints>,50000:150000; --quick 1000:10000)")
     cfg = p.parse_args()
     if cfg.from_json:
         with open(cfg.from_json) as fh:
@@ -994,8 +1173,7 @@ def main() -> int:
         section = render(report, report.get("argv", []))
         print(section)
         if cfg.write_bench:
-            write_bench(section)
-            log(f"wrote {BENCH}")
+            write_bench(report, cfg.bench_file)
         return 0
     q = cfg.quick
     cfg.services = cfg.services or (2_000 if q else 10_000)
@@ -1004,16 +1182,27 @@ def main() -> int:
     cfg.repeats = max(1, cfg.repeats or (2 if q else 3))
     cfg.latency_duration = cfg.latency_duration or (3.0 if q else 4.0)
     cfg.retry_seconds = (10.0 if q else 60.0) if cfg.retry_seconds is None else cfg.retry_seconds
-    cfg.mixes = (cfg.mixes or ("a,nxdomain,mixed" if q else ",".join(ALL_MIXES))).split(",")
-    cfg.servers = (cfg.servers or ("kdns,knot,dnslib" if q else ",".join(ALL_SERVERS))).split(",")
+    cfg.mixes = (cfg.mixes or ("a,nxdomain,forward-cached,uncached,forward-miss" if q else ",".join(ALL_MIXES))
+                 ).split(",")
+    cfg.servers = (cfg.servers or ("kdns,ceiling,knot" if q else ",".join(ALL_SERVERS))).split(",")
     cfg.asyncio_mixes = [m for m in (cfg.asyncio_mixes or "a,mixed,uncached").split(",") if m in cfg.mixes]
     cfg.latency_mixes = [m for m in cfg.latency_mixes.split(",") if m in cfg.mixes][: 1 if q else 2]
+    if not cfg.corefile:
+        cfg.mixes = [m for m in cfg.mixes if m not in FORWARD]  # no forward plugin without the Corefile
     if q:
         cfg.mem_services = min(cfg.mem_services, 1_000)
         cfg.mem_endpoints = min(cfg.mem_endpoints, 10_000)
         cfg.unique_queries = min(cfg.unique_queries, 100_000)
     cfg.profile = (not q) if cfg.profile is None else cfg.profile
-    cfg.max_seconds = cfg.max_seconds or (110 if q else 560)
+    cfg.max_seconds = cfg.max_seconds or (170 if q else 840)
+    cfg.cpu_rate = cfg.cpu_rate or (10_000 if q else 20_000)
+    cfg.cpu_duration = cfg.cpu_duration or (3.0 if q else 5.0)
+    cfg.flood_duration = cfg.flood_duration or (3.0 if q else 5.0)
+    cfg.event_changes = (100 if q else 300) if cfg.event_changes is None else cfg.event_changes
+    cfg.sizes = startup.parse_sizes(cfg.sizes or ("1000:10000" if q else
+                                                  f"1000:10000,{cfg.mem_services}:{cfg.mem_endpoints},50000:150000"))
+    if (cfg.mem_services, cfg.mem_endpoints) not in cfg.sizes:
+        cfg.sizes.append((cfg.mem_services, cfg.mem_endpoints))  # the targets' size is always measured
     cfg.wait_quiet = (0.0 if q else 30.0) if cfg.wait_quiet is None else cfg.wait_quiet
     for x in cfg.mixes:
         if x not in ALL_MIXES:
@@ -1044,8 +1233,7 @@ def main() -> int:
         with open(cfg.json, "w") as fh:
             json.dump(report, fh, indent=1, default=str)
     if cfg.write_bench:
-        write_bench(section)
-        log(f"wrote {BENCH}")
+        write_bench(report, cfg.bench_file)
     return 0
 
 

@@ -5,6 +5,9 @@ deadline). Readiness is a log line where the server prints one (kdns, the dnslib
 all of them, a successful DNS answer to a known name, both with deadlines.
 
   KdnsServer    .venv/bin/kdns serve --manifests DIR --listen 127.0.0.1:0 [--metrics-listen ...]
+                or, with a Corefile (the kubeadm one, kubeadm_corefile()), kdns serve --corefile F
+                --bind 127.0.0.1 --port-map 53=0 --port-map 8080=0 ... --manifests DIR
+  CeilingServer perf/ceiling.py --answers FILE (replays recorded answers; the loop's own cost)
   KnotServer    knotd -c knot.conf   (temp dir: config, zone files, journal; no systemd, no root port)
   NsdServer     nsd -d -c nsd.conf   (temp dir as well)
   DnslibServer  perf/dnslib_baseline.py --zones DIR --mode threaded|asyncio
@@ -278,20 +281,51 @@ class ServerProcess:
             self.tmp = None
 
 
+def kubeadm_corefile(upstream: str) -> str:
+    """kubeadm's CoreDNS Corefile (tests/test_corefile.py KUBEADM_PLAIN_CACHE; /work/shared/REFERENCE.md),
+    verbatim but for `forward . UPSTREAM`: the local upstream instead of /etc/resolv.conf."""
+    return f""".:53 {{
+    errors
+    health {{
+       lameduck 5s
+    }}
+    ready
+    kubernetes cluster.local in-addr.arpa ip6.arpa {{
+       pods insecure
+       fallthrough in-addr.arpa ip6.arpa
+       ttl 30
+    }}
+    prometheus :9153
+    forward . {upstream} {{
+       max_concurrent 1000
+    }}
+    cache 30
+    loop
+    reload
+    loadbalance
+}}
+"""
+
+
 class KdnsServer(ServerProcess):
     name = "kdns"
     ready_pattern = r"\blistening\b.*udp="
 
-    def __init__(self, manifests: str, extra: list[str] | None = None, metrics: bool = True,
-                 src: str | None = None, **kw):
+    def __init__(self, manifests: str | None, extra: list[str] | None = None, metrics: bool = True,
+                 src: str | None = None, corefile: str | None = None, dns_port: int = 0, **kw):
         """src: a directory holding a `kdns/` package to run instead of the work tree's (a snapshot
-        of a git revision, see run.py --kdns-rev); None runs the work tree's .venv/bin/kdns."""
+        of a git revision, see run.py --kdns-rev); None runs the work tree's .venv/bin/kdns.
+        corefile: a Corefile's text to serve (its ports mapped to free ones on 127.0.0.1; metrics
+        come from its `prometheus`), instead of the bare `--listen` flags. dns_port: the Corefile's
+        DNS port on this port (0: kdns picks a free one)."""
         super().__init__(**kw)
         self.manifests = manifests
         self.extra = list(extra or [])
         self.metrics = metrics
         self.metrics_port = 0
         self.src = src
+        self.corefile = corefile
+        self.dns_port = dns_port
 
     def env(self) -> dict:
         env = super().env()
@@ -309,21 +343,36 @@ class KdnsServer(ServerProcess):
             base = [python(), "-m", "kdns"]
         else:
             base = [kdns] if os.path.exists(kdns) else [python(), "-m", "kdns"]
-        cmd = [*base, "serve", "--manifests", self.manifests, "--listen", f"{HOST}:0"]
+        if self.corefile is not None:
+            self.tmp = tempfile.mkdtemp(prefix="kdns-perf-corefile-")
+            path = os.path.join(self.tmp, "Corefile")
+            with open(path, "w") as fh:
+                fh.write(self.corefile)
+            with open(os.path.join(self.tmp, "resolv.conf"), "w") as fh:
+                fh.write(f"nameserver {HOST}\n")  # not used: the Corefile names its upstream
+            ports = [a for p in ("53", "8080", "8181", "9153")
+                     for a in ("--port-map", f"{p}={self.dns_port if p == '53' else 0}")]
+            return [*base, "serve", "--corefile", path, "--bind", HOST, *ports, "--resolv-conf",
+                    os.path.join(self.tmp, "resolv.conf"), *self._source(), *self.extra]
+        cmd = [*base, "serve", *self._source(), "--listen", f"{HOST}:0"]
         if self.metrics:
             cmd += ["--metrics-listen", f"{HOST}:0"]
         return cmd + self.extra
 
+    def _source(self) -> list[str]:
+        return ["--manifests", self.manifests] if self.manifests else []  # else: in `extra` (--kubeconfig)
+
     def start(self):
         super().start()
-        if self.metrics:
-            line = self.wait_for_log(self.ready_pattern, time.monotonic() + 1)
-            m = re.search(r"metrics=[\d.]+:(\d+)", line)
+        if self.metrics or self.corefile is not None:
+            # with --workers every worker logs `listening`; only worker 0 serves /metrics and says where
+            line = self.wait_for_log(r"\blistening\b.*\bmetrics=", time.monotonic() + 10)
+            m = re.search(r"(?:metrics|prometheus)=[\[\]\w.:]*:(\d+)", line)
             self.metrics_port = int(m.group(1)) if m else 0
         return self
 
     def scrape(self) -> dict[str, float]:
-        """kdns_* samples from /metrics (empty if unavailable)."""
+        """kdns_* and coredns_* samples from /metrics (empty if unavailable)."""
         if not self.metrics_port:
             return {}
         import urllib.request
@@ -334,7 +383,7 @@ class KdnsServer(ServerProcess):
             return {}
         out = {}
         for line in body.splitlines():
-            if line.startswith("kdns_") and " " in line:
+            if line.startswith(("kdns_", "coredns_")) and " " in line:
                 key, _, value = line.rpartition(" ")
                 try:
                     out[key] = float(value)
@@ -456,3 +505,17 @@ class DnslibServer(ServerProcess):
     def command(self) -> list[str]:
         return [python(), os.path.join(PERF, "dnslib_baseline.py"), "--zones", self.zone_dir,
                 "--listen", f"{HOST}:0", "--mode", self.mode]
+
+
+class CeilingServer(ServerProcess):
+    """perf/ceiling.py replaying recorded answers on kdns's event loop."""
+
+    name = "ceiling"
+    ready_pattern = r"\blistening\b.*udp="
+
+    def __init__(self, answers: str, **kw):
+        super().__init__(**kw)
+        self.answers = answers
+
+    def command(self) -> list[str]:
+        return [python(), os.path.join(PERF, "ceiling.py"), "--answers", self.answers, "--listen", f"{HOST}:0"]

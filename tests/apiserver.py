@@ -4,7 +4,8 @@ Resources: services, endpointslices (discovery.k8s.io/v1), namespaces, pods — 
 - list: items + metadata.resourceVersion, paging with limit/continue
 - watch: ?watch=1&resourceVersion=RV&allowWatchBookmarks=true&timeoutSeconds=N, one JSON event per line
   (ADDED, MODIFIED, DELETED, BOOKMARK, ERROR with a 410 Status when RV is older than the compaction point)
-- auth: bearer token (rotatable) or TLS client certificates
+- auth: bearer token (rotatable) or TLS client certificates; 401 for a wrong token; 403 as RBAC words it
+  for the verbs `forbid()` withholds
 - faults: answer N requests with an HTTP status (optionally with Retry-After), 410 on the next watch
   (status or ERROR event), close watch streams mid-event, stall watches, answer everything 503
   (set_down), or be unreachable as during a real restart (set_unreachable: connections refused and
@@ -54,6 +55,7 @@ class Faults:
     list_delay: float = 0.0  # seconds each list page takes (a big list, a slow API)
     stall: bool = False  # watches send nothing (no events, no bookmarks)
     down: bool = False  # every request gets 503 and open watches are cut
+    forbidden: dict = field(default_factory=dict)  # kind -> verbs ("list", "watch") answered 403
 
 
 class FakeApiServer:
@@ -160,6 +162,10 @@ class FakeApiServer:
             self._objects[kind].pop((namespace, name))
             self._rv += 1
 
+    def forbid(self, kind: str, *verbs: str, user: str = "system:serviceaccount:kube-system:kdns") -> None:
+        """Answer these verbs on this kind 403, as the API does when RBAC does not grant them."""
+        self.faults.forbidden[kind] = (set(verbs or ("list", "watch")), user)
+
     def compact(self) -> None:
         """Forget history: any watch from an older resourceVersion now gets 410 Gone."""
         with self._lock:
@@ -219,6 +225,13 @@ class FakeApiServer:
                 return web.json_response(status(401, "Unauthorized", "Unauthorized"), status=401)
         if self.faults.down:
             return web.json_response(status(503, "ServiceUnavailable", "apiserver is down"), status=503)
+        verb = "watch" if query.get("watch") in ("1", "true", "True") else "list"
+        verbs, user = self.faults.forbidden.get(kind, ((), ""))
+        if verb in verbs:
+            resource, group = request.path.rsplit("/", 1)[1], PATHS[request.path][1].rpartition("/")[0]
+            return web.json_response(status(403, "Forbidden", f'{resource} is forbidden: User "{user}" cannot '
+                                            f'{verb} resource "{resource}" in API group "{group}" at the cluster '
+                                            "scope"), status=403)
         if self.faults.fail_statuses and (self.faults.fail_kinds is None or kind in self.faults.fail_kinds):
             code = self.faults.fail_statuses.pop(0)
             headers = {"Retry-After": self.faults.retry_after} if self.faults.retry_after else None

@@ -12,7 +12,7 @@ from webhook.patch import pointer
 from webhook.selection import Settings
 from webhook_fixtures import BASE, KUBERNETES, certs, webhook  # noqa: F401 - fixtures
 from webhook_harness import WebhookThread, container, decoded_patch, env_of, ns, pod, svc
-from webhook_kubelet import from_services, pod_env
+from model_kubelet import from_services, pod_env
 
 K8S_ENV = [
     ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
@@ -389,7 +389,7 @@ def _env_bytes(env) -> int:
 
 
 def _whole_services_within(services: list[dict], budget: int) -> list[dict]:
-    """The leading services whose variables, as the kubelet writes them (webhook_kubelet, not the
+    """The leading services whose variables, as the kubelet writes them (model_kubelet, not the
     webhook's code), fit whole in `budget` bytes (name, value and 2 bytes each)."""
     fitting, used = [], 0
     for service in services:

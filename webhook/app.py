@@ -203,7 +203,7 @@ class _Collector:
         yield CounterMetricFamily("kdns_webhook_budget_exceeded", "Pods whose service links were cut by the budget.",
                                   value=s.budget_exceeded)
         yield CounterMetricFamily("kdns_webhook_shadowed_variables",
-                                  "Service variables not injected because the pod sets the name.", value=s.shadowed)
+                                  "Service variables whose name the pod sets itself (its value is kept).", value=s.shadowed)
         yield CounterMetricFamily("kdns_webhook_unsynced_admissions",
                                   "Pods allowed unchanged because services had not synced.", value=s.stats["unsynced"])
         yield GaugeMetricFamily("kdns_webhook_services_synced", "1 once the services have synced.",

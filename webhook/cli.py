@@ -12,6 +12,8 @@ import sys
 from kdns.http import split_address
 from kdns.index import ClusterIndex
 from kdns.log import Logger
+from kdns.startup import (EXIT_OK, ArgumentParser, StartupFailure, api_refused, bad_config, check_manifest_paths,
+                          early_log_format, exit_now, listen_failed, positive, reported)
 
 from .app import WebhookServer
 from .certs import CertError, ReloadingTLS, generate
@@ -30,17 +32,10 @@ def size(text: str) -> int:
     return int(match.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[unit]
 
 
-def positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kdns-webhook",
-                                     description="Mutating admission webhook: service-link environment variables "
-                                                 "with the kubelet's semantics, bounded and selectable.")
+    parser = ArgumentParser(prog="kdns-webhook",
+                            description="Mutating admission webhook: service-link environment variables "
+                                        "with the kubelet's semantics, bounded and selectable.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve POST /mutate (and /healthz, /readyz, /metrics) over TLS")
@@ -103,27 +98,29 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 async def serve(args: argparse.Namespace, log: Logger) -> int:
+    """Serve until SIGTERM/SIGINT (exit 0); a start-up failure raises StartupFailure, after cleaning up."""
     try:
         host, port = split_address(args.listen)
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port {port} is out of range")
     except ValueError as exc:
-        log.error("bad_config", field="--listen", reason=str(exc))
-        return 2
+        raise bad_config("--listen", str(exc), "e.g. --listen 0.0.0.0:8443") from None
     use_api = bool(args.kubeconfig or args.in_cluster)
     if args.manifests and use_api:
-        log.error("bad_config", field="--manifests", reason="give either --manifests or --kubeconfig/--in-cluster")
-        return 2
+        raise bad_config("--manifests", "give either --manifests or --kubeconfig/--in-cluster",
+                         "drop one of them")
     if not args.manifests and not use_api:
-        if os.environ.get("KUBERNETES_SERVICE_HOST"):
-            use_api = True
-        else:
-            log.error("bad_config", field="--manifests",
-                      reason="no source of services: give --kubeconfig PATH, --in-cluster or --manifests PATH")
-            return 2
+        if not os.environ.get("KUBERNETES_SERVICE_HOST"):
+            raise bad_config("--manifests", "no source of services",
+                             "give --kubeconfig PATH, --in-cluster or --manifests PATH")
+        use_api = True
     try:
         tls = ReloadingTLS(args.tls_cert, args.tls_key, log)
     except CertError as exc:
-        log.error("bad_config", field="--tls-cert/--tls-key", reason=str(exc))
-        return 2
+        raise bad_config("--tls-cert/--tls-key", str(exc),
+                         "give a PEM certificate and its unencrypted private key "
+                         "(kdns-webhook gen-certs, or the Secret of cert-manager)") from None
+    check_manifest_paths(args.manifests)
 
     api_source = manifest_source = None
     if use_api:
@@ -131,8 +128,8 @@ async def serve(args: argparse.Namespace, log: Logger) -> int:
         try:
             api_client, where = build_api_client(args.kubeconfig, args.context, args.serviceaccount_dir)
         except ConfigError as exc:
-            log.error("bad_config", field="--kubeconfig" if args.kubeconfig else "--in-cluster", reason=str(exc))
-            return 2
+            raise bad_config("--kubeconfig" if args.kubeconfig else "--in-cluster", str(exc),
+                             exc.fix or "fix the files named in the reason") from None
         index = ClusterIndex()
         catalog = ServiceCatalog(index)
         api_source = ApiSource(api_client, index, log, ["Service", "Namespace"], backoff_max=args.api_backoff_max)
@@ -146,27 +143,36 @@ async def serve(args: argparse.Namespace, log: Logger) -> int:
     try:
         bound = await server.start(host, port)
     except OSError as exc:
-        log.error("listen_failed", address=args.listen, error=str(exc))
-        return 1
+        await server.stop()
+        raise listen_failed(exc, args.listen, "--listen (https)", port) from None
     log.info("listening", address=f"https://{bound}", paths="/mutate /healthz /readyz /metrics",
              services=len(catalog), synced=catalog.synced)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    failures: list[StartupFailure] = []
     tasks = [asyncio.create_task(tls.run(args.cert_check_interval))]
     if manifest_source is not None:
         tasks.append(asyncio.create_task(manifest_source.run(args.poll_interval)))
     if api_source is not None:
+        def refused(kind: str, verb: str, failure) -> None:
+            failures.append(api_refused(kind, failure.status, verb, api_source.server, where, failure.message,
+                                        rbac="deploy/webhook/base/rbac.yaml"))
+            stop.set()
+        api_source.on_refused = refused
         api_source.start()
     await stop.wait()
-    log.info("shutting_down")
+    if not failures:
+        log.info("shutting_down")
     if api_source is not None:
         api_source.stop()
     for task in tasks:
         task.cancel()
     await server.stop()
-    return 0
+    if failures:
+        raise failures[0]
+    return EXIT_OK
 
 
 def gen_certs(args: argparse.Namespace) -> int:
@@ -184,12 +190,17 @@ def gen_certs(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `kdns-webhook` console script: every start-up failure is one log line and a documented exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return exit_now(reported(lambda: _main(argv), Logger(fmt=early_log_format(argv)), "debug" in argv))
+
+
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "gen-certs":
         return gen_certs(args)
-    log = Logger(fmt=args.log_format, level=args.log_level)
     try:
-        return asyncio.run(serve(args, log))
+        return asyncio.run(serve(args, Logger(fmt=args.log_format, level=args.log_level)))
     except KeyboardInterrupt:
         return 0
 

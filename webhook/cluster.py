@@ -11,12 +11,15 @@ The first ClusterIP is taken from Service.cluster_ip, spec.clusterIP exactly as 
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections import OrderedDict
+from typing import Any, Callable, Hashable, Mapping
 
 from kdns.index import ClusterIndex
 from kdns.log import Logger
 from kdns.objects import Namespace, Service
 from kdns.sources.manifests import ManifestSource
+
+MEMO_SIZE = 256  # plans remembered: (namespace, kdns.io/services, links, budget) combinations in use
 
 
 class ServiceCatalog:
@@ -25,11 +28,30 @@ class ServiceCatalog:
     def __init__(self, index: ClusterIndex):
         self.index = index
         self._by_namespace: dict[str, dict[str, Service]] = {}
+        self._memo: OrderedDict[Hashable, Any] = OrderedDict()
         for (ns, name), svc in index.services.items():
             self._by_namespace.setdefault(ns, {})[name] = svc
         index.subscribe(self._changed)
 
+    def memo(self, key: Hashable, namespaces: frozenset[str] | None, compute: Callable[[], Any]) -> Any:
+        """compute(), remembered under `key` (the last MEMO_SIZE keys) until a service changes in one
+        of `namespaces` (None: in any namespace)."""
+        try:
+            self._memo.move_to_end(key)
+            return self._memo[key][0]
+        except KeyError:
+            value = compute()
+            self._memo[key] = (value, namespaces)
+            if len(self._memo) > MEMO_SIZE:
+                self._memo.popitem(last=False)
+            return value
+
     def _changed(self, keys: set) -> None:
+        changed = {key[1] for key in keys if len(key) == 3 and key[0] == "svc"}
+        if changed and self._memo:
+            for key, (_, namespaces) in list(self._memo.items()):
+                if namespaces is None or not namespaces.isdisjoint(changed):
+                    del self._memo[key]
         for key in keys:
             if len(key) == 3 and key[0] == "svc":
                 _, ns, name = key

@@ -14,7 +14,9 @@ JSONPatch (RFC 6902): a container without `env` gets `add .../env` with the whol
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Mapping
 
 from .envvars import EnvVar
@@ -149,18 +151,49 @@ class ContainerResult:
     env_from_overrides: list[str]  # injected names an envFrom source might also define
 
 
+def _may_skip(entry: Mapping) -> bool:
+    """An env entry the kubelet may leave unset: no value, and a valueFrom configMapKeyRef /
+    secretKeyRef / fileKeyRef marked optional (a missing key is skipped, not an error)."""
+    if entry.get("value"):
+        return False
+    source = entry.get("valueFrom")
+    if not isinstance(source, Mapping):
+        return False
+    refs = [source.get(k) for k in ("configMapKeyRef", "secretKeyRef", "fileKeyRef")]
+    return any(isinstance(r, Mapping) and r.get("optional") is True for r in refs)
+
+
+def _needs_service_value(env: list, name: str) -> bool:
+    """Whether the kubelet would read the service variable `name` of a container whose env sets
+    `name` itself: it does when an entry up to the first one that surely sets it refers to
+    `$(name)` (expansion falls back to the service variables), or when every entry setting it is an
+    optional reference that may be skipped (then the service variable is what the container gets)."""
+    reference = f"$({name})"
+    for entry in env:
+        if reference in (entry.get("value") or ""):
+            return True
+        if entry["name"] == name and not _may_skip(entry):
+            return False
+    return True
+
+
 def merge(container: ContainerView, variables: list[EnvVar]) -> ContainerResult:
-    """What to inject into one container: the planned variables it does not set already."""
+    """What to inject into one container: the planned variables it does not set already, and those
+    it sets where the kubelet would still read the service's value (see _needs_service_value):
+    injected in front, they give that read the same value and the container's own entry still wins."""
+    env = container.env or []
     existing: dict[str, Mapping] = {}
-    for entry in container.env or ():
+    for entry in env:
         existing[entry["name"]] = entry  # the last one is what the kubelet uses
-    injected, shadowed = [], []
-    for var in variables:
+    injected, shadowed = ([], []) if env else (list(variables), [])  # no env: all of them, no loop
+    for var in variables if env else ():
         entry = existing.get(var.name)
         if entry is None:
             injected.append(var)
         elif entry.get("valueFrom") is not None or (entry.get("value") or "") != var.value:
             shadowed.append(var.name)
+            if _needs_service_value(env, var.name):
+                injected.append(var)
     overrides: list[str] = []
     if injected and container.env_from:
         prefixes = [e.get("prefix") or "" for e in container.env_from]
@@ -168,15 +201,39 @@ def merge(container: ContainerView, variables: list[EnvVar]) -> ContainerResult:
     return ContainerResult(container, injected, shadowed, overrides)
 
 
+class Encoded(str):
+    """A value already in JSON text, written into the patch as it is (see encode)."""
+
+
+@lru_cache(maxsize=65536)
+def _entry_json(var: EnvVar) -> str:
+    """One env entry as JSON; the same variables go into every pod of a namespace, so remember them."""
+    return json.dumps({"name": var.name, "value": var.value}, separators=(",", ":"))
+
+
 def env_ops(result: ContainerResult) -> list[dict]:
     c = result.container
-    values = [{"name": v.name, "value": v.value} for v in result.injected]
-    if not values:
+    if not result.injected:
         return []
     if c.env is None:
+        values = Encoded("[" + ",".join(_entry_json(v) for v in result.injected) + "]")
         return [{"op": "add", "path": pointer("spec", c.field, c.index, "env"), "value": values}]
-    return [{"op": "add", "path": pointer("spec", c.field, c.index, "env", i), "value": value}
-            for i, value in enumerate(values)]
+    return [{"op": "add", "path": pointer("spec", c.field, c.index, "env", i), "value": Encoded(_entry_json(v))}
+            for i, v in enumerate(result.injected)]
+
+
+def encode(ops: list[dict]) -> str:
+    """The patch as JSON text: what json.dumps(ops, separators=(",", ":")) gives for the same values,
+    without encoding thousands of env entries again for every pod."""
+    parts = []
+    for op in ops:
+        value = op.get("value")
+        if isinstance(value, Encoded) and list(op) == ["op", "path", "value"]:
+            parts.append('{"op":' + json.dumps(op["op"]) + ',"path":' + json.dumps(op["path"]) + ',"value":'
+                         + value + "}")
+        else:
+            parts.append(json.dumps(op, separators=(",", ":")))
+    return "[" + ",".join(parts) + "]"
 
 
 def annotation_op(pod: PodView, key: str, value: str) -> dict:

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .patch import PodShapeError, PodView, annotation_op, env_ops, merge
+from .patch import PodShapeError, PodView, annotation_op, encode, env_ops, merge
 from .selection import ANNOTATION_LINKS, ANNOTATION_ORIGINAL, ANNOTATION_SERVICES, Settings, plan, selected
 
 API_VERSION = "admission.k8s.io/v1"
@@ -64,7 +64,7 @@ def _allow(api_version: str, uid: str, message: str = "", warnings: list[str] | 
         response["status"] = {"message": message}
     if patch:
         response["patchType"] = "JSONPatch"
-        response["patch"] = base64.b64encode(json.dumps(patch, separators=(",", ":")).encode()).decode()
+        response["patch"] = base64.b64encode(encode(patch).encode()).decode()
     if warnings:
         response["warnings"] = warnings
     return {"apiVersion": api_version, "kind": "AdmissionReview", "response": response}
@@ -136,7 +136,9 @@ def _skip(api_version: str, uid: str, message: str) -> Outcome:
 def _mutate(api_version: str, uid: str, pod: PodView, catalog, settings: Settings) -> Outcome:
     who = f"{pod.namespace}/{pod.name}"
     annotations = pod.annotations or {}
-    reinvocation = ANNOTATION_ORIGINAL in annotations
+    # a reinvocation carries the setting our first call recorded; a value that is not one we write
+    # is replaced (else the next call would read enableServiceLinks: false, ours, as the pod's own)
+    reinvocation = annotations.get(ANNOTATION_ORIGINAL) in ("true", "false")
     warnings: list[str] = []
     if annotations.get(ANNOTATION_LINKS) == "false":  # needs no cluster state: decided before the sync check
         why = f"opted out by pod annotation {ANNOTATION_LINKS}=false"
@@ -161,7 +163,7 @@ def _mutate(api_version: str, uid: str, pod: PodView, catalog, settings: Setting
     else:
         if original is not None:
             warnings.append(f"annotation {ANNOTATION_ORIGINAL}: expected \"true\" or \"false\", got {original!r}; "
-                            "ignored")
+                            "replaced")
         links = pod.enable_service_links is not False
     the_plan = plan(pod.namespace, annotations, links, len(pod.containers), catalog, settings, warnings)
 

@@ -130,14 +130,30 @@ def listed_services(text: str, namespace: str, catalog, warnings: list[str]) -> 
 
 def plan(namespace: str, annotations: Mapping[str, str], enable_service_links: bool, containers: int,
          catalog, settings: Settings, warnings: list[str]) -> Plan:
-    """The variables every container of the pod should have, within the budget."""
+    """The variables every container of the pod should have, within the budget; its warnings are
+    added to `warnings`. The same inputs give the same plan until a service changes, so plans are
+    memoised in the catalog (a namespace of thousands of services costs one computation, not one
+    per pod). The Plan returned is shared: read it, do not change it."""
+    budget = max(0, min(settings.budget, settings.pod_budget // max(1, containers)))
+    key = (namespace, annotations.get(ANNOTATION_SERVICES), enable_service_links, budget,
+           settings.disable_kubelet_links)
+    # a plan reads the pod's namespace and `default` (kubernetes); a kdns.io/services list, any namespace
+    depends = None if ANNOTATION_SERVICES in annotations else frozenset((namespace, MASTER_NAMESPACE))
+    result = catalog.memo(key, depends, lambda: _plan(namespace, annotations, enable_service_links, budget, catalog,
+                                                      settings))
+    warnings.extend(result.warnings)
+    return result
+
+
+def _plan(namespace: str, annotations: Mapping[str, str], enable_service_links: bool, budget: int,
+          catalog, settings: Settings) -> Plan:
+    result = Plan(budget=budget)
+    warnings = result.warnings
     if ANNOTATION_SERVICES in annotations:
         services = listed_services(annotations[ANNOTATION_SERVICES], namespace, catalog, warnings)
     else:
         services = kubelet_services(namespace, catalog.in_namespace(namespace),
                                     catalog.in_namespace(MASTER_NAMESPACE), enable_service_links)
-    budget = max(0, min(settings.budget, settings.pod_budget // max(1, containers)))
-    result = Plan(budget=budget)
     names: dict[str, Service] = {}
     for i, svc in enumerate(services):
         fresh = []
@@ -163,4 +179,24 @@ def plan(namespace: str, annotations: Mapping[str, str], enable_service_links: b
         for var in fresh:
             names[var.name] = svc
             result.variables.append(var)
+    final_links = enable_service_links and not settings.disable_kubelet_links
+    leftovers = master_leftovers(result.services, namespace, final_links, catalog)
+    if leftovers:
+        warnings.append(f"the kubelet still adds {MASTER_NAMESPACE}/kubernetes's {', '.join(leftovers[:3])}"
+                        + (f" and {len(leftovers) - 3} more" if len(leftovers) > 3 else "")
+                        + ", which the injected kubernetes service does not define")
     return result
+
+
+def master_leftovers(services: list[Service], namespace: str, final_links: bool, catalog) -> list[str]:
+    """Names of `kubernetes` in `default` that the kubelet adds to the mutated pod although the plan
+    injects another `kubernetes` (of the pod's namespace, or listed): getServiceEnvVarMap always adds the
+    master service unless, with enableServiceLinks on, one of the pod's own namespace replaces it."""
+    master = catalog.get(MASTER_NAMESPACE, "kubernetes")
+    ours = next((s for s in services if s.name == "kubernetes"), None)
+    if master is None or not has_cluster_ip(master) or ours is None or ours.key == master.key:
+        return []
+    if final_links and ours.namespace == namespace:
+        return []
+    defined = {v.name for v in service_env(ours)}
+    return [v.name for v in service_env(master) if v.name not in defined]

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import yaml
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
@@ -55,7 +56,11 @@ class Gone(Exception):
 
 
 class ConfigError(Exception):
-    pass
+    """The client cannot be configured from what was given; `fix` says what to change."""
+
+    def __init__(self, reason: str, fix: str = ""):
+        super().__init__(reason)
+        self.fix = fix
 
 
 # ------------------------------------------------------------------------------ client configuration
@@ -66,7 +71,8 @@ def build_api_client(kubeconfig: str | None = None, context: str | None = None,
                      tls: tuple[str, str, str] | None = None) -> tuple[k8s_client.ApiClient, str]:
     """An ApiClient from a kubeconfig (client certs or tokens, as kind writes it), an explicit
     endpoint (+ optional client TLS, CoreDNS's `endpoint` / `tls`), or the in-cluster service
-    account. Returns (client, description for logs)."""
+    account. Returns (client, description for logs). Every file it names is read and checked here,
+    so a bad one is a ConfigError at start-up, not a connection that fails forever."""
     serviceaccount_dir = serviceaccount_dir or SERVICEACCOUNT_DIR
     configuration = k8s_client.Configuration()
     try:
@@ -76,6 +82,7 @@ def build_api_client(kubeconfig: str | None = None, context: str | None = None,
                 configuration.cert_file, configuration.key_file, configuration.ssl_ca_cert = tls
             where = f"endpoint {endpoint}" + (" with client TLS" if tls else "")
         elif kubeconfig:
+            _check_kubeconfig(kubeconfig)
             k8s_config.load_kube_config(config_file=kubeconfig, context=context,
                                         client_configuration=configuration, persist_config=False)
             if endpoint:
@@ -83,6 +90,7 @@ def build_api_client(kubeconfig: str | None = None, context: str | None = None,
             where = f"kubeconfig {kubeconfig}" + (f" context {context}" if context else "")
         else:
             token_file = os.path.join(serviceaccount_dir, "token")
+            _check_in_cluster(serviceaccount_dir, token_file)
             loader = k8s_config.incluster_config.InClusterConfigLoader(
                 token_filename=token_file, cert_filename=os.path.join(serviceaccount_dir, "ca.crt"),
                 try_refresh_token=False)
@@ -90,11 +98,90 @@ def build_api_client(kubeconfig: str | None = None, context: str | None = None,
             _follow_token_file(configuration, token_file)
             where = f"in-cluster {configuration.host} (service account {serviceaccount_dir})"
     except (k8s_config.ConfigException, OSError, ValueError, TypeError) as exc:
-        raise ConfigError(str(exc)) from None
+        fix = (f"fix the kubeconfig (kubectl config view --kubeconfig {kubeconfig}; kubectl config get-contexts)"
+               if kubeconfig else "fix the files named in the reason")
+        raise ConfigError(str(exc), fix) from None
+    _check_tls_material(configuration, where)
     # urllib3 would sleep out a 429/503's Retry-After inside the request, unseen and uninterruptible;
     # the reflector honours it itself. Connection failures are still retried at once, 3 times.
     configuration.retries = Retry(total=3, respect_retry_after_header=False)
     return k8s_client.ApiClient(configuration), where
+
+
+def _check_kubeconfig(path: str) -> None:
+    """Unreadable, not YAML, or not a mapping: say where, before the client library trips on it."""
+    from ..startup import file_problem, yaml_problem
+    fix = "give --kubeconfig a kubeconfig file (kind get kubeconfig > FILE; kubectl config view --raw)"
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except OSError as exc:
+        raise ConfigError(file_problem(path, exc), fix) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})", fix) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(yaml_problem(path, exc), fix) from None
+    if not isinstance(data, dict):
+        what = {list: "a list", str: "a string", type(None): "empty"}.get(type(data), type(data).__name__)
+        raise ConfigError(f"{path}: not a kubeconfig: the document is {what}, expected a mapping with clusters, "
+                          "users and contexts", fix)
+
+
+def _check_in_cluster(serviceaccount_dir: str, token_file: str) -> None:
+    from ..startup import file_problem
+    if not os.environ.get("KUBERNETES_SERVICE_HOST") or not os.environ.get("KUBERNETES_SERVICE_PORT"):
+        raise ConfigError("KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are not set: this is not a pod",
+                          "outside a cluster give --kubeconfig PATH (or --manifests PATH)")
+    fix = ("mount the service account token (automountServiceAccountToken: true) or point --serviceaccount-dir "
+           "at the directory holding token and ca.crt")
+    for path in (token_file, os.path.join(serviceaccount_dir, "ca.crt")):
+        try:
+            with open(path, "rb") as fh:
+                empty = not fh.read().strip()
+        except OSError as exc:
+            raise ConfigError(file_problem(path, exc), fix) from None
+        if empty:
+            raise ConfigError(f"{path}: empty", fix)
+
+
+def _check_tls_material(configuration: k8s_client.Configuration, where: str) -> None:
+    """The CA bundle and client certificate/key load into an SSL context, and the server is an URL."""
+    import ssl
+    host = configuration.host or ""
+    if not host.startswith(("http://", "https://")) or host.rstrip("/").endswith("//"):
+        raise ConfigError(f"{where}: no usable API server URL (got {host or 'none'!r})",
+                          "set the cluster's server: https://HOST:PORT")
+    context = ssl.create_default_context()
+    ca = configuration.ssl_ca_cert
+    if ca:
+        try:
+            context.load_verify_locations(cafile=ca)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise ConfigError(f"{where}: certificate authority {_shown(ca, where)}: {_tls_problem(exc)}",
+                              "give the cluster's CA certificate (certificate-authority[-data] / ca.crt)") from None
+    if configuration.cert_file or configuration.key_file:
+        try:
+            context.load_cert_chain(configuration.cert_file, configuration.key_file)
+        except (ssl.SSLError, OSError, ValueError, TypeError) as exc:
+            raise ConfigError(f"{where}: client certificate {_shown(configuration.cert_file, where)} and key "
+                              f"{_shown(configuration.key_file, where)}: {_tls_problem(exc)}",
+                              "give a PEM certificate and its matching private key") from None
+
+
+def _tls_problem(exc: Exception) -> str:
+    import ssl
+    if isinstance(exc, ssl.SSLError):
+        return f"not usable PEM ({exc.reason or exc})"
+    if isinstance(exc, OSError):
+        return f"cannot read: {exc.strerror or exc}"
+    return str(exc)
+
+
+def _shown(path: str | None, where: str) -> str:
+    """A file the client library wrote from kubeconfig *-data is a temp file: name the source instead."""
+    if path and where.startswith("kubeconfig") and os.path.basename(path).startswith("tmp"):
+        return "(inline -data in the kubeconfig)"
+    return path or "(none)"
 
 
 def _follow_token_file(configuration: k8s_client.Configuration, token_file: str) -> None:
@@ -235,6 +322,7 @@ class Reflector:
         self._answered = False  # the API answered during the current attempt
         self._watch_opened = False  # the current attempt's watch request was accepted (HTTP 200)
         self._stop = threading.Event()
+        self._watching = None  # the open watch response, which stop() shuts to wake the read it waits in
         self.thread = threading.Thread(target=self.run, name=f"reflector-{resource.kind}", daemon=True)
 
     def start(self) -> None:
@@ -243,6 +331,9 @@ class Reflector:
     def stop(self) -> None:
         self._stop.set()
         self.reachability.wake()
+        watching = self._watching
+        if watching is not None and hasattr(watching, "shutdown"):  # urllib3 >= 2.3
+            watching.shutdown()
 
     def run(self) -> None:
         need_list = True
@@ -351,7 +442,11 @@ class Reflector:
                           timeout_seconds=timeout,
                           _request_timeout=(self.connect_timeout, min(self.stall_timeout, timeout + 30)))
         self._watch_opened = True
+        self.post("watching", None)
+        self._watching = resp
         try:
+            if self._stop.is_set():  # stop() came before _watching was set: it could not wake us
+                return
             for line in iter_resp_lines(resp):
                 if self._stop.is_set():
                     return
@@ -359,6 +454,7 @@ class Reflector:
                     continue
                 self._event(line)
         finally:
+            self._watching = None
             resp.release_conn()
 
     def _event(self, line: str) -> None:
@@ -418,11 +514,26 @@ def _retry_after(exc: ApiException) -> float | None:
         return None
 
 
+class ApiFailure(str):
+    """A failure's one-line text; for an HTTP answer also its status and the API's own message."""
+
+    status: int = 0
+    message: str = ""
+
+
 def _describe(exc: Exception) -> str:
     if isinstance(exc, ApiException):
-        return f"HTTP {exc.status} {exc.reason}".strip()
+        failure = ApiFailure(f"HTTP {exc.status} {exc.reason}".strip())
+        failure.status = exc.status or 0
+        try:
+            failure.message = str(json.loads(exc.body).get("message") or "")[:500]
+        except (TypeError, ValueError, AttributeError):
+            failure.message = ""
+        return failure
     if isinstance(exc, MaxRetryError) and exc.reason is not None:  # urllib3's wrapper: say what failed
-        exc = exc.reason
+        # "NewConnectionError: Failed to establish a new connection: [Errno 111] Connection refused", without
+        # the "HTTPConnection(host=…, port=…)" before it: the server is logged apart
+        return f"{type(exc.reason).__name__}: {str(exc.reason).split('): ', 1)[-1][:300]}"
     text = str(exc)
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
@@ -448,6 +559,7 @@ class ResourceState:
     relisting_since: float = 0.0  # a 410 asked for a relist that is not applied yet
     relist_reason: str = ""
     catchup_from: float = 0.0  # start of the catch-up the next applied relist ends
+    watched: bool = False  # a watch has been opened once (until then a 401/403 ends start-up)
 
 
 # seconds from "the API answers again" to "the resource's relist is applied"
@@ -472,6 +584,10 @@ class ApiSource:
         self.started_at = time.monotonic()
         self.api_back_at = 0.0  # the last time any resource found the API answering again
         self.catchup = Histogram(CATCHUP_BUCKETS)  # labels: (resource,)
+        self.server = api_client.configuration.host
+        # called (on the loop) with (kind, verb, failure) when the API answers 401/403 to a resource's
+        # first list or first watch: credentials or RBAC that never worked, not an outage
+        self.on_refused: Callable[[str, str, ApiFailure], None] | None = None
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -501,6 +617,9 @@ class ApiSource:
             self._apply(kind, state, payload)
         elif what == "contact":
             self._contact(kind, state)
+        elif what == "watching":  # a watch is open: from now on the API has accepted us for this resource
+            state.watched = True
+            self._contact(kind, state)
         elif what == "gone":
             reason, detail, delay = payload
             now = time.monotonic()
@@ -517,13 +636,19 @@ class ApiSource:
             state.errors += 1
             state.last_error = detail
             state.unreachable = cause == "unreachable"
+            if getattr(detail, "status", 0) in (401, 403) and not state.watched and self.on_refused:
+                self.on_refused(kind, "watch" if state.synced else "list", detail)  # start-up ends here
+                return
             if state.connected or not state.disconnected_since:
                 state.connected = False
                 state.disconnected_since = time.monotonic()
                 state.reachable_again = 0.0
+                extra = {} if state.synced else {
+                    "server": self.server, "fix": f"check that {self.server} is reachable from here; kdns retries "
+                                                  "with backoff and /ready fails until every resource has synced"}
                 self.log.warning("api_disconnected", resource=kind, cause=cause, error=detail,
                                  serving="last known state" if state.synced else "SERVFAIL for unknown names",
-                                 retry_in=round(delay, 3))
+                                 retry_in=round(delay, 3), **extra)
             else:
                 self.log.debug("api_retry_failed", resource=kind, cause=cause, error=detail,
                                retry_in=round(delay, 3))

@@ -1,0 +1,192 @@
+"""Ceiling responder: the least a Python DNS server on kdns's event loop can do per query.
+
+    .venv/bin/python perf/ceiling.py --answers FILE [--listen 127.0.0.1:0] [--loop auto|asyncio|uvloop]
+    .venv/bin/python perf/ceiling.py --record FILE --from-port PORT QUERYFILE...   (ask a server once)
+
+Serving: one asyncio DatagramProtocol on the loop kdns uses (uvloop when installed, as kdns's
+`--loop auto`), replaying precomputed wire answers from a dict keyed by the question bytes
+(QNAME + QTYPE + QCLASS), the query's ID patched in. No metrics, no parsing beyond the question;
+a question it has no answer for is dropped (and counted, printed on exit). perf/run.py compares
+kdns at saturation with it: what kdns's design costs over the event loop itself.
+
+Recording: every distinct line of dnsperf-format query files is asked once of a server on
+127.0.0.1 (kdns, so the answers are kdns's own, byte for byte); FILE then holds
+(question, answer) pairs, each a 2-byte length and the bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from loadgen import encode_question  # noqa: E402
+
+HOST = "127.0.0.1"
+
+
+def question_of(packet: bytes) -> bytes | None:
+    """The question section's bytes (QNAME + QTYPE + QCLASS) of a one-question packet, else None."""
+    if len(packet) < 17:
+        return None
+    i = 12
+    while i < len(packet):
+        n = packet[i]
+        if n == 0:
+            return packet[12:i + 5] if i + 5 <= len(packet) else None
+        if n & 0xC0:
+            return None
+        i += n + 1
+    return None
+
+
+# ------------------------------------------------------------------------------------ recording
+
+
+def distinct_questions(paths: list[str]) -> list[bytes]:
+    seen: dict[bytes, None] = {}
+    for path in paths:
+        with open(path) as fh:
+            for line in fh:
+                parts = line.split()
+                if parts and not parts[0].startswith(";"):
+                    seen[encode_question(parts[0], parts[1] if len(parts) > 1 else "A")] = None
+    return list(seen)
+
+
+def record(port: int, questions: list[bytes], window: int = 100, timeout: float = 2.0,
+           rounds: int = 3) -> dict[bytes, bytes]:
+    """Ask the server on 127.0.0.1:port each question (pipelined, `window` outstanding); questions
+    without an answer are asked again, up to `rounds` times. Returns question -> answer."""
+    answers: dict[bytes, bytes] = {}
+    todo = list(questions)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        s.connect((HOST, port))
+        for _ in range(rounds):
+            if not todo:
+                break
+            pending: dict[int, bytes] = {}
+            i = 0
+            qid = 0
+            while i < len(todo) or pending:
+                while i < len(todo) and len(pending) < window:
+                    qid = (qid + 1) & 0xFFFF
+                    if qid in pending:
+                        break
+                    pending[qid] = todo[i]
+                    s.send(struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + todo[i])
+                    i += 1
+                ready, _, _ = select.select([s], [], [], timeout)
+                if not ready:
+                    break  # the rest of this round is lost; asked again next round
+                data = s.recv(65535)
+                q = pending.pop(struct.unpack_from("!H", data)[0], None) if len(data) >= 12 else None
+                if q is not None and question_of(data) == q:
+                    answers[q] = data
+            todo = [q for q in todo if q not in answers]
+    return answers
+
+
+def save(path: str, answers: dict[bytes, bytes]) -> None:
+    with open(path, "wb") as fh:
+        for q, a in answers.items():
+            fh.write(struct.pack("!H", len(q)) + q + struct.pack("!H", len(a)) + a)
+
+
+def load(path: str) -> dict[bytes, bytes]:
+    with open(path, "rb") as fh:
+        blob = fh.read()
+    out, i = {}, 0
+    while i < len(blob):
+        n = struct.unpack_from("!H", blob, i)[0]
+        q = blob[i + 2:i + 2 + n]
+        i += 2 + n
+        m = struct.unpack_from("!H", blob, i)[0]
+        out[q] = blob[i + 2:i + 2 + m]
+        i += 2 + m
+    return out
+
+
+# ------------------------------------------------------------------------------------ serving
+
+
+class Replay(asyncio.DatagramProtocol):
+    def __init__(self, answers: dict[bytes, bytes]):
+        self.answers = answers
+        self.transport = None
+        self.unknown = 0
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        # a query without additional records (no EDNS) is header + question: the rest is the key
+        answer = self.answers.get(data[12:] if data[10:12] == b"\0\0" else question_of(data))
+        if answer is None:
+            self.unknown += 1
+            return
+        self.transport.sendto(data[:2] + answer[2:], addr)
+
+
+async def serve(answers: dict[bytes, bytes], host: str, port: int, loop_name: str) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    transport, proto = await loop.create_datagram_endpoint(lambda: Replay(answers), local_addr=(host, port))
+    bound = transport.get_extra_info("sockname")
+    print(f"listening udp={bound[0]}:{bound[1]} answers={len(answers)} loop={loop_name}", flush=True)
+    await stop.wait()
+    transport.close()
+    print(f"stopped unknown_questions={proto.unknown}", flush=True)
+    return 0
+
+
+def runner(choice: str):
+    """The event loop runner, chosen as kdns's --loop does (auto: uvloop when installed)."""
+    if choice in ("auto", "uvloop"):
+        try:
+            import uvloop
+            return uvloop.run, "uvloop"
+        except ImportError:
+            if choice == "uvloop":
+                raise SystemExit("--loop uvloop: uvloop is not installed") from None
+    return asyncio.run, "asyncio"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--answers", help="serve the (question, answer) pairs of this file")
+    p.add_argument("--listen", default=f"{HOST}:0", help="loopback HOST:PORT (port 0: a free one)")
+    p.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto")
+    p.add_argument("--record", metavar="FILE", help="ask --from-port once per distinct query, write FILE")
+    p.add_argument("--from-port", type=int, help="port on 127.0.0.1 of the server to record from")
+    p.add_argument("queries", nargs="*", help="dnsperf-format query files (with --record)")
+    a = p.parse_args()
+    if a.record:
+        if not a.from_port or not a.queries:
+            p.error("--record needs --from-port and query files")
+        questions = distinct_questions(a.queries)
+        answers = record(a.from_port, questions)
+        save(a.record, answers)
+        print(f"recorded {len(answers)} of {len(questions)} questions into {a.record}")
+        return 0 if len(answers) == len(questions) else 1
+    if not a.answers:
+        p.error("--answers FILE (or --record) is required")
+    host, _, port = a.listen.rpartition(":")
+    if host not in ("127.0.0.1", "::1", "[::1]"):
+        p.error("--listen: loopback only")
+    run, name = runner(a.loop)
+    return run(serve(load(a.answers), host.strip("[]"), int(port), name))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
