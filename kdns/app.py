@@ -232,8 +232,7 @@ class Runtime:
             self._unstarted = source
         else:
             source = ManifestSource(k.manifests, index, self.log, wanted=wanted)
-            source.load()
-            index.mark_synced()
+            source.load()  # synced once every file has loaded (a file broken from the start is not)
             settle_heap()
             self._source_task = asyncio.create_task(source.run(self.poll_interval))
         # the handlers follow the new index

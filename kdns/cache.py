@@ -96,7 +96,7 @@ class AnswerCache:
         self._shrink()
 
     def seen_before(self, key: Hashable) -> bool:
-        """A doorkeeper (a one-hash Bloom filter, cleared when half full): False the first time a key
+        """A doorkeeper (a one-hash Bloom filter, cleared at 1/16 full): False the first time a key
         is asked, True after. Negative answers are cached from their second asking only, so a flood of
         names asked once costs no cache work and no memory, while a hot miss (a search-path expansion
         every pod tries) is cached at once on its second go."""
@@ -104,7 +104,7 @@ class AnswerCache:
         byte, bit = h >> 3, 1 << (h & 7)
         if self._seen[byte] & bit:
             return True
-        if self._seen_count >= DOORKEEPER_BITS // 2:
+        if self._seen_count >= DOORKEEPER_BITS // 16:  # at most ~6% false "seen": a flood is not admitted
             self._seen = bytearray(DOORKEEPER_BITS // 8)
             self._seen_count = 0
         self._seen[byte] |= bit

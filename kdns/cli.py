@@ -127,9 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="how often a summary of malformed packets is logged, if any arrived (default 10)")
     misc.add_argument("--log-format", choices=["text", "json"], default="text")
     misc.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
-    check = sub.add_parser("check-config", help="validate a Corefile without serving (exit 0 when valid)",
-                           allow_abbrev=False)
-    check.add_argument("corefile", metavar="COREFILE")
+    check = sub.add_parser("check-config", help="validate a Corefile and/or manifests without serving "
+                           "(exit 0 when valid)", allow_abbrev=False)
+    check.add_argument("corefile", metavar="COREFILE", nargs="?")
+    check.add_argument("--manifests", nargs="+", action="extend", default=[], metavar="PATH",
+                       help="validate these manifest files or directories (every problem, file:line and field)")
     check.add_argument("--resolv-conf", default=DEFAULT_RESOLV_CONF, metavar="PATH")
     check.add_argument("--dns-port", "-dns.port", dest="dns_port", type=port_number, default=53)
     return parser
@@ -337,6 +339,26 @@ async def _report_bad_packets(runtime, log: Logger, every: float = 10.0) -> None
 
 
 def check_config(args: argparse.Namespace, log: Logger) -> int:
+    if args.corefile is None and not args.manifests:
+        print("check-config: give a COREFILE, --manifests PATH..., or both", file=sys.stderr)
+        return 2
+    status = 0 if args.corefile is None else _check_corefile(args)
+    if args.manifests:
+        from .sources.manifests import check_manifests
+        problems, warnings, objects = check_manifests(args.manifests)
+        for problem in warnings:
+            print(f"warning: {problem}", file=sys.stderr)
+        for problem in problems:
+            print(str(problem), file=sys.stderr)
+        if problems:
+            print(f"manifests: {len(problems)} problem{'s' if len(problems) > 1 else ''}", file=sys.stderr)
+            status = 1
+        else:
+            print(f"manifests: OK ({objects} objects)")
+    return status
+
+
+def _check_corefile(args: argparse.Namespace) -> int:
     try:
         settings = load_corefile(args.corefile, args.resolv_conf, args.dns_port)
     except CorefileError as exc:

@@ -32,7 +32,8 @@ class EndpointRecord:
     ip: str
     ready: bool
     pod_name: str
-    ports: tuple[ServicePort, ...] = ()  # the ports of the slice this address came from
+    # the ports of the slice this address came from; None when it lists none (the Service's apply)
+    ports: tuple[ServicePort, ...] | None = None
     zone: str = ""  # the endpoint's topology zone (kubernetes `zonal`)
 
 
@@ -61,6 +62,14 @@ def _reverse_entries(view: "ServiceView | None") -> set[tuple[str, str]]:
     if service.kind != "ExternalName":
         out.update((rec.ip, rec.name) for rec in view.served_endpoints())
     return out
+
+
+def _listed_ports(sl: EndpointSlice) -> tuple[ServicePort, ...] | None:
+    """A slice's ports; None when it lists none. A slice whose listed ports were all left out
+    (numbers SRV cannot carry) still lists ports: its endpoints do not take the Service's."""
+    if sl.ports or any(path.startswith("ports[") for path, _ in sl.unserved):
+        return sl.ports
+    return None
 
 
 def dashed_ip(ip: str) -> str:
@@ -293,10 +302,10 @@ class ClusterIndex:
             if not slices and key in self.legacy:
                 slices = [self.legacy[key]]
             records: list[EndpointRecord] = []
-            seen: set[tuple[str, str]] = set()
+            seen: set[tuple] = set()
             for sl in sorted(slices, key=lambda s: s.name):
                 for ep in sl.endpoints:
-                    records.extend(self._endpoint_records(ep, sl.ports, seen, self.endpoint_pod_names))
+                    records.extend(self._endpoint_records(ep, _listed_ports(sl), seen, self.endpoint_pod_names))
             view = ServiceView(service, tuple(records))
             self.views[key] = view
             new_reverse = _reverse_entries(view)
@@ -330,17 +339,21 @@ class ClusterIndex:
             del self.reverse[ip]
 
     @staticmethod
-    def _endpoint_records(ep: Endpoint, ports: tuple[ServicePort, ...], seen: set,
+    def _endpoint_records(ep: Endpoint, ports: tuple[ServicePort, ...] | None, seen: set,
                           pod_names: bool = False) -> Iterable[EndpointRecord]:
         for ip in ep.addresses:
             name = ep.hostname
             if not name and pod_names and ep.pod_name and len(ep.pod_name) < 64:
                 name = ep.pod_name.lower()
             name = name or dashed_ip(ip)
-            if (name, ip) in seen:
+            own = (ep.ports or None) if ep.ports is not None else ports
+            # the same name and address may come from several slices (one per port set during a
+            # port change): each is kept with its own ports; only exact repeats are dropped
+            key = (name, ip, ep.ready, own)
+            if key in seen:
                 continue
-            seen.add((name, ip))
-            yield EndpointRecord(name, ip, ep.ready, ep.pod_name, ports, ep.zone)
+            seen.add(key)
+            yield EndpointRecord(name, ip, ep.ready, ep.pod_name, own, ep.zone)
 
     # ---------------------------------------------------------------- queries (for the resolver)
 

@@ -52,7 +52,11 @@ class KdnsCollector:
                                           "(watch_expired: the watch's resourceVersion; list_expired: a list's "
                                           "continue token).", labels=["resource", "reason"])
             errors = CounterMetricFamily("kdns_api_errors", "Failed list/watch attempts.", labels=["resource"])
+            partial = CounterMetricFamily("kdns_api_objects_partially_served",
+                                          "Object versions the API accepted with a part DNS cannot serve "
+                                          "(logged as api_object_partially_served).", labels=["resource"])
             for kind, state in self.api_source.states.items():
+                partial.add_metric([kind], state.partially_served)
                 synced.add_metric([kind], 1 if state.synced else 0)
                 age.add_metric([kind], self.api_source.age(kind))
                 connected.add_metric([kind], 1 if state.connected else 0)
@@ -60,13 +64,16 @@ class KdnsCollector:
                 for reason, count in sorted(state.relists.items()):
                     relists.add_metric([kind, reason], count)
                 errors.add_metric([kind], state.errors)
-            yield from (synced, age, connected, events, relists, errors)
+            yield from (synced, age, connected, events, relists, errors, partial)
             yield self.api_source.catchup.family(
                 "kdns_api_catchup_seconds", "Seconds from the API answering again (after an outage, or the 410 "
                 "that asked for a relist) to the resource's relist being applied.", ["resource"])
         if self.manifest_source is not None:
             problems = sum(len(p) for p in self.manifest_source.problems.values())
             yield GaugeMetricFamily("kdns_manifest_problems", "Current problems in manifest files.", value=problems)
+            yield CounterMetricFamily("kdns_manifest_objects_partially_served",
+                                      "Objects loaded with a part DNS cannot serve (logged as "
+                                      "manifest_object_partially_served).", value=self.manifest_source.partially_served)
         info = GaugeMetricFamily("kdns_build_info", "kdns version.", labels=["version"])
         info.add_metric([__version__], 1)
         yield info

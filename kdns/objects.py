@@ -8,6 +8,7 @@ path, so the caller can add the file and line.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 import reprlib
 from collections.abc import Mapping
@@ -28,7 +29,7 @@ class ObjectError(ValueError):
 @dataclass(frozen=True, slots=True)
 class ServicePort:
     name: str  # "" for an unnamed port
-    port: int
+    port: int | None  # None only in an EndpointSlice: a port without a number ("all ports")
     protocol: str  # upper case: TCP, UDP, SCTP
 
 
@@ -45,6 +46,7 @@ class Service:
     # spec.clusterIP exactly as the API holds it (cluster_ips are canonical): the kubelet writes
     # this string verbatim into <SVC>_SERVICE_HOST, and so does kdns-webhook
     cluster_ip: str = ""
+    unserved: tuple[tuple[str, str], ...] = ()  # as EndpointSlice.unserved
     # served outside the cluster by the Corefile's k8s_external: spec.externalIPs and
     # status.loadBalancer.ingress (IPs, and hostnames as "host.name." with the trailing dot)
     external: tuple[str, ...] = ()
@@ -64,6 +66,8 @@ class Endpoint:
     ready: bool = True
     hostname: str = ""
     pod_name: str = ""
+    # a v1 Endpoints address carries the ports of its own subset; None: the ports of its slice
+    ports: "tuple[ServicePort, ...] | None" = None
     zone: str = ""  # EndpointSlice endpoints[].zone (topology zone), for the kubernetes `zonal` option
 
 
@@ -77,6 +81,8 @@ class EndpointSlice:
     endpoints: tuple[Endpoint, ...] = ()
     ports: tuple[ServicePort, ...] = ()
     legacy: bool = False
+    # (field path, reason) for each part the API accepted that DNS cannot serve; the rest is served
+    unserved: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> tuple[str, str]:
@@ -160,35 +166,78 @@ def _labels(obj: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
 
 
 def _ip(value: Any, path: str) -> str:
+    """Canonical text of an IP address. IPv4 with leading zeros ("010.001.002.003", which the API's
+    sloppy parser still accepts on old objects) is read as decimal, as Go's ParseIPSloppy does."""
     if not isinstance(value, str):
         raise ObjectError(path, f"expected an IP address string, got {_show(value)}")
+    if "%" not in value:
+        try:
+            return ipaddress.ip_address(value).compressed
+        except ValueError:
+            octets = value.split(".")
+            if len(octets) == 4 and all(o.isascii() and o.isdigit() and len(o) <= 3 for o in octets) \
+                    and all(int(o) < 256 for o in octets):
+                return ".".join(str(int(o)) for o in octets)
+    raise ObjectError(path, f"not an IP address: {_show(value)}")
+
+
+def _is_ip(text: str) -> bool:
     try:
-        return ipaddress.ip_address(value).compressed
+        ipaddress.ip_address(text)
+        return True
     except ValueError:
-        raise ObjectError(path, f"not an IP address: {_show(value)}") from None
+        return False
 
 
 def _list(obj: Mapping[str, Any], path: str) -> list:
     return _get(obj, path, list, default=[])
 
 
+def _port_fields(item: Any, p: str) -> tuple[str, Any, str]:
+    """(name, raw port number, protocol) of one ports[] entry; protocol defaults to TCP as the API does."""
+    if not isinstance(item, Mapping):
+        raise ObjectError(p, "expected a mapping")
+    name = item.get("name") or ""
+    if not isinstance(name, str):
+        raise ObjectError(f"{p}.name", f"expected a string, got {_show(name)}")
+    protocol = item.get("protocol") or "TCP"
+    if protocol not in ("TCP", "UDP", "SCTP"):
+        raise ObjectError(f"{p}.protocol", f"expected TCP, UDP or SCTP, got {_show(protocol)}")
+    number = item.get("port")
+    if isinstance(number, bool) or (number is not None and not isinstance(number, int)):
+        raise ObjectError(f"{p}.port", f"expected a port number, got {_show(number)}")
+    return name, number, protocol
+
+
 def _ports(items: list, path: str) -> tuple[ServicePort, ...]:
+    """Service / v1 Endpoints ports: the API requires a number 1-65535 on each."""
     ports = []
     for i, item in enumerate(items):
         p = f"{path}[{i}]"
-        if not isinstance(item, Mapping):
-            raise ObjectError(p, "expected a mapping")
-        number = item.get("port")
-        if isinstance(number, bool) or not isinstance(number, int) or not 0 < number < 65536:
+        name, number, protocol = _port_fields(item, p)
+        if number is None or not 0 < number < 65536:
             raise ObjectError(f"{p}.port", f"expected a port number 1-65535, got {_show(number)}")
-        name = item.get("name") or ""
-        if not isinstance(name, str):
-            raise ObjectError(f"{p}.name", f"expected a string, got {_show(name)}")
-        protocol = item.get("protocol") or "TCP"
-        if protocol not in ("TCP", "UDP", "SCTP"):
-            raise ObjectError(f"{p}.protocol", f"expected TCP, UDP or SCTP, got {_show(protocol)}")
         ports.append(ServicePort(name=name, port=number, protocol=protocol))
     return tuple(ports)
+
+
+def _slice_ports(items: list, unserved: list) -> tuple[ServicePort, ...]:
+    """EndpointSlice ports. The API accepts a port without a number ("all ports": kept as None, the
+    resolver takes the Service's port of that name) and does not range-check numbers: a number SRV
+    cannot carry is left out and noted in `unserved`, the rest of the slice is served."""
+    ports = []
+    for i, item in enumerate(items):
+        p = f"ports[{i}]"
+        name, number, protocol = _port_fields(item, p)
+        if number is not None and not 0 < number < 65536:
+            unserved.append((f"{p}.port", f"{number} is not a port number 1-65535: "
+                             f"no SRV record for port {name or '(unnamed)'}"))
+            continue
+        ports.append(ServicePort(name=name, port=number, protocol=protocol))
+    return tuple(ports)
+
+
+_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 def service_from_dict(obj: Mapping[str, Any], default_namespace: str = "default") -> Service:
@@ -202,8 +251,12 @@ def service_from_dict(obj: Mapping[str, Any], default_namespace: str = "default"
         ext = _get(obj, "spec.externalName", str, required=True).rstrip(".").lower()
         if not ext:
             raise ObjectError("spec.externalName", "must not be empty for type ExternalName")
+        # the API accepts an IP as externalName (it is a valid DNS subdomain) but a CNAME cannot point
+        # at an address: the name answers NXDOMAIN, as in CoreDNS
+        unserved = ((("spec.externalName", f"{ext} is an IP address, not a name a CNAME can point at: "
+                      "the service name answers NXDOMAIN"),) if _is_ip(ext) else ())
         return Service(namespace, name, "ExternalName", ports=ports, external_name=ext,
-                       publish_not_ready=publish, labels=labels)
+                       publish_not_ready=publish, labels=labels, unserved=unserved)
     if stype not in ("ClusterIP", "NodePort", "LoadBalancer"):
         raise ObjectError("spec.type", f"unknown service type {_show(stype)}")
     cluster_ip = _get(obj, "spec.clusterIP", str, default="")
@@ -241,19 +294,23 @@ def _external(obj: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def endpointslice_from_dict(obj: Mapping[str, Any], default_namespace: str = "default") -> EndpointSlice | None:
-    """Convert a discovery.k8s.io/v1 EndpointSlice; None for an FQDN slice (not served by DNS)."""
+    """Convert a discovery.k8s.io/v1 EndpointSlice; None when DNS serves nothing of it (addressType
+    FQDN, or no kubernetes.io/service-name label: it belongs to no Service).
+
+    What the API rejects raises ObjectError; what it accepts is served as far as DNS can carry it,
+    and any part left out is listed in `unserved` (see _slice_ports)."""
     name = _name(obj)
     namespace = _namespace(obj, default_namespace)
     labels = _get(obj, "metadata.labels", Mapping, default={})
-    service = labels.get(SERVICE_NAME_LABEL)
-    if not isinstance(service, str) or not service:
-        raise ObjectError(f"metadata.labels.{SERVICE_NAME_LABEL}",
-                          "required label is missing: it names the Service this slice belongs to")
     address_type = _get(obj, "addressType", str, required=True)
-    if address_type not in ("IPv4", "IPv6", "FQDN"):
+    if address_type not in ("IPv4", "IPv6", "FQDN", "IP"):  # "IP": deprecated, still on old objects
         raise ObjectError("addressType", f"expected IPv4, IPv6 or FQDN, got {_show(address_type)}")
-    if address_type == "FQDN":
+    service = labels.get(SERVICE_NAME_LABEL)
+    if service is not None and not isinstance(service, str):
+        raise ObjectError(f"metadata.labels.{SERVICE_NAME_LABEL}", f"expected a string, got {_show(service)}")
+    if address_type == "FQDN" or not service:
         return None
+    unserved: list[tuple[str, str]] = []
     endpoints = []
     for i, ep in enumerate(_list(obj, "endpoints")):
         p = f"endpoints[{i}]"
@@ -262,11 +319,7 @@ def endpointslice_from_dict(obj: Mapping[str, Any], default_namespace: str = "de
         addrs = ep.get("addresses")
         if not isinstance(addrs, list) or not addrs:
             raise ObjectError(f"{p}.addresses", "required: a non-empty list of addresses")
-        ips = tuple(_ip(a, f"{p}.addresses[{j}]") for j, a in enumerate(addrs))
-        want_v6 = address_type == "IPv6"
-        for j, ip in enumerate(ips):
-            if (":" in ip) != want_v6:
-                raise ObjectError(f"{p}.addresses[{j}]", f"{ip} does not match addressType {address_type}")
+        ips = tuple(_slice_address(a, address_type, f"{p}.addresses[{j}]") for j, a in enumerate(addrs))
         conditions = ep.get("conditions") or {}
         if not isinstance(conditions, Mapping):
             raise ObjectError(f"{p}.conditions", "expected a mapping")
@@ -276,15 +329,33 @@ def endpointslice_from_dict(obj: Mapping[str, Any], default_namespace: str = "de
         hostname = ep.get("hostname") or ""
         if not isinstance(hostname, str):
             raise ObjectError(f"{p}.hostname", f"expected a string, got {_show(hostname)}")
+        hostname = hostname.lower()
+        if hostname and not _LABEL.fullmatch(hostname):
+            raise ObjectError(f"{p}.hostname", f"not a DNS label (a-z, 0-9, '-', at most 63): {_show(hostname)}")
         target = ep.get("targetRef") or {}
         pod_name = target.get("name", "") if isinstance(target, Mapping) and target.get("kind", "Pod") == "Pod" else ""
         zone = ep.get("zone") or ""
         if not isinstance(zone, str):
             raise ObjectError(f"{p}.zone", f"expected a string, got {_show(zone)}")
-        endpoints.append(Endpoint(addresses=ips, ready=ready is not False, hostname=hostname.lower(),
+        # ready unset means ready (discovery API; CoreDNS endpointsliceReady); serving, terminating,
+        # nodeName and hints do not change what DNS serves (zone does, with the kubernetes `zonal` option)
+        endpoints.append(Endpoint(addresses=ips, ready=ready is not False, hostname=hostname,
                                   pod_name=pod_name if isinstance(pod_name, str) else "", zone=zone))
-    ports = _ports(_list(obj, "ports"), "ports")
-    return EndpointSlice(namespace, name, service, tuple(endpoints), ports)
+    ports = _slice_ports(_list(obj, "ports"), unserved)
+    return EndpointSlice(namespace, name, service, tuple(endpoints), ports, unserved=tuple(unserved))
+
+
+def _slice_address(value: Any, address_type: str, path: str) -> str:
+    ip = _ip(value, path)
+    if address_type == "IPv4" and ":" in ip:
+        # the API's IPv4 check accepts an IPv4-mapped IPv6 form (::ffff:10.1.2.3): it is that IPv4 address
+        mapped = ipaddress.IPv6Address(ip).ipv4_mapped
+        if mapped is None:
+            raise ObjectError(path, f"{ip} does not match addressType IPv4")
+        return str(mapped)
+    if address_type == "IPv6" and ":" not in ip:
+        raise ObjectError(path, f"{ip} does not match addressType IPv6")
+    return ip
 
 
 def endpoints_from_dict(obj: Mapping[str, Any], default_namespace: str = "default") -> EndpointSlice:
@@ -297,6 +368,13 @@ def endpoints_from_dict(obj: Mapping[str, Any], default_namespace: str = "defaul
         p = f"subsets[{i}]"
         if not isinstance(subset, Mapping):
             raise ObjectError(p, "expected a mapping")
+        subset_ports = subset.get("ports") or []
+        if not isinstance(subset_ports, list):
+            raise ObjectError(f"{p}.ports", f"expected a list, got {type(subset_ports).__name__}")
+        own_ports = _ports(subset_ports, f"{p}.ports")
+        for port in own_ports:
+            if port not in ports:
+                ports.append(port)
         for field_name, ready in (("addresses", True), ("notReadyAddresses", False)):
             items = subset.get(field_name) or []
             if not isinstance(items, list):
@@ -312,13 +390,8 @@ def endpoints_from_dict(obj: Mapping[str, Any], default_namespace: str = "defaul
                 target = addr.get("targetRef") or {}
                 pod_name = target.get("name", "") if isinstance(target, Mapping) else ""
                 endpoints.append(Endpoint((ip,), ready=ready, hostname=hostname.lower(),
-                                          pod_name=pod_name if isinstance(pod_name, str) else ""))
-        subset_ports = subset.get("ports") or []
-        if not isinstance(subset_ports, list):
-            raise ObjectError(f"{p}.ports", f"expected a list, got {type(subset_ports).__name__}")
-        for port in _ports(subset_ports, f"{p}.ports"):
-            if port not in ports:
-                ports.append(port)
+                                          pod_name=pod_name if isinstance(pod_name, str) else "",
+                                          ports=own_ports))
     return EndpointSlice(namespace, name, name, tuple(endpoints), tuple(ports), legacy=True)
 
 

@@ -116,9 +116,10 @@ class Resolver:
             return Answer(outside=True, authoritative=False, cacheable=False)
         ans = Answer()
         self._resolve_in(zone, labels, qtype, ans, depth=0)
-        if ans.rcode == RCODE.NXDOMAIN and not self.index.synced:
+        if ans.rcode == RCODE.NXDOMAIN and not self.index.synced or ans.rcode == RCODE.SERVFAIL:
             # Before the first sync a missing name may just not be known yet: never a cacheable
-            # false NXDOMAIN (CoreDNS handler.go; kubernetes/dns#186).
+            # false NXDOMAIN (CoreDNS handler.go; kubernetes/dns#186). A failure (a CNAME chain
+            # too long) carries no records and no AA: clients ignore or, worse, cache them.
             return Answer(rcode=RCODE.SERVFAIL, authoritative=False, cacheable=False)
         return ans
 
@@ -259,7 +260,7 @@ class Resolver:
             narrowed = view
         served = narrowed.served_endpoints()
         if qtype == T_SRV and served:
-            return self._srv_headless(zone, owner, narrowed, None, None, ans)
+            return self._srv(zone, owner, narrowed, ans)
         ips = list(dict.fromkeys(rec.ip for rec in served))
         if qtype == T_SRV or not self._address_records(owner, ips, qtype, ans):
             self._nodata(zone, ans)
@@ -283,7 +284,7 @@ class Resolver:
                 return self._nx(zone, ans)
             ips = list(svc.cluster_ips)
             if qtype == T_SRV:  # CoreDNS extension: SRV on the bare name lists every named port
-                return self._srv_cluster_ip(zone, owner, view, None, None, ans)
+                return self._srv(zone, owner, view, ans)
             if not self._address_records(owner, ips, qtype, ans):
                 self._nodata(zone, ans)
             return
@@ -292,7 +293,7 @@ class Resolver:
         if not served:
             return self._nx(zone, ans)
         if qtype == T_SRV:
-            return self._srv_headless(zone, owner, view, None, None, ans)
+            return self._srv(zone, owner, view, ans)
         ips = list(dict.fromkeys(rec.ip for rec in served))
         if not self._address_records(owner, ips, qtype, ans):
             self._nodata(zone, ans)
@@ -329,78 +330,91 @@ class Resolver:
             return self._nx(zone, ans)
         if label in PROTOCOLS:
             # _tcp.<svc>...: exists (empty non-terminal) if some SRV name below it exists
-            if svc.kind == "Headless" and not view.served_endpoints():
-                return self._nx(zone, ans)
-            if self._srv_ports(view, None, PROTOCOLS[label]):
+            if self._srv_entries(view, None, PROTOCOLS[label]):
                 return self._nodata(zone, ans)
             return self._nx(zone, ans)
         # §2.4.1 <hostname>.<service>: endpoint names (CoreDNS also serves them for ClusterIP services)
-        ips = [rec.ip for rec in view.served_endpoints() if rec.name == label]
+        ips = list(dict.fromkeys(rec.ip for rec in view.served_endpoints() if rec.name == label))
         if not ips:
             return self._nx(zone, ans)
         if not self._address_records(owner, ips, qtype, ans):
             self._nodata(zone, ans)
 
-    def _srv_ports(self, view: ServiceView, name: str | None, protocol: str | None) -> list[tuple[str, int, str]]:
-        """Named service ports matching name/protocol: (name, service port, protocol)."""
-        out = []
-        for p in view.service.ports:
-            if not p.name:
-                continue  # §2.3.3: unnamed ports have no SRV
-            if name is not None and p.name.lower() != name:
-                continue
-            if protocol is not None and p.protocol != protocol:
-                continue
-            out.append((p.name.lower(), p.port, p.protocol))
-        return out
+    def _srv_entries(self, view: ServiceView, name: str | None, protocol: str | None) -> list[tuple[int, EndpointRecord | None]]:
+        """The SRV records a name of this service holds, as (port number, endpoint or None for the
+        service itself), matching a port name / protocol (None: any named port). Unnamed ports have
+        no SRV (§2.3.3, §2.4.2)."""
+        svc = view.service
+        if svc.kind == "ClusterIP":  # §2.3.3: one per named port of the Service
+            return [(p.port, None) for p in svc.ports if _port_matches(p, name, protocol)]
+        if svc.kind != "Headless":
+            return []
+        # §2.4.2: one per ready endpoint × named port. The ports are those of the endpoint's own
+        # EndpointSlice (an endpoint serves only those; CoreDNS does the same), with the endpoint's
+        # (target) port number, which is what a client of a headless service must dial. A slice port
+        # without a number ("all ports") takes the number of the Service's port of that name and
+        # protocol (as CoreDNS); a slice that lists no ports at all gets the Service's ports
+        # (hand-written slices; the spec words SRV in terms of the Service's ports).
+        out: dict[tuple[str, str, int, str, str], tuple[int, EndpointRecord]] = {}
+        for rec in view.served_endpoints():
+            for p in (rec.ports if rec.ports is not None else svc.ports):
+                if not _port_matches(p, name, protocol):
+                    continue
+                number = p.port if p.port is not None else next(
+                    (q.port for q in svc.ports if q.name.lower() == p.name.lower() and q.protocol == p.protocol), None)
+                if number is not None:
+                    out.setdefault((p.name.lower(), p.protocol, number, rec.name, rec.ip), (number, rec))
+        # grouped by port, in the order ports first appear (stable answers for caches and tests)
+        order = {key[:2]: i for i, key in reversed(list(enumerate(out)))}
+        return [out[key] for key in sorted(out, key=lambda k: order[k[:2]])]
 
     def _port_srv(self, zone: Zone, owner, view: ServiceView, port_label: str, proto_label: str,
                   qtype: int, ans: Answer) -> None:
         svc = view.service
         if svc.kind == "ExternalName" or not port_label.startswith("_") or proto_label not in PROTOCOLS:
             return self._nx(zone, ans)
-        name, protocol = port_label[1:], PROTOCOLS[proto_label]
-        if not self._srv_ports(view, name, protocol):
-            return self._nx(zone, ans)
-        if svc.kind == "ClusterIP":
-            if qtype not in (T_SRV, T_ANY):
-                return self._nodata(zone, ans)
-            return self._srv_cluster_ip(zone, owner, view, name, protocol, ans)
-        if not view.served_endpoints():
+        entries = self._srv_entries(view, port_label[1:], PROTOCOLS[proto_label])
+        if not entries:
             return self._nx(zone, ans)
         if qtype not in (T_SRV, T_ANY):
             return self._nodata(zone, ans)
-        return self._srv_headless(zone, owner, view, name, protocol, ans)
+        self._srv_answer(owner, view, entries, ans)
 
-    def _srv_cluster_ip(self, zone: Zone, owner, view: ServiceView, name, protocol, ans: Answer) -> None:
-        # §2.3.3: one SRV per named port, target the service name, its address in additional
-        ports = self._srv_ports(view, name, protocol)
-        if not ports:
+    def _srv(self, zone: Zone, owner, view: ServiceView, ans: Answer) -> None:
+        """SRV on the bare service name (CoreDNS extension): every named port."""
+        entries = self._srv_entries(view, None, None)
+        if not entries:
             return self._nodata(zone, ans)
-        target = _name(self._service_fqdn(view))
-        weight = max(1, 100 // len(ports))
-        for _, number, _ in ports:
-            ans.answer.append(RR(owner, T_SRV, ttl=self.config.ttl, rdata=SRV(0, weight, number, target)))
-        self._address_records(target, view.service.cluster_ips, T_ANY, ans, section=ans.additional)
+        self._srv_answer(owner, view, entries, ans)
 
-    def _srv_headless(self, zone: Zone, owner, view: ServiceView, name, protocol, ans: Answer) -> None:
-        # §2.4.3: one SRV per ready endpoint per named port, target <hostname>.<service>...
-        ports = self._srv_ports(view, name, protocol)
-        if not ports:
-            return self._nodata(zone, ans)
-        targets: dict[str, list[EndpointRecord]] = {}
-        for rec in view.served_endpoints():
-            targets.setdefault(self._endpoint_fqdn(view, rec), []).append(rec)
-        weight = max(1, 100 // (len(targets) * len(ports)))
-        for pname, number, pproto in ports:
-            for target, recs in targets.items():
-                # The number a client must dial on a headless service is the endpoint's (target)
-                # port from its EndpointSlice; the Service's port when the slice lists none.
-                port = next((p.port for p in recs[0].ports if p.name.lower() == pname and p.protocol == pproto),
-                            number)
-                ans.answer.append(RR(owner, T_SRV, ttl=self.config.ttl, rdata=SRV(0, weight, port, _name(target))))
-        for target, recs in targets.items():
-            self._address_records(_name(target), [r.ip for r in recs], T_ANY, ans, section=ans.additional)
+    def _srv_answer(self, owner, view: ServiceView, entries: list[tuple[int, EndpointRecord | None]],
+                    ans: Answer) -> None:
+        # targets: the service name (§2.3.3) or <hostname>.<service>... (§2.4.2); their addresses go
+        # in the additional section. Two ports with one number (dns/UDP and dns-tcp/TCP on the bare
+        # name) give the same record once: an RRset holds no duplicates (RFC 2181 §5).
+        # The glue is each target's whole A/AAAA RRsets, whatever slice an address came from: a
+        # partial RRset in the additional section would be cached as the name's records.
+        records: dict[tuple[int, str], None] = {}
+        glue: dict[str, list[str]] = {}
+        names: dict[str, list[str]] = {}
+        if any(rec is not None for _, rec in entries):
+            for rec in view.served_endpoints():
+                ips = names.setdefault(rec.name, [])
+                if rec.ip not in ips:
+                    ips.append(rec.ip)
+        for number, rec in entries:
+            if rec is None:
+                target = self._service_fqdn(view)
+                glue.setdefault(target, list(view.service.cluster_ips))
+            else:
+                target = self._endpoint_fqdn(view, rec)
+                glue.setdefault(target, names[rec.name])
+            records[(number, target)] = None
+        weight = max(1, 100 // len(records))
+        for number, target in records:
+            ans.answer.append(RR(owner, T_SRV, ttl=self.config.ttl, rdata=SRV(0, weight, number, _name(target))))
+        for target, ips in glue.items():
+            self._address_records(_name(target), ips, T_ANY, ans, section=ans.additional)
 
     # ---------------------------------------------------------------- <ip>.<ns>.pod.<zone>  (§2.6)
 
@@ -464,6 +478,12 @@ class Resolver:
 
 
 # -------------------------------------------------------------------- name helpers
+
+
+def _port_matches(port, name: str | None, protocol: str | None) -> bool:
+    """A named port matching an SRV query's _<port> and _<proto> labels (None matches any)."""
+    return bool(port.name) and (name is None or port.name.lower() == name) and \
+        (protocol is None or port.protocol == protocol)
 
 
 def _is_ip(text: str) -> bool:

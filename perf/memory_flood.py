@@ -38,7 +38,7 @@ from kdns.memory import format_size, parse_size  # noqa: E402
 from memory_relist import api_serving, rss_of  # noqa: E402
 
 
-def flood(port: int, names: int, seconds: float, namespaces: list[str], counter) -> None:
+def flood(port: int, names: int, seconds: float, namespaces: list[str], counter, repeat: int = 1) -> None:
     """Send `names` unique names (rN.<ns>.svc.cluster.local) evenly over `seconds` (1M in 60 s: 16.7k/s,
     above kdns's miss rate, so it is saturated all along); answers are read and discarded."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -53,7 +53,8 @@ def flood(port: int, names: int, seconds: float, namespaces: list[str], counter)
     sent = 0
     rng = random.Random(7)
     while sent < names and time.monotonic() < deadline:
-        label = f"r{sent:x}{rng.randrange(1 << 30):x}".encode()
+        if sent % repeat == 0:  # a new name, asked `repeat` times in a row
+            label = f"r{sent:x}{rng.randrange(1 << 30):x}".encode()
         ns = namespaces[sent % len(namespaces)].encode()
         qname = b"".join(bytes([len(p)]) + p for p in (label, ns, b"svc", b"cluster", b"local")) + b"\x00"
         try:
@@ -83,6 +84,8 @@ def main() -> int:
     p.add_argument("--budget", default=None, help="--memory-budget for kdns (default: kdns's default)")
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--flood-names", type=int, default=1_000_000)
+    p.add_argument("--repeat", type=int, default=1,
+                   help="ask each flood name this many times (2: every negative answer is admitted to the cache)")
     p.add_argument("--hot", type=int, default=200, help="names in the hot set")
     p.add_argument("--hot-rate", type=float, default=500.0, help="hot-set queries per second")
     p.add_argument("--source", choices=["manifests", "api"], default="manifests",
@@ -136,7 +139,8 @@ def run(args, cluster, source: list[str]) -> int:
             sampler.start()
             hits0 = kdns.metric("kdns_answer_cache_hits_total")
             counter = mp.Value("q", 0)
-            proc = mp.Process(target=flood, args=(kdns.port, args.flood_names, args.seconds, namespaces, counter))
+            proc = mp.Process(target=flood, args=(kdns.port, args.flood_names, args.seconds, namespaces, counter,
+                                                  args.repeat))
             started = time.monotonic()
             proc.start()
             hot_sent = hot_ok = hot_bad = hot_lost = 0
@@ -189,7 +193,7 @@ def run(args, cluster, source: list[str]) -> int:
     result = {
         "services": len(cluster), "endpoints": sum(len(s.endpoints) for s in cluster), "source": args.source,
         "limit": format_size(limit), "budget": args.budget or "default",
-        "flood_sent": counter.value, "flood_seconds": round(flood_seconds, 1),
+        "flood_sent": counter.value, "repeat": args.repeat, "flood_seconds": round(flood_seconds, 1),
         "kdns_udp_queries_received": answered,
         "rss_rest": format_size(rest), "rss_peak": format_size(max(r for _, r in samples)),
         "rss_plateau_last10s": format_size(max(tail)),

@@ -1,27 +1,31 @@
-"""Soak: queries at a fixed rate while services churn through the API double; every answer is
-checked against the state the API had, and kdns's RSS is sampled.
+"""Soak: queries at a fixed rate while services churn through the API double; every change is
+confirmed and every answer judged against the states the API had; kdns's RSS is sampled.
 
     .venv/bin/python perf/soak.py [--seconds 60] [--rate 2000] [--services 200] [--churn-interval 0.02]
-        [--api-restart-every S [--api-down-seconds 2]] [--compact-every S] [--catchup-allowance 2]
+        [--confirm-timeout 10] [--api-restart-every S [--api-down-seconds 2]] [--compact-every S]
+        [--catchup-allowance 2]
 
-An answer is right if it equals the state of that service at some moment between (query sent -
---lag) and (answer received): --lag allows for the watch event still being on its way (measured
-event-to-answer p99 is under 1 ms; the default allows 50 ms). Loopback only; bounded in time.
+Every change is recorded at the moment the API makes it, then confirmed: the churner asks kdns until
+it serves the new state (a change not served within --confirm-timeout counts as *unserved*). An
+answer is right if it is a state the service had that kdns could serve during the query: applied to
+the API before the answer came back, and not yet replaced by a state kdns had been seen serving
+before the query was sent. No time window is assumed for the watch event. Loopback only; bounded.
 
-API restarts: the double refuses connections for --api-down-seconds and drops the open ones, as a
-restarting apiserver does; the churn goes on meanwhile (recorded when the API changed, not when kdns
-could know), and the history is compacted before it listens again, so every re-watch gets 410 and
-relists. --compact-every compacts throughout as well, as etcd does. An answer that shows an older
-state is *stale*: expected while the API is unreachable (kdns serves the last state it had), counted
-per restart after the API's return (the "stale seconds": from the return to the last stale answer
-received), and *wrong* when it comes more than --catchup-allowance after the return, or outside any
-restart, or was never the service's state at all.
+API restarts: the double refuses connections and drops the open ones, as a restarting apiserver
+does, until kdns has logged api_disconnected, at least --api-down-seconds passed and a few changes
+were made (the churn goes on while it is down, unconfirmed: kdns cannot know); the history is
+compacted before it listens again, so every re-watch gets 410 and relists; the churner waits for
+api_relisted, then confirms the services changed while it was down. --compact-every compacts
+throughout as well, as etcd does. An answer that shows a state the API had already replaced is
+*stale*: while the API is unreachable (kdns serves the last state it had), and after each return
+when the state was replaced before the return (only the relist can bring the new one): counted per
+restart with its "stale seconds" (from the return to the last such answer received), and *wrong*
+if the query went out more than --catchup-allowance after the return.
 """
 
 from __future__ import annotations
 
 import argparse
-import bisect
 import os
 import random
 import re
@@ -37,84 +41,102 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from apiserver import FakeApiServer, kubeconfig_args, namespace, service  # noqa: E402
-from harness import KdnsProcess  # noqa: E402
+from harness import KdnsProcess, wait_until  # noqa: E402
 
 NS = "soak"
+DOWN_CHANGES = 5  # changes made while the API is down, at least, in each restart
+OUTAGE_EVENT_TIMEOUT = 30.0  # seconds kdns has to log api_disconnected / api_relisted
 
 
 @dataclass
 class History:
-    """Per service: times (monotonic) and the address from then on (None: deleted)."""
+    """Per service: its states in order (address, None once deleted), when each was applied to the
+    API and when kdns was first seen serving it (monotonic seconds; None: not confirmed)."""
 
-    times: list = field(default_factory=list)
+    applied: list = field(default_factory=list)
     states: list = field(default_factory=list)
+    confirmed: list = field(default_factory=list)
 
-    def add(self, when: float, state: str | None) -> None:
-        self.times.append(when)
+    def add(self, when: float, state: str | None) -> int:
+        self.applied.append(when)
         self.states.append(state)
+        self.confirmed.append(None)
+        return len(self.states) - 1
 
-    def states_between(self, start: float, end: float) -> set:
-        i = max(0, bisect.bisect_right(self.times, start) - 1)
-        j = bisect.bisect_right(self.times, end)
-        return set(self.states[i:max(j, i + 1)])
+    def allowed(self, sent: float, received: float) -> set:
+        """States kdns may answer for a query sent and answered at these times: applied before the
+        answer came, and not replaced before the query was sent by a later state kdns was seen serving."""
+        out = set()
+        replaced = None  # the earliest confirmation of any later state
+        for j in range(len(self.states) - 1, -1, -1):
+            if self.applied[j] <= received and (replaced is None or replaced >= sent):
+                out.add(self.states[j])
+            if self.confirmed[j] is not None and (replaced is None or self.confirmed[j] < replaced):
+                replaced = self.confirmed[j]
+        return out
 
     def replaced_at(self, state: str | None, before: float) -> float:
-        """When the last period in which the service had `state`, begun before `before`, ended."""
-        j = bisect.bisect_right(self.times, before)
-        for k in range(j - 1, -1, -1):
-            if self.states[k] == state:
-                return self.times[k + 1] if k + 1 < len(self.times) else float("inf")
+        """When the API replaced the last period in which the service had `state`, begun before `before`."""
+        for k in range(len(self.states) - 1, -1, -1):
+            if self.applied[k] <= before and self.states[k] == state:
+                return self.applied[k + 1] if k + 1 < len(self.states) else float("inf")
         return float("-inf")
 
 
 @dataclass
 class Restart:
-    """One API outage: when the double stopped answering, and when it listened again."""
+    """One API outage: when the double stopped answering and listened again, and what kdns logged."""
 
     down_at: float
     up_at: float = float("inf")
-    stale_answers: int = 0  # stale answers to queries sent after up_at (beyond the allowance: also wrong)
+    changes_while_down: int = 0
+    disconnect_logged: bool = False  # kdns logged api_disconnected for Service during the outage
+    relist_logged: bool = False  # and api_relisted for Service after the return
+    stale_answers: int = 0  # answers to queries sent after up_at showing a state replaced before it
     stale_seconds: float = 0.0  # from up_at to the last of those answers
 
 
-def judge(checked: list, histories: dict, restarts: list, lag: float, allowance: float, result: dict) -> None:
-    """Sort every answer into right, SERVFAIL, stale (while down / after the return, within the
-    allowance) or wrong; fill result and each Restart's staleness figures."""
+def judge(checked: list, histories: dict, restarts: list, allowance: float | None, result: dict) -> None:
+    """Sort every answer into right, SERVFAIL, stale (while down / after a return) or wrong; fill
+    result and each Restart's staleness figures. allowance None: no time limit on staleness after
+    a return (the event-based oracle alone judges it)."""
     for t_sent, t_recv, name, rcode, ip in checked:
         result["answers"] += 1
         if rcode == 2:
             result["servfail"] += 1
             continue
         got = ip if rcode == 0 else None
-        if got in histories[name].states_between(t_sent - lag, t_recv):
+        h = histories[name]
+        allowed = h.allowed(t_sent, t_recv)
+        if got not in allowed:
+            result["wrong"] += 1
+            replaced = h.replaced_at(got, t_recv)
+            _example(result, "wrong: not a state kdns could serve", name, got, sorted(map(str, allowed)),
+                     "not its state before the answer" if replaced == float("-inf")
+                     else f"asked {t_sent - replaced:.3f}s after it was replaced")
             continue
-        # the restart this answer may be stale from: the last one that went down before it came
-        restart = next((r for r in reversed(restarts) if r.down_at <= t_recv), None)
-        if restart is None or got not in histories[name].states_between(restart.down_at - lag, t_recv):
-            result["wrong"] += 1  # never the state since (or no restart at all): wrong as without restarts
-            _example(result, histories, name, got, t_sent, t_recv, lag)
+        # the restart this answer may be stale from: the last one that went down before the query
+        restart = next((r for r in reversed(restarts) if r.down_at <= t_sent), None)
+        if restart is None:
             continue
+        replaced = h.replaced_at(got, t_recv)
         if t_sent < restart.up_at:
-            result["stale_while_down"] += 1
+            if replaced <= t_sent:
+                result["stale_while_down"] += 1
             continue
-        in_allowance = t_sent <= restart.up_at + allowance
-        # past the allowance, only a state replaced before the return is this restart's staleness
-        # (a later one should have come by watch event: late, it is wrong as without restarts)
-        if in_allowance or histories[name].replaced_at(got, t_recv) <= restart.up_at:
-            restart.stale_answers += 1
-            restart.stale_seconds = max(restart.stale_seconds, t_recv - restart.up_at)
-        if in_allowance:
-            continue
-        result["wrong"] += 1
-        _example(result, histories, name, got, t_sent, t_recv, lag)
+        if replaced > restart.up_at:
+            continue  # the API still had it at the return: any later change comes by watch event
+        restart.stale_answers += 1
+        restart.stale_seconds = max(restart.stale_seconds, t_recv - restart.up_at)
+        if allowance is not None and t_sent > restart.up_at + allowance:
+            result["wrong"] += 1
+            _example(result, "wrong: stale past the allowance", name, got, f"replaced {restart.up_at - replaced:.3f}s "
+                     f"before the return, asked {t_sent - restart.up_at:.3f}s after it")
 
 
-def _example(result: dict, histories: dict, name: str, got: str | None, t_sent: float, t_recv: float,
-             lag: float) -> None:
+def _example(result: dict, *example) -> None:
     if len(result["examples"]) < 5:
-        allowed = histories[name].states_between(t_sent - lag, t_recv)
-        late = t_sent - histories[name].replaced_at(got, t_recv)
-        result["examples"].append((name, got, sorted(map(str, allowed)), f"asked {late:.3f}s after it was replaced"))
+        result["examples"].append(example)
 
 
 def rss_kib(pid: int) -> int:
@@ -137,14 +159,53 @@ def _parse(reply: bytes) -> tuple[int, int, str | None]:
     return qid, rcode, ip
 
 
+class Prober:
+    """The churner's own client: asks kdns about one service until it serves the expected state."""
+
+    def __init__(self, port: int):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.connect(("127.0.0.1", port))
+        self.qid = 0
+
+    def confirm(self, name: str, state: str | None, timeout: float) -> float | None:
+        """When kdns was first seen answering `state` for `name` (None: not within `timeout`)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.qid = (self.qid + 1) & 0xFFFF
+            self.sock.send(_query(f"{name}.{NS}.svc.cluster.local", self.qid))
+            self.sock.settimeout(max(0.01, min(1.0, deadline - time.monotonic())))
+            try:
+                while True:
+                    qid, rcode, ip = _parse(self.sock.recv(512))
+                    if qid == self.qid:
+                        break
+            except socket.timeout:
+                continue
+            if rcode != 2 and (ip if rcode == 0 else None) == state:
+                return time.monotonic()
+        return None
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _logged(kdns: KdnsProcess, pattern: str, start: int) -> bool:
+    rx = re.compile(pattern)
+    return any(rx.search(line) for line in kdns.lines[start:])
+
+
 def run(seconds: float = 60, rate: int = 2000, services: int = 200, churn_interval: float = 0.02,
-        lag: float = 0.05, seed: int = 1, quiet: bool = False, api_restart_every: float = 0.0,
-        api_down_seconds: float = 0.3, compact_every: float = 0.0, catchup_allowance: float = 5.0) -> dict:
+        seed: int = 1, quiet: bool = False, api_restart_every: float = 0.0, api_down_seconds: float = 0.3,
+        compact_every: float = 0.0, catchup_allowance: float | None = 2.0, min_restarts: int = 0,
+        min_changes: int = 0, max_seconds: float | None = None, confirm_timeout: float = 10.0) -> dict:
+    """Query for at least `seconds`, and until `min_restarts` API restarts and `min_changes` service
+    changes are done (never longer than `max_seconds`, default seconds + 60)."""
     rng = random.Random(seed)
     histories = {f"svc-{i}": History() for i in range(services)}
     restarts: list[Restart] = []
     result = {"queries": 0, "answers": 0, "wrong": 0, "lost": 0, "servfail": 0, "changes": 0, "examples": [],
-              "stale_while_down": 0, "compactions": 0}
+              "unserved": 0, "api_restarts": 0, "stale_while_down": 0, "compactions": 0}
+    max_seconds = max_seconds if max_seconds is not None else seconds + 60
     with FakeApiServer() as api, tempfile.TemporaryDirectory() as tmp:
         api.apply(namespace(NS))
         for i, name in enumerate(histories):
@@ -153,42 +214,81 @@ def run(seconds: float = 60, rate: int = 2000, services: int = 200, churn_interv
             api.apply(service(NS, name, ip))
         with KdnsProcess(*kubeconfig_args(api, tmp), "--ready-listen", "127.0.0.1:0",
                          "--metrics-listen", "127.0.0.1:0") as kdns:
-            deadline = time.monotonic() + 20
-            while kdns.get("ready", "/ready")[0] != 200:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("kdns did not become ready")
-                time.sleep(0.05)
+            wait_until(lambda: kdns.get("ready", "/ready")[0] == 200, timeout=30, what="kdns ready")
+            ready = time.monotonic()
+            for h in histories.values():
+                h.confirmed[0] = ready
             pid = kdns.proc.pid
             rss = [(0.0, rss_kib(pid))]
             stop = threading.Event()
+            prober = Prober(kdns.port)
+            version = 0
+
+            def change() -> tuple[str, int]:
+                # recorded just before the API makes it: kdns may serve it as soon as the API has it
+                nonlocal version
+                name = rng.choice(list(histories))
+                h = histories[name]
+                version += 1
+                if h.states[-1] is None or rng.random() < 0.8:
+                    ip = f"10.{200 + version // 60000 % 50}.{version // 250 % 240}.{version % 250 + 1}"
+                    index = h.add(time.monotonic(), ip)
+                    api.apply(service(NS, name, ip))
+                else:
+                    index = h.add(time.monotonic(), None)
+                    api.delete("Service", NS, name)
+                result["changes"] += 1
+                return name, index
+
+            def confirm(name: str, index: int) -> None:
+                h = histories[name]
+                h.confirmed[index] = prober.confirm(name, h.states[index], confirm_timeout)
+                if h.confirmed[index] is None:
+                    result["unserved"] += 1
+                    _example(result, "unserved:", name, h.states[index])
+
+            def restart_api() -> None:
+                # the API process goes away (connections refused, open ones dropped) while the churn
+                # goes on unconfirmed; history is compacted, so the re-watches get 410; it listens again
+                restart = Restart(down_at=time.monotonic())
+                restarts.append(restart)
+                mark = len(kdns.lines)
+                api.set_unreachable(True)
+                changed: dict[str, int] = {}
+                up_after, give_up = restart.down_at + api_down_seconds, restart.down_at + OUTAGE_EVENT_TIMEOUT
+                while time.monotonic() < give_up:
+                    restart.disconnect_logged = restart.disconnect_logged or _logged(
+                        kdns, r"api_disconnected resource=Service", mark)
+                    if (restart.disconnect_logged and restart.changes_while_down >= DOWN_CHANGES
+                            and time.monotonic() >= up_after):
+                        break
+                    name, index = change()
+                    changed[name] = index
+                    restart.changes_while_down += 1
+                    time.sleep(churn_interval)
+                api.compact()
+                mark = len(kdns.lines)
+                api.set_unreachable(False)
+                restart.up_at = time.monotonic()
+                try:
+                    kdns.wait_for_log(r"api_relisted resource=Service", timeout=OUTAGE_EVENT_TIMEOUT, start=mark)
+                    restart.relist_logged = True
+                except AssertionError:
+                    pass  # reported (restarts_without_relist); the confirmations below show what is served
+                for name, index in changed.items():
+                    if index == len(histories[name].states) - 1:  # still its last change
+                        confirm(name, index)
+                result["api_restarts"] += 1
 
             def churn() -> None:
-                # goes on while the API is unreachable too: its state changes, kdns cannot know yet
-                version = 0
+                next_restart = time.monotonic() + api_restart_every if api_restart_every else float("inf")
                 while not stop.is_set():
-                    name = rng.choice(list(histories))
-                    h = histories[name]
-                    version += 1
-                    if h.states[-1] is None or rng.random() < 0.8:
-                        ip = f"10.{200 + version // 60000 % 50}.{version // 250 % 240}.{version % 250 + 1}"
-                        h.add(time.monotonic(), ip)  # before the API has it: the judge's window covers both
-                        api.apply(service(NS, name, ip))
-                    else:
-                        h.add(time.monotonic(), None)
-                        api.delete("Service", NS, name)
-                    result["changes"] += 1
+                    if time.monotonic() >= next_restart:
+                        restart_api()
+                        next_restart = time.monotonic() + api_restart_every
+                        continue
+                    confirm(*change())
                     stop.wait(churn_interval)
-
-            def restarter() -> None:
-                # the API process goes away (connections refused), history is compacted, it listens again
-                while not stop.wait(api_restart_every):
-                    restart = Restart(down_at=time.monotonic())
-                    restarts.append(restart)
-                    api.set_unreachable(True)
-                    stop.wait(api_down_seconds)
-                    api.compact()
-                    api.set_unreachable(False)
-                    restart.up_at = time.monotonic()
 
             def compactor() -> None:
                 while not stop.wait(compact_every):
@@ -215,19 +315,18 @@ def run(seconds: float = 60, rate: int = 2000, services: int = 200, churn_interv
                         checked.append((info[0], now, info[1], rcode, ip))
 
             helpers = [threading.Thread(target=churn, daemon=True)]
-            if api_restart_every:
-                helpers.append(threading.Thread(target=restarter, daemon=True))
             if compact_every:
                 helpers.append(threading.Thread(target=compactor, daemon=True))
             for thread in helpers:
                 thread.start()
             start = time.monotonic()
-            end = start + seconds
+            end, cap = start + seconds, start + max_seconds
             qid = 0
             next_sample = start + 1
             interval = 1.0 / rate
             next_send = start
-            while time.monotonic() < end:
+            while time.monotonic() < cap and (time.monotonic() < end or result["api_restarts"] < min_restarts
+                                              or result["changes"] < min_changes):
                 now = time.monotonic()
                 while next_send <= now:
                     qid = (qid + 1) & 0xFFFF
@@ -241,27 +340,33 @@ def run(seconds: float = 60, rate: int = 2000, services: int = 200, churn_interv
                     rss.append((now - start, rss_kib(pid)))
                     next_sample += 1
                 time.sleep(min(0.001, max(0.0, next_send - time.monotonic())))
+            elapsed = time.monotonic() - start
             stop.set()
             for thread in helpers:
-                thread.join(10)
-            drain = time.monotonic() + 1
+                thread.join(2 * OUTAGE_EVENT_TIMEOUT + confirm_timeout * (DOWN_CHANGES + 1))
+            drain = time.monotonic() + 5
             while sent and time.monotonic() < drain:
                 receive()
                 time.sleep(0.005)
             rss.append((time.monotonic() - start, rss_kib(pid)))
             sock.close()
+            prober.close()
             alive = kdns.proc.poll() is None
             errors = [line for line in kdns.lines if "internal_error" in line or "Traceback" in line]
             relists = [line for line in kdns.lines if " api_relist " in line]
             catchups = [float(m.group(1)) for line in kdns.lines
                         if (m := re.search(r"api_relisted .*catchup_seconds=([\d.]+)", line))]
     result["lost"] = len(sent)
-    judge(checked, histories, restarts, lag, catchup_allowance, result)
-    result.update(seconds=seconds, rate=rate, services=services, achieved_qps=round(result["answers"] / seconds),
+    judge(checked, histories, restarts, catchup_allowance, result)
+    result.update(seconds=round(elapsed, 1), rate=rate, services=services,
+                  achieved_qps=round(result["answers"] / elapsed),
                   rss_start_kib=rss[0][1], rss_end_kib=rss[-1][1], rss_max_kib=max(r for _, r in rss),
-                  alive=alive, internal_errors=len(errors), api_restarts=len(restarts),
+                  alive=alive, internal_errors=len(errors),
                   relists=sum(" resource=Service " in line for line in relists), relists_all=len(relists),
                   relist_retries=sum("retry_in=" in line for line in relists),
+                  changes_while_down=[r.changes_while_down for r in restarts],
+                  outages_unnoticed=sum(not r.disconnect_logged for r in restarts),
+                  restarts_without_relist=sum(not r.relist_logged for r in restarts),
                   stale_after_return=[r.stale_answers for r in restarts],
                   stale_seconds=[round(r.stale_seconds, 3) for r in restarts],
                   catchup_max=max(catchups, default=0.0), catchup_allowance=catchup_allowance)
@@ -273,22 +378,24 @@ def run(seconds: float = 60, rate: int = 2000, services: int = 200, churn_interv
 def format_table(r: dict) -> str:
     rows = [
         "| soak seconds | target qps | answered qps | service changes | API restarts (relists: Service / all) | "
-        "wrong answers | SERVFAIL | lost | RSS start → end (max) MiB | alive | internal errors |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "wrong answers | unserved changes | SERVFAIL | lost | RSS start → end (max) MiB | alive | internal errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         f"| {r['seconds']} | {r['rate']} | {r['achieved_qps']} | {r['changes']} | {r['api_restarts']} "
-        f"({r['relists']} / {r['relists_all']}) | {r['wrong']} | {r['servfail']} | "
+        f"({r['relists']} / {r['relists_all']}) | {r['wrong']} | {r['unserved']} | {r['servfail']} | "
         f"{r['lost']} | {r['rss_start_kib'] / 1024:.1f} → {r['rss_end_kib'] / 1024:.1f} "
         f"({r['rss_max_kib'] / 1024:.1f}) | {r['alive']} | {r['internal_errors']} |",
     ]
     if r["api_restarts"]:
         rows += [
             "",
-            "| restarts | compactions | stale answers while down | stale answers after each return | "
-            "stale seconds after each return | max catch-up (kdns_api_catchup_seconds) | relists that waited |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
-            f"| {r['api_restarts']} | {r['compactions']} + 1 per restart | {r['stale_while_down']} | "
-            f"{', '.join(map(str, r['stale_after_return']))} | {', '.join(f'{s:.3f}' for s in r['stale_seconds'])} | "
-            f"{r['catchup_max']:.3f} s | {r['relist_retries']} |",
+            "| restarts (without api_disconnected / api_relisted logged) | changes while down | compactions | "
+            "stale answers while down | stale answers after each return | stale seconds after each return | "
+            "max catch-up (kdns_api_catchup_seconds) | relists that waited |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            f"| {r['api_restarts']} ({r['outages_unnoticed']} / {r['restarts_without_relist']}) | "
+            f"{', '.join(map(str, r['changes_while_down']))} | {r['compactions']} + 1 per restart | "
+            f"{r['stale_while_down']} | {', '.join(map(str, r['stale_after_return']))} | "
+            f"{', '.join(f'{s:.3f}' for s in r['stale_seconds'])} | {r['catchup_max']:.3f} s | {r['relist_retries']} |",
         ]
     return "\n".join(rows)
 
@@ -299,22 +406,25 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=2000)
     parser.add_argument("--services", type=int, default=200)
     parser.add_argument("--churn-interval", type=float, default=0.02)
-    parser.add_argument("--lag", type=float, default=0.05)
+    parser.add_argument("--confirm-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="seconds kdns has to serve a change before it counts as unserved")
     parser.add_argument("--api-restart-every", type=float, default=0.0, metavar="SECONDS",
                         help="restart the API double this often (connections refused, history compacted -> relist)")
     parser.add_argument("--api-down-seconds", type=float, default=2.0, metavar="SECONDS",
-                        help="how long each restart keeps the API unreachable")
+                        help="how long each restart keeps the API unreachable, at least")
     parser.add_argument("--compact-every", type=float, default=0.0, metavar="SECONDS",
                         help="compact the API's history this often as well (etcd's compaction)")
     parser.add_argument("--catchup-allowance", type=float, default=2.0, metavar="SECONDS",
                         help="stale answers to queries sent this long after an API return are not counted wrong")
     args = parser.parse_args()
-    r = run(args.seconds, args.rate, args.services, args.churn_interval, args.lag,
+    r = run(args.seconds, args.rate, args.services, args.churn_interval,
             api_restart_every=args.api_restart_every, api_down_seconds=args.api_down_seconds,
-            compact_every=args.compact_every, catchup_allowance=args.catchup_allowance)
+            compact_every=args.compact_every, catchup_allowance=args.catchup_allowance,
+            confirm_timeout=args.confirm_timeout)
     for example in r["examples"]:
-        print("wrong:", example)
-    return 0 if r["wrong"] == 0 and r["servfail"] == 0 and r["alive"] and not r["internal_errors"] else 1
+        print(*example)
+    ok = not (r["wrong"] or r["unserved"] or r["servfail"] or r["outages_unnoticed"] or r["restarts_without_relist"])
+    return 0 if ok and r["alive"] and not r["internal_errors"] else 1
 
 
 if __name__ == "__main__":

@@ -92,9 +92,6 @@ def test_bad_yaml_reports_line(tmp_path):
      "service: kdns does not allocate addresses)"),
     ("apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {type: ExternalName}\n",
      "f.yaml:4: Service a: spec.externalName: required field is missing"),
-    ("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s}\naddressType: IPv4\n",
-     "f.yaml:3: EndpointSlice s: metadata.labels.kubernetes.io/service-name: required label is missing: it names "
-     "the Service this slice belongs to"),
     ("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: s\n  labels: {kubernetes.io/service-name: a}\n"
      "addressType: IPv4\nendpoints:\n- addresses: ['fd00::1']\n",
      "f.yaml:8: EndpointSlice s: endpoints[0].addresses[0]: fd00::1 does not match addressType IPv4"),

@@ -307,6 +307,8 @@ def test_external_name_loop_is_bounded():
     _, r = build(namespace("a"), external("a", "x", "y.a.svc.cluster.local"), external("a", "y", "x.a.svc.cluster.local"))
     ans = ask(r, "x.a.svc.cluster.local")
     assert ans.rcode == RCODE.SERVFAIL and not ans.cacheable
+    # a failure carries no partial chain and no AA (found by the model, tests/test_model.py)
+    assert not ans.answer and not ans.authority and not ans.authoritative
 
 
 # ---------------------------------------------------------------- §2.6 pods

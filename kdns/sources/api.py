@@ -555,6 +555,8 @@ class ResourceState:
     # reason -> count; both reasons from the start, so rate() works before the first relist
     relists: dict = field(default_factory=lambda: dict.fromkeys(RELIST_REASONS, 0))
     errors: int = 0
+    partially_served: int = 0
+    partial: dict = field(default_factory=dict)  # (ns, name) -> unserved parts last logged
     reachable_again: float = 0.0  # when the API answered again after this resource's last outage
     relisting_since: float = 0.0  # a 410 asked for a relist that is not applied yet
     relist_reason: str = ""
@@ -680,6 +682,7 @@ class ApiSource:
         try:
             for obj in batch.upserts:
                 key = _key(obj)
+                self._note_partial(kind, state, key, getattr(obj, "unserved", ()))
                 if state.relist_seen is not None:
                     state.relist_seen.add(key)
                 if self.wanted(obj):
@@ -687,6 +690,7 @@ class ApiSource:
                 else:
                     index.delete(kind, *key)  # filtered out (or no longer matching): not served
             for ns, name in batch.deletes:
+                state.partial.pop((ns, name), None)
                 index.delete(kind, ns, name)
                 if state.relist_seen is not None:
                     state.relist_seen.discard((ns, name))
@@ -697,6 +701,7 @@ class ApiSource:
                 # replace: whatever the fresh list did not contain was deleted while we were away
                 stale = [key for key in index.keys(kind) if key not in state.relist_seen]
                 for ns, name in stale:
+                    state.partial.pop((ns, name), None)
                     index.delete(kind, ns, name)
                 if stale:
                     self.log.info("api_relist_removed", resource=kind, objects=len(stale))
@@ -725,6 +730,19 @@ class ApiSource:
             if all(s.synced for s in self.states.values()):
                 index.mark_synced()
                 self.synced_event.set()
+
+    def _note_partial(self, kind: str, state: ResourceState, key: tuple[str, str], unserved: tuple) -> None:
+        """Log (once per change) and count the parts of an accepted object that DNS cannot serve."""
+        if state.partial.get(key, ()) == unserved:
+            return
+        if not unserved:
+            state.partial.pop(key, None)
+            return
+        state.partial[key] = unserved
+        state.partially_served += 1
+        for field_path, reason in unserved:
+            self.log.warning("api_object_partially_served", resource=kind, object="/".join(k for k in key if k),
+                             field=field_path, reason=reason, action="the rest is served")
 
     def _stored(self, kind: str, key: str) -> bool:
         return _split_key(key) in set(self.index.keys(kind))

@@ -3,6 +3,8 @@
 A file is applied atomically: if any document in it is broken, the whole file keeps its last
 good state (its previous objects stay served) and every problem is logged with file, line and
 field. Objects are merged across files; the same object in two files is reported, first path wins.
+A file that has never loaded has no good state: until every file has loaded once the source is
+not synced (the index answers SERVFAIL for would-be NXDOMAIN names and /ready fails naming it).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import yaml
 
 from ..index import ClusterIndex
 from ..log import Logger
-from ..objects import (ObjectError, endpoints_from_dict, endpointslice_from_dict, namespace_from_dict,
+from ..objects import (SERVICE_NAME_LABEL, ObjectError, endpoints_from_dict, endpointslice_from_dict, namespace_from_dict,
                        pod_from_dict, service_from_dict)
 
 SUFFIXES = (".yaml", ".yml", ".json")
@@ -174,11 +176,20 @@ def _collect(data: Any, node: yaml.Node, path: str, objects: list, problems: lis
         problems.append(ManifestProblem(path, line, f"{kind}: cannot use this object ({type(exc).__name__}: "
                                                    f"{_shorten(str(exc))})"))
         return
-    if obj is None:  # e.g. an FQDN EndpointSlice
+    if obj is None:  # an EndpointSlice of addressType FQDN or without a service-name label
         if log is not None:
-            log.info("manifest_object_ignored", file=path, line=line, kind=kind,
-                     name=data["metadata"]["name"], reason="addressType FQDN is not served by cluster DNS")
+            if data.get("addressType") == "FQDN":
+                log.info("manifest_object_ignored", file=path, line=line, kind=kind, name=data["metadata"]["name"],
+                         reason="addressType FQDN is not served by cluster DNS")
+            else:  # valid for the API, but here most likely a forgotten label
+                log.warning("manifest_object_ignored", file=path, line=line, kind=kind, name=data["metadata"]["name"],
+                            reason=f"no {SERVICE_NAME_LABEL} label: the slice belongs to no Service")
         return
+    for field_path, reason in getattr(obj, "unserved", ()):
+        problems_line = _field_line(node, field_path)
+        if log is not None:
+            log.warning("manifest_object_partially_served", file=path, line=problems_line, kind=kind,
+                        name=data["metadata"]["name"], field=field_path, reason=reason)
     objects.append((obj, line))
 
 
@@ -204,6 +215,8 @@ class ManifestSource:
         self._applied: dict[ObjKey, Any] = {}
         self.problems: dict[str, list[ManifestProblem]] = {}  # current problems per file
         self.loads = 0
+        self.partially_served = 0  # objects loaded with a part DNS cannot serve
+        self._loaded_once: set[str] = set()  # files that have loaded without problems at least once
 
     # -------------------------------------------------------------------- discovery
 
@@ -235,9 +248,12 @@ class ManifestSource:
         changed = 0
         current = self._files()
         for root in self.roots:
-            if not os.path.exists(root) and root not in self.problems:
-                self.problems[root] = [ManifestProblem(root, 0, "no such file or directory")]
-                self.log.error("manifest_error", file=root, line=0, reason="no such file or directory")
+            if not os.path.exists(root):
+                if root not in self.problems:
+                    self.problems[root] = [ManifestProblem(root, 0, "no such file or directory")]
+                    self.log.error("manifest_error", file=root, line=0, reason="no such file or directory")
+            elif root in self.problems and os.path.isdir(root):
+                del self.problems[root]  # a directory that appeared: its files now count
         seen = set()
         for path in current:
             seen.add(path)
@@ -254,10 +270,25 @@ class ManifestSource:
                 self.log.info("manifest_removed", file=path)
                 self._file_objects.pop(path, None)
                 self.problems.pop(path, None)
+                self._loaded_once.discard(path)
         if changed:
             self._apply()
         self.loads += 1
+        self.index.mark_synced(not self.never_loaded())
         return changed
+
+    def never_loaded(self) -> list[str]:
+        """Named paths that do not exist and files that have not loaded once (broken since the start)."""
+        return [path for path in self.problems if path not in self._loaded_once]
+
+    def ready(self) -> tuple[bool, str]:
+        pending = self.never_loaded()
+        if pending:
+            first = [str(self.problems[path][0]) for path in pending[:3]]
+            more = f" (and {len(pending) - 3} more files)" if len(pending) > 3 else ""
+            return False, "manifests never loaded: " + "; ".join(first) + more
+        kept = sorted(self.problems)
+        return True, ("manifests loaded" + (f"; last good state kept for {', '.join(kept)}" if kept else ""))
 
     def _load_file(self, path: str, sig: tuple | None) -> None:
         if sig is None:
@@ -285,9 +316,11 @@ class ManifestSource:
         if dup_problems:
             self._report(path, dup_problems)
             return
+        self.partially_served += sum(1 for obj, _ in by_key.values() if getattr(obj, "unserved", ()))
         if self.problems.pop(path, None):
             self.log.info("manifest_fixed", file=path, objects=len(by_key))
         self._file_objects[path] = by_key
+        self._loaded_once.add(path)
         self.log.info("manifest_loaded", file=path, objects=len(by_key))
 
     def _report(self, path: str, problems: list[ManifestProblem]) -> None:
@@ -332,3 +365,21 @@ class ManifestSource:
                 self.load()
             except Exception as exc:  # noqa: BLE001 - a source bug must not stop serving
                 self.log.error("manifest_poll_failed", error=repr(exc))
+
+
+def check_manifests(paths: Iterable[str]) -> tuple[list[ManifestProblem], list[ManifestProblem], int]:
+    """Validate manifests offline (kdns check-config --manifests): (problems, warnings, objects)."""
+    import io
+
+    source = ManifestSource(paths, ClusterIndex(implicit_namespaces=True), Logger(stream=io.StringIO()))
+    source.load()
+    problems = [p for path in sorted(source.problems) for p in source.problems[path]]
+    warnings = []
+    objects = 0
+    for path in sorted(source._file_objects):
+        for obj, line in source._file_objects[path].values():
+            objects += 1
+            what = f"{type(obj).__name__} {obj.name}"
+            warnings.extend(ManifestProblem(path, line, f"{what}: {field}: {reason} (the rest is served)")
+                            for field, reason in getattr(obj, "unserved", ()))
+    return problems, warnings, objects
