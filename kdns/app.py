@@ -4,12 +4,12 @@ swaps them on reload without dropping listeners that did not change, and shuts d
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 
 from .cache import AnswerCache
 from .config import DEFAULT_RESOLV_CONF, Settings, load_corefile, read_resolv_conf
 from .corefile import CorefileError
+from .corefile import digest as corefile_digest
 from .forward import Forwarder
 from .hosts import Hosts
 from .http import HttpEndpoints
@@ -57,8 +57,8 @@ class Runtime:
         self.reload_settings = reload_settings or (lambda: load_corefile(self.settings.path, self.resolv_conf))
         self.metrics = DnsMetrics()
         self.metrics.reload_hash = settings.digest
-        self.handlers: dict[int, QueryHandler] = {}
-        self.listeners: dict[int, tuple] = {}  # config port -> (udp transport, tcp server, bound port)
+        self.handlers: dict[tuple[int, str], QueryHandler] = {}  # (config port, host) -> handler
+        self.listeners: dict[tuple[int, str], tuple] = {}  # (config port, host) -> (udp, tcp server, bound port)
         self.blocks: list[Block] = []
         self.index = ClusterIndex(implicit_namespaces=True)
         self.index.mark_synced()
@@ -86,15 +86,16 @@ class Runtime:
     async def _apply(self, settings: Settings) -> None:
         self._start_source(settings)
         k = settings.kubernetes
-        blocks_by_port: dict[int, list[Block]] = {}
-        per_port = self.budget.answers // max(1, len(settings.ports))
-        answers_by_port = {port: self.handlers[port].cache if port in self.handlers else AnswerCache(per_port)
-                           for port in settings.ports}
-        for answers in answers_by_port.values():
-            answers.resize(per_port)
+        blocks_by_listener: dict[tuple[int, str], list[Block]] = {}
+        wanted = {(bc.port, host) for bc in settings.blocks for host in self._hosts(bc)}
+        per_listener = self.budget.answers // max(1, len(wanted))
+        answers = {key: self.handlers[key].cache if key in self.handlers else AnswerCache(per_listener)
+                   for key in wanted}
+        for cache in answers.values():
+            cache.resize(per_listener)
         per_cache = self.budget.responses // max(1, sum(1 for bc in settings.blocks if bc.cache is not None))
-        own = {(self.bind_host, self.port_map.get(port, port)) for port in settings.ports}
-        own |= {(self.bind_host, self.listeners[p][2]) for p in settings.ports if p in self.listeners}
+        own = {(host, self.port_map.get(port, port)) for port, host in wanted}
+        own |= {(host, self.listeners[key][2]) for key in wanted if key in self.listeners for host in [key[1]]}
         old_blocks = self.blocks
         new_blocks = []
         for bc in settings.blocks:
@@ -102,7 +103,8 @@ class Runtime:
             if bc.kubernetes is not None:
                 resolver = Resolver(self.index, ResolverConfig(
                     zones=ZoneSet(bc.kubernetes.zones), ttl=bc.kubernetes.ttl, pods=bc.kubernetes.pods,
-                    can_chase=bc.forward is not None, ignore_empty_service=bc.kubernetes.ignore_empty_service))
+                    can_chase=bc.forward is not None, ignore_empty_service=bc.kubernetes.ignore_empty_service,
+                    zonal=bc.kubernetes.zonal))
             forwarder = Forwarder(bc.forward, self.log, own) if bc.forward is not None else None
             cache = ResponseCache(bc.cache, own_zones=k.zones if k else [], max_bytes=per_cache) \
                 if bc.cache is not None else None
@@ -115,42 +117,46 @@ class Runtime:
                 except OSError as exc:
                     self.log.warning("autopath_resolv_conf_unreadable", file=path, error=exc.strerror,
                                      effect="no host search domains are tried")
-            block = Block(bc, self.index, answers_by_port[bc.port], self.log, self.metrics, resolver=resolver,
-                          forwarder=forwarder, cache=cache, hosts=hosts, search_domains=search)
-            new_blocks.append(block)
-            blocks_by_port.setdefault(bc.port, []).append(block)
-        # listeners: keep the ports that stay, bind new ones, close the ones gone
-        for port, blocks in blocks_by_port.items():
-            handler = self.handlers.get(port)
+            # a Block per listener, sharing the plugins (cache, forwarder, hosts) of the server block; each
+            # listener's answer cache holds only what its own blocks answered
+            for host in self._hosts(bc):
+                block = Block(bc, self.index, answers[(bc.port, host)], self.log, self.metrics, resolver=resolver,
+                              forwarder=forwarder, cache=cache, hosts=hosts, search_domains=search,
+                              listener=(bc.port, host))
+                new_blocks.append(block)
+                blocks_by_listener.setdefault((bc.port, host), []).append(block)
+        # listeners: keep the (port, address) pairs that stay, bind new ones, close the ones gone
+        for key, blocks in blocks_by_listener.items():
+            handler = self.handlers.get(key)
             if handler is None:
-                handler = QueryHandler(blocks, self.log, self.metrics, answers=answers_by_port[port])
+                handler = QueryHandler(blocks, self.log, self.metrics, answers=answers[key])
                 self.index.subscribe(handler.cache.invalidate)
                 if self.negative_rate_limit > 0:
                     handler.negative_limit = NegativeRateLimit(self.negative_rate_limit,
                                                                max_sources=self.budget.rate_limit_sources)
                     handler._update_plain()
-                want = self.port_map.get(port, port)
+                port, host = key
+                tcp_max = self.tcp_max_connections or max(1, self.budget.tcp_connections // len(wanted))
                 try:
-                    udp, tcp_server, _, bound = await bind(handler, self.log, self.bind_host, want,
-                                                           tcp_idle_timeout=self.tcp_idle_timeout,
-                                                           tcp_max_connections=self.tcp_max_connections or max(
-                                                               1, self.budget.tcp_connections // len(blocks_by_port)),
-                                                           reuse_port=self.reuse_port)
+                    udp, tcp_server, _, bound = await self._bind(handler, host, port, tcp_max)
                 except OSError as exc:
-                    host = f"[{self.bind_host}]" if ":" in self.bind_host else self.bind_host
-                    raise listen_failed(exc, f"{host}:{want}", f"dns://:{port}", want) from None
-                self.handlers[port] = handler
-                self.listeners[port] = (udp, tcp_server, bound)
+                    want = self.port_map.get(port, port)
+                    shown = f"[{host}]" if ":" in host else host
+                    raise listen_failed(exc, f"{shown}:{want}", f"dns://:{port}", want) from None
+                self.handlers[key] = handler
+                self.listeners[key] = (udp, tcp_server, bound)
+                if old_blocks:
+                    self.log.info("listener_opened", server=f"dns://:{port}", address=show_address(host, bound))
             else:
                 handler.set_blocks(blocks)
             handler.observe = settings.prometheus is not None
-        for port in list(self.listeners):
-            if port not in blocks_by_port:
-                udp, tcp_server, bound = self.listeners.pop(port)
+        for key in list(self.listeners):
+            if key not in blocks_by_listener:
+                udp, tcp_server, bound = self.listeners.pop(key)
                 udp.close()
                 tcp_server.close()
-                self.handlers.pop(port)
-                self.log.info("listener_closed", port=bound)
+                self.handlers.pop(key)
+                self.log.info("listener_closed", port=bound, address=show_address(key[1], bound))
         for block in old_blocks:
             if block.forwarder is not None:
                 block.forwarder.close()
@@ -158,7 +164,7 @@ class Runtime:
         self._register_metrics(settings)
         await self._start_http(settings)
         self._tasks = [t for t in self._tasks if not t.done()]  # finished loop checks etc. of earlier configs
-        for block in new_blocks:
+        for block in _per_server_block(new_blocks):
             if block.hosts is not None:
                 self._tasks.append(asyncio.create_task(self._hosts_loop(block)))
             if block.config.loop and block.forwarder is not None:
@@ -177,6 +183,27 @@ class Runtime:
         if self.failure is None:
             self.failure = failure
             self.on_failure()
+
+    def _hosts(self, bc) -> list[str]:
+        """The addresses a block listens on: its `bind`, else kdns's --bind (default every interface)."""
+        bind = bc.plugins.get("bind")
+        return list(bind.addresses) if bind is not None else [self.bind_host]
+
+    async def _bind(self, handler: QueryHandler, host: str, port: int, tcp_max: int):
+        """UDP+TCP for (host, Corefile port); a port mapped to 0 takes the port another address of it got."""
+        target = self.port_map.get(port, port)
+        if target == 0:
+            taken = [b for (p, _), (_, _, b) in self.listeners.items() if p == port]
+            if taken:
+                try:
+                    return await self._bind_at(handler, host, taken[0], tcp_max)
+                except OSError:
+                    pass
+        return await self._bind_at(handler, host, target, tcp_max)
+
+    async def _bind_at(self, handler: QueryHandler, host: str, port: int, tcp_max: int):
+        return await bind(handler, self.log, host, port, tcp_idle_timeout=self.tcp_idle_timeout,
+                          tcp_max_connections=tcp_max, reuse_port=self.reuse_port)
 
     def _start_source(self, settings: Settings) -> None:
         k = settings.kubernetes
@@ -227,9 +254,10 @@ class Runtime:
     def _register_metrics(self, settings: Settings) -> None:
         m = self.metrics
         m.plugins_enabled = set()
-        m.forwarders = [b.forwarder for b in self.blocks if b.forwarder is not None]
+        blocks = _per_server_block(self.blocks)
+        m.forwarders = [b.forwarder for b in blocks if b.forwarder is not None]
         m.caches = [(b.name, " ".join(z or "." for z in b.cache.config.zones), b.cache)
-                    for b in self.blocks if b.cache is not None]
+                    for b in blocks if b.cache is not None]
         for b in self.blocks:
             c = b.config
             names = [n for n, on in (("kubernetes", c.kubernetes), ("forward", c.forward), ("cache", c.cache),
@@ -328,8 +356,9 @@ class Runtime:
                     handler.cache.clear()  # hosts answers take precedence over cached cluster answers
 
     async def _check_loop(self, block: Block) -> None:
-        port = self.listeners[block.config.port][2]
-        host = self.bind_host if self.bind_host not in ("", "::", "0.0.0.0") else "127.0.0.1"
+        port = self.listeners[block.listener][2]
+        host = block.listener[1]
+        host = host if host not in ("", "::", "0.0.0.0") else "127.0.0.1"
         await block.check_loop((host, port))
 
     async def _reload_loop(self) -> None:
@@ -338,8 +367,8 @@ class Runtime:
             await asyncio.sleep(max(0.5, interval + random.uniform(-jitter, jitter)))
             path = self.settings.path
             try:
-                with open(path, "rb") as fh:
-                    digest = hashlib.sha512(fh.read()).hexdigest()
+                with open(path, "rb") as fh:  # the Corefile and what it imports: an edit to either reloads
+                    digest = corefile_digest(fh.read().decode("utf-8", errors="replace"), path)
             except OSError as exc:
                 self.metrics.reload_failed += 1
                 self.log.error("reload_failed", file=path, error=exc.strerror, action="keeping the running config")
@@ -381,6 +410,23 @@ class Runtime:
                 block.forwarder.close()
         if self.http is not None:
             await self.http.stop()
+
+
+def _per_server_block(blocks: list[Block]) -> list[Block]:
+    """One Block of each server block (the others are the same block on its other bind addresses)."""
+    seen: set[int] = set()
+    out = []
+    for block in blocks:
+        if id(block.config) not in seen:
+            seen.add(id(block.config))
+            out.append(block)
+    return out
+
+
+def show_address(host: str, port: int) -> str:
+    """HOST:PORT as logged ([v6]:port; every interface is [::])."""
+    host = host or "::"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class _RuntimeCollector:

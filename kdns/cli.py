@@ -208,9 +208,10 @@ def load_settings(args: argparse.Namespace) -> Settings:
     if args.corefile:
         settings = load_corefile(args.corefile, args.resolv_conf, args.dns_port)
         k = settings.kubernetes
-        if k is not None:
-            _source_overrides(args, k)
-        elif args.manifests or args.kubeconfig:
+        for block in settings.blocks:  # every kubernetes directive follows the one source
+            if block.kubernetes is not None:
+                _source_overrides(args, block.kubernetes)
+        if k is None and (args.manifests or args.kubeconfig):
             raise ConfigProblem("--manifests", "the Corefile has no kubernetes directive to feed")
         return settings
     return settings_from_args(args)
@@ -256,7 +257,7 @@ def _port_map(args: argparse.Namespace) -> dict[int, int]:
 
 async def serve(args: argparse.Namespace, log: Logger) -> int:
     """Serve until SIGTERM/SIGINT (exit 0); a start-up failure raises StartupFailure, after cleaning up."""
-    from .app import Runtime  # the runtime pulls in aiohttp and prometheus; check-config does not need them
+    from .app import Runtime, show_address  # aiohttp and prometheus: check-config does not need them
     port_map = _port_map(args)
     settings = _load(args)
     if args.corefile:
@@ -289,12 +290,11 @@ async def serve(args: argparse.Namespace, log: Logger) -> int:
         if isinstance(exc, ConfigError):
             raise bad_config(_source_field(args), str(exc), exc.fix or "fix the files named in the reason") from None
         raise
-    for port, (_, _, bound) in sorted(runtime.listeners.items()):
-        host = bind_host or "[::]"
-        shown = f"[{host}]:{bound}" if ":" in host and not host.startswith("[") else f"{host}:{bound}"
+    for (port, host), (_, _, bound) in sorted(runtime.listeners.items()):
+        shown = show_address(host, bound)
         extra = {"worker": worker} if args.workers > 1 else {}
         log.info("listening", server=f"dns://:{port}", udp=shown, tcp=shown, **runtime.http_bound,
-                 zones=",".join(z or "." for b in settings.blocks if b.port == port for z in b.zones),
+                 zones=",".join(z or "." for b in runtime.blocks if b.listener == (port, host) for z in b.config.zones),
                  loop=type(asyncio.get_running_loop()).__module__.split(".")[0], **extra)
     reporter = asyncio.create_task(_report_bad_packets(runtime, log, args.stats_interval))
     orphan_watch = asyncio.create_task(_exit_with_parent(stop)) if worker else None
@@ -370,9 +370,10 @@ def _check_corefile(args: argparse.Namespace) -> int:
         plugins = [n for n, on in (("kubernetes", block.kubernetes), ("hosts", block.hosts),
                                    ("autopath", block.autopath), ("cache", block.cache), ("forward", block.forward),
                                    ("loadbalance", block.loadbalance), ("log", block.log), ("errors", block.errors),
-                                   ("loop", block.loop)) if on]
+                                   ("loop", block.loop)) if on] + list(block.plugins)
         zones = " ".join(z or "." for z in block.zones)
-        print(f"{args.corefile}:{block.line}: server {zones} port {block.port}: {', '.join(plugins) or 'no plugins'}")
+        print(f"{block.path or args.corefile}:{block.line}: server {zones} port {block.port}: "
+              f"{', '.join(plugins) or 'no plugins'}")
     print(f"{args.corefile}: OK")
     return 0
 

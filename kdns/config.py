@@ -7,13 +7,17 @@ but that has no effect in its design produces a warning in `Settings.warnings`.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
+from . import plugins as plugin_registry
 from .corefile import CorefileError, Directive, Token, parse
+from .corefile import digest as corefile_digest
+from .plugins._common import integer as _int
+from .plugins._common import nargs as _nargs
 from .selectors import LabelSelector, SelectorError, parse_selector
 
 DEFAULT_RESOLV_CONF = "/etc/resolv.conf"
@@ -34,6 +38,7 @@ class KubernetesConfig:
     endpoint_pod_names: bool = False
     noendpoints: bool = False
     ignore_empty_service: bool = False
+    zonal: bool = False
     kubeconfig: str | None = None
     context: str | None = None
     endpoint: str | None = None
@@ -152,7 +157,9 @@ class BlockConfig:
     errors: bool = False
     loop: bool = False
     acl: AclConfig | None = None
+    plugins: dict[str, Any] = field(default_factory=dict)  # directives of kdns/plugins/: name -> settings
     line: int = 0
+    path: str = ""  # the file the block is written in (an imported file names itself)
 
     @property
     def name(self) -> str:
@@ -217,27 +224,17 @@ def parse_key(tok: Token, path: str, default_port: int = 53) -> tuple[str, int]:
     if "://" in text:
         scheme, text = text.split("://", 1)
         if scheme != "dns":
-            raise CorefileError(path, tok.line, tok.col, f"transport {scheme}:// is not supported (only dns://)")
+            raise tok.error(f"transport {scheme}:// is not supported (only dns://)")
     port = default_port
     if text.startswith("[") or text.count(":") == 1:
         host, _, port_text = text.rpartition(":")
         if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 0 <= int(port_text) < 65536:
-            raise CorefileError(path, tok.line, tok.col, f"bad port in server block key {tok.text!r}")
+            raise tok.error(f"bad port in server block key {tok.text!r}")
         port, text = int(port_text), host
     zone = normalize_zone(text or ".")
     if "/" in zone:
-        raise CorefileError(path, tok.line, tok.col, f"CIDR server block keys are not supported: {tok.text!r}")
+        raise tok.error(f"CIDR server block keys are not supported: {tok.text!r}")
     return zone, port
-
-
-def _int(d: Directive, tok: Token, lo: int, hi: int, what: str) -> int:
-    try:
-        value = int(tok.text)
-    except ValueError:
-        raise d.error(f"{d.name}: {what} must be a number, got {tok.text!r}", tok) from None
-    if not lo <= value <= hi:
-        raise d.error(f"{d.name}: {what} must be between {lo} and {hi}, got {value}", tok)
-    return value
 
 
 def _duration(d: Directive, tok: Token, what: str) -> float:
@@ -245,12 +242,6 @@ def _duration(d: Directive, tok: Token, what: str) -> float:
         return parse_duration(tok.text)
     except ValueError as exc:
         raise d.error(f"{d.name}: {what}: {exc}", tok) from None
-
-
-def _nargs(d: Directive, lo: int, hi: int | None, usage: str) -> None:
-    n = len(d.args)
-    if n < lo or (hi is not None and n > hi):
-        raise d.error(f"{d.name}: wrong number of arguments ({n}); usage: {usage}")
 
 
 def _no_block(d: Directive) -> None:
@@ -344,6 +335,9 @@ def _kubernetes(d: Directive, block_zones: list[str], warnings: list[str]) -> Ku
         elif opt.name == "noendpoints":
             _nargs(opt, 0, 0, "noendpoints")
             k.noendpoints = True
+        elif opt.name == "zonal":
+            _nargs(opt, 0, 0, "zonal")
+            k.zonal = True
         elif opt.name == "ignore":
             _nargs(opt, 1, 1, "ignore empty_service")
             if vals[0].text != "empty_service":
@@ -372,7 +366,7 @@ def _kubernetes(d: Directive, block_zones: list[str], warnings: list[str]) -> Ku
         else:
             raise opt.error(f"kubernetes: unknown or unsupported option {opt.name!r} (kdns supports: endpoint, tls, "
                             "kubeconfig, namespaces, labels, namespace_labels, pods, endpoint_pod_names, ttl, "
-                            "noendpoints, fallthrough, ignore empty_service, manifests)")
+                            "noendpoints, zonal, fallthrough, ignore empty_service, manifests)")
     if k.manifests and (k.kubeconfig or k.endpoint or k.tls):
         raise d.error("kubernetes: manifests cannot be combined with kubeconfig/endpoint/tls")
     return k
@@ -588,32 +582,25 @@ def _log(d: Directive) -> LogConfig:
     return cfg
 
 
-SUPPORTED = ("errors", "health", "ready", "kubernetes", "prometheus", "forward", "cache", "loop", "reload",
-             "loadbalance", "log", "hosts", "autopath", "acl")
+SUPPORTED = tuple(plugin_registry.names())
 
 
 def settings_from_corefile(text: str, path: str = "Corefile", resolv_conf: str = DEFAULT_RESOLV_CONF,
                            default_port: int = 53) -> Settings:
-    blocks = parse(text, path)
-    settings = Settings(blocks=[], path=path, digest=hashlib.sha512(text.encode()).hexdigest())
-    seen_keys: dict[tuple[str, int], Token] = {}
+    settings = Settings(blocks=[], path=path, digest=corefile_digest(text, path))
+    blocks = parse(text, path, settings.warnings)
+    seen_keys: dict[tuple[str, int], list[tuple[Token, frozenset]]] = {}
     kubernetes_seen: Directive | None = None
     for sb in blocks:
         keys = [(parse_key(tok, path, default_port), tok) for tok in sb.keys]
         ports = {port for (_, port), _ in keys}
         if len(ports) > 1:
-            raise CorefileError(path, sb.line, sb.col, "all keys of one server block must use the same port")
-        for (zone, port), tok in keys:
-            if (zone, port) in seen_keys:
-                first = seen_keys[(zone, port)]
-                raise CorefileError(path, tok.line, tok.col,
-                                    f"zone {zone or '.'} on port {port} is already served by the block at line "
-                                    f"{first.line}")
-            seen_keys[(zone, port)] = tok
-        block = BlockConfig(zones=[z for (z, _), _ in keys], port=ports.pop(), line=sb.line)
+            raise sb.keys[0].error("all keys of one server block must use the same port")
+        block = BlockConfig(zones=[z for (z, _), _ in keys], port=ports.pop(), line=sb.line, path=sb.path)
+        ctx = plugin_registry.SetupContext(block, settings, resolv_conf)
         once: dict[str, Directive] = {}
-        for d in sb.directives:
-            if d.name in once and d.name not in ("log",):
+        for d in sorted(sb.directives, key=lambda d: d.name != "root"):  # root first: later paths use it
+            if d.name in once and d.name not in ("log", "rewrite", "template"):
                 raise d.error(f"{d.name} appears twice in this server block (first at line {once[d.name].line})")
             once[d.name] = d
             if d.name == "errors":
@@ -654,11 +641,12 @@ def settings_from_corefile(text: str, path: str = "Corefile", resolv_conf: str =
                     jitter = interval / 2
                 settings.reload = (interval, jitter)
             elif d.name == "kubernetes":
-                if kubernetes_seen is not None:
-                    raise d.error(f"kdns serves one kubernetes source; another kubernetes block is at line "
-                                  f"{kubernetes_seen.line}")
-                kubernetes_seen = d
                 block.kubernetes = _kubernetes(d, block.zones, settings.warnings)
+                if kubernetes_seen is not None and \
+                        block.kubernetes.source_key() != settings.kubernetes.source_key():
+                    raise d.error(f"kdns follows one cluster: this kubernetes directive's source settings "
+                                  f"differ from the one at line {kubernetes_seen.line}")
+                kubernetes_seen = kubernetes_seen or d
             elif d.name == "forward":
                 block.forward = _forward(d, resolv_conf, settings.warnings)
             elif d.name == "cache":
@@ -680,13 +668,35 @@ def settings_from_corefile(text: str, path: str = "Corefile", resolv_conf: str =
                 block.log = _log(d)
             elif d.name == "acl":
                 block.acl = _acl(d, block.zones)
+            elif (module := plugin_registry.module(d.name)) is not None:
+                block.plugins[d.name] = module.setup(d, ctx)
             else:
                 raise d.error(f"unknown directive {d.name!r} (kdns supports: {', '.join(SUPPORTED)})")
+        for name, plugin_settings in block.plugins.items():
+            validate = getattr(plugin_registry.module(name), "validate", None)
+            if validate is not None:
+                validate(plugin_settings, block)
+        root = block.plugins.get("root")
+        if root is not None and block.hosts is not None and block.hosts.path and not os.path.isabs(block.hosts.path):
+            block.hosts.path = os.path.join(root, block.hosts.path)
+        _check_keys(seen_keys, keys, block)
         if block.autopath is not None and block.autopath.source == "@kubernetes" and block.kubernetes is None:
             raise once["autopath"].error("autopath @kubernetes needs a kubernetes directive in the same block")
         settings.blocks.append(block)
     _check_listener_ports(settings, blocks)
     return settings
+
+
+def _check_keys(seen: dict, keys: list, block: BlockConfig) -> None:
+    """A zone may be served twice on a port only by blocks bound to different addresses."""
+    bind = block.plugins.get("bind")
+    addresses = frozenset(bind.addresses) if bind is not None else frozenset()
+    for (zone, port), tok in keys:
+        for first, other in seen.get((zone, port), []):
+            if not addresses or not other or addresses & other:
+                raise tok.error(f"zone {zone or '.'} on port {port} is already served by the block at line "
+                                f"{first.line}" + (" on the same address" if addresses and other else ""))
+        seen.setdefault((zone, port), []).append((tok, addresses))
 
 
 def _check_listener_ports(settings: Settings, blocks: list) -> None:

@@ -34,6 +34,7 @@ class EndpointRecord:
     pod_name: str
     # the ports of the slice this address came from; None when it lists none (the Service's apply)
     ports: tuple[ServicePort, ...] | None = None
+    zone: str = ""  # the endpoint's topology zone (kubernetes `zonal`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,7 +353,7 @@ class ClusterIndex:
             if key in seen:
                 continue
             seen.add(key)
-            yield EndpointRecord(name, ip, ep.ready, ep.pod_name, own)
+            yield EndpointRecord(name, ip, ep.ready, ep.pod_name, own, ep.zone)
 
     # ---------------------------------------------------------------- queries (for the resolver)
 

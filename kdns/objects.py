@@ -47,6 +47,9 @@ class Service:
     # this string verbatim into <SVC>_SERVICE_HOST, and so does kdns-webhook
     cluster_ip: str = ""
     unserved: tuple[tuple[str, str], ...] = ()  # as EndpointSlice.unserved
+    # served outside the cluster by the Corefile's k8s_external: spec.externalIPs and
+    # status.loadBalancer.ingress (IPs, and hostnames as "host.name." with the trailing dot)
+    external: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[str, str]:
@@ -65,6 +68,7 @@ class Endpoint:
     pod_name: str = ""
     # a v1 Endpoints address carries the ports of its own subset; None: the ports of its slice
     ports: "tuple[ServicePort, ...] | None" = None
+    zone: str = ""  # EndpointSlice endpoints[].zone (topology zone), for the kubernetes `zonal` option
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,7 +276,21 @@ def service_from_dict(obj: Mapping[str, Any], default_namespace: str = "default"
             ips = [first]
     return Service(namespace, name, "ClusterIP", cluster_ips=tuple(ips), ports=ports,
                    publish_not_ready=publish, labels=labels,
-                   cluster_ip=cluster_ip or (cluster_ips[0] if isinstance(cluster_ips[0], str) else ips[0]))
+                   cluster_ip=cluster_ip or (cluster_ips[0] if isinstance(cluster_ips[0], str) else ips[0]),
+                   external=_external(obj))
+
+
+def _external(obj: Mapping[str, Any]) -> tuple[str, ...]:
+    """spec.externalIPs, then status.loadBalancer.ingress ip/hostname (hostnames end with a dot)."""
+    out = [_ip(v, f"spec.externalIPs[{i}]") for i, v in enumerate(_list(obj, "spec.externalIPs"))]
+    for i, ing in enumerate(_list(obj, "status.loadBalancer.ingress")):
+        if not isinstance(ing, Mapping):
+            raise ObjectError(f"status.loadBalancer.ingress[{i}]", "expected a mapping")
+        if ing.get("ip"):
+            out.append(_ip(ing["ip"], f"status.loadBalancer.ingress[{i}].ip"))
+        elif isinstance(ing.get("hostname"), str) and ing["hostname"]:
+            out.append(ing["hostname"].rstrip(".").lower() + ".")
+    return tuple(dict.fromkeys(out))
 
 
 def endpointslice_from_dict(obj: Mapping[str, Any], default_namespace: str = "default") -> EndpointSlice | None:
@@ -316,10 +334,13 @@ def endpointslice_from_dict(obj: Mapping[str, Any], default_namespace: str = "de
             raise ObjectError(f"{p}.hostname", f"not a DNS label (a-z, 0-9, '-', at most 63): {_show(hostname)}")
         target = ep.get("targetRef") or {}
         pod_name = target.get("name", "") if isinstance(target, Mapping) and target.get("kind", "Pod") == "Pod" else ""
+        zone = ep.get("zone") or ""
+        if not isinstance(zone, str):
+            raise ObjectError(f"{p}.zone", f"expected a string, got {_show(zone)}")
         # ready unset means ready (discovery API; CoreDNS endpointsliceReady); serving, terminating,
-        # nodeName, zone and hints do not change what DNS serves
+        # nodeName and hints do not change what DNS serves (zone does, with the kubernetes `zonal` option)
         endpoints.append(Endpoint(addresses=ips, ready=ready is not False, hostname=hostname,
-                                  pod_name=pod_name if isinstance(pod_name, str) else ""))
+                                  pod_name=pod_name if isinstance(pod_name, str) else "", zone=zone))
     ports = _slice_ports(_list(obj, "ports"), unserved)
     return EndpointSlice(namespace, name, service, tuple(endpoints), ports, unserved=tuple(unserved))
 

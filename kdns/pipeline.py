@@ -22,6 +22,7 @@ from .hosts import Hosts
 from .index import ClusterIndex
 from .log import Logger
 from .metrics import DnsMetrics
+from .plugins import Chain, Request, build_chain, then
 from .resolver import Answer, Resolver
 from .respcache import ResponseCache
 from .wire import Query, error_response, pack_answer, parse_query, patch, qtype_name, rotate, rotation_groups
@@ -55,9 +56,16 @@ class Block:
     loop_seen: int = 0
     loop_detected: bool = False
     name: str = ""  # the `server` metric label, dns://:PORT (computed once, read per query)
+    listener: tuple = ()  # (Corefile port, address) of the listener this block instance serves
+    chain: Chain = field(default_factory=Chain)  # kdns/plugins/ handlers around the built-in chain
 
     def __post_init__(self) -> None:
         self.name = self.config.name
+        self.chain = build_chain(self.config.plugins, self)
+
+    def accepts_class(self, qclass: int) -> bool:
+        """A class other than IN/ANY is served only by a plugin that asks for it (chaos)."""
+        return any(qclass in getattr(h, "classes", ()) for h in self.chain.wrappers)
 
     @property
     def ra(self) -> bool:
@@ -65,7 +73,48 @@ class Block:
 
     # -------------------------------------------------------------------- the chain
 
-    def answer(self, query: Query, name: str, zone: str, tcp: bool, client_ip: str | None):
+    def answer(self, query: Query, name: str, zone: str, tcp: bool, client_ip: str | None, client=None):
+        if not self.chain.wrappers and not self.chain.middle and not self.chain.last:
+            return self._builtin(query, name, zone, tcp, client_ip)
+        req = Request(query, name, zone, tcp, client or ((client_ip, 0) if client_ip else None))
+        return then(self.serve(req, 0), lambda result: self._store(req, result))
+
+    def serve(self, req: Request, position: int = 0):
+        """The chain from wrapper `position` on: plugins may call it again with a rewritten request."""
+        if position < len(self.chain.wrappers):
+            return self.chain.wrappers[position].serve(req, lambda r: self.serve(r, position + 1))
+        if req.query.qclass not in (1, 255):  # CH/HS let in for a plugin that did not answer it
+            return error_response(req.query.data, RCODE.REFUSED, req.query), ""
+        result = self._builtin(req.query, req.name, req.zone, req.tcp, req.client_ip, req)
+        if self.chain.last:
+            return then(result, lambda res: self._last(req, res))
+        return result
+
+    def _last(self, req: Request, result: tuple):
+        """Plugins after forward (whoami) answer what the built-in chain refused."""
+        response, plugin = result
+        if plugin == "" and response[3] & 0x0F == RCODE.REFUSED:
+            for handler in self.chain.last:
+                out = handler.serve(req, None)
+                if out is not None:
+                    return out
+        return result
+
+    def _store(self, req: Request, result: tuple) -> tuple:
+        """Cache what the whole chain produced for the client's own question, when every step allows it."""
+        response, plugin = result
+        if req.pending is not None and req.cacheable and response[3] & 0x0F != RCODE.SERVFAIL:
+            zone, deps = req.pending
+            groups = rotation_groups(response) if self.config.loadbalance else ()
+            self.answers.put(req.query.key, CachedAnswer(response, self, zone, plugin, groups), deps)
+            return result
+        if plugin not in ("forward", "cache"):  # not cached: rotate now (cache hits rotate as they are served)
+            return self.balance(response), plugin
+        return result
+
+    def _builtin(self, query: Query, name: str, zone: str, tcp: bool, client_ip: str | None,
+                 req: Request | None = None):
+        """hosts -> kubernetes (autopath on a miss) -> forward (cache), as before kdns/plugins/."""
         qtype = query.qtype
         if self.loop_probe and name == self.loop_probe:
             self._loop_probe_seen()
@@ -74,6 +123,10 @@ class Block:
             ans = self.hosts.lookup(name, qtype)
             if ans is not None:
                 return patch(pack_answer(query, ans, self.ra), query), "hosts"
+        for handler in self.chain.middle:  # k8s_external
+            result = handler.serve(req, None)
+            if result is not None:
+                return result
         if self.resolver is not None:
             labels = query.labels
             ans = self.resolver.resolve(labels, qtype)
@@ -84,11 +137,11 @@ class Block:
                     if self._falls_through(name):
                         fallthrough_nx = ans
                     else:
-                        return self._authoritative(query, ans, zone)
+                        return self._authoritative(query, ans, zone, req)
                 elif ans.chase is not None and self.forwarder is not None:
                     return self._chase(query, ans, tcp)
                 else:
-                    return self._authoritative(query, ans, zone)
+                    return self._authoritative(query, ans, zone, req)
         if self.forwarder is not None and self.forwarder.matches(name) and not self.loop_detected:
             if self.cache is not None and self.cache.covers(name):
                 hit = self.cache.get(query)
@@ -96,14 +149,18 @@ class Block:
                     return self.balance(hit), "cache"
             return self._forward(query, name, tcp)
         if fallthrough_nx is not None:
-            return self._authoritative(query, fallthrough_nx, zone)
+            return self._authoritative(query, fallthrough_nx, zone, req)
         return error_response(query.data, RCODE.REFUSED, query), ""
 
-    def _authoritative(self, query: Query, ans: Answer, zone: str):
+    def _authoritative(self, query: Query, ans: Answer, zone: str, req: Request | None = None):
         packed = pack_answer(query, ans, self.ra)
-        groups = rotation_groups(packed) if self.config.loadbalance else ()
-        if ans.cacheable and (ans.answer or self.answers.seen_before(query.key)):
-            self.answers.put(query.key, CachedAnswer(packed, self, zone, "kubernetes", groups), ans.deps)
+        # negative answers are cached from their second asking (the doorkeeper), as the client asked them
+        if ans.cacheable and (ans.answer or self.answers.seen_before(req.top.query.key if req else query.key)):
+            if req is not None:  # plugins wrap the chain: cache their final response (Block._store)
+                req.top.pending = (zone, ans.deps)
+            elif not self.chain.wrappers:
+                groups = rotation_groups(packed) if self.config.loadbalance else ()
+                self.answers.put(query.key, CachedAnswer(packed, self, zone, "kubernetes", groups), ans.deps)
         return patch(packed, query), "kubernetes"
 
     def _falls_through(self, name: str) -> bool:
@@ -115,7 +172,8 @@ class Block:
         from it whatever else the chain has (no hosts, no acl before it): then the query handler serves
         such names from the query key alone, on its fast path, as it serves cached cluster answers."""
         return (self.cache is not None and self.forwarder is not None and self.hosts is None
-                and self.config.acl is None and "" in self.config.zones)
+                and self.config.acl is None and "" in self.config.zones
+                and not (self.chain.wrappers or self.chain.middle or self.chain.last))  # plugins see every query
 
     def balance(self, response: bytes) -> bytes:
         if not self.config.loadbalance:

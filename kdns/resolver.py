@@ -69,6 +69,8 @@ class ResolverConfig:
     can_chase: bool = False
     # CoreDNS `ignore empty_service`: a ClusterIP service without ready endpoints is NXDOMAIN
     ignore_empty_service: bool = False
+    # CoreDNS `zonal`: <topology-zone>.pin|prefer._zone.<svc>.<ns>.svc.<zone> for headless services
+    zonal: bool = False
 
 
 @dataclass(slots=True)
@@ -238,6 +240,9 @@ class Resolver:
         svc = parts[-2]
         ans.deps.add(("svc", ns, svc))
         view = self.index.view(ns, svc)
+        if view is not None and n == 5 and self.config.zonal and parts[2] == "_zone" and \
+                parts[1] in ("pin", "prefer") and view.service.kind == "Headless":
+            return self._zonal(zone, owner, view, parts[0], parts[1] == "prefer", qtype, ans)
         if view is None or n > 4:
             return self._nx(zone, ans)
         if n == 2:
@@ -245,6 +250,20 @@ class Resolver:
         if n == 3:
             return self._endpoint_or_proto(zone, owner, view, parts[0], qtype, ans)
         return self._port_srv(zone, owner, view, parts[0], parts[1], qtype, ans)
+
+    def _zonal(self, zone: Zone, owner, view: ServiceView, topology: str, prefer: bool, qtype: int,
+               ans: Answer) -> None:
+        """pin: only the endpoints in `topology` (none: NODATA); prefer: those, or every endpoint when
+        that zone has none. A/AAAA and SRV as for the service name; other types NODATA."""
+        narrowed = ServiceView(view.service, tuple(e for e in view.endpoints if e.zone == topology))
+        if prefer and not narrowed.served_endpoints():
+            narrowed = view
+        served = narrowed.served_endpoints()
+        if qtype == T_SRV and served:
+            return self._srv(zone, owner, narrowed, ans)
+        ips = list(dict.fromkeys(rec.ip for rec in served))
+        if qtype == T_SRV or not self._address_records(owner, ips, qtype, ans):
+            self._nodata(zone, ans)
 
     def _service_fqdn(self, view: ServiceView) -> str:
         s = view.service

@@ -197,7 +197,8 @@ class QueryHandler:
         labels = query.labels
         name = ".".join(labels)
         block, zone = self.select(labels)
-        if block is None or query.qclass not in (CLASS_IN, CLASS_ANY) or query.qtype in REFUSED_TYPES:
+        if block is None or query.qtype in REFUSED_TYPES or \
+                (query.qclass not in (CLASS_IN, CLASS_ANY) and not block.accepts_class(query.qclass)):
             self.stats["refused"] += 1
             response = self._fit(error_response(data, RCODE.REFUSED, query), query, tcp, client)
             if block is not None and response is not None:
@@ -207,7 +208,7 @@ class QueryHandler:
             denied = self._acl(block, query, client)
             if denied is not False:
                 return denied
-        result = block.answer(query, name, zone, tcp, client[0] if client else None)
+        result = block.answer(query, name, zone, tcp, client[0] if client else None, client)
         if isinstance(result, tuple):
             response, plugin = result
             if plugin == "" and response[3] & 0x0F == RCODE.REFUSED:

@@ -192,6 +192,50 @@ example.org:1053, example.net:1053 {
     loop
 }
 """,
+    r"""(snip) {
+    errors
+}
+.:1053 {
+    import snip
+    bind 127.0.0.1 ::1 {
+        except ::1
+    }
+    kubernetes cluster.local {
+        zonal
+    }
+    k8s_external example.external {
+        apex dns
+        ttl 10
+        headless
+    }
+    rewrite name exact a.example.org. kubernetes.default.svc.cluster.local.
+    rewrite stop {
+        name regex (.*)-(us-west-1)\.example\.org {1}.{2}.example.com
+        answer name (.*)\.(us-west-1)\.example\.com {1}-{2}.example.org
+        answer value (.*)\.example\.com {1}.example.org
+    }
+    rewrite continue ttl suffix .example.com 10-60
+    rewrite rcode exact gone.example.com NXDOMAIN REFUSED
+    rewrite cname exact a.example.com. b.example.com.
+    rewrite type HINFO A
+    rewrite class CH IN
+    template IN A tpl.example {
+        match ^ip-(?P<a>[0-9]+)[.]tpl[.]example[.]$
+        answer "{{ .Name }} 60 IN A 10.0.0.{{ .Group.a }}"
+        additional "x.tpl.example. 60 IN TXT \"{{ printf \"%s\" .Remote }}\""
+        rcode NOERROR
+        fallthrough
+    }
+    any
+    minimal
+    local
+    nsid kdns
+    bufsize 1232
+    whoami
+    debug
+    chaos kdns-x "Author One"
+}
+""",
 ]
 
 COREFILE_TOKENS = [

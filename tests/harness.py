@@ -74,7 +74,7 @@ class KdnsProcess(LoggedProcess):
                               *(["--listen", "127.0.0.1:0"] if self.listen else []), *self.args]))
         try:
             line = self.wait_for_log(r'(INFO listening |"event": "listening")', self.startup_timeout)
-            self.port = int(re.search(r"udp[=\": ]+127\.0\.0\.1:(\d+)", line).group(1))
+            self.port = int(re.search(r"udp[=\": ]+127\.0\.0\.\d+:(\d+)", line).group(1))  # bind: 127.0.0.2 etc.
         except BaseException:
             self.stop()  # never leave a server behind when start-up fails
             raise

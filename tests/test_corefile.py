@@ -166,10 +166,10 @@ def test_check_config_accepts_kubeadm_corefile(tmp_path, resolv):
 
 def test_check_config_rejects_with_location(tmp_path, resolv):
     path = tmp_path / "Corefile"
-    path.write_text(".:53 {\n  kubernetes cluster.local\n  rewrite name a b\n}\n")
+    path.write_text(".:53 {\n  kubernetes cluster.local\n  dnssec\n}\n")
     out = _kdns("check-config", str(path), "--resolv-conf", resolv)
     assert out.returncode == 1
-    assert out.stderr.startswith(f"{path}:3:3: unknown directive 'rewrite'")
+    assert out.stderr.startswith(f"{path}:3:3: unknown directive 'dnssec'")
 
 
 def test_serving_a_bad_corefile_exits_non_zero_with_location(tmp_path, resolv):
