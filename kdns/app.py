@@ -39,7 +39,8 @@ class Runtime:
                  tcp_max_connections: int | None = None, negative_rate_limit: float = 0.0, reuse_port: bool = False,
                  serve_http: bool = True, memory_budget: MemoryBudget | None = None):
         self.settings = settings
-        self.budget = memory_budget or MemoryBudget()
+        self.budget_flag = memory_budget  # --memory-budget: wins over the Corefile's memory_budget
+        self.budget = self._budget_for(settings)
         self._memory_cache: tuple | None = None  # (when, index generation, index bytes, index)
         self.log = log
         self.bind_host = bind_host
@@ -83,7 +84,14 @@ class Runtime:
             self._tasks.append(asyncio.create_task(self._reload_loop()))
         self._tasks.append(asyncio.create_task(self.check_memory_fits()))
 
+    def _budget_for(self, settings: Settings) -> MemoryBudget:
+        if self.budget_flag is not None:
+            return self.budget_flag
+        sizes = [b.plugins["memory_budget"] for b in settings.blocks if "memory_budget" in b.plugins]
+        return MemoryBudget(sizes[0]) if sizes else MemoryBudget()
+
     async def _apply(self, settings: Settings) -> None:
+        self.budget = self._budget_for(settings)  # a reload may change it: the caches are resized below
         self._start_source(settings)
         k = settings.kubernetes
         blocks_by_listener: dict[tuple[int, str], list[Block]] = {}

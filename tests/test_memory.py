@@ -173,3 +173,29 @@ def test_startup_warns_when_index_plus_budget_cannot_fit_the_cgroup_limit():
         with KdnsProcess("--manifests", EXAMPLE, wrap=cg.wrap) as kdns:
             line = kdns.wait_for_log(r"memory_fits", timeout=30)
             assert "limit=160.0Mi" in line and not any("memory_limit_too_small" in l for l in kdns.lines)
+
+
+def test_corefile_memory_budget_and_the_flag_that_overrides_it(tmp_path):
+    from test_dropin import corefile
+    text = ".:53 {\n    memory_budget 3Mi\n    kubernetes cluster.local\n    prometheus :9153\n}\n"
+    path, resolv = corefile(tmp_path, text)
+    free = ("--bind", "127.0.0.1", "--port-map", "53=0", "--port-map", "9153=0")
+    with KdnsProcess("--corefile", path, "--resolv-conf", resolv, "--manifests", EXAMPLE, *free, listen=False) as kdns:
+        assert kdns.metric("kdns_memory_budget_bytes") == 3 << 20
+    with KdnsProcess("--corefile", path, "--resolv-conf", resolv, "--manifests", EXAMPLE, *free,
+                     "--memory-budget", "5Mi", listen=False) as kdns:
+        assert kdns.metric("kdns_memory_budget_bytes") == 5 << 20
+
+
+def test_corefile_memory_budget_errors_name_the_place(tmp_path):
+    import subprocess
+    import sys
+    for text, where, words in (
+            (".:53 {\n    memory_budget lots\n}\n", ":2:19", "is not a size"),
+            (".:53 {\n    memory_budget\n}\n", ":2:5", "wrong number of arguments"),
+            (".:53 {\n    memory_budget 3Mi\n}\n.:54 {\n    memory_budget 4Mi\n}\n", ":5:19", "differs from another")):
+        path = tmp_path / "Corefile"
+        path.write_text(text)
+        out = subprocess.run([sys.executable, "-m", "kdns", "check-config", str(path)], capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode != 0 and f"{path}{where}" in out.stderr + out.stdout and words in out.stderr + out.stdout
