@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .config import CacheConfig, in_zone
 from .memory import MemoryBudget
-from .wire import Query, WireError, patch, walk_records
+from .wire import Query, WireError, patch, rotation_groups, walk_records
 
 T_SOA, T_OPT = 6, 41
 
@@ -36,6 +36,8 @@ class Entry:
     elapsed: int = 0  # whole seconds since stored that `served` was decremented for
     served: bytes = b""  # packed with TTLs decremented by `elapsed`
     outside: bool = True  # the name is in none of our (kubernetes) zones: no plugin before cache answers it
+    groups: tuple | None = None  # loadbalance's rotation groups, found on first use
+    rotation: int = 0  # loadbalance: fast-path hits so far (the rotation step)
 
 
 class ResponseCache:
@@ -65,11 +67,21 @@ class ResponseCache:
         packed = self.lookup(query.key)
         return None if packed is None else patch(packed, query)
 
-    def lookup(self, key: tuple, count: bool = True, outside_only: bool = False) -> bytes | None:
-        """The cached response for a query key, TTLs decremented, ID and question not yet patched.
-        Counts the request and its hit or miss, unless count is False (the query handler's fast path,
-        which counts with count_hit() only what it serves, and asks only for names outside our zones:
-        inside them, e.g. a reverse name that fell through, the kubernetes plugin must look first)."""
+    def lookup(self, key: tuple) -> bytes | None:
+        """The cached response for a query key, TTLs decremented, ID and question not yet patched;
+        counts the request and its hit or miss."""
+        entry = self.find(key)
+        self.requests += 1
+        if entry is None:
+            self.misses += 1
+            return None
+        self.hits[entry.kind] += 1
+        return self.served(entry)
+
+    def find(self, key: tuple, outside_only: bool = False) -> Entry | None:
+        """The live entry for a query key, counting nothing (the query handler's fast path counts
+        with count_hit() only what it serves, and asks only for names outside our zones: inside them,
+        e.g. a reverse name that fell through, the kubernetes plugin must look first)."""
         now = self.clock()
         for kind in ("success", "denial"):
             entry = self._entries[kind].get(key)
@@ -79,24 +91,31 @@ class ResponseCache:
                 del self._entries[kind][key]
                 self.bytes -= entry.cost
                 continue
-            if count:
-                self.requests += 1
-                self.hits[kind] += 1
-            if self.config.keepttl:
-                return entry.packed
-            elapsed = int(now - entry.stored)
-            if elapsed != entry.elapsed:  # re-decremented at most once a second per entry
-                entry.elapsed = elapsed
-                entry.served = _decrement(entry.packed, entry.ttl_offsets, elapsed)
-            return entry.served
-        if count:
-            self.requests += 1
-            self.misses += 1
+            return entry
         return None
 
-    def count_hit(self, response: bytes) -> None:
+    def served(self, entry: Entry) -> bytes:
+        """The entry's response with its TTLs counted down (re-decremented at most once a second)."""
+        if self.config.keepttl:
+            return entry.packed
+        elapsed = int(self.clock() - entry.stored)
+        if elapsed != entry.elapsed:
+            entry.elapsed = elapsed
+            entry.served = _decrement(entry.packed, entry.ttl_offsets, elapsed)
+        return entry.served
+
+    def count_hit(self, entry: Entry) -> None:
         self.requests += 1
-        self.hits["success" if response[3] & 0x0F == 0 and response[6:8] != b"\x00\x00" else "denial"] += 1
+        self.hits[entry.kind] += 1
+
+    def rotation_groups(self, entry: Entry) -> tuple:
+        """loadbalance's A/AAAA groups of the entry, found once (TTL countdown moves no rdata)."""
+        if entry.groups is None:
+            try:
+                entry.groups = rotation_groups(entry.packed)
+            except ValueError:
+                entry.groups = ()
+        return entry.groups
 
     def put(self, query: Query, response: bytes, name: str) -> bytes:
         """Cache `response`; returns what to send now: the response with TTLs capped as cached

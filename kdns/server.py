@@ -140,13 +140,18 @@ class QueryHandler:
                     # a name outside our zones that the `cache` plugin holds: served the same way
                     block, cache = self.forward_cache
                     if not block.loop_detected:
-                        packed = cache.lookup(key, count=False, outside_only=True)  # misses: the full path
-                        if packed is not None and (tcp or len(packed) <= udp_size):
-                            cache.count_hit(packed)
-                            if block.config.loadbalance:
-                                packed = block.balance(packed)
-                            return self._reply(data, qend, packed, key, tcp, udp_size, client, block, ".", "cache",
-                                               start)
+                        entry = cache.find(key, outside_only=True)  # a miss is counted by the full path
+                        if entry is not None:
+                            packed = cache.served(entry)
+                            if tcp or len(packed) <= udp_size:
+                                cache.count_hit(entry)
+                                if block.config.loadbalance:
+                                    groups = cache.rotation_groups(entry)
+                                    if groups:
+                                        entry.rotation += 1
+                                        packed = rotate(packed, groups, entry.rotation)
+                                return self._reply(data, qend, packed, key, tcp, udp_size, client, block, ".",
+                                                   "cache", start)
         start = time.perf_counter()
         try:
             query = parse_query(data)
