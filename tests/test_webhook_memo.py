@@ -14,7 +14,7 @@ from kdns.index import ClusterIndex
 from kdns.objects import service_from_dict
 from webhook.cluster import ServiceCatalog
 from webhook.memo import AnswerMemo
-from webhook.review import review
+from webhook.review import dump, review
 from webhook.selection import ANNOTATION_ORIGINAL, Settings
 from webhook_fixtures import BASE, certs, webhook  # noqa: F401 - fixtures
 from webhook_harness import container, decoded_patch, pod, svc
@@ -144,3 +144,12 @@ def test_replicas_over_https_are_answered_from_the_memo(webhook):
         assert dict(response, uid="") == dict(first, uid="")
     assert webhook.metric("kdns_webhook_answer_memo_hits_total") == hits + 2
     assert webhook.metric("kdns_webhook_answer_memo_bytes") >= len(first["patch"])
+
+
+@pytest.mark.parametrize("uid", ["u", "é\u2028\"\\", "\ud800x"])
+def test_the_answer_is_written_as_json_dumps_writes_it(uid):
+    """review.dump writes the base64 patch without json.dumps scanning it; every other byte is json.dumps's."""
+    cat = catalog()
+    for obj in (pod(containers=[container(env=SHADOW)]), pod(annotations={"kdns.io/service-links": "false"}), []):
+        body = review(json.dumps(admission_review(obj, "shop", uid=uid)).encode(), cat, Settings()).body
+        assert dump(body) == json.dumps(body).encode()

@@ -126,7 +126,7 @@ class WebhookServer:
         except Exception as exc:  # noqa: BLE001 - a bug here must not reject pods or crash the server
             outcome = self._internal_error(body, exc)
         self._record(outcome, started)
-        return web.Response(text=dump(outcome.body), content_type="application/json")
+        return web.Response(body=dump(outcome.body), content_type="application/json", charset="utf-8")
 
     def _bad_request(self, message: str, request: web.Request) -> web.Response:
         self.stats["bad_request"] += 1
