@@ -12,7 +12,8 @@ from collections import OrderedDict
 from typing import Any, Hashable
 
 MAX_ENTRIES = 1024
-MAX_BYTES = 64 * 1024 * 1024  # ~480 answers of a 64 KiB budget (a 140 KB base64 patch each)
+MAX_BYTES = 16 * 1024 * 1024  # ~60 answers of a full 64 KiB budget (140 KB of base64, as text and bytes);
+# small namespaces give small patches. The webhook Deployment is limited to 200Mi (deploy/README.md).
 
 
 class AnswerMemo:

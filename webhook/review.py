@@ -228,7 +228,7 @@ class Changes:
 
     @property
     def size(self) -> int:
-        return len(self.patch or "") + sum(len(w) for w in self.warnings)
+        return (2 * len(self.patch) if self.patch else 0) + sum(len(w) for w in self.warnings)  # text and data
 
 
 def _changes(pod: PodView, the_plan: Plan, reinvocation: bool, links: bool, settings: Settings) -> Changes:
