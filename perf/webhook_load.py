@@ -15,7 +15,9 @@ so (`send_lag_ms`): the figures then include the generator's lag.
 Bounded: rate x duration requests per rate, each with --timeout; loopback only. An error is a
 non-200 answer, a timeout, a connection error, or an answer that is not an AdmissionReview for the
 same uid that allows the pod with a JSONPatch and the budget warning. The first answer is also
-decoded and applied with `jsonpatch` and its environment checked against the budget.
+decoded and applied with `jsonpatch` and its environment checked against the budget. Every pod is
+the same, so an answer that equals a fully checked one byte for byte apart from its uid is right
+without parsing its ~140 KB again (the generator shares the machine); any other is parsed and checked.
 The machine is shared: the run first waits (--wait-quiet) for other processes to go quiet, and
 reports the CPU they used during each rate (`others_cpu_pct`, % of one core), and the server's
 and this generator's own CPU time per answered request, which contention does not inflate much.
@@ -124,6 +126,22 @@ def check_answer(status: int, body: bytes, uid: str) -> str | None:
     return None
 
 
+class SameAnswer:
+    """Whether an answer is a checked answer with another uid: the bytes around the uid compared."""
+
+    def __init__(self, body: bytes, uid: str):
+        marker = b'"uid": ' + json.dumps(uid).encode()
+        if body.count(marker) != 1:
+            raise AssertionError(f"uid {uid!r} not found once in the answer")
+        self.prefix, self.suffix = body.split(marker)
+        self.prefix += b'"uid": '
+
+    def matches(self, body: bytes, uid: str) -> bool:
+        middle = len(body) - len(self.prefix) - len(self.suffix)
+        return (middle > 0 and body.startswith(self.prefix) and body.endswith(self.suffix)
+                and body[len(self.prefix):len(self.prefix) + middle] == json.dumps(uid).encode())
+
+
 def check_first(body: bytes) -> int:
     """Apply the first answer's patch; return the injected environment's size (must fit the budget)."""
     response = json.loads(body)["response"]
@@ -164,6 +182,7 @@ async def run_rate(session: aiohttp.ClientSession, url: str, rate: float, durati
     errors: dict[str, int] = {}
     lags: list[float] = []
     first: list[bytes] = []
+    same: list[SameAnswer] = []  # the first right answer, as a template
 
     async def one(k: int, due: float) -> None:
         uid = f"{tag}-{k}"
@@ -179,11 +198,14 @@ async def run_rate(session: aiohttp.ClientSession, url: str, rate: float, durati
             errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
             return
         latencies.append(loop.time() - due)
+        if status == 200 and same and same[0].matches(body, uid):
+            return
         problem = check_answer(status, body, uid)
         if problem:
             errors[problem[:60]] = errors.get(problem[:60], 0) + 1
         elif not first:
             first.append(body)
+            same.append(SameAnswer(body, uid))
 
     start = loop.time() + 0.1
     tasks = []

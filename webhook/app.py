@@ -23,7 +23,7 @@ from kdns import __version__
 from kdns.log import Logger
 
 from .certs import ReloadingTLS
-from .review import API_VERSION, BadRequest, Outcome, review
+from .review import API_VERSION, BadRequest, Outcome, dump, review
 from .selection import Settings
 
 OUTCOMES = ("mutated", "unchanged", "opted_out", "not_selected", "unsynced", "skipped", "bad_request",
@@ -126,7 +126,7 @@ class WebhookServer:
         except Exception as exc:  # noqa: BLE001 - a bug here must not reject pods or crash the server
             outcome = self._internal_error(body, exc)
         self._record(outcome, started)
-        return web.json_response(outcome.body)
+        return web.Response(body=dump(outcome.body), content_type="application/json", charset="utf-8")
 
     def _bad_request(self, message: str, request: web.Request) -> web.Response:
         self.stats["bad_request"] += 1
@@ -209,6 +209,13 @@ class _Collector:
         yield GaugeMetricFamily("kdns_webhook_services_synced", "1 once the services have synced.",
                                 value=1 if s.catalog.synced else 0)
         yield GaugeMetricFamily("kdns_webhook_services", "Services known.", value=len(s.catalog))
+        answers = s.catalog.answers
+        yield CounterMetricFamily("kdns_webhook_answer_memo_hits", "Admissions answered from a remembered patch "
+                                  "(same plan, same pod shape).", value=answers.hits)
+        yield CounterMetricFamily("kdns_webhook_answer_memo_misses", "Admissions whose patch was computed.",
+                                  value=answers.misses)
+        yield GaugeMetricFamily("kdns_webhook_answer_memo_bytes", "Bytes held by remembered patches.",
+                                value=answers.bytes)
         yield CounterMetricFamily("kdns_webhook_cert_reloads", "Certificate/key pairs reloaded after a change.",
                                   value=s.tls.reloads)
         yield CounterMetricFamily("kdns_webhook_cert_reload_failures", "Changed certificate/key pairs that failed to load.",

@@ -19,23 +19,28 @@ from kdns.log import Logger
 from kdns.objects import Namespace, Service
 from kdns.sources.manifests import ManifestSource
 
+from .memo import AnswerMemo
+
 MEMO_SIZE = 256  # plans remembered: (namespace, kdns.io/services, links, budget) combinations in use
 
 
 class ServiceCatalog:
-    """Services by namespace, and namespace labels, read from a ClusterIndex."""
+    """Services by namespace, and namespace labels, read from a ClusterIndex; the plans computed from
+    them (memo) and the answers computed from those plans (`answers`, keyed by the plan's serial)."""
 
-    def __init__(self, index: ClusterIndex):
+    def __init__(self, index: ClusterIndex, answers: AnswerMemo | None = None):
         self.index = index
         self._by_namespace: dict[str, dict[str, Service]] = {}
         self._memo: OrderedDict[Hashable, Any] = OrderedDict()
+        self.answers = answers if answers is not None else AnswerMemo()
         for (ns, name), svc in index.services.items():
             self._by_namespace.setdefault(ns, {})[name] = svc
         index.subscribe(self._changed)
 
     def memo(self, key: Hashable, namespaces: frozenset[str] | None, compute: Callable[[], Any]) -> Any:
         """compute(), remembered under `key` (the last MEMO_SIZE keys) until a service changes in one
-        of `namespaces` (None: in any namespace)."""
+        of `namespaces` (None: in any namespace). A value with a `serial` (a Plan) takes the answers
+        remembered under that serial with it when it is forgotten."""
         try:
             self._memo.move_to_end(key)
             return self._memo[key][0]
@@ -43,15 +48,21 @@ class ServiceCatalog:
             value = compute()
             self._memo[key] = (value, namespaces)
             if len(self._memo) > MEMO_SIZE:
-                self._memo.popitem(last=False)
+                self._forget(next(iter(self._memo)))
             return value
+
+    def _forget(self, key: Hashable) -> None:
+        value, _ = self._memo.pop(key)
+        serial = getattr(value, "serial", None)
+        if serial is not None:
+            self.answers.drop(serial)
 
     def _changed(self, keys: set) -> None:
         changed = {key[1] for key in keys if len(key) == 3 and key[0] == "svc"}
         if changed and self._memo:
             for key, (_, namespaces) in list(self._memo.items()):
                 if namespaces is None or not namespaces.isdisjoint(changed):
-                    del self._memo[key]
+                    self._forget(key)
         for key in keys:
             if len(key) == 3 and key[0] == "svc":
                 _, ns, name = key

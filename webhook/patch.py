@@ -236,6 +236,16 @@ def encode(ops: list[dict]) -> str:
     return "[" + ",".join(parts) + "]"
 
 
+def shape_key(pod: PodView) -> str:
+    """Everything of `pod` that merge(), env_ops() and annotation_op() read, and the container names
+    the warnings name, as one string: two pods with the same key get the same patch from one plan.
+    Whole env and envFrom entries go in (key order normalised), not only the fields read today; a
+    container's index is its place in the list (initContainers first, as PodView.parse reads them)."""
+    return json.dumps([pod.has_metadata, pod.annotations is None, pod.enable_service_links,
+                       [[c.field, c.name, c.env, c.env_from] for c in pod.containers]],
+                      sort_keys=True, separators=(",", ":"))
+
+
 def annotation_op(pod: PodView, key: str, value: str) -> dict:
     if not pod.has_metadata:
         return {"op": "add", "path": "/metadata", "value": {"annotations": {key: value}}}

@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .patch import PodShapeError, PodView, annotation_op, encode, env_ops, merge
-from .selection import ANNOTATION_LINKS, ANNOTATION_ORIGINAL, ANNOTATION_SERVICES, Settings, plan, selected
+from .patch import PodShapeError, PodView, annotation_op, encode, env_ops, merge, shape_key
+from .selection import ANNOTATION_LINKS, ANNOTATION_ORIGINAL, ANNOTATION_SERVICES, Plan, Settings, plan, selected
 
 API_VERSION = "admission.k8s.io/v1"
 KNOWN_VERSIONS = (API_VERSION, "admission.k8s.io/v1beta1")
@@ -57,17 +57,50 @@ def decode(body: bytes) -> Any:
         raise BadRequest(f"body is not JSON ({exc}): expected an AdmissionReview object") from None
 
 
+class Base64(str):
+    """Base64 text (no character JSON escapes); `data` is the same as bytes, which dump() writes
+    between quotes as they are."""
+
+    data: bytes
+
+    def __new__(cls, data: bytes) -> "Base64":
+        text = super().__new__(cls, data.decode("ascii"))
+        text.data = data
+        return text
+
+
 def _allow(api_version: str, uid: str, message: str = "", warnings: list[str] | None = None,
-           patch: list[dict] | None = None) -> dict:
+           patch: Base64 | None = None) -> dict:
     response: dict[str, Any] = {"uid": uid, "allowed": True}
     if message:
         response["status"] = {"message": message}
     if patch:
         response["patchType"] = "JSONPatch"
-        response["patch"] = base64.b64encode(encode(patch).encode()).decode()
+        response["patch"] = patch
     if warnings:
         response["warnings"] = warnings
     return {"apiVersion": api_version, "kind": "AdmissionReview", "response": response}
+
+
+def dump(value: Any) -> bytes:
+    """json.dumps(value) (default separators) as UTF-8, without scanning or copying a Base64 string
+    more than once: the patch of a budget-filled pod is ~140 KB of base64 text."""
+    parts: list[bytes] = []
+    _dump(value, parts)
+    return b"".join(parts)
+
+
+def _dump(value: Any, parts: list[bytes]) -> None:
+    if isinstance(value, Base64):
+        parts += (b'"', value.data, b'"')
+    elif isinstance(value, dict):
+        parts.append(b"{")
+        for i, (key, item) in enumerate(value.items()):
+            parts.append((", " if i else "").encode() + json.dumps(key).encode() + b": ")
+            _dump(item, parts)
+        parts.append(b"}")
+    else:
+        parts.append(json.dumps(value).encode())
 
 
 def _describe_gvk(kind: Any) -> str:
@@ -166,8 +199,42 @@ def _mutate(api_version: str, uid: str, pod: PodView, catalog, settings: Setting
                             "replaced")
         links = pod.enable_service_links is not False
     the_plan = plan(pod.namespace, annotations, links, len(pod.containers), catalog, settings, warnings)
+    shape = (settings, reinvocation, links, shape_key(pod))
+    changes = catalog.answers.get(the_plan.serial, shape)
+    if changes is None:
+        changes = _changes(pod, the_plan, reinvocation, links, settings)
+        catalog.answers.put(the_plan.serial, shape, changes, changes.size + len(shape[-1]))
+    warnings += changes.warnings
+    if reinvocation and not changes.injected:
+        warnings = []  # the first invocation said all of it
+    warnings = _finish_warnings(warnings, settings.max_warnings)
+    return Outcome(_allow(api_version, uid, warnings=warnings, patch=changes.patch),
+                   "mutated" if changes.patch else "unchanged", uid=uid, pod=who,
+                   injected=changes.injected, containers=len(pod.containers),
+                   budget_exceeded=the_plan.dropped_services > 0 and not (reinvocation and not changes.injected),
+                   shadowed=changes.shadowed, warnings=warnings,
+                   message=(f"{len(the_plan.services)} services" + (f" from {ANNOTATION_SERVICES}"
+                                                                      if ANNOTATION_SERVICES in annotations else "")))
 
+
+@dataclass(frozen=True)
+class Changes:
+    """What one plan does to one pod shape: the same for every pod of that shape (see AnswerMemo)."""
+
+    patch: Base64 | None  # the JSONPatch, base64; None when nothing changes
+    injected: int
+    shadowed: int
+    warnings: tuple[str, ...]  # about the pod's containers
+
+    @property
+    def size(self) -> int:
+        return (2 * len(self.patch) if self.patch else 0) + sum(len(w) for w in self.warnings)  # text and data
+
+
+def _changes(pod: PodView, the_plan: Plan, reinvocation: bool, links: bool, settings: Settings) -> Changes:
+    """The patch for `pod` under `the_plan`; reads only what shape_key(pod) holds and the arguments."""
     ops: list[dict] = []
+    warnings: list[str] = []
     injected = shadowed = 0
     for container in pod.containers:
         result = merge(container, the_plan.variables)
@@ -184,19 +251,11 @@ def _mutate(api_version: str, uid: str, pod: PodView, catalog, settings: Setting
         if result.env_from_overrides:
             warnings.append(f"container {container.name}: envFrom keys are unknown at admission; one named like an "
                             f"injected variable (e.g. {result.env_from_overrides[0]}) is now overridden by it")
-    if reinvocation and not injected:
-        warnings = []  # the first invocation said all of it
     changes_links = settings.disable_kubelet_links and pod.enable_service_links is not False
     if ops or changes_links:
         if changes_links:
             ops.append({"op": "add", "path": "/spec/enableServiceLinks", "value": False})
         if not reinvocation:
             ops.append(annotation_op(pod, ANNOTATION_ORIGINAL, "true" if links else "false"))
-    warnings = _finish_warnings(warnings, settings.max_warnings)
-    outcome = "mutated" if ops else "unchanged"
-    return Outcome(_allow(api_version, uid, warnings=warnings, patch=ops), outcome, uid=uid, pod=who,
-                   injected=injected, containers=len(pod.containers),
-                   budget_exceeded=the_plan.dropped_services > 0 and not (reinvocation and not injected),
-                   shadowed=shadowed, warnings=warnings,
-                   message=(f"{len(the_plan.services)} services" + (f" from {ANNOTATION_SERVICES}"
-                                                                      if ANNOTATION_SERVICES in annotations else "")))
+    patch = Base64(base64.b64encode(encode(ops).encode())) if ops else None
+    return Changes(patch, injected, shadowed, tuple(warnings))

@@ -24,6 +24,7 @@ name) while their variables fit in min(--budget, --pod-budget / containers) byte
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -39,6 +40,7 @@ ANNOTATION_ORIGINAL = "kdns.io/original-enable-service-links"  # written on muta
 LABEL_LINKS = "kdns.io/service-links"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_serials = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class Plan:
     dropped_variables: int = 0
     budget: int = 0
     used: int = 0
+    serial: int = field(default_factory=lambda: next(_serials))  # unique per computed plan: answers are memoised by it
 
 
 def selected(annotations: Mapping[str, str], namespace_labels: Mapping[str, str],
