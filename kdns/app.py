@@ -318,7 +318,7 @@ class Runtime:
 
     def cache_bytes(self) -> dict[str, int]:
         return {"answers": sum(h.cache.bytes for h in self.handlers.values()),
-                "responses": sum(b.cache.bytes for b in self.blocks if b.cache is not None)}
+                "responses": sum(b.cache.bytes for b in _per_server_block(self.blocks) if b.cache is not None)}
 
     def memory_line(self) -> str:
         rss = rss_bytes()
