@@ -84,6 +84,34 @@ def test_accounted_bytes_match_what_the_entries_really_hold():
     assert 0.9 * traced <= accounted <= 2.0 * traced, (accounted, traced)
 
 
+def test_index_bytes_estimate_against_tracemalloc(tmp_path):
+    """kdns_index_bytes for a generated cluster loaded from manifests, against what tracemalloc
+    traces for the same index (the source's own state dropped)."""
+    import io
+    import os
+    import sys
+
+    from kdns.index import ClusterIndex
+    from kdns.log import Logger
+    from kdns.sources.manifests import ManifestSource
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "perf"))
+    from gen_cluster import build_cluster, write_manifests
+    write_manifests(build_cluster(1500, 4500, 40, 0.1, 3), str(tmp_path))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        index = ClusterIndex(implicit_namespaces=True)
+        source = ManifestSource([str(tmp_path)], index, Logger(stream=io.StringIO()))
+        source.load()
+        del source
+        gc.collect()
+        traced = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(index.services) > 1500
+    assert 0.9 * traced <= index_bytes(index) <= 1.5 * traced, (index_bytes(index), traced)
+
+
 def test_index_bytes_estimate_follows_the_cluster():
     small, _ = handler_for(namespace("a"), clusterip("a", "s0", "10.96.0.1"))
     objects = [namespace("a")] + [clusterip("a", f"s{i}", f"10.96.{i // 250}.{i % 250 + 1}") for i in range(2000)]
