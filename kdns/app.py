@@ -107,30 +107,12 @@ class Runtime:
         old_blocks = self.blocks
         new_blocks = []
         for bc in settings.blocks:
-            resolver = None
-            if bc.kubernetes is not None:
-                resolver = Resolver(self.index, ResolverConfig(
-                    zones=ZoneSet(bc.kubernetes.zones), ttl=bc.kubernetes.ttl, pods=bc.kubernetes.pods,
-                    can_chase=bc.forward is not None, ignore_empty_service=bc.kubernetes.ignore_empty_service,
-                    zonal=bc.kubernetes.zonal))
-            forwarder = Forwarder(bc.forward, self.log, own) if bc.forward is not None else None
-            cache = ResponseCache(bc.cache, own_zones=k.zones if k else [], max_bytes=per_cache) \
-                if bc.cache is not None else None
-            hosts = Hosts(bc.hosts, self.log) if bc.hosts is not None else None
-            search: list[str] = []
-            if bc.autopath is not None:
-                path = self.resolv_conf if bc.autopath.source.startswith("@") else bc.autopath.source
-                try:
-                    search = read_resolv_conf(path)[1]
-                except OSError as exc:
-                    self.log.warning("autopath_resolv_conf_unreadable", file=path, error=exc.strerror,
-                                     effect="no host search domains are tried")
+            parts = block_parts(bc, self.index, self.log, own, per_cache, k.zones if k else [], self.resolv_conf)
             # a Block per listener, sharing the plugins (cache, forwarder, hosts) of the server block; each
             # listener's answer cache holds only what its own blocks answered
             for host in self._hosts(bc):
-                block = Block(bc, self.index, answers[(bc.port, host)], self.log, self.metrics, resolver=resolver,
-                              forwarder=forwarder, cache=cache, hosts=hosts, search_domains=search,
-                              listener=(bc.port, host))
+                block = Block(bc, self.index, answers[(bc.port, host)], self.log, self.metrics,
+                              listener=(bc.port, host), **parts)
                 new_blocks.append(block)
                 blocks_by_listener.setdefault((bc.port, host), []).append(block)
         # listeners: keep the (port, address) pairs that stay, bind new ones, close the ones gone
@@ -223,8 +205,7 @@ class Runtime:
         if k is None:
             return
         use_api = not k.manifests
-        index = ClusterIndex(implicit_namespaces=not use_api, namespaces=k.namespaces,
-                             namespace_selector=k.namespace_labels, endpoint_pod_names=k.endpoint_pod_names)
+        index = index_for(k)
         wanted = object_filter(k.namespaces, k.labels)
         if use_api:
             from .sources.api import ApiSource, build_api_client
@@ -418,6 +399,37 @@ class Runtime:
                 block.forwarder.close()
         if self.http is not None:
             await self.http.stop()
+
+
+def index_for(k) -> ClusterIndex:
+    """An empty index with the kubernetes directive's namespace filters (manifests: a namespace named by
+    any object exists)."""
+    return ClusterIndex(implicit_namespaces=bool(k.manifests), namespaces=k.namespaces,
+                        namespace_selector=k.namespace_labels, endpoint_pod_names=k.endpoint_pod_names)
+
+
+def block_parts(bc, index: ClusterIndex, log: Logger, own: set, per_cache: int, zones: list[str],
+                resolv_conf: str) -> dict:
+    """The plugins every Block of one server block shares: resolver, forwarder, response cache, hosts and
+    the autopath search list (keyword arguments of Block)."""
+    resolver = None
+    if bc.kubernetes is not None:
+        resolver = Resolver(index, ResolverConfig(
+            zones=ZoneSet(bc.kubernetes.zones), ttl=bc.kubernetes.ttl, pods=bc.kubernetes.pods,
+            can_chase=bc.forward is not None, ignore_empty_service=bc.kubernetes.ignore_empty_service,
+            zonal=bc.kubernetes.zonal))
+    forwarder = Forwarder(bc.forward, log, own) if bc.forward is not None else None
+    cache = ResponseCache(bc.cache, own_zones=zones, max_bytes=per_cache) if bc.cache is not None else None
+    hosts = Hosts(bc.hosts, log) if bc.hosts is not None else None
+    search: list[str] = []
+    if bc.autopath is not None:
+        path = resolv_conf if bc.autopath.source.startswith("@") else bc.autopath.source
+        try:
+            search = read_resolv_conf(path)[1]
+        except OSError as exc:
+            log.warning("autopath_resolv_conf_unreadable", file=path, error=exc.strerror,
+                        effect="no host search domains are tried")
+    return dict(resolver=resolver, forwarder=forwarder, cache=cache, hosts=hosts, search_domains=search)
 
 
 def _per_server_block(blocks: list[Block]) -> list[Block]:

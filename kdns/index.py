@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from .history import History, describe
 from .objects import Endpoint, EndpointSlice, Namespace, Pod, Service, ServicePort
 
 ANY = ("any",)
@@ -111,6 +112,7 @@ class ClusterIndex:
         self.reverse: dict[str, tuple | set] = {}
         self._listeners: list[Listener] = []
         self._batch: set | None = None
+        self.history = History()  # the last changes applied, for `kdns explain`
 
     # ---------------------------------------------------------------- subscription / batching
 
@@ -179,12 +181,14 @@ class ClusterIndex:
             if old is None:
                 self._ref(obj.namespace, 1, touched)
             self._rebuild_view(obj.key, touched)
+            created = old is None
         elif isinstance(obj, EndpointSlice):
             svc_key = (obj.namespace, obj.service)
             if obj.legacy:
                 if self.legacy.get(svc_key) == obj:
                     return
-                if svc_key not in self.legacy:
+                created = svc_key not in self.legacy
+                if created:
                     self._ref(obj.namespace, 1, touched)
                 self.legacy[svc_key] = obj
             else:
@@ -195,7 +199,8 @@ class ClusterIndex:
                     # the slice moved to another service (label changed)
                     self._drop_slice(obj.namespace, obj.name, touched)
                     old_owner = None
-                if old_owner is None:
+                created = old_owner is None
+                if created:
                     self._ref(obj.namespace, 1, touched)
                 self.slices.setdefault(svc_key, {})[obj.name] = obj
                 self.slice_owner[obj.key] = obj.service
@@ -204,6 +209,7 @@ class ClusterIndex:
             old = self.pods.get(obj.key)
             if old == obj:
                 return
+            created = old is None
             if old is not None:
                 self._unindex_pod(old)
             else:
@@ -217,15 +223,23 @@ class ClusterIndex:
         elif isinstance(obj, Namespace):
             if self.namespaces.get(obj.name) == obj:
                 return
+            created = obj.name not in self.namespaces
             self.namespaces[obj.name] = obj
             touched.add(("ns", obj.name))  # existence or labels (namespace_selector) changed
         else:  # pragma: no cover - programming error
             raise TypeError(f"cannot index {type(obj).__name__}")
+        self._record(obj, "created" if created else "updated")
         self._touch(touched)
+
+    def _record(self, obj, action: str) -> None:
+        kind = "Endpoints" if isinstance(obj, EndpointSlice) and obj.legacy else type(obj).__name__
+        self.history.add(kind, getattr(obj, "namespace", ""), obj.name, action, describe(obj),
+                         obj.service if isinstance(obj, EndpointSlice) else "")
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
         """Delete by kind ("Service", "EndpointSlice", "Endpoints", "Pod", "Namespace")."""
         touched: set = set()
+        service = ""
         if kind == "Service":
             if self.services.pop((namespace, name), None) is None:
                 return
@@ -234,10 +248,12 @@ class ClusterIndex:
         elif kind == "EndpointSlice":
             if (namespace, name) not in self.slice_owner:
                 return
+            service = self.slice_owner[(namespace, name)]
             self._drop_slice(namespace, name, touched)
         elif kind == "Endpoints":
             if self.legacy.pop((namespace, name), None) is None:
                 return
+            service = name
             self._ref(namespace, -1, touched)
             self._rebuild_view((namespace, name), touched)
         elif kind == "Pod":
@@ -253,6 +269,7 @@ class ClusterIndex:
             touched.add(("ns", name))
         else:  # pragma: no cover
             raise ValueError(f"unknown kind {kind}")
+        self.history.add(kind, namespace, name, "deleted", "", service)
         self._touch(touched)
 
     def remove(self, obj: Service | EndpointSlice | Pod | Namespace) -> None:

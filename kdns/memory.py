@@ -181,4 +181,7 @@ def index_bytes(index, sample: int = 400) -> int:
         picked = picked or [next(iter(table.items()))]
         measured = sum(deep_size(k, seen) + deep_size(v, seen) for k, v in picked)
         total += int(measured * len(table) / len(picked))
+    events = getattr(getattr(index, "history", None), "events", None)
+    if events:  # the change log (kdns explain): bounded, its entries all alike
+        total += sys.getsizeof(events) + len(events) * deep_size(events[-1], set())
     return total

@@ -1,0 +1,185 @@
+"""kdns explain: its answers are the server's (generated queries against the real server over UDP), its
+explanations for the scenarios users hit (golden text), and the console script's exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from harness import EXAMPLE, ROOT, KdnsProcess
+from upstream import FakeUpstream
+
+from kdns.cli import _load, build_parser
+from kdns.explain import Explainer, Question, candidates, render
+from kdns.explain_cli import load_index, offline_blocks
+from kdns.log import Logger
+
+UPSTREAM_RECORDS = {("payments.example.com", "A"): ["192.0.2.10"], ("example.org", "A"): ["192.0.2.20"],
+                    ("example.org", "AAAA"): ["2001:db8::20"], ("www.example.org", "CNAME"): ["example.org."]}
+
+
+def explainer(*flags: str) -> Explainer:
+    """An offline Explainer built the way `kdns explain` builds it, from these command-line flags."""
+    args = build_parser().parse_args(["explain", "x", *flags])
+
+    async def build():
+        settings = _load(args)
+        index, unfiltered = await load_index(settings, Logger(level="error"), args)
+        return Explainer(offline_blocks(settings, index, Logger(level="error"), args.resolv_conf), unfiltered)
+    return asyncio.run(build())
+
+
+def explain(ex: Explainer, name: str, **kw) -> dict:
+    return asyncio.run(ex.explain(Question(name, **kw)))
+
+
+def normalised(text: str) -> str:
+    """Golden text without what changes run to run: ages and the upstream's port."""
+    text = re.sub(r"^   \d+[smh] ago  ", "   <age> ago  ", text, flags=re.M)
+    return re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:<port>", text)
+
+
+# ---------------------------------------------------------------------------------------- same answers
+
+
+def _names() -> st.SearchStrategy[str]:
+    services = ["gateway.shop", "api.shop", "payments.shop", "legacy-api.shop", "search.shop", "db.data",
+                "db-peers.data", "cache.data", "kubernetes.default", "kube-dns.kube-system", "gatewy.shop",
+                "db.shop", "api.data", "nope.default"]
+    svc = st.sampled_from(services).map(lambda s: s + ".svc.cluster.local")
+    endpoint = st.sampled_from(["db-0", "db-1", "db-2", "10-244-1-40", "x"]).flatmap(
+        lambda e: st.sampled_from(["db.data", "db-peers.data", "cache.data"]).map(
+            lambda s: f"{e}.{s}.svc.cluster.local"))
+    srv = st.sampled_from(["_http._tcp", "_https._tcp", "_dns._udp", "_postgres._tcp", "_x._tcp"]).flatmap(
+        lambda p: st.sampled_from(services[:8]).map(lambda s: f"{p}.{s}.svc.cluster.local"))
+    pod = st.sampled_from(["10-244-1-10", "10-244-9-9", "fd00-10-244--7", "bad"]).flatmap(
+        lambda ip: st.sampled_from(["shop", "data", "nons"]).map(lambda ns: f"{ip}.{ns}.pod.cluster.local"))
+    reverse = st.sampled_from(["10.96.100.10", "10.244.1.20", "10.96.0.1", "10.1.2.3", "10.96.0.10"]).map(
+        lambda ip: ".".join(reversed(ip.split("."))) + ".in-addr.arpa")
+    special = st.sampled_from(["cluster.local", "dns-version.cluster.local", "ns.dns.cluster.local",
+                               "svc.cluster.local", "shop.svc.cluster.local", "x.cluster.local",
+                               "example.org", "www.example.org", "payments.example.com", "nx.example.org"])
+    return st.one_of(svc, endpoint, srv, pod, reverse, special)
+
+
+def _canonical(rtype: str, data: str) -> str:
+    return dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.from_text(rtype), data).to_text().lower()
+
+
+@pytest.fixture(scope="module")
+def live():
+    with FakeUpstream(UPSTREAM_RECORDS) as upstream:
+        flags = ["--manifests", EXAMPLE, "--pods", "insecure", "--upstream", f"127.0.0.1:{upstream.port}"]
+        with KdnsProcess(*flags) as server:
+            yield server, explainer(*flags)
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=_names(), qtype=st.sampled_from(["A", "AAAA", "SRV", "TXT", "PTR", "CNAME", "SOA", "NS"]))
+def test_explain_final_answer_is_the_wire_answer(live, name, qtype):
+    """For generated questions, explain's final rcode and answer records equal the running server's
+    answer over UDP (dnspython, TCP when truncated)."""
+    server, ex = live
+    report = explain(ex, name + ".", qtype=qtype)
+    final = report["queries"][-1]
+    msg = dns.message.make_query(name + ".", qtype)
+    wire, _ = dns.query.udp_with_fallback(msg, "127.0.0.1", port=server.port, timeout=10)
+    assert final["rcode"] == dns.rcode.to_text(wire.rcode())
+    got = sorted((a["name"].lower(), a["type"], _canonical(a["type"], a["data"])) for a in final["answer"])
+    want = sorted((rrset.name.to_text().lower(), dns.rdatatype.to_text(rrset.rdtype), rd.to_text().lower())
+                  for rrset in wire.answer for rd in rrset)
+    assert got == want
+    assert all(a["source"] for a in final["answer"])
+
+
+# ---------------------------------------------------------------------------------------- scenarios
+
+TYPO = """\
+kdns explain gatewy.shop A from default (ndots 5)
+search: default.svc.cluster.local svc.cluster.local cluster.local
+note: 'gatewy.shop' has 1 dot (< ndots 5): the search list is tried first, the name as given last
+1. gatewy.shop.default.svc.cluster.local. A -> NXDOMAIN (kubernetes)
+   why: no Service 'shop' in namespace 'default'
+2. gatewy.shop.svc.cluster.local. A -> NXDOMAIN (kubernetes)
+   why: no Service 'gatewy' in namespace 'shop'
+   fix: did you mean gateway.shop? (a typo: 1 edit)
+3. gatewy.shop.cluster.local. A -> NXDOMAIN (kubernetes)
+   why: not a cluster name: names under cluster.local are <service>.<namespace>.svc.cluster.local or <ip>.<namespace>.pod.cluster.local
+4. gatewy.shop. A -> REFUSED
+   why: outside the zones kdns serves here and no forward plugin covers it: REFUSED
+answer: none of the 4 names resolved (last: gatewy.shop. REFUSED)
+cost: this lookup sends 8 queries (4 names x A/AAAA)
+recent changes:
+   <age> ago  Namespace default created
+   <age> ago  Namespace shop created
+"""
+
+
+def test_typo_suggests_the_near_name():
+    report = explain(explainer("--manifests", EXAMPLE), "gatewy.shop")
+    assert normalised(render(report)) == TYPO
+    assert not report["final"]["ok"]
+
+
+WRONG_NAMESPACE = """\
+kdns explain api A from data (ndots 5)
+search: data.svc.cluster.local svc.cluster.local cluster.local
+note: 'api' has 0 dots (< ndots 5): the search list is tried first, the name as given last
+1. api.data.svc.cluster.local. A -> NXDOMAIN (kubernetes)
+   why: no Service 'api' in namespace 'data'
+   fix: did you mean api.shop? (Service shop/api exists)
+2. api.svc.cluster.local. A -> NXDOMAIN (kubernetes)
+   why: no namespace 'api' (no Namespace object, nothing in it)
+3. api.cluster.local. A -> NXDOMAIN (kubernetes)
+   why: not a cluster name: names under cluster.local are <service>.<namespace>.svc.cluster.local or <ip>.<namespace>.pod.cluster.local
+4. api. A -> REFUSED
+   why: outside the zones kdns serves here and no forward plugin covers it: REFUSED
+answer: none of the 4 names resolved (last: api. REFUSED)
+cost: this lookup sends 8 queries (4 names x A/AAAA)
+recent changes:
+   <age> ago  Namespace data created
+"""
+
+
+def test_wrong_namespace_names_the_right_one():
+    assert normalised(render(explain(explainer("--manifests", EXAMPLE), "api", namespace="data"))) == WRONG_NAMESPACE
+
+
+# ---------------------------------------------------------------------------------------- the console script
+
+KDNS = os.path.join(os.path.dirname(sys.executable), "kdns")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([KDNS, "explain", *args], capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+
+def test_cli_exit_codes_and_json():
+    found = run_cli("gateway", "--from", "shop", "--manifests", EXAMPLE, "--json")
+    assert found.returncode == 0, found.stderr
+    report = json.loads(found.stdout)
+    assert report["final"] == {"name": "gateway.shop.svc.cluster.local.", "rcode": "NOERROR", "records": 1, "ok": True}
+    assert report["queries"][0]["answer"][0]["source"] == "Service shop/gateway (ClusterIP)"
+    assert {"question", "notes", "queries", "final", "cost", "history"} == set(report)
+    missing = run_cli("gatewy", "--from", "shop", "--manifests", EXAMPLE)
+    assert missing.returncode == 1
+    assert "did you mean gateway.shop? (a typo: 1 edit)" in missing.stdout
+    bad_type = run_cli("gateway", "--type", "BOGUS", "--manifests", EXAMPLE)
+    assert bad_type.returncode == 2 and "unknown record type 'BOGUS'" in bad_type.stderr
+    no_source = run_cli("gateway")
+    assert no_source.returncode == 2 and "no cluster source" in no_source.stderr
