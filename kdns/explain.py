@@ -22,6 +22,7 @@ from .metrics import DnsMetrics
 from .pipeline import Block
 from .resolver import Answer, Resolver, _is_ip, parse_dashed_ip, reverse_to_ip
 from .server import QueryHandler
+from .wire import parse_query
 
 DEFAULT_NDOTS = 5  # what the kubelet writes into a pod's resolv.conf
 MAX_LABEL, MAX_NAME = 63, 253
@@ -128,7 +129,7 @@ class _TracingBlock(Block):
 
     def serve(self, req, position: int = 0):
         if position == len(self.chain.wrappers) and req.outer is not None and req.name != req.top.name:
-            self.rec.rewrites.append((req.top.name, req.name))
+            self.rec.rewrites.append((req.top.query.name_text.lower(), req.query.name_text.lower()))
         return super().serve(req, position)
 
 
@@ -336,10 +337,11 @@ class Explainer:
         block, _ = handler.select(tuple(fqdn.rstrip(".").lower().split(".")) if fqdn != "." else ())
         entry["steps"] = self._steps(block, rec, plugin, response)
         upstream = rec.upstreams[-1] if rec.upstreams else ""
+        asked = rec.rewrites[-1][1] if rec.rewrites else fqdn
         for rr in response.rr:
             source = rec.source_of(rr)
             if source is None:
-                source = self._pipeline_source(block, rr, plugin, upstream, fqdn)
+                source = self._pipeline_source(block, rr, plugin, upstream, asked, qtype)
             entry["answer"].append({"name": str(rr.rname), "type": QTYPE.get(rr.rtype), "ttl": rr.ttl,
                                     "data": str(rr.rdata), "source": source})
         if not entry["answer"] or entry["rcode"] != "NOERROR":
@@ -353,24 +355,22 @@ class Explainer:
             rules = [r for r in (block.config.plugins.get("rewrite") or []) if r.field == "name" and r.matcher
                      and r.matcher.rewrite(asked) is not None] if block is not None else []
             where = f" by rewrite rule at {rules[0].where}" if rules else ""
-            steps.append(f"rewritten to {used}.{where}")
+            steps.append(f"rewritten to {used}{where}")
         if plugin == "autopath":
             target = next((str(rr.rdata) for rr in response.rr if QTYPE.get(rr.rtype) == "CNAME"), "?")
             steps.append(f"autopath answered server-side: CNAME to {target} (the pod's further search queries are saved)")
-        if plugin == "cache" and block is not None and block.cache is not None:
-            steps.append("answered from the cache plugin" + _cache_left(block, response))
         return steps
 
     @staticmethod
-    def _pipeline_source(block, rr, plugin: str, upstream: str, fqdn: str) -> str:
+    def _pipeline_source(block, rr, plugin: str, upstream: str, asked: str, qtype: int) -> str:
         if plugin == "hosts" and block is not None and block.hosts is not None:
             return hosts_source(block.hosts, str(rr.rname).rstrip(".").lower(), str(rr.rdata))
         if plugin == "autopath" and QTYPE.get(rr.rtype) == "CNAME":
             return "autopath (server-side search path)"
         if upstream:
-            return f"forwarded to {upstream}"
+            return f"upstream {upstream} (forward)"
         if plugin == "cache":
-            return "cache plugin (a forwarded answer)"
+            return "the cache plugin: a forwarded answer" + _cache_left(block, asked, qtype)
         return f"{plugin} plugin" if plugin else "kdns"
 
     # -------------------------------------------------------------------------------- negative answers
@@ -403,6 +403,8 @@ class Explainer:
         k = block.config.kubernetes
         diag = _Diagnosis(self.index, resolver, zone, rel, qtype, k.labels if k is not None else None, self.unfiltered)
         reason, hints = diag.run()
+        if rec.upstreams and "ExternalName" in reason:
+            reason += f" (asked upstream {rec.upstreams[-1]}: {RCODE.get(rcode)})"
         if rcode == RCODE.NOERROR:
             other = await self._other_types(handler, fqdn, qtype, client)
             if other:
@@ -453,16 +455,19 @@ class Explainer:
                  "age_seconds": round(c.age(now), 1), "time": c.wall} for c in changes]
 
 
-def _cache_left(block, response) -> str:
-    from .wire import parse_query
+def _cache_left(block, name: str, qtype: int) -> str:
+    """', N s left' for the cache plugin's entry of this question (the name the block asked, after rewrites)."""
+    if block is None or block.cache is None:
+        return ""
     try:
-        q = DNSRecord.question(str(response.q.qname), QTYPE.get(response.q.qtype))
-        entry = block.cache.find(parse_query(bytes(q.pack())).key)
+        request = DNSRecord.question(name, QTYPE.get(qtype))
+        request.header.rd = 1
+        entry = block.cache.find(parse_query(bytes(request.pack())).key)
     except (DNSError, ValueError):
         return ""
     if entry is None:
         return ""
-    return f" ({max(0, int(entry.expires - block.cache.clock()))} s left)"
+    return f", {max(0, int(entry.expires - block.cache.clock()))} s left"
 
 
 async def ask(handler: QueryHandler, fqdn: str, qtype: int, client) -> tuple[DNSRecord | None, str]:
@@ -626,9 +631,9 @@ class _Diagnosis:
         raw = self.unfiltered.services.get((ns, name)) if self.unfiltered is not None else None
         if raw is not None and self.labels is not None:
             hints.insert(0, f"Service {ns}/{name} exists in the source but the kubernetes `labels` filter "
-                            f"leaves it out: its labels do not match")
+                            f"({self.labels.text}) leaves it out: its labels do not match")
         elif self.labels is not None and self.unfiltered is None:
-            hints.append("the kubernetes `labels` filter hides Services whose labels do not match it")
+            hints.append(f"the kubernetes `labels` filter ({self.labels.text}) hides Services whose labels do not match")
         return hints
 
     def _pod(self, parts: tuple) -> tuple[str, list[str]]:

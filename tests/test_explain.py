@@ -51,6 +51,7 @@ def explain(ex: Explainer, name: str, **kw) -> dict:
 def normalised(text: str) -> str:
     """Golden text without what changes run to run: ages and the upstream's port."""
     text = re.sub(r"^   \d+[smh] ago  ", "   <age> ago  ", text, flags=re.M)
+    text = re.sub(r", \d+ s left", ", <n> s left", text)
     return re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:<port>", text)
 
 
@@ -158,6 +159,162 @@ recent changes:
 
 def test_wrong_namespace_names_the_right_one():
     assert normalised(render(explain(explainer("--manifests", EXAMPLE), "api", namespace="data"))) == WRONG_NAMESPACE
+
+
+HEADLESS_NOTHING_READY = """\
+kdns explain search.shop A from default (ndots 5)
+search: default.svc.cluster.local svc.cluster.local cluster.local
+note: 'search.shop' has 1 dot (< ndots 5): the search list is tried first, the name as given last
+1. search.shop.default.svc.cluster.local. A -> NXDOMAIN (kubernetes)
+   why: no Service 'shop' in namespace 'default'
+2. search.shop.svc.cluster.local. A -> NXDOMAIN (kubernetes)
+   why: headless Service shop/search has no ready endpoints (1 endpoint, 0 ready): a headless name has nothing to answer
+   fix: wait for the pods to pass their readiness probes, or set publishNotReadyAddresses: true
+3. search.shop.cluster.local. A -> NXDOMAIN (kubernetes)
+   why: not a cluster name: names under cluster.local are <service>.<namespace>.svc.cluster.local or <ip>.<namespace>.pod.cluster.local
+   fix: did you mean search.shop.svc.cluster.local? (Service shop/search exists)
+4. search.shop. A -> REFUSED
+   why: outside the zones kdns serves here and no forward plugin covers it: REFUSED
+answer: none of the 4 names resolved (last: search.shop. REFUSED)
+cost: this lookup sends 8 queries (4 names x A/AAAA)
+recent changes:
+   <age> ago  Namespace default created
+   <age> ago  Namespace shop created
+   <age> ago  Service shop/search created (headless)
+   <age> ago  EndpointSlice shop/search-q8w4z created (1 endpoint, 0 ready)
+"""
+
+
+def test_headless_with_nothing_ready():
+    assert normalised(render(explain(explainer("--manifests", EXAMPLE), "search.shop"))) == HEADLESS_NOTHING_READY
+
+
+EXTERNALNAME_CHAIN = """\
+kdns explain legacy-api A from shop (ndots 5)
+search: shop.svc.cluster.local svc.cluster.local cluster.local
+note: 'legacy-api' has 0 dots (< ndots 5): the search list is tried first, the name as given last
+1. legacy-api.shop.svc.cluster.local. A -> NOERROR (kubernetes)
+   legacy-api.shop.svc.cluster.local. 5 CNAME api.shop.svc.cluster.local.
+      from Service shop/legacy-api (ExternalName -> api.shop.svc.cluster.local)
+   api.shop.svc.cluster.local. 5 A 10.96.200.20
+      from Service shop/api (ClusterIP)
+answer: legacy-api.shop.svc.cluster.local. (2 records)
+recent changes:
+   <age> ago  Namespace shop created
+   <age> ago  Service shop/api created (ClusterIP 10.96.200.20 fd00:10:96::c8)
+   <age> ago  Service shop/legacy-api created (ExternalName api.shop.svc.cluster.local)
+"""
+
+EXTERNALNAME_UNRESOLVED = """\
+kdns explain payments.shop.svc.cluster.local. A from default (ndots 5)
+note: 'payments.shop.svc.cluster.local.' ends with a dot: only that name is asked (no search list)
+1. payments.shop.svc.cluster.local. A -> NXDOMAIN (kubernetes)
+   payments.shop.svc.cluster.local. 5 CNAME payments.example.com.
+      from Service shop/payments (ExternalName -> payments.example.com)
+   why: ExternalName Service shop/payments -> payments.example.com: the target does not resolve (asked upstream 127.0.0.1:<port>: NXDOMAIN)
+answer: none resolved (last: payments.shop.svc.cluster.local. NXDOMAIN)
+recent changes:
+   <age> ago  Namespace shop created
+   <age> ago  Service shop/payments created (ExternalName payments.example.com)
+"""
+
+
+def test_externalname_chain_and_a_target_that_does_not_resolve():
+    assert normalised(render(explain(explainer("--manifests", EXAMPLE), "legacy-api", namespace="shop"))) \
+        == EXTERNALNAME_CHAIN
+    with FakeUpstream({}) as upstream:
+        ex = explainer("--manifests", EXAMPLE, "--upstream", f"127.0.0.1:{upstream.port}")
+        report = explain(ex, "payments.shop.svc.cluster.local.")
+        assert upstream.count("payments.example.com", "A") == 1  # the chase really went upstream
+    assert normalised(render(report)) == EXTERNALNAME_UNRESOLVED
+
+
+FILTERED_NAMESPACE = """\
+2. db.data.svc.cluster.local. A -> NXDOMAIN (kubernetes)
+   why: namespace 'data' is excluded by the kubernetes `namespaces` filter (served: default, shop)
+   fix: namespace data has 3 Service(s) in the source (cache, db, db-peers)
+   fix: add data to the kubernetes plugin's `namespaces` list to serve it
+"""
+
+FILTERED_LABELS = """\
+1. gateway.shop.svc.cluster.local. A -> NXDOMAIN (kubernetes)
+   why: no Service 'gateway' in namespace 'shop'
+   fix: Service shop/gateway exists in the source but the kubernetes `labels` filter (provider=kubernetes) leaves it out: its labels do not match
+"""
+
+
+def test_filtered_namespace_and_labels():
+    text = render(explain(explainer("--manifests", EXAMPLE, "--namespaces", "shop,default"), "db.data"))
+    assert FILTERED_NAMESPACE in text
+    text = render(explain(explainer("--manifests", EXAMPLE, "--labels", "provider=kubernetes"),
+                          "gateway.shop.svc.cluster.local."))
+    assert FILTERED_LABELS in text
+
+
+def test_search_path_amplification_and_autopath():
+    report = explain(explainer("--manifests", EXAMPLE), "gateway.shop")
+    assert [q["name"] for q in report["queries"]] == candidates("gateway.shop", 5, [
+        "default.svc.cluster.local", "svc.cluster.local", "cluster.local"])[:2]
+    assert "cost: this lookup sends 4 queries (2 names x A/AAAA); gateway.shop.svc.cluster.local. sends 2" \
+        in render(report)
+    report = explain(explainer("--manifests", EXAMPLE, "--autopath"), "gateway.shop")
+    assert len(report["queries"]) == 1 and report["queries"][0]["plugin"] == "autopath"
+    text = render(report)
+    assert "autopath answered server-side: CNAME to gateway.shop.svc.cluster.local." in text
+    assert "cost: autopath answered server-side; the pod sends 2 queries (A/AAAA)" in text
+    assert candidates("a.b.c.d.e.f", 5, ["x"]) == ["a.b.c.d.e.f.", "a.b.c.d.e.f.x."]  # 5 dots: as given first
+
+
+REWRITE_FORWARD = """\
+kdns explain web.corp. A from default (ndots 5)
+note: 'web.corp.' ends with a dot: only that name is asked (no search list)
+1. web.corp. A -> NOERROR (forward)
+   rewritten to example.org. by rewrite rule at <Corefile>:2:5
+   web.corp. 30 A 192.0.2.20
+      from upstream 127.0.0.1:<port> (forward)
+answer: web.corp. (1 record)
+"""
+
+REWRITE_CACHED = """\
+1. web.corp. A -> NOERROR (cache)
+   rewritten to example.org. by rewrite rule at <Corefile>:2:5
+   web.corp. 30 A 192.0.2.20
+      from the cache plugin: a forwarded answer, <n> s left
+"""
+
+
+def test_rewrite_then_forward_then_cache(tmp_path):
+    with FakeUpstream(UPSTREAM_RECORDS) as upstream:
+        corefile = tmp_path / "Corefile"
+        corefile.write_text(f""".:53 {{
+    rewrite name exact web.corp. example.org.
+    kubernetes cluster.local in-addr.arpa ip6.arpa {{
+        manifests {EXAMPLE}
+    }}
+    cache 30
+    forward . 127.0.0.1:{upstream.port}
+}}
+""")
+        ex = explainer("-conf", str(corefile))
+        first = normalised(render(explain(ex, "web.corp."))).replace(str(corefile), "<Corefile>")
+        second = normalised(render(explain(ex, "web.corp."))).replace(str(corefile), "<Corefile>")
+        assert upstream.count("example.org", "A") == 1  # the second answer came from the cache
+    assert first == REWRITE_FORWARD
+    assert REWRITE_CACHED in second
+
+
+def test_other_qtype_and_oversized_names():
+    report = explain(explainer("--manifests", EXAMPLE), "db.data.svc.cluster.local.", qtype="AAAA")
+    only = report["queries"][0]
+    assert (only["rcode"], only["answer"]) == ("NOERROR", [])
+    assert only["reason"] == "Service data/db (Headless, 3 endpoints, 2 ready) has no AAAA records; it has A only"
+    assert only["hints"][0] == ("the name has A and SRV records: it exists, just not as AAAA "
+                                "(a single-stack service)")
+    report = explain(explainer("--manifests", EXAMPLE), "x" * 64 + ".shop")
+    assert {q["rcode"] for q in report["queries"]} == {"NOT SENT"}
+    assert "is 64 bytes: over the 63-byte limit, never sent" in report["queries"][0]["reason"]
+    report = explain(explainer("--manifests", EXAMPLE), ".".join(["a" * 60] * 4), namespace="shop")
+    assert report["queries"][0]["rcode"] == "NOT SENT" and "over the 253-byte limit" in report["queries"][0]["reason"]
 
 
 # ---------------------------------------------------------------------------------------- the console script
