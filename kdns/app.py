@@ -12,7 +12,7 @@ from .corefile import CorefileError
 from .corefile import digest as corefile_digest
 from .forward import Forwarder
 from .hosts import Hosts
-from .http import HttpEndpoints
+from .http import ExplainEndpoint, HttpEndpoints
 from .index import ClusterIndex
 from .log import Logger, route_library_logs
 from .memory import MemoryBudget, cgroup_memory_limit, format_size, index_bytes, rss_bytes
@@ -37,7 +37,7 @@ class Runtime:
                  tcp_idle_timeout: float = 10.0, poll_interval: float = 0.25, api_options: dict | None = None,
                  serviceaccount_dir: str | None = None, reload_settings=None, port_map: dict | None = None,
                  tcp_max_connections: int | None = None, negative_rate_limit: float = 0.0, reuse_port: bool = False,
-                 serve_http: bool = True, memory_budget: MemoryBudget | None = None):
+                 serve_http: bool = True, memory_budget: MemoryBudget | None = None, explain_listen: str | None = None):
         self.settings = settings
         self.budget_flag = memory_budget  # --memory-budget: wins over the Corefile's memory_budget
         self.budget = self._budget_for(settings)
@@ -70,6 +70,9 @@ class Runtime:
         self._http_addresses: tuple = (None, None, None)
         self.http: HttpEndpoints | None = None
         self.http_bound: dict[str, str] = {}
+        self.explain_listen = explain_listen  # --explain-listen: wins over the Corefile's `explain`
+        self.explain: ExplainEndpoint | None = None
+        self._explain_block = None  # the server block whose listener /explain answers for
         self._unstarted = None  # an API source whose threads start once every listener is up
         self.failure: StartupFailure | None = None  # why start-up cannot complete (the API refused us)
         self.on_failure = lambda: None  # called once, on the loop, when `failure` is set
@@ -153,6 +156,7 @@ class Runtime:
         self.blocks = new_blocks
         self._register_metrics(settings)
         await self._start_http(settings)
+        await self._start_explain(settings)
         self._tasks = [t for t in self._tasks if not t.done()]  # finished loop checks etc. of earlier configs
         for block in _per_server_block(new_blocks):
             if block.hosts is not None:
@@ -280,6 +284,28 @@ class Runtime:
         self.http_bound = await self.http.start(*addresses)
         self._http_addresses = addresses
 
+    async def _start_explain(self, settings: Settings) -> None:
+        """/explain on the configured address (off by default), answering with the blocks of the listener of
+        the server block that names `explain` (with --explain-listen: the first block)."""
+        named = [bc for bc in settings.blocks if "explain" in bc.plugins]
+        address = self.explain_listen or (named[0].plugins["explain"] if named else None)
+        self._explain_block = named[0] if named else (settings.blocks[0] if settings.blocks else None)
+        if not self.serve_http:
+            address = None
+        if self.explain is not None and (address is None or address != self.explain.address):
+            await self.explain.stop()
+            self.explain = None
+            self.http_bound.pop("explain", None)
+        if address is not None and self.explain is None:
+            self.explain = ExplainEndpoint(self._explain_blocks)
+            await self.explain.start(address)
+        if self.explain is not None:  # _start_http may have replaced http_bound
+            self.http_bound["explain"] = self.explain.bound
+
+    def _explain_blocks(self) -> list[Block]:
+        owner = next((b for b in self.blocks if b.config is self._explain_block), None)
+        return [b for b in self.blocks if owner is not None and b.listener == owner.listener]
+
     def _source_ready(self) -> tuple[bool, str]:
         if self.source is not None and hasattr(self.source, "ready"):
             return self.source.ready()
@@ -399,6 +425,8 @@ class Runtime:
                 block.forwarder.close()
         if self.http is not None:
             await self.http.stop()
+        if self.explain is not None:
+            await self.explain.stop()
 
 
 def index_for(k) -> ClusterIndex:

@@ -82,6 +82,14 @@ def _cluster_flags(parser: argparse.ArgumentParser) -> tuple:
     return conf, source, flags
 
 
+def _explain_address(text: str) -> str:
+    from .plugins.explain import listen_address
+    try:
+        return listen_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="kdns", description="Kubernetes cluster DNS server.", allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -133,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default 0: off)")
     misc.add_argument("--stats-interval", type=positive, default=10.0, metavar="SECONDS",
                       help="how often a summary of malformed packets is logged, if any arrived (default 10)")
+    misc.add_argument("--explain-listen", type=_explain_address, default=None, metavar="[HOST:]PORT",
+                      help="serve GET /explain (kdns explain --server) here; host 127.0.0.1 unless given. Off by "
+                           "default: its near-miss hints reveal names across namespaces (Corefile: explain)")
     misc.add_argument("--log-format", choices=["text", "json"], default="text")
     misc.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     explain = sub.add_parser("explain", help="why does this name resolve like that? replay a pod's lookup through "
@@ -291,7 +302,8 @@ async def serve(args: argparse.Namespace, log: Logger) -> int:
                       reload_settings=lambda: load_settings(args), port_map=port_map,
                       tcp_max_connections=args.tcp_max_connections, negative_rate_limit=args.negative_rate_limit,
                       reuse_port=args.workers > 1, serve_http=worker == 0,
-                      memory_budget=MemoryBudget(args.memory_budget) if args.memory_budget else None)
+                      memory_budget=MemoryBudget(args.memory_budget) if args.memory_budget else None,
+                      explain_listen=args.explain_listen)
     runtime.on_failure = stop.set  # the API refused us before the first sync
     try:
         await runtime.start()

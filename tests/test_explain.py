@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness import EXAMPLE, ROOT, KdnsProcess
+from harness import EXAMPLE, ROOT, KdnsProcess, wait_until
 from upstream import FakeUpstream
 
 from kdns.cli import _load, build_parser
@@ -340,3 +340,99 @@ def test_cli_exit_codes_and_json():
     assert bad_type.returncode == 2 and "unknown record type 'BOGUS'" in bad_type.stderr
     no_source = run_cli("gateway")
     assert no_source.returncode == 2 and "no cluster source" in no_source.stderr
+
+
+# ---------------------------------------------------------------------------------------- live: /explain
+
+
+def listening_tcp_ports(pid: int) -> set[int]:
+    """The TCP ports process `pid` listens on (its socket inodes matched in /proc/net/tcp{,6}, state LISTEN)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as fh:
+            for line in list(fh)[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def explain_port(server: KdnsProcess) -> int:
+    line = server.wait_for_log(r"INFO listening ")
+    return int(re.search(r"explain=127\.0\.0\.1:(\d+)", line).group(1))
+
+
+def test_explain_endpoint_is_off_by_default():
+    with KdnsProcess("--manifests", EXAMPLE, "--metrics-listen", "127.0.0.1:0") as server:
+        line = server.wait_for_log(r"INFO listening ")
+        assert "explain=" not in line
+        # nothing but DNS and the metrics listener asked for: no explain listener anywhere
+        assert listening_tcp_ports(server.proc.pid) == {server.port, server.http["metrics"]}
+        status, _ = server.get("metrics", "/explain?name=gateway.shop")
+        assert status == 404
+        refused = run_cli("gateway", "--server", f"http://127.0.0.1:{server.http['metrics']}")
+        assert refused.returncode == 2 and "HTTP 404" in refused.stderr
+
+
+def test_explain_endpoint_answers_as_the_offline_command():
+    with KdnsProcess("--manifests", EXAMPLE, "--explain-listen", "0") as server:
+        port = explain_port(server)
+        assert listening_tcp_ports(server.proc.pid) == {server.port, port}
+        live = run_cli("gatewy.shop", "--server", f"http://127.0.0.1:{port}")
+        offline = run_cli("gatewy.shop", "--manifests", EXAMPLE)
+        assert live.returncode == offline.returncode == 1
+        assert normalised(live.stdout) == normalised(offline.stdout) == TYPO
+        found = run_cli("gateway", "--from", "shop", "--server", f"http://127.0.0.1:{port}", "--json")
+        assert found.returncode == 0
+        assert json.loads(found.stdout)["queries"][0]["answer"][0]["source"] == "Service shop/gateway (ClusterIP)"
+        bad = run_cli("gateway", "--type", "NOPE", "--server", f"http://127.0.0.1:{port}")
+        assert bad.returncode == 2 and "unknown record type 'NOPE'" in bad.stderr
+
+
+def test_explain_directive_binds_localhost_and_history_shows_a_change(tmp_path):
+    manifests = tmp_path / "cluster.yaml"
+    manifests.write_text(open(EXAMPLE).read())
+    corefile = tmp_path / "Corefile"
+    corefile.write_text(f""".:53 {{
+    explain :0
+    kubernetes cluster.local in-addr.arpa ip6.arpa {{
+        manifests {manifests}
+    }}
+}}
+""")
+    with KdnsProcess("-conf", str(corefile), "--port-map", "53=0", "--bind", "127.0.0.1", listen=False) as server:
+        port = explain_port(server)
+        before = run_cli("search.shop.svc.cluster.local.", "--server", f"http://127.0.0.1:{port}", "--json")
+        assert before.returncode == 1
+        assert "no ready endpoints (1 endpoint, 0 ready)" in json.loads(before.stdout)["queries"][0]["reason"]
+        manifests.write_text(open(EXAMPLE).read().replace("- addresses: [10.244.2.30]\n  conditions: {ready: false}",
+                                                          "- addresses: [10.244.2.30]\n  conditions: {ready: true}"))
+        wait_until(lambda: server.query("search.shop.svc.cluster.local.").answer, what="search.shop answered")
+        after = run_cli("search.shop.svc.cluster.local.", "--server", f"http://127.0.0.1:{port}")
+    assert after.returncode == 0
+    assert "from EndpointSlice shop/search-q8w4z endpoint 0 (ready)" in after.stdout
+    changes = [line.split("ago  ")[1] for line in after.stdout.splitlines() if " ago  " in line]
+    assert changes[-2:] == ["EndpointSlice shop/search-q8w4z created (1 endpoint, 0 ready)",
+                            "EndpointSlice shop/search-q8w4z updated (1 endpoint, 1 ready)"]
+
+
+def test_explain_address_errors(tmp_path):
+    from kdns.config import load_corefile
+    from kdns.corefile import CorefileError
+    corefile = tmp_path / "Corefile"
+    corefile.write_text(".:53 {\n    explain 127.0.0.1:http\n}\n")
+    with pytest.raises(CorefileError) as err:
+        load_corefile(str(corefile))
+    assert (err.value.line, err.value.col) == (2, 13)
+    assert "explain: expected [HOST]:PORT (port 0-65535), got '127.0.0.1:http'" in str(err.value)
+    bad = subprocess.run([KDNS, "serve", "--manifests", EXAMPLE, "--explain-listen", "99999"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--explain-listen" in bad.stderr
