@@ -436,3 +436,32 @@ def test_explain_address_errors(tmp_path):
     bad = subprocess.run([KDNS, "serve", "--manifests", EXAMPLE, "--explain-listen", "99999"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--explain-listen" in bad.stderr
+
+
+def test_readme_transcripts_are_real():
+    """The README's `$ kdns explain` transcripts are what the command prints (ages aside)."""
+    text = open(os.path.join(ROOT, "README.md")).read()
+    blocks = [b for b in re.findall(r"```\n(\$ kdns explain .*?)```", text, re.S)]
+    assert len(blocks) >= 2
+    for block in blocks:
+        command, *expected = block.splitlines()
+        if "$ echo $?" in expected:
+            at = expected.index("$ echo $?")
+            expected, status = expected[:at], int(expected[at + 1])
+        else:
+            status = 0
+        out = subprocess.run(["bash", "-c", command[2:].replace("kdns", KDNS, 1)], capture_output=True, text=True,
+                             timeout=60, cwd=ROOT)
+        assert out.returncode == status, out.stderr
+        assert normalised(out.stdout) == normalised("\n".join(expected) + "\n"), command
+
+
+def test_hosts_record_names_its_line(tmp_path):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("# hosts\n10.0.0.1 other\n10.1.2.3 db.corp db\n")
+    corefile = tmp_path / "Corefile"
+    corefile.write_text(f".:53 {{\n    hosts {hosts} {{\n        fallthrough\n    }}\n"
+                        f"    kubernetes cluster.local {{\n        manifests {EXAMPLE}\n    }}\n}}\n")
+    report = explain(explainer("-conf", str(corefile)), "db.corp.")
+    assert report["queries"][0]["plugin"] == "hosts"
+    assert report["queries"][0]["answer"][0]["source"] == f"hosts file {hosts} line 3"
