@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import inspect
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from dnslib import QTYPE, RCODE, DNSError, DNSRecord
 
 from .cache import AnswerCache
+from .config import AutopathConfig
 from .index import ClusterIndex, ServiceView
 from .metrics import DnsMetrics
 from .pipeline import Block
@@ -133,11 +134,14 @@ class _TracingBlock(Block):
         return super().serve(req, position)
 
 
-def shadow_handler(blocks: list[Block], rec: Recorder) -> QueryHandler:
-    """A QueryHandler over copies of `blocks` that share their index, forwarder, caches and hosts."""
+def shadow_handler(blocks: list[Block], rec: Recorder, with_autopath: bool = False) -> QueryHandler:
+    """A QueryHandler over copies of `blocks` that share their index, forwarder, caches and hosts
+    (with_autopath: as if each block also had `autopath @kubernetes`)."""
     copies = []
     for block in blocks:
         kw = {f.name: getattr(block, f.name) for f in fields(Block) if f.init and f.name != "chain"}
+        if with_autopath and block.config.autopath is None:
+            kw["config"] = replace(block.config, autopath=AutopathConfig(zones=list(block.config.zones)))
         kw.update(answers=AnswerCache(), metrics=_TracingMetrics(rec),
                   resolver=_TracingResolver(block.resolver, rec) if block.resolver is not None else None)
         copy = _TracingBlock(**kw)
@@ -286,16 +290,30 @@ class Explainer:
                 break
         final = queries[-1]
         ok = final["rcode"] == "NOERROR" and bool(final["answer"])
+        cost = self._cost(queries, ok)
+        if ok and cost["names"] > 1 and not cost["autopath"]:
+            cost["autopath_would"] = await self._autopath_would(queries[0]["name"], qtype, client)
         report = {
             "question": {"name": q.name, "type": QTYPE.get(qtype), "from": q.namespace + (f"/{q.pod}" if q.pod else ""),
                          "ndots": q.ndots, "search": list(search) if not q.name.endswith(".") else []},
             "notes": notes + self._order_note(q),
             "queries": queries,
             "final": {"name": final["name"], "rcode": final["rcode"], "records": len(final["answer"]), "ok": ok},
-            "cost": self._cost(queries, ok),
+            "cost": cost,
             "history": self._history(deps),
         }
         return report
+
+    async def _autopath_would(self, first: str, qtype: int, client) -> str:
+        """The name autopath would answer the pod's first query with (a CNAME target), when the blocks lack
+        it, by asking that query of the same pipeline with `autopath @kubernetes` added ('' when it would not)."""
+        if any(b.config.autopath is not None for b in self.blocks):
+            return ""
+        handler = shadow_handler(self.blocks, Recorder(), with_autopath=True)
+        response, plugin = await ask(handler, first, qtype, client)
+        if response is None or plugin != "autopath":
+            return ""
+        return next((str(rr.rdata) for rr in response.rr if QTYPE.get(rr.rtype) == "CNAME"), "")
 
     def _client(self, q: Question) -> tuple[tuple | None, list[str]]:
         if not q.pod:
@@ -431,7 +449,8 @@ class Explainer:
     def _cost(queries: list[dict], ok: bool) -> dict:
         sent = [q for q in queries if q["rcode"] not in ("NOT SENT",)]
         autopath = any(q["plugin"] == "autopath" for q in queries)
-        out = {"names": len(sent), "queries": 2 * len(sent), "fqdn": "", "fqdn_queries": 2, "autopath": autopath}
+        out = {"names": len(sent), "queries": 2 * len(sent), "fqdn": "", "fqdn_queries": 2, "autopath": autopath,
+               "autopath_would": ""}
         if ok:
             final = queries[-1]
             target = next((a["data"] for a in final["answer"] if a["type"] == "CNAME" and final["plugin"] == "autopath"),
@@ -723,6 +742,9 @@ def render(report: dict) -> str:
         if cost["fqdn"]:
             line += f"; {cost['fqdn']} sends {cost['fqdn_queries']}"
         out.append(line)
+        if cost["autopath_would"]:
+            out.append(f"      with `autopath @kubernetes` the first query would be answered server-side "
+                       f"(CNAME to {cost['autopath_would']}): 2 queries")
     if report["history"]:
         out.append("recent changes:")
         for c in report["history"]:

@@ -18,7 +18,7 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from harness import EXAMPLE, ROOT, KdnsProcess, wait_until
@@ -61,7 +61,7 @@ def normalised(text: str) -> str:
 def _names() -> st.SearchStrategy[str]:
     services = ["gateway.shop", "api.shop", "payments.shop", "legacy-api.shop", "search.shop", "db.data",
                 "db-peers.data", "cache.data", "kubernetes.default", "kube-dns.kube-system", "gatewy.shop",
-                "db.shop", "api.data", "nope.default"]
+                "db.shop", "api.data", "nope.default", "gateway.shop.default", "example.org.shop", "db.data.data"]
     svc = st.sampled_from(services).map(lambda s: s + ".svc.cluster.local")
     endpoint = st.sampled_from(["db-0", "db-1", "db-2", "10-244-1-40", "x"]).flatmap(
         lambda e: st.sampled_from(["db.data", "db-peers.data", "cache.data"]).map(
@@ -82,19 +82,23 @@ def _canonical(rtype: str, data: str) -> str:
     return dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.from_text(rtype), data).to_text().lower()
 
 
-@pytest.fixture(scope="module")
-def live():
+@pytest.fixture(scope="module", params=[(), ("--autopath",)], ids=["plain", "autopath"])
+def live(request):
     with FakeUpstream(UPSTREAM_RECORDS) as upstream:
-        flags = ["--manifests", EXAMPLE, "--pods", "insecure", "--upstream", f"127.0.0.1:{upstream.port}"]
+        flags = ["--manifests", EXAMPLE, "--pods", "insecure", "--upstream", f"127.0.0.1:{upstream.port}",
+                 *request.param]
         with KdnsProcess(*flags) as server:
             yield server, explainer(*flags)
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=_names(), qtype=st.sampled_from(["A", "AAAA", "SRV", "TXT", "PTR", "CNAME", "SOA", "NS"]))
+@example(name="gateway.shop.default.svc.cluster.local", qtype="A")  # autopath finds gateway.shop
+@example(name="example.org.shop.svc.cluster.local", qtype="AAAA")  # autopath asks upstream
+@example(name="db-0.db.data.svc.cluster.local", qtype="A")
 def test_explain_final_answer_is_the_wire_answer(live, name, qtype):
     """For generated questions, explain's final rcode and answer records equal the running server's
-    answer over UDP (dnspython, TCP when truncated)."""
+    answer over UDP (dnspython, TCP when truncated), with and without autopath."""
     server, ex = live
     report = explain(ex, name + ".", qtype=qtype)
     final = report["queries"][-1]
@@ -257,11 +261,13 @@ def test_search_path_amplification_and_autopath():
         "default.svc.cluster.local", "svc.cluster.local", "cluster.local"])[:2]
     assert "cost: this lookup sends 4 queries (2 names x A/AAAA); gateway.shop.svc.cluster.local. sends 2" \
         in render(report)
+    assert report["cost"]["autopath_would"] == "gateway.shop.svc.cluster.local."
     report = explain(explainer("--manifests", EXAMPLE, "--autopath"), "gateway.shop")
     assert len(report["queries"]) == 1 and report["queries"][0]["plugin"] == "autopath"
     text = render(report)
     assert "autopath answered server-side: CNAME to gateway.shop.svc.cluster.local." in text
     assert "cost: autopath answered server-side; the pod sends 2 queries (A/AAAA)" in text
+    assert report["cost"]["autopath_would"] == ""
     assert candidates("a.b.c.d.e.f", 5, ["x"]) == ["a.b.c.d.e.f.", "a.b.c.d.e.f.x."]  # 5 dots: as given first
 
 
@@ -465,3 +471,27 @@ def test_hosts_record_names_its_line(tmp_path):
     report = explain(explainer("-conf", str(corefile)), "db.corp.")
     assert report["queries"][0]["plugin"] == "hosts"
     assert report["queries"][0]["answer"][0]["source"] == f"hosts file {hosts} line 3"
+
+
+def test_kubeconfig_one_shot_list(tmp_path):
+    """Offline against a cluster: one list through the real kubernetes client (the API double), then explain."""
+    from apiserver import FakeApiServer, endpointslice, kubeconfig_args, namespace, service
+    with FakeApiServer() as api:
+        api.apply(namespace("shop"))
+        api.apply(service("shop", "db", "None"))
+        api.apply(endpointslice("shop", "db", "db-abc", "10.244.1.5", "10.244.2.6", ready=False))
+        out = run_cli("db", "--from", "shop", *kubeconfig_args(api, tmp_path), "--json")
+    assert out.returncode == 1, out.stderr
+    first = json.loads(out.stdout)["queries"][0]
+    assert (first["name"], first["rcode"]) == ("db.shop.svc.cluster.local.", "NXDOMAIN")
+    assert first["reason"].startswith("headless Service shop/db has no ready endpoints (2 endpoints, 0 ready)")
+
+
+def test_from_a_pod():
+    ok = run_cli("gateway", "--from", "shop/gateway-5d8f7c9b4-abcde", "--manifests", EXAMPLE, "--json")
+    assert ok.returncode == 0, ok.stderr
+    report = json.loads(ok.stdout)
+    assert report["question"]["from"] == "shop/gateway-5d8f7c9b4-abcde"
+    assert report["notes"][0].startswith("asking as pod shop/gateway-5d8f7c9b4-abcde (10.244.")
+    unknown = run_cli("gateway", "--from", "shop/nope", "--manifests", EXAMPLE)
+    assert unknown.returncode == 2 and "kdns knows no such pod" in unknown.stderr
