@@ -621,7 +621,9 @@ class _Diagnosis:
         served = view.served_endpoints()
         total = len(view.endpoints)
         ready = sum(1 for e in view.endpoints if e.ready)
-        counts = f"{total} endpoint{'s' if total != 1 else ''}, {ready} ready"
+        terminating = self._terminating(svc.namespace, svc.name)
+        counts = f"{total} endpoint{'s' if total != 1 else ''}, {ready} ready" + \
+            (f", {terminating} terminating" if terminating else "")
         if svc.kind == "Headless" and not served:
             fix = "no pod matches the selector" if total == 0 else \
                 "wait for the pods to pass their readiness probes, or set publishNotReadyAddresses: true"
@@ -633,6 +635,11 @@ class _Diagnosis:
                                                                     else [e.ip for e in served])})
         return (f"Service {ref} ({svc.kind}, {counts}) has no {QTYPE.get(self.qtype)} records"
                 + (f"; it has {'/'.join(families)} only" if families else "")), []
+
+    def _terminating(self, ns: str, name: str) -> int:
+        """Addresses of the service's slices whose endpoint is terminating (the index's views drop the flag)."""
+        slices = list(self.index.slices.get((ns, name), {}).values())
+        return sum(len(ep.addresses) for sl in slices for ep in sl.endpoints if ep.terminating)
 
     def _service_hints(self, ns: str, name: str) -> list[str]:
         index = self.index

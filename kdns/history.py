@@ -67,7 +67,9 @@ def describe(obj) -> str:
     if kind == "EndpointSlice":
         total = sum(len(ep.addresses) for ep in obj.endpoints)
         ready = sum(len(ep.addresses) for ep in obj.endpoints if ep.ready)
-        return f"{total} endpoint{'s' if total != 1 else ''}, {ready} ready"
+        terminating = sum(len(ep.addresses) for ep in obj.endpoints if ep.terminating)
+        return f"{total} endpoint{'s' if total != 1 else ''}, {ready} ready" + \
+            (f", {terminating} terminating" if terminating else "")
     if kind == "Pod":
         return " ".join(obj.ips)
     return ""

@@ -69,6 +69,7 @@ class Endpoint:
     # a v1 Endpoints address carries the ports of its own subset; None: the ports of its slice
     ports: "tuple[ServicePort, ...] | None" = None
     zone: str = ""  # EndpointSlice endpoints[].zone (topology zone), for the kubernetes `zonal` option
+    terminating: bool = False  # conditions.terminating: never changes an answer; kdns explain counts it
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,7 +341,8 @@ def endpointslice_from_dict(obj: Mapping[str, Any], default_namespace: str = "de
         # ready unset means ready (discovery API; CoreDNS endpointsliceReady); serving, terminating,
         # nodeName and hints do not change what DNS serves (zone does, with the kubernetes `zonal` option)
         endpoints.append(Endpoint(addresses=ips, ready=ready is not False, hostname=hostname,
-                                  pod_name=pod_name if isinstance(pod_name, str) else "", zone=zone))
+                                  pod_name=pod_name if isinstance(pod_name, str) else "", zone=zone,
+                                  terminating=conditions.get("terminating") is True))
     ports = _slice_ports(_list(obj, "ports"), unserved)
     return EndpointSlice(namespace, name, service, tuple(endpoints), ports, unserved=tuple(unserved))
 

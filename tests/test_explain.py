@@ -479,12 +479,15 @@ def test_kubeconfig_one_shot_list(tmp_path):
     with FakeApiServer() as api:
         api.apply(namespace("shop"))
         api.apply(service("shop", "db", "None"))
-        api.apply(endpointslice("shop", "db", "db-abc", "10.244.1.5", "10.244.2.6", ready=False))
+        endpoints = endpointslice("shop", "db", "db-abc", "10.244.1.5", "10.244.2.6", ready=False)
+        endpoints["endpoints"][0]["conditions"]["terminating"] = True
+        api.apply(endpoints)
         out = run_cli("db", "--from", "shop", *kubeconfig_args(api, tmp_path), "--json")
     assert out.returncode == 1, out.stderr
     first = json.loads(out.stdout)["queries"][0]
     assert (first["name"], first["rcode"]) == ("db.shop.svc.cluster.local.", "NXDOMAIN")
-    assert first["reason"].startswith("headless Service shop/db has no ready endpoints (2 endpoints, 0 ready)")
+    assert first["reason"].startswith("headless Service shop/db has no ready endpoints "
+                                      "(2 endpoints, 0 ready, 1 terminating)")
 
 
 def test_from_a_pod():
