@@ -27,26 +27,31 @@ class Change:
 
 
 class History:
-    """The last CAPACITY changes; `about` finds those touching one namespace/name."""
+    """The last CAPACITY changes; `about` finds those touching one namespace/name.
+
+    Recording is on the index's event path, so an entry is a plain tuple holding the object itself
+    (a few are kept alive after their deletion, at most CAPACITY); it is described when read."""
 
     def __init__(self, capacity: int = CAPACITY):
-        self.events: deque[Change] = deque(maxlen=capacity)
+        self.events: deque[tuple] = deque(maxlen=capacity)
 
-    def add(self, kind: str, namespace: str, name: str, action: str, detail: str = "", service: str = "") -> None:
-        self.events.append(Change(kind, namespace, name, action, detail, service, time.monotonic(), time.time()))
+    def add(self, kind: str, namespace: str, name: str, action: str, obj=None, service: str = "") -> None:
+        self.events.append((kind, namespace, name, action, obj, service, time.monotonic()))
 
     def about(self, namespace: str, name: str | None = None, limit: int = 10) -> list[Change]:
         """The newest `limit` changes to namespace `namespace` (as a Namespace) or to service `name` in it
         (the Service, its EndpointSlices or Endpoints), oldest first."""
         out = []
-        for change in reversed(self.events):
+        for kind, ns, obj_name, action, obj, service, when in reversed(self.events):
             if name is None:
-                hit = change.kind == "Namespace" and change.name == namespace
+                hit = kind == "Namespace" and obj_name == namespace
             else:
-                hit = change.namespace == namespace and (change.name == name or change.service == name) \
-                    and change.kind in ("Service", "EndpointSlice", "Endpoints")
+                hit = ns == namespace and (obj_name == name or service == name) and \
+                    kind in ("Service", "EndpointSlice", "Endpoints")
             if hit:
-                out.append(change)
+                detail = describe(obj) if obj is not None else ""
+                out.append(Change(kind, ns, obj_name, action, detail, service, when,
+                                  time.time() - (time.monotonic() - when)))
                 if len(out) >= limit:
                     break
         return out[::-1]

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from .history import History, describe
+from .history import History
 from .objects import Endpoint, EndpointSlice, Namespace, Pod, Service, ServicePort
 
 ANY = ("any",)
@@ -233,7 +233,7 @@ class ClusterIndex:
 
     def _record(self, obj, action: str) -> None:
         kind = "Endpoints" if isinstance(obj, EndpointSlice) and obj.legacy else type(obj).__name__
-        self.history.add(kind, getattr(obj, "namespace", ""), obj.name, action, describe(obj),
+        self.history.add(kind, getattr(obj, "namespace", ""), obj.name, action, obj,
                          obj.service if isinstance(obj, EndpointSlice) else "")
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
@@ -269,7 +269,7 @@ class ClusterIndex:
             touched.add(("ns", name))
         else:  # pragma: no cover
             raise ValueError(f"unknown kind {kind}")
-        self.history.add(kind, namespace, name, "deleted", "", service)
+        self.history.add(kind, namespace, name, "deleted", None, service)
         self._touch(touched)
 
     def remove(self, obj: Service | EndpointSlice | Pod | Namespace) -> None:

@@ -183,5 +183,7 @@ def index_bytes(index, sample: int = 400) -> int:
         total += int(measured * len(table) / len(picked))
     events = getattr(getattr(index, "history", None), "events", None)
     if events:  # the change log (kdns explain): bounded, its entries all alike
-        total += sys.getsizeof(events) + len(events) * deep_size(events[-1], set())
+        # an entry's object is the one in the tables (or a replaced version, at most the log's capacity of them)
+        entry = events[-1]
+        total += sys.getsizeof(events) + len(events) * (sys.getsizeof(entry) + deep_size(entry[:4], set()))
     return total
