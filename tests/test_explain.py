@@ -439,6 +439,10 @@ def test_explain_address_errors(tmp_path):
         load_corefile(str(corefile))
     assert (err.value.line, err.value.col) == (2, 13)
     assert "explain: expected [HOST]:PORT (port 0-65535), got '127.0.0.1:http'" in str(err.value)
+    corefile.write_text(".:53 {\n    explain :9155\n}\n.:54 {\n    explain 127.0.0.1:9156\n}\n")
+    with pytest.raises(CorefileError) as err:
+        load_corefile(str(corefile))
+    assert err.value.line == 5 and "differs from another server block's (127.0.0.1:9155)" in str(err.value)
     bad = subprocess.run([KDNS, "serve", "--manifests", EXAMPLE, "--explain-listen", "99999"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--explain-listen" in bad.stderr

@@ -1,5 +1,7 @@
 """`explain [[HOST]:PORT]`: serve GET /explain (kdns explain against this server) on HOST:PORT; off unless
-given, on 127.0.0.1 unless a host is named (its near-miss hints reveal names across namespaces)."""
+given, on 127.0.0.1 unless a host is named (its near-miss hints reveal names across namespaces). One
+listener per process: every block naming it gives the same address, and it explains with the server
+blocks of the first such block's port."""
 
 from __future__ import annotations
 
@@ -22,9 +24,15 @@ def listen_address(text: str) -> str:
 def setup(d: Directive, ctx: SetupContext) -> str:
     nargs(d, 0, 1, "explain [[HOST]:PORT]")
     no_block(d)
-    if not d.args:
-        return DEFAULT
-    try:
-        return listen_address(d.args[0].text)
-    except ValueError as exc:
-        raise d.error(f"explain: {exc}", d.args[0]) from None
+    address = DEFAULT
+    if d.args:
+        try:
+            address = listen_address(d.args[0].text)
+        except ValueError as exc:
+            raise d.error(f"explain: {exc}", d.args[0]) from None
+    for block in ctx.settings.blocks:
+        other = block.plugins.get("explain")
+        if other is not None and other != address:
+            raise d.error(f"explain {address} differs from another server block's ({other}): kdns serves one "
+                          "explain listener, give one address", *d.args[:1])
+    return address
