@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..corefile import Directive
 from . import SetupContext
-from ._common import nargs, no_block
+from ._common import nargs, no_block, same_in_every_block
 
 DEFAULT = "127.0.0.1:9155"
 
@@ -30,9 +30,4 @@ def setup(d: Directive, ctx: SetupContext) -> str:
             address = listen_address(d.args[0].text)
         except ValueError as exc:
             raise d.error(f"explain: {exc}", d.args[0]) from None
-    for block in ctx.settings.blocks:
-        other = block.plugins.get("explain")
-        if other is not None and other != address:
-            raise d.error(f"explain {address} differs from another server block's ({other}): kdns serves one "
-                          "explain listener, give one address", *d.args[:1])
-    return address
+    return same_in_every_block(d, ctx, address, address, "kdns serves one explain listener, give one address")
