@@ -21,6 +21,7 @@ from .config import AutopathConfig
 from .index import ClusterIndex, ServiceView
 from .metrics import DnsMetrics
 from .pipeline import Block
+from .plugins import then
 from .resolver import Answer, Resolver, _is_ip, parse_dashed_ip, reverse_to_ip
 from .server import QueryHandler
 from .wire import parse_query
@@ -29,6 +30,7 @@ DEFAULT_NDOTS = 5  # what the kubelet writes into a pod's resolv.conf
 MAX_LABEL, MAX_NAME = 63, 253
 NEAR_MISS = 2  # edit distance of a name offered as "did you mean"
 MAX_HINTS = 5
+MAX_SCAN = 20000  # services compared for a near miss in other namespaces (edit distance is slow in Python)
 
 
 class ExplainError(ValueError):
@@ -46,6 +48,7 @@ class Recorder:
         self.resolved: list[tuple[tuple, int, Answer]] = []  # every resolver call: labels, qtype, answer
         self.upstreams: list[str] = []  # forwarded to, in order
         self.rewrites: list[tuple[str, str]] = []  # (asked name, name the rest of the block answered)
+        self.plugin = ""  # what answered the last query, as the block told the query handler
 
     def tag(self, rr, source: str) -> None:
         self.sources.setdefault(record_key(rr), source)
@@ -127,6 +130,13 @@ class _TracingBlock(Block):
     """A running Block's plugins and state, with a recording resolver and an answer cache of its own."""
 
     rec: Recorder
+
+    def answer(self, query, name: str, zone: str, tcp: bool, client_ip: str | None, client=None):
+        return then(super().answer(query, name, zone, tcp, client_ip, client), self._answered)
+
+    def _answered(self, result: tuple) -> tuple:
+        self.rec.plugin = result[1]
+        return result
 
     def serve(self, req, position: int = 0):
         if position == len(self.chain.wrappers) and req.outer is not None and req.name != req.top.name:
@@ -490,35 +500,22 @@ def _cache_left(block, name: str, qtype: int) -> str:
 
 
 async def ask(handler: QueryHandler, fqdn: str, qtype: int, client) -> tuple[DNSRecord | None, str]:
-    """Send one query through the handler as a pod would (UDP, then TCP when truncated); the parsed
-    response and the plugin that answered (from the handler's own bookkeeping)."""
+    """Send one query through a shadow handler as a pod would (UDP, then TCP when truncated); the parsed
+    response and the plugin that answered it (as the block reported it to the handler)."""
     request = DNSRecord.question(fqdn, QTYPE.get(qtype))
     request.header.rd = 1
     data = bytes(request.pack())
-    plugin = ""
+    rec = handler.blocks[0].rec
+    rec.plugin = ""
     for tcp in (False, True):
-        captured = _capture(handler)
         result = handler.handle(data, tcp, client)
         if inspect.isawaitable(result):
             result = await result
-        plugin = captured[0] if captured else plugin
         if result is None:
-            return None, plugin
+            return None, rec.plugin
         if not result[2] & 0x02:  # TC clear
             break
-    return DNSRecord.parse(result), plugin
-
-
-def _capture(handler: QueryHandler) -> list:
-    """Catch the plugin name the handler logs/counts a response under (QueryHandler._done)."""
-    seen: list = []
-    done = QueryHandler._done
-
-    def spy(block, zone, plugin, *rest):
-        seen.append(plugin)
-        return done(handler, block, zone, plugin, *rest)
-    handler._done = spy
-    return seen
+    return DNSRecord.parse(result), rec.plugin
 
 
 class _Diagnosis:
@@ -648,7 +645,7 @@ class _Diagnosis:
         in_ns = sorted(n for o, n in index.services if o == ns)
         hints += [f"did you mean {m}.{ns}? (a typo: {_edits(name, m)} edit{'s' if _edits(name, m) > 1 else ''})"
                   for m in _near(name, in_ns)]
-        if not hints:
+        if not hints and len(index.services) <= MAX_SCAN:  # the live endpoint runs on the server's loop
             elsewhere = sorted({(n, o) for o, n in index.services if o != ns and index.namespace_exists(o)})
             hints += [f"did you mean {m}.{o}? (Service {o}/{m})" for m, o in elsewhere
                       if m in _near(name, [m])][:3]
