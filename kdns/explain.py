@@ -1,10 +1,11 @@
 """kdns explain: replay a pod's resolver through the real query handler and say where each answer came from.
 
 Nothing here resolves a name. Every query goes through a QueryHandler over shadow copies of the
-running server blocks (pipeline.Block) that share their index, forwarder, caches and hosts; the
-copies differ only in a recorder that the resolver and block subclasses below feed as the real code
-runs (which records each call produced, which upstream answered, which rewrite applied). The hot
-path of the real handler is untouched. What is added afterwards is attribution (which
+running server blocks (pipeline.Block) that share their index, forwarder, `cache` plugin and hosts;
+the copies have their own packed-answer cache and counters, and a recorder that the resolver, block
+and metrics subclasses below feed as the real code runs (which records each call produced, which
+upstream answered, which rewrite applied, which plugin answered). The real handler's code is not
+changed and its hot path never sees a recorder. What is added afterwards is attribution (which
 EndpointSlice holds an address) and diagnosis of negative answers (near-miss names, filters).
 """
 
