@@ -13,7 +13,7 @@ import random
 import secrets
 from dataclasses import dataclass, field
 
-from dnslib import CNAME, QTYPE, RCODE, RR, DNSError, DNSLabel, DNSRecord
+from dnslib import CNAME, QTYPE, RR, DNSError, DNSLabel, DNSRecord
 
 from .cache import AnswerCache
 from .config import BlockConfig, in_zone
@@ -25,7 +25,8 @@ from .metrics import DnsMetrics
 from .plugins import Chain, Request, build_chain, then
 from .resolver import Answer, Resolver
 from .respcache import ResponseCache
-from .wire import Query, error_response, pack_answer, parse_query, patch, qtype_name, rotate, rotation_groups
+from .wire import (NXDOMAIN, REFUSED, SERVFAIL, Query, error_response, pack_answer, parse_query, patch, qtype_name,
+                   rotate, rotation_groups)
 
 
 @dataclass(slots=True)
@@ -84,7 +85,7 @@ class Block:
         if position < len(self.chain.wrappers):
             return self.chain.wrappers[position].serve(req, lambda r: self.serve(r, position + 1))
         if req.query.qclass not in (1, 255):  # CH/HS let in for a plugin that did not answer it
-            return error_response(req.query.data, RCODE.REFUSED, req.query), ""
+            return error_response(req.query.data, REFUSED, req.query), ""
         result = self._builtin(req.query, req.name, req.zone, req.tcp, req.client_ip, req)
         if self.chain.last:
             return then(result, lambda res: self._last(req, res))
@@ -93,7 +94,7 @@ class Block:
     def _last(self, req: Request, result: tuple):
         """Plugins after forward (whoami) answer what the built-in chain refused."""
         response, plugin = result
-        if plugin == "" and response[3] & 0x0F == RCODE.REFUSED:
+        if plugin == "" and response[3] & 0x0F == REFUSED:
             for handler in self.chain.last:
                 out = handler.serve(req, None)
                 if out is not None:
@@ -103,7 +104,7 @@ class Block:
     def _store(self, req: Request, result: tuple) -> tuple:
         """Cache what the whole chain produced for the client's own question, when every step allows it."""
         response, plugin = result
-        if req.pending is not None and req.cacheable and response[3] & 0x0F != RCODE.SERVFAIL:
+        if req.pending is not None and req.cacheable and response[3] & 0x0F != SERVFAIL:
             zone, deps = req.pending
             groups = rotation_groups(response) if self.config.loadbalance else ()
             self.answers.put(req.query.key, CachedAnswer(response, self, zone, plugin, groups), deps)
@@ -131,7 +132,7 @@ class Block:
             labels = query.labels
             ans = self.resolver.resolve(labels, qtype)
             if not ans.outside:
-                if ans.rcode == RCODE.NXDOMAIN:
+                if ans.rcode == NXDOMAIN:
                     if self._autopath_applies(labels, client_ip):
                         return self._autopath(query, labels, ans, tcp)
                     if self._falls_through(name):
@@ -150,7 +151,7 @@ class Block:
             return self._forward(query, name, tcp)
         if fallthrough_nx is not None:
             return self._authoritative(query, fallthrough_nx, zone, req)
-        return error_response(query.data, RCODE.REFUSED, query), ""
+        return error_response(query.data, REFUSED, query), ""
 
     def _authoritative(self, query: Query, ans: Answer, zone: str, req: Request | None = None):
         packed = pack_answer(query, ans, self.ra)
@@ -191,10 +192,10 @@ class Block:
             reply = await self.forwarder.forward(query.data, tcp, observe=self.metrics.observe_upstream)
         except Overloaded as exc:
             self.log.warning("forward_refused", name=query.name_text, reason=str(exc))
-            return error_response(query.data, RCODE.REFUSED, query), "forward"
+            return error_response(query.data, REFUSED, query), "forward"
         except UpstreamError as exc:
             self._error(query, str(exc))
-            return error_response(query.data, RCODE.SERVFAIL, query), "forward"
+            return error_response(query.data, SERVFAIL, query), "forward"
         if self.cache is not None and self.cache.covers(name):
             reply = self.cache.put(query, reply, name)
         return self.balance(reply), "forward"
@@ -266,7 +267,7 @@ class Block:
         for cand in candidates:
             result = self.resolver.resolve(cand, query.qtype)
             if not result.outside:
-                if result.rcode in (RCODE.NXDOMAIN, RCODE.SERVFAIL):
+                if result.rcode in (NXDOMAIN, SERVFAIL):
                     continue
                 records, rcode, authority = result.answer, result.rcode, result.authority
             else:
@@ -276,7 +277,7 @@ class Block:
                     reply = await self._ask_upstream(".".join(cand) + ".", query.qtype, tcp)
                 except (UpstreamError, Overloaded, DNSError):
                     continue
-                if reply.header.rcode in (RCODE.NXDOMAIN, RCODE.SERVFAIL, RCODE.REFUSED):
+                if reply.header.rcode in (NXDOMAIN, SERVFAIL, REFUSED):
                     continue
                 records, rcode, authority = list(reply.rr), reply.header.rcode, list(reply.auth)
             target = DNSLabel(list(l.encode("latin-1") for l in cand) or ".")

@@ -84,6 +84,36 @@ def test_accounted_bytes_match_what_the_entries_really_hold():
     assert 0.9 * traced <= accounted <= 2.0 * traced, (accounted, traced)
 
 
+def test_front_answers_are_charged_what_they_hold():
+    """A front answer (a reused answer kept by its exact query bytes) against tracemalloc: its bytes
+    are charged to its cache entry, so the budget bounds them too."""
+    index, handler = handler_for(namespace("shop"), *[clusterip("shop", f"s{i}", f"10.96.{i // 250}.{i % 250 + 1}")
+                                                       for i in range(2000)])
+    queries = [dns.message.make_query(f"s{i}.shop.svc.cluster.local", "A").to_wire() for i in range(2000)]
+    client = ("10.0.0.1", 5353)
+    for q in queries:  # cached, then reused (promoted)
+        handler.handle(q, False, client)
+    for q in queries:
+        handler.handle(q, False, client)
+    handler.cache.clear_fronts()
+    gc.collect()
+    before_accounted = handler.cache.bytes
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for q in queries:  # the third asking: a front answer each
+            handler.handle(q, False, client)
+        gc.collect()
+        traced = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(handler.cache.fronts[0]) == 2000
+    accounted = handler.cache.bytes - before_accounted
+    assert 0.9 * traced <= accounted <= 2.0 * traced, (accounted, traced)
+    handler.cache.clear_fronts()
+    assert handler.cache.bytes == before_accounted
+
+
 def test_index_bytes_estimate_against_tracemalloc(tmp_path):
     """kdns_index_bytes for a generated cluster loaded from manifests, against what tracemalloc
     traces for the same index (the source's own state dropped)."""
