@@ -33,6 +33,9 @@ class KdnsCollector:
                                 ("kdns_forwarded_queries", "forwarded", "Queries forwarded upstream."),
                                 ("kdns_upstream_errors", "upstream_errors", "Upstream failures (SERVFAIL sent)."),
                                 ("kdns_internal_errors", "internal_errors", "Handler bugs answered SERVFAIL."),
+                                ("kdns_negative_cover_answers", "negative_covered",
+                                 "NXDOMAIN answers for <name>.<ns>.svc names without a service, served from the "
+                                 "namespace's one negative cache entry."),
                                 ("kdns_udp_overload_dropped", "udp_backlog_dropped",
                                  "UDP queries dropped unanswered because too many waited to be worked out "
                                  "(cached answers are still served).")):

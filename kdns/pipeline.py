@@ -41,6 +41,19 @@ class CachedAnswer:
     served: int = 0
 
 
+@dataclass(slots=True)
+class NegativeCover:
+    """The resolver's claim that <label>.<ns>.svc.<zone> is NXDOMAIN for every label without a service
+    (Resolver.covered_nxdomain), kept in the answer cache under (the name after its first label, class,
+    EDNS, DO): a never-seen name there is answered from it without the chain (Block._cover)."""
+
+    block: "Block"
+    zone: str
+    ns: str
+    zone_of: object  # the resolver's Zone
+    served: int = 0
+
+
 @dataclass
 class Block:
     config: BlockConfig
@@ -59,6 +72,7 @@ class Block:
     name: str = ""  # the `server` metric label, dns://:PORT (computed once, read per query)
     listener: tuple = ()  # (Corefile port, address) of the listener this block instance serves
     chain: Chain = field(default_factory=Chain)  # kdns/plugins/ handlers around the built-in chain
+    port_zones: tuple = ()  # every zone served on this block's port (set by its QueryHandler)
 
     def __post_init__(self) -> None:
         self.name = self.config.name
@@ -154,6 +168,8 @@ class Block:
         return error_response(query.data, REFUSED, query), ""
 
     def _authoritative(self, query: Query, ans: Answer, zone: str, req: Request | None = None):
+        if ans.covers is not None and req is None and ans.cacheable:
+            self._cover(query, ans, zone)
         packed = pack_answer(query, ans, self.ra)
         # negative answers are cached from their second asking (the doorkeeper), as the client asked them
         if ans.cacheable and (ans.answer or self.answers.seen_before(req.top.query.key if req else query.key)):
@@ -163,6 +179,24 @@ class Block:
                 groups = rotation_groups(packed) if self.config.loadbalance else ()
                 self.answers.put(query.key, CachedAnswer(packed, self, zone, "kubernetes", groups), ans.deps)
         return patch(packed, query), "kubernetes"
+
+    def _cover(self, query: Query, ans: Answer, zone: str) -> None:
+        """Keep the resolver's NXDOMAIN claim for the namespace (Answer.covers) when nothing else in this
+        chain could answer another name of that shape differently: no plugin around or beside the
+        kubernetes one, no hosts, no autopath (its answer depends on the client), and no zone served
+        on this port or fallen through to inside the name's parent (it would take some of those names)."""
+        if self.chain.wrappers or self.chain.middle or self.hosts is not None or self.config.autopath is not None:
+            return
+        qname = query.qname.lower()
+        key = (qname[qname[0] + 1:], query.qclass, query.edns, query.do)
+        if self.answers.peek(key) is not None or self._falls_through(".".join(query.labels)):
+            return
+        parent = ".".join(query.labels[1:])
+        fall = self.config.kubernetes.fallthrough if self.config.kubernetes is not None else None
+        if any(z != parent and in_zone(z, parent) for z in (*self.port_zones, *(fall or ()))):
+            return
+        ns, zone_of = ans.covers
+        self.answers.put(key, NegativeCover(self, zone, ns, zone_of), (("ns", ns),))
 
     def _falls_through(self, name: str) -> bool:
         fall = self.config.kubernetes.fallthrough if self.config.kubernetes is not None else None

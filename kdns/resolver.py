@@ -86,6 +86,10 @@ class Answer:
     deps: set = field(default_factory=set)  # index dependency keys (see index.py)
     chase: tuple[str, int] | None = None  # outside CNAME target to resolve upstream
     cacheable: bool = True
+    # NXDOMAIN for <label>.<ns>.svc.<zone>: (ns, zone), where every other such name without a service
+    # is NXDOMAIN too (Resolver.covered_nxdomain) -- what the answer cache may keep as one negative
+    # entry for the namespace, as RFC 8198 keeps an NSEC range
+    covers: tuple | None = None
 
 
 def _name(text: str) -> DNSLabel:
@@ -109,6 +113,7 @@ class Resolver:
         self.index = index
         self.config = config
         self._soa_memo: dict[tuple[str, int], RR] = {}
+        self._nxdomain: dict[str, Answer] = {}  # zone -> NXDOMAIN with its current SOA (covered_nxdomain)
 
     # ---------------------------------------------------------------- entry point
 
@@ -236,6 +241,8 @@ class Resolver:
         ns = parts[-1]
         ans.deps.add(("ns", ns))
         if not self.index.namespace_exists(ns):
+            if n == 2:
+                ans.covers = (ns, zone)
             return self._nx(zone, ans)
         if n == 1:  # <ns>.svc.<zone>
             return self._nodata(zone, ans)
@@ -243,6 +250,8 @@ class Resolver:
         ans.deps.add(("svc", ns, svc))
         view = self.index.view(ns, svc)
         if view is None:
+            if n == 2:
+                ans.covers = (ns, zone)
             return self._nx(zone, ans)
         owner = _owner(labels)
         if view is not None and n == 5 and self.config.zonal and parts[2] == "_zone" and \
@@ -255,6 +264,18 @@ class Resolver:
         if n == 3:
             return self._endpoint_or_proto(zone, owner, view, parts[0], qtype, ans)
         return self._port_srv(zone, owner, view, parts[0], parts[1], qtype, ans)
+
+    def covered_nxdomain(self, ns: str, name: str, zone: Zone) -> Answer | None:
+        """The answer to <name>.<ns>.svc.<zone> (any type) when it is NXDOMAIN -- no such service, the
+        index synced -- else None. What the answer cache serves under an Answer.covers entry: the same
+        answer _svc gives, with the zone's current SOA."""
+        if not self.index.synced or self.index.view(ns, name) is not None:
+            return None
+        soa = self._soa(zone)
+        ans = self._nxdomain.get(zone.name)
+        if ans is None or ans.authority[0] is not soa:
+            ans = self._nxdomain[zone.name] = Answer(rcode=NXDOMAIN, authority=[soa])
+        return ans
 
     def _zonal(self, zone: Zone, owner, view: ServiceView, topology: str, prefer: bool, qtype: int,
                ans: Answer) -> None:

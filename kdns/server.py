@@ -21,7 +21,7 @@ from .log import Logger
 from .memory import TCP_READ_LIMIT, MemoryBudget
 from .metrics import DURATION_BUCKETS, DnsMetrics
 from .wire import (MIN_UDP_SIZE, NOERROR, REFUSED, SERVFAIL, Query, WireError, error_response, fast_key, parse_query, patch, qtype_name,
-                   query_from_fast, rotate, truncate)
+                   pack_answer, query_from_fast, rotate, truncate)
 
 TCP_MAX = 65535
 CLASS_IN, CLASS_ANY = 1, 255
@@ -99,6 +99,9 @@ class QueryHandler:
     def set_blocks(self, blocks: list) -> None:
         # longest zone first; a name goes to the most specific block (CoreDNS's zone matching)
         self.blocks = sorted(blocks, key=lambda b: -max(len(z) for z in b.config.zones))
+        zones = tuple(z for b in blocks for z in b.config.zones)
+        for b in blocks:
+            b.port_zones = zones
         self._zones = sorted(((tuple(z.split(".")) if z else (), z, b) for b in blocks for z in b.config.zones),
                              key=lambda lzb: -len(lzb[0]))
         self.cache.clear()
@@ -166,6 +169,14 @@ class QueryHandler:
             return None
         key, qend, udp_size = fast
         entry = self.cache.peek(key)
+        if entry is None and key[0][0]:
+            # a name the resolver said, for its whole namespace, has no service: NXDOMAIN (NegativeCover)
+            qname = key[0]
+            cover = self.cache.peek((qname[qname[0] + 1:], key[2], key[3], key[4]))
+            if cover is not None and key[1] not in REFUSED_TYPES:
+                response = self._covered(data, fast, cover, tcp, client, start)
+                if response is not None:
+                    return response
         if entry is not None:
             # the hottest path: a cached answer, nothing to log or filter
             if tcp or len(entry.packed) <= udp_size:
@@ -213,6 +224,24 @@ class QueryHandler:
         raw = data[2:]
         if raw not in self.cache.fronts[family]:
             self.cache.add_front(key, family, raw, Front(response[2:], metric, udp_size, len(response)))
+        return response
+
+    def _covered(self, data: bytes, fast: tuple, cover, tcp: bool, client, start: float) -> bytes | None:
+        """The NXDOMAIN of a name under a NegativeCover, when the resolver confirms it has no service."""
+        qname = fast[0][0]
+        answer = cover.block.resolver.covered_nxdomain(cover.ns, qname[1:1 + qname[0]].decode("latin-1"),
+                                                       cover.zone_of)
+        if answer is None:
+            return None
+        query = query_from_fast(data, fast)
+        packed = pack_answer(query, answer, cover.block.ra)
+        response = self._fit(patch(packed, query), query, tcp, client)
+        if not cover.served:
+            self.cache.promote((qname[qname[0] + 1:], query.qclass, query.edns, query.do))
+        cover.served += 1
+        self._stats["negative_covered"] += 1
+        if response is not None:
+            self._done(cover.block, cover.zone, "kubernetes", query, tcp, client, response, start)
         return response
 
     def front_hit(self, front: "Front", seconds: float) -> None:
