@@ -149,16 +149,17 @@ def shadow_handler(blocks: list[Block], rec: Recorder, with_autopath: bool = Fal
     """A QueryHandler over copies of `blocks` that share their index, forwarder, caches and hosts
     (with_autopath: as if each block also had `autopath @kubernetes`)."""
     copies = []
+    answers = AnswerCache()  # the listener's one packed-answer cache, as the real blocks share theirs
     for block in blocks:
         kw = {f.name: getattr(block, f.name) for f in fields(Block) if f.init and f.name != "chain"}
         if with_autopath and block.config.autopath is None:
             kw["config"] = replace(block.config, autopath=AutopathConfig(zones=list(block.config.zones)))
-        kw.update(answers=AnswerCache(), metrics=_TracingMetrics(rec),
+        kw.update(answers=answers, metrics=_TracingMetrics(rec),
                   resolver=_TracingResolver(block.resolver, rec) if block.resolver is not None else None)
         copy = _TracingBlock(**kw)
         copy.rec = rec
         copies.append(copy)
-    return QueryHandler(copies, blocks[0].log, _TracingMetrics(rec), answers=AnswerCache())
+    return QueryHandler(copies, blocks[0].log, _TracingMetrics(rec), answers=answers)
 
 
 # ------------------------------------------------------------------------------------------ attribution
