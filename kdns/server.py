@@ -169,14 +169,6 @@ class QueryHandler:
             return None
         key, qend, udp_size = fast
         entry = self.cache.peek(key)
-        if entry is None and key[0][0]:
-            # a name the resolver said, for its whole namespace, has no service: NXDOMAIN (NegativeCover)
-            qname = key[0]
-            cover = self.cache.peek((qname[qname[0] + 1:], key[2], key[3], key[4]))
-            if cover is not None and key[1] not in REFUSED_TYPES:
-                response = self._covered(data, fast, cover, tcp, client, start)
-                if response is not None:
-                    return response
         if entry is not None:
             # the hottest path: a cached answer, nothing to log or filter
             if tcp or len(entry.packed) <= udp_size:
@@ -272,6 +264,15 @@ class QueryHandler:
         """The full path (already counted, the fast path already tried; `fast`: fast_key's reading)."""
         start = time.perf_counter()
         if fast is not None:
+            key = fast[0]
+            if key[0][0]:
+                # a name the resolver said, for its whole namespace, has no service: NXDOMAIN (NegativeCover)
+                qname = key[0]
+                cover = self.cache.peek((qname[qname[0] + 1:], key[2], key[3], key[4]))
+                if cover is not None and key[1] not in REFUSED_TYPES:
+                    response = self._covered(data, fast, cover, tcp, client, start)
+                    if response is not None:
+                        return response
             query = query_from_fast(data, fast)
         else:
             try:
