@@ -128,6 +128,10 @@ class AnswerCache:
         self._shrink()
         return True
 
+    def front_room(self, key: Hashable) -> bool:
+        """Whether the entry may have one more front answer."""
+        return len(self._front_keys.get(key, ())) < MAX_FRONTS
+
     def clear_fronts(self) -> None:
         for key in list(self._front_keys):
             self._drop_fronts(key)

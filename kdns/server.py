@@ -169,20 +169,13 @@ class QueryHandler:
             return None
         key, qend, udp_size = fast
         entry = self.cache.peek(key)
-        if entry is None and key[0][0]:
-            # a name the resolver said, for its whole namespace, has no service: NXDOMAIN (NegativeCover)
-            qname = key[0]
-            cover = self.cache.peek((qname[qname[0] + 1:], key[2], key[3], key[4]))
-            if cover is not None and key[1] not in REFUSED_TYPES:
-                response = self._covered(data, fast, cover, tcp, client, start)
-                if response is not None:
-                    return response
         if entry is not None:
             # the hottest path: a cached answer, nothing to log or filter
             if tcp or len(entry.packed) <= udp_size:
                 if not entry.served:
                     self.cache.promote(key)  # reused: out of probation, safe from floods of new names
-                elif not tcp and not entry.groups and client is not None:
+                elif not tcp and not entry.groups and client is not None and self.cache.front_room(key) and \
+                        data[2:] not in self.cache.fronts[1 if ":" in client[0] else 0]:
                     return self._front(data, qend, key, entry, udp_size, client, start)
                 entry.served += 1
                 self.cache.hits += 1
@@ -221,9 +214,7 @@ class QueryHandler:
             metric = self.metrics.key(entry.block.name, entry.zone, "udp", "2" if family else "1", key[1], key[4],
                                       udp_size, packed[3] & 0x0F, entry.plugin, len(response))
             self.metrics.count(metric, time.perf_counter() - start, 1, udp_size, len(response))
-        raw = data[2:]
-        if raw not in self.cache.fronts[family]:
-            self.cache.add_front(key, family, raw, Front(response[2:], metric, udp_size, len(response)))
+        self.cache.add_front(key, family, data[2:], Front(response[2:], metric, udp_size, len(response)))
         return response
 
     def _covered(self, data: bytes, fast: tuple, cover, tcp: bool, client, start: float) -> bytes | None:
@@ -272,6 +263,15 @@ class QueryHandler:
         """The full path (already counted, the fast path already tried; `fast`: fast_key's reading)."""
         start = time.perf_counter()
         if fast is not None:
+            key = fast[0]
+            if key[0][0]:
+                # a name the resolver said, for its whole namespace, has no service: NXDOMAIN (NegativeCover)
+                qname = key[0]
+                cover = self.cache.peek((qname[qname[0] + 1:], key[2], key[3], key[4]))
+                if cover is not None and key[1] not in REFUSED_TYPES:
+                    response = self._covered(data, fast, cover, tcp, client, start)
+                    if response is not None:
+                        return response
             query = query_from_fast(data, fast)
         else:
             try:

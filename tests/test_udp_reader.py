@@ -106,8 +106,10 @@ def test_cached_answers_go_out_before_waiting_misses():
         udp, tcp_server, client = await _serve(handler)
         try:
             client.send(_query(NAME, 1))
-            await _recv(client, 1)  # cached now
-            # 40 never-seen names, then the cached one, all in the socket before kdns reads any
+            client.send(_query("seed.shop.svc.cluster.local", 2))
+            await _recv(client, 2)  # NAME cached; the namespace's negative cover made
+            # 40 never-seen names (cheap to answer from the cover, yet work), then the cached one, all in
+            # the socket before kdns reads any
             for i in range(40):
                 client.send(_query(f"new{i}.shop.svc.cluster.local", 100 + i))
             client.send(_query(NAME, 999))
@@ -116,6 +118,7 @@ def test_cached_answers_go_out_before_waiting_misses():
             misses = replies[1:]
             assert [m.id for m in misses] == list(range(100, 140))  # the backlog keeps their order
             assert all(m.rcode() == dns.rcode.NXDOMAIN for m in misses)
+            assert handler.stats["negative_covered"] == 40
         finally:
             _close(udp, tcp_server, client)
 
