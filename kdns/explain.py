@@ -262,8 +262,8 @@ class Question:
     qtype: str = "A"
     namespace: str = "default"
     pod: str = ""
-    ndots: int = DEFAULT_NDOTS
-    search: list[str] | None = None  # None: the kubelet's list for the namespace
+    ndots: int | None = None  # None: the pod's own (dnsConfig), else the kubelet's 5
+    search: list[str] | None = None  # None: the pod's own list (dnsPolicy, dnsConfig), else the kubelet's
 
 
 @dataclass
@@ -289,9 +289,11 @@ class Explainer:
     async def explain(self, q: Question) -> dict:
         """The report (a JSON-able dict; field names documented in README) for one question."""
         qtype = _qtype(q.qtype)
-        client, notes = self._client(q)
-        search = q.search if q.search is not None else search_list(q.namespace, self._zone(), self._node_search())
-        names = candidates(q.name, q.ndots, search)
+        client, notes, pod_dns = self._client(q)
+        search, ndots, more = self._resolver_settings(q, pod_dns)
+        notes += more
+        q = replace(q, ndots=ndots)
+        names = candidates(q.name, ndots, search)
         queries, deps = [], set()
         for fqdn in names:
             entry, rec = await self._one(fqdn, qtype, client)
@@ -327,17 +329,38 @@ class Explainer:
             return ""
         return next((str(rr.rdata) for rr in response.rr if QTYPE.get(rr.rtype) == "CNAME"), "")
 
-    def _client(self, q: Question) -> tuple[tuple | None, list[str]]:
+    def _client(self, q: Question) -> tuple[tuple | None, list[str], tuple | None]:
+        """The client address to ask as, notes, and the pod's resolver settings (Pod.dns) when it has its own."""
         if not q.pod:
-            return None, []
+            return None, [], None
         pod = self.index.pods.get((q.namespace, q.pod)) if self.index is not None else None
         if pod is None:
             raise ExplainError(f"--from {q.namespace}/{q.pod}: kdns knows no such pod (pods are watched only "
                                "with `pods verified`, or read from manifests); give --from NAMESPACE instead")
         if not pod.ips:
-            return None, [f"pod {q.namespace}/{q.pod} has no IP yet"]
-        return (pod.ips[0], 0), [f"asking as pod {q.namespace}/{q.pod} ({pod.ips[0]}); kdns does not keep a "
-                                 "pod's dnsConfig: the kubelet's default search list is assumed"]
+            return None, [f"pod {q.namespace}/{q.pod} has no IP yet"], pod.dns
+        return (pod.ips[0], 0), [f"asking as pod {q.namespace}/{q.pod} ({pod.ips[0]})"], pod.dns
+
+    def _resolver_settings(self, q: Question, pod_dns: tuple | None) -> tuple[list[str], int, list[str]]:
+        """The search list and ndots to replay: the flags', else the pod's (dnsPolicy, dnsConfig), else the
+        kubelet's defaults; and notes on where they came from."""
+        kubelet = search_list(q.namespace, self._zone(), self._node_search())
+        if pod_dns is None:
+            return (q.search if q.search is not None else kubelet), (q.ndots if q.ndots is not None else
+                                                                   DEFAULT_NDOTS), []
+        policy, searches, ndots, host_network = pod_dns
+        notes = []
+        if policy == "Default" or (host_network and policy == "ClusterFirst"):
+            notes.append(f"dnsPolicy {policy}{' with hostNetwork' if host_network else ''}: this pod uses the "
+                         "node's resolver, not cluster DNS; shown as if it asked kdns")
+        base = kubelet if policy in ("ClusterFirst", "ClusterFirstWithHostNet") else []
+        if searches or policy == "None":
+            notes.append(f"the pod's dnsPolicy {policy} and dnsConfig searches {' '.join(searches) or '(none)'} "
+                         "make its search list")
+        search = q.search if q.search is not None else base + [d for d in searches if d not in base]
+        if q.ndots is None and ndots is not None:
+            notes.append(f"the pod's dnsConfig sets ndots {ndots}")
+        return search, (q.ndots if q.ndots is not None else ndots if ndots is not None else DEFAULT_NDOTS), notes
 
     @staticmethod
     def _order_note(q: Question) -> list[str]:

@@ -33,9 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--type", default="A", metavar="TYPE", help="record type (default A)")
     parser.add_argument("--from", dest="source", default="default", metavar="NS|NS/POD",
                         help="the namespace (or pod) asking: its search list is replayed (default: default)")
-    parser.add_argument("--ndots", type=int, default=5, metavar="N", help="the pod's ndots (default 5)")
+    parser.add_argument("--ndots", type=int, default=None, metavar="N",
+                        help="the pod's ndots (default: the pod's dnsConfig with --from NS/POD, else 5)")
     parser.add_argument("--search", nargs="+", default=None, metavar="DOMAIN",
-                        help="the pod's whole search list instead of the kubelet's <ns>.svc.<zone> svc.<zone> <zone>")
+                        help="the pod's whole search list (default: the pod's own with --from NS/POD, else the "
+                             "kubelet's <ns>.svc.<zone> svc.<zone> <zone>)")
     parser.add_argument("--server", metavar="http://HOST:PORT",
                         help="ask a running kdns's explain endpoint (--explain-listen / the `explain` directive)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
@@ -43,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def question(args: argparse.Namespace) -> Question:
     ns, _, pod = args.source.partition("/")
-    if not ns or args.ndots < 0 or args.ndots > 15:
+    if not ns or args.ndots is not None and not 0 <= args.ndots <= 15:
         raise bad_config("--from/--ndots", "expected --from NAMESPACE[/POD] and --ndots 0-15",
                          "e.g. --from shop or --from shop/web-0 --ndots 5")
     return Question(args.name, args.type, ns, pod, args.ndots, args.search)
@@ -64,8 +66,8 @@ def explain_command(args: argparse.Namespace, load_settings) -> int:
 
 
 def query_string(q: Question) -> str:
-    params = [("name", q.name), ("type", q.qtype), ("from", q.namespace + (f"/{q.pod}" if q.pod else "")),
-              ("ndots", str(q.ndots))]
+    params = [("name", q.name), ("type", q.qtype), ("from", q.namespace + (f"/{q.pod}" if q.pod else ""))]
+    params += [("ndots", str(q.ndots))] if q.ndots is not None else []
     params += [("search", d) for d in (q.search or [])]
     return urllib.parse.urlencode(params)
 

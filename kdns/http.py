@@ -121,12 +121,12 @@ class ExplainEndpoint:
             self.runner = None
 
     async def _explain(self, request: web.Request) -> web.Response:
-        from .explain import DEFAULT_NDOTS, ExplainError, Explainer, Question
+        from .explain import ExplainError, Explainer, Question
         q = request.query
         try:
             ns, _, pod = q.get("from", "default").partition("/")
-            ndots = int(q.get("ndots", DEFAULT_NDOTS))
-            if not q.get("name") or not ns or not 0 <= ndots <= 15:
+            ndots = int(q["ndots"]) if "ndots" in q else None
+            if not q.get("name") or not ns or ndots is not None and not 0 <= ndots <= 15:
                 raise ExplainError("give name=NAME, and from=NAMESPACE[/POD] and ndots=0-15 if any")
             question = Question(q["name"], q.get("type", "A"), ns, pod, ndots, q.getall("search", None))
             blocks = self.blocks()

@@ -97,6 +97,9 @@ class Pod:
     ips: tuple[str, ...] = ()
     hostname: str = ""
     subdomain: str = ""
+    # (dnsPolicy, dnsConfig.searches, dnsConfig ndots or None, hostNetwork) when any differs from the
+    # kubelet's defaults (ClusterFirst, none, none, false): what `kdns explain --from NS/POD` replays
+    dns: tuple | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -412,7 +415,28 @@ def pod_from_dict(obj: Mapping[str, Any], default_namespace: str = "default") ->
             ips.insert(0, first)
     hostname = _get(obj, "spec.hostname", str, default="")
     subdomain = _get(obj, "spec.subdomain", str, default="")
-    return Pod(namespace, name, tuple(ips), hostname.lower(), subdomain.lower())
+    return Pod(namespace, name, tuple(ips), hostname.lower(), subdomain.lower(), _pod_dns(obj))
+
+
+def _pod_dns(obj: Mapping[str, Any]) -> tuple | None:
+    """A pod's resolver settings when they are not the kubelet's defaults (see Pod.dns)."""
+    policy = _get(obj, "spec.dnsPolicy", str, default="ClusterFirst")
+    host_network = _get(obj, "spec.hostNetwork", bool, default=False)
+    searches: list[str] = []
+    for i, item in enumerate(_list(obj, "spec.dnsConfig.searches")):
+        if not isinstance(item, str):
+            raise ObjectError(f"spec.dnsConfig.searches[{i}]", f"expected a string, got {_show(item)}")
+        searches.append(item.lower().rstrip("."))
+    ndots = None
+    for i, option in enumerate(_list(obj, "spec.dnsConfig.options")):
+        if isinstance(option, Mapping) and option.get("name") == "ndots":
+            value = option.get("value")
+            if not (isinstance(value, str) and value.isdigit()):
+                raise ObjectError(f"spec.dnsConfig.options[{i}].value", f"expected a number, got {_show(value)}")
+            ndots = min(int(value), 15)  # glibc caps it at 15
+    if (policy, searches, ndots, host_network) == ("ClusterFirst", [], None, False):
+        return None
+    return (policy, tuple(searches), ndots, host_network)
 
 
 def namespace_from_dict(obj: Mapping[str, Any]) -> Namespace:

@@ -502,3 +502,34 @@ def test_from_a_pod():
     assert report["notes"][0].startswith("asking as pod shop/gateway-5d8f7c9b4-abcde (10.244.")
     unknown = run_cli("gateway", "--from", "shop/nope", "--manifests", EXAMPLE)
     assert unknown.returncode == 2 and "kdns knows no such pod" in unknown.stderr
+
+
+POD_WITH_DNS_CONFIG = """
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: custom, namespace: data}
+spec:
+  dnsPolicy: "None"
+  dnsConfig:
+    nameservers: [10.96.0.10]
+    searches: [shop.svc.cluster.local, corp.example]
+    options: [{name: ndots, value: "2"}, {name: edns0}]
+  containers: [{name: c, image: busybox}]
+status: {podIP: 10.244.3.3}
+"""
+
+
+def test_from_a_pod_replays_its_dns_config(tmp_path):
+    manifests = tmp_path / "cluster.yaml"
+    manifests.write_text(open(EXAMPLE).read() + POD_WITH_DNS_CONFIG)
+    ex = explainer("--manifests", str(manifests))
+    report = explain(ex, "gateway", namespace="data", pod="custom")
+    assert report["question"]["search"] == ["shop.svc.cluster.local", "corp.example"]
+    assert report["question"]["ndots"] == 2
+    assert [q["name"] for q in report["queries"]] == ["gateway.shop.svc.cluster.local."]
+    assert "the pod's dnsConfig sets ndots 2" in report["notes"]
+    dotted = explain(ex, "api.shop.svc", namespace="data", pod="custom")  # 2 dots: asked as given first
+    assert [q["name"] for q in dotted["queries"]][:2] == ["api.shop.svc.", "api.shop.svc.shop.svc.cluster.local."]
+    flags_win = explain(ex, "gateway", namespace="data", pod="custom", ndots=5, search=["data.svc.cluster.local"])
+    assert [q["name"] for q in flags_win["queries"]][0] == "gateway.data.svc.cluster.local."
