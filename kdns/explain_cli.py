@@ -1,4 +1,4 @@
-"""`kdns explain`: build server blocks offline (manifests, Corefile, a one-shot API list) or ask a running kdns."""
+"""`kdns explain`: build server blocks offline (manifests, Corefile, a one-shot API list) or ask a running kdns; print the report.
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import urllib.request
 
 from .cache import AnswerCache
 from .config import Settings
-from .explain import ExplainError, Explainer, Question, render
+from .explain import ExplainError, Explainer, Question
 from .index import ClusterIndex
 from .log import Logger
 from .memory import MemoryBudget
@@ -151,3 +151,60 @@ def offline_blocks(settings: Settings, index: ClusterIndex, log: Logger, resolv_
     return [Block(bc, index, AnswerCache(), log, DnsMetrics(), listener=(bc.port, ""),
                   **block_parts(bc, index, log, set(), per_cache, k.zones if k else [], resolv_conf))
             for bc in settings.blocks if bc.port == port]
+
+
+# ------------------------------------------------------------------------------------------ text
+
+
+def render(report: dict) -> str:
+    """The report as the text `kdns explain` prints."""
+    q = report["question"]
+    out = [f"kdns explain {q['name']} {q['type']} from {q['from']} (ndots {q['ndots']})"]
+    if q["search"]:
+        out.append(f"search: {' '.join(q['search'])}")
+    out += [f"note: {n}" for n in report["notes"]]
+    for i, entry in enumerate(report["queries"], 1):
+        head = f"{i}. {entry['name']} {entry['type']} -> {entry['rcode']}"
+        if entry["plugin"]:
+            head += f" ({entry['plugin']})"
+        out.append(head)
+        out += [f"   {s}" for s in entry["steps"]]
+        for a in entry["answer"]:
+            out.append(f"   {a['name']} {a['ttl']} {a['type']} {a['data']}")
+            out.append(f"      from {a['source']}")
+        if entry["reason"]:
+            out.append(f"   why: {entry['reason']}")
+        out += [f"   fix: {h}" for h in entry["hints"]]
+    final, cost = report["final"], report["cost"]
+    if final["ok"]:
+        out.append(f"answer: {final['name']} ({final['records']} record{'s' if final['records'] != 1 else ''})")
+    else:
+        tried = len(report["queries"])
+        out.append(f"answer: none{f' of the {tried} names' if tried > 1 else ''} resolved "
+                   f"(last: {final['name']} {final['rcode']})")
+    if cost["autopath"]:
+        out.append("cost: autopath answered server-side; the pod sends 2 queries (A/AAAA)")
+    elif cost["names"] > 1:
+        line = f"cost: this lookup sends {cost['queries']} queries ({cost['names']} names x A/AAAA)"
+        if cost["fqdn"]:
+            line += f"; {cost['fqdn']} sends {cost['fqdn_queries']}"
+        out.append(line)
+        if cost["autopath_would"]:
+            out.append(f"      with `autopath @kubernetes` the first query would be answered server-side "
+                       f"(CNAME to {cost['autopath_would']}): 2 queries")
+    if report["history"]:
+        out.append("recent changes:")
+        for c in report["history"]:
+            ref = f"{c['namespace']}/{c['name']}" if c["namespace"] else c["name"]
+            detail = f" ({c['detail']})" if c["detail"] else ""
+            out.append(f"   {_age(c['age_seconds'])} ago  {c['kind']} {ref} {c['action']}{detail}")
+    return "\n".join(out) + "\n"
+
+
+def _age(seconds: float) -> str:
+    s = int(seconds)
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    return f"{s // 3600}h"

@@ -25,8 +25,8 @@ from harness import EXAMPLE, ROOT, KdnsProcess, wait_until
 from upstream import FakeUpstream
 
 from kdns.cli import _load, build_parser
-from kdns.explain import Explainer, Question, candidates, render
-from kdns.explain_cli import load_index, offline_blocks
+from kdns.explain import Explainer, Question, candidates
+from kdns.explain_cli import load_index, offline_blocks, render
 from kdns.log import Logger
 
 UPSTREAM_RECORDS = {("payments.example.com", "A"): ["192.0.2.10"], ("example.org", "A"): ["192.0.2.20"],
