@@ -1,4 +1,4 @@
-"""Why a name under a kubernetes zone has no records (the rule of the spec that said no), and the nearest name that has."""
+"""Why a name under a kubernetes zone has no records (the spec's rule that said no), and the nearest name that has."""
 
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ class Diagnosis:
             held = sorted(n for o, n in self.unfiltered.services if o == ns) if self.unfiltered is not None else []
             return (f"namespace {ns!r} is excluded by the kubernetes `namespaces` filter "
                     f"(served: {', '.join(sorted(index.allowed_namespaces))})"), \
-                ([f"namespace {ns} has {len(held)} Service(s) in the source ({', '.join(held[:3])})"] if held else []) + \
+                ([f"namespace {ns} has {len(held)} Service(s) in the source ({', '.join(held[:3])})"]
+                 if held else []) + \
                 [f"add {ns} to the kubernetes plugin's `namespaces` list to serve it"]
         if index.namespace_selector is not None:
             if ns in index.namespaces:
@@ -149,7 +150,8 @@ class Diagnosis:
             hints.insert(0, f"Service {ns}/{name} exists in the source but the kubernetes `labels` filter "
                             f"({self.labels.text}) leaves it out: its labels do not match")
         elif self.labels is not None and self.unfiltered is None:
-            hints.append(f"the kubernetes `labels` filter ({self.labels.text}) hides Services whose labels do not match")
+            hints.append(f"the kubernetes `labels` filter ({self.labels.text}) hides Services whose labels "
+                         "do not match")
         return hints
 
     def _pod(self, parts: tuple) -> tuple[str, list[str]]:

@@ -222,7 +222,7 @@ def hosts_source(hosts, name: str, ip: str) -> str:
 
 
 def search_list(ns: str, zone: str, extra: list[str]) -> list[str]:
-    """The search list the kubelet gives a pod with dnsPolicy ClusterFirst: its namespace's, the cluster's, the node's."""
+    """The search list the kubelet gives a ClusterFirst pod: its namespace's, the cluster's, the node's."""
     return [f"{ns}.svc.{zone}", f"svc.{zone}", zone] + [d for d in extra if d]
 
 
@@ -246,7 +246,8 @@ def name_problem(fqdn: str) -> str:
         if not label:
             return "empty label (two dots in a row): not a valid name, never sent"
         if len(label.encode()) > MAX_LABEL:
-            return f"label {label[:20]!r}... is {len(label.encode())} bytes: over the {MAX_LABEL}-byte limit, never sent"
+            return (f"label {label[:20]!r}... is {len(label.encode())} bytes: over the {MAX_LABEL}-byte limit, "
+                    "never sent")
     return ""
 
 
@@ -410,7 +411,8 @@ class Explainer:
             steps.append(f"rewritten to {used}{where}")
         if plugin == "autopath":
             target = next((str(rr.rdata) for rr in response.rr if QTYPE.get(rr.rtype) == "CNAME"), "?")
-            steps.append(f"autopath answered server-side: CNAME to {target} (the pod's further search queries are saved)")
+            steps.append(f"autopath answered server-side: CNAME to {target} "
+                         "(the pod's further search queries are saved)")
         return steps
 
     @staticmethod
@@ -487,8 +489,8 @@ class Explainer:
                "autopath_would": ""}
         if ok:
             final = queries[-1]
-            target = next((a["data"] for a in final["answer"] if a["type"] == "CNAME" and final["plugin"] == "autopath"),
-                          final["name"])
+            cname = [a["data"] for a in final["answer"] if a["type"] == "CNAME" and final["plugin"] == "autopath"]
+            target = cname[0] if cname else final["name"]
             out["fqdn"] = target
         return out
 

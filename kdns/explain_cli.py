@@ -1,4 +1,4 @@
-"""`kdns explain`: build server blocks offline (manifests, Corefile, a one-shot API list) or ask a running kdns; print the report.
+"""`kdns explain`: the blocks offline (manifests, Corefile, one API list) or a running kdns, and the printed report."""
 
 from __future__ import annotations
 
@@ -103,7 +103,8 @@ async def _offline(args: argparse.Namespace, settings: Settings, q: Question) ->
                 block.forwarder.close()
 
 
-async def load_index(settings: Settings, log: Logger, args: argparse.Namespace) -> tuple[ClusterIndex, ClusterIndex | None]:
+async def load_index(settings: Settings, log: Logger,
+                     args: argparse.Namespace) -> tuple[ClusterIndex, ClusterIndex | None]:
     """The cluster as the server would index it, once; and, for manifests with filters, every object unfiltered."""
     from .app import index_for
     k = settings.kubernetes
