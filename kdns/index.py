@@ -111,6 +111,7 @@ class ClusterIndex:
         self.reverse: dict[str, tuple | set] = {}
         self._listeners: list[Listener] = []
         self._batch: set | None = None
+        self._dirty: set[tuple[str, str]] = set()  # services whose view a batch changed, built at commit
 
     # ---------------------------------------------------------------- subscription / batching
 
@@ -123,6 +124,11 @@ class ClusterIndex:
             self._batch = set()
 
     def commit(self) -> None:
+        if self._batch is not None and self._dirty:
+            # each service's view once per batch: a bulk load upserts a service and then each of its slices
+            dirty, self._dirty = self._dirty, set()
+            for key in dirty:
+                self._build_view(key, self._batch)
         touched, self._batch = self._batch, None
         if touched:
             self._notify(touched)
@@ -290,8 +296,14 @@ class ClusterIndex:
     # ---------------------------------------------------------------- derived views
 
     def _rebuild_view(self, key: tuple[str, str], touched: set) -> None:
+        touched.add(("svc", *key))
+        if self._batch is not None:
+            self._dirty.add(key)  # built at commit()
+        else:
+            self._build_view(key, touched)
+
+    def _build_view(self, key: tuple[str, str], touched: set) -> None:
         ns, name = key
-        touched.add(("svc", ns, name))
         service = self.services.get(key)
         old_reverse = _reverse_entries(self.views.get(key))
         if service is None:

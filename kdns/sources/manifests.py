@@ -18,6 +18,7 @@ import yaml
 
 from ..index import ClusterIndex
 from ..log import Logger
+from . import fastyaml
 from ..objects import (SERVICE_NAME_LABEL, ObjectError, endpoints_from_dict, endpointslice_from_dict, namespace_from_dict,
                        pod_from_dict, service_from_dict)
 
@@ -90,7 +91,27 @@ MAX_LIST_DEPTH = 8
 
 def parse_manifest_text(text: str, path: str, log: Logger | None = None) -> tuple[list, list[ManifestProblem]]:
     """Parse one file. Returns (objects with their lines, problems); never raises for bad input.
-    Unsupported kinds are logged, not errors."""
+    Unsupported kinds are logged, not errors. A file yaml-rs reads as PyYAML would (fastyaml) is read
+    by it; one with a problem whose line lies inside a document, or with a List, is read again with
+    PyYAML, whose nodes carry the lines."""
+    docs = fastyaml.documents(text)
+    if docs is not None:
+        objects: list[tuple[Any, int]] = []
+        problems: list[ManifestProblem] = []
+        held = _HeldLog()
+        try:
+            for data, line in docs:
+                _collect(data, _Lines(line), path, objects, problems, held, depth=0)
+        except _NeedNodes:
+            pass
+        else:
+            if log is not None:
+                held.replay(log)
+            return objects, _within(text, problems)
+    return _parse_with_nodes(text, path, log)
+
+
+def _parse_with_nodes(text: str, path: str, log: Logger | None) -> tuple[list, list[ManifestProblem]]:
     objects: list[tuple[Any, int]] = []
     problems: list[ManifestProblem] = []
     loader = None
@@ -102,7 +123,7 @@ def parse_manifest_text(text: str, path: str, log: Logger | None = None) -> tupl
             if node is None:
                 continue
             data = loader.construct_document(node)
-            _collect(data, node, path, objects, problems, log, depth=0)
+            _collect(data, _Nodes(node), path, objects, problems, log, depth=0)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark else _node_line(node)
@@ -116,10 +137,64 @@ def parse_manifest_text(text: str, path: str, log: Logger | None = None) -> tupl
     finally:
         if loader is not None:
             loader.dispose()
-    if problems:  # YAML counts a lone \r as a line break, editors do not: never point past the last line
+    return objects, _within(text, problems)
+
+
+def _within(text: str, problems: list[ManifestProblem]) -> list[ManifestProblem]:
+    """YAML counts a lone \\r as a line break, editors do not: never point past the last line."""
+    if problems:
         last = text.count("\n") + 1
         problems = [p if p.line <= last else ManifestProblem(p.path, last, p.message) for p in problems]
-    return objects, problems
+    return problems
+
+
+class _NeedNodes(Exception):
+    """The line of something inside a document is needed: only PyYAML's nodes have it."""
+
+
+class _Nodes:
+    """Lines from a PyYAML node: the document's, a field's, a List item's."""
+
+    def __init__(self, node: yaml.Node):
+        self.node = node
+        self.line = node.start_mark.line + 1
+
+    def field_line(self, path: str) -> int:
+        return _field_line(self.node, path)
+
+    def item(self, i: int) -> "_Nodes":
+        items_node = _child(self.node, "items")
+        return _Nodes(items_node.value[i] if isinstance(items_node, yaml.SequenceNode) else self.node)
+
+
+class _Lines:
+    """Only the document's line (fastyaml): anything finer sends the file to PyYAML."""
+
+    def __init__(self, line: int):
+        self.line = line
+
+    def field_line(self, path: str) -> int:
+        raise _NeedNodes(path)
+
+    def item(self, i: int) -> "_Lines":
+        raise _NeedNodes(f"items[{i}]")
+
+
+class _HeldLog:
+    """Log calls kept until the file is known not to need a second reading (which would log them again)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, dict]] = []
+
+    def info(self, event: str, **fields: Any) -> None:
+        self.calls.append(("info", event, fields))
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.calls.append(("warning", event, fields))
+
+    def replay(self, log: Logger) -> None:
+        for level, event, fields in self.calls:
+            getattr(log, level)(event, **fields)
 
 
 def _node_line(node) -> int:
@@ -130,9 +205,9 @@ def _shorten(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _collect(data: Any, node: yaml.Node, path: str, objects: list, problems: list, log: Logger | None,
-             depth: int) -> None:
-    line = node.start_mark.line + 1
+def _collect(data: Any, where: "_Nodes | _Lines", path: str, objects: list, problems: list,
+             log: "Logger | _HeldLog | None", depth: int) -> None:
+    line = where.line
     if depth > MAX_LIST_DEPTH:
         problems.append(ManifestProblem(path, line, f"kind List nested more than {MAX_LIST_DEPTH} levels deep"))
         return
@@ -149,12 +224,10 @@ def _collect(data: Any, node: yaml.Node, path: str, objects: list, problems: lis
     if kind == "List" or (kind.endswith("List") and isinstance(data.get("items"), list)):
         items = data.get("items")
         if not isinstance(items, list):
-            problems.append(ManifestProblem(path, _field_line(node, "items"), "items: expected a list"))
+            problems.append(ManifestProblem(path, where.field_line("items"), "items: expected a list"))
             return
-        items_node = _child(node, "items")
         for i, item in enumerate(items):
-            item_node = items_node.value[i] if isinstance(items_node, yaml.SequenceNode) else node
-            _collect(item, item_node, path, objects, problems, log, depth + 1)
+            _collect(item, where.item(i), path, objects, problems, log, depth + 1)
         return
     if not isinstance(api_version, str) or not api_version:
         problems.append(ManifestProblem(path, line, "apiVersion: required field is missing"))
@@ -170,7 +243,7 @@ def _collect(data: Any, node: yaml.Node, path: str, objects: list, problems: lis
     except ObjectError as exc:
         name = (data.get("metadata") or {}).get("name") if isinstance(data.get("metadata"), dict) else None
         what = f"{kind} {name}" if isinstance(name, str) and name else kind
-        problems.append(ManifestProblem(path, _field_line(node, exc.path), f"{what}: {exc}"))
+        problems.append(ManifestProblem(path, where.field_line(exc.path), f"{what}: {exc}"))
         return
     except (TypeError, ValueError, AttributeError, KeyError) as exc:  # a shape no check foresaw
         problems.append(ManifestProblem(path, line, f"{kind}: cannot use this object ({type(exc).__name__}: "
@@ -186,7 +259,7 @@ def _collect(data: Any, node: yaml.Node, path: str, objects: list, problems: lis
                             reason=f"no {SERVICE_NAME_LABEL} label: the slice belongs to no Service")
         return
     for field_path, reason in getattr(obj, "unserved", ()):
-        problems_line = _field_line(node, field_path)
+        problems_line = where.field_line(field_path)
         if log is not None:
             log.warning("manifest_object_partially_served", file=path, line=problems_line, kind=kind,
                         name=data["metadata"]["name"], field=field_path, reason=reason)
