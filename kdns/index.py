@@ -123,6 +123,14 @@ def _listed_ports(sl: EndpointSlice) -> tuple[ServicePort, ...] | None:
     return None
 
 
+def _named(slices: tuple[EndpointSlice, ...], name: str) -> EndpointSlice | None:
+    return next((sl for sl in slices if sl.name == name), None)
+
+
+def _without(slices: tuple[EndpointSlice, ...], name: str) -> tuple[EndpointSlice, ...]:
+    return tuple(sl for sl in slices if sl.name != name)
+
+
 def dashed_ip(ip: str) -> str:
     """The spec's system-assigned endpoint name: 10.244.1.7 -> 10-244-1-7, fd00::1 -> fd00--1."""
     name = ip.replace(".", "-").replace(":", "-")
@@ -148,7 +156,9 @@ class ClusterIndex:
         self.serial = int(time.time())
         self.synced = False
         self.services: dict[tuple[str, str], Service] = {}
-        self.slices: dict[tuple[str, str], dict[str, EndpointSlice]] = {}  # (ns, svc) -> name -> slice
+        # (ns, svc) -> its slices, by name (a tuple, the views share it: a service has a few; 10k dicts
+        # would cost ~2 MiB more)
+        self.slices: dict[tuple[str, str], tuple[EndpointSlice, ...]] = {}
         self.legacy: dict[tuple[str, str], EndpointSlice] = {}  # (ns, svc) -> converted v1 Endpoints
         self.slice_owner: dict[tuple[str, str], str] = {}  # (ns, slice name) -> svc
         self.pods: dict[tuple[str, str], Pod] = {}
@@ -246,7 +256,7 @@ class ClusterIndex:
                 self.legacy[svc_key] = obj
             else:
                 old_owner = self.slice_owner.get(obj.key)
-                if old_owner is not None and self.slices.get((obj.namespace, old_owner), {}).get(obj.name) == obj:
+                if old_owner is not None and _named(self.slices.get((obj.namespace, old_owner), ()), obj.name) == obj:
                     return
                 if old_owner is not None and old_owner != obj.service:
                     # the slice moved to another service (label changed)
@@ -254,7 +264,8 @@ class ClusterIndex:
                     old_owner = None
                 if old_owner is None:
                     self._ref(obj.namespace, 1, touched)
-                self.slices.setdefault(svc_key, {})[obj.name] = obj
+                self.slices[svc_key] = tuple(sorted(_without(self.slices.get(svc_key, ()), obj.name) + (obj,),
+                                                    key=lambda sl: sl.name))
                 self.slice_owner[obj.key] = obj.service
             self._rebuild_view(svc_key, touched)
         elif isinstance(obj, Pod):
@@ -322,9 +333,10 @@ class ClusterIndex:
 
     def _drop_slice(self, namespace: str, name: str, touched: set) -> None:
         svc = self.slice_owner.pop((namespace, name))
-        group = self.slices.get((namespace, svc), {})
-        group.pop(name, None)
-        if not group:
+        group = _without(self.slices.get((namespace, svc), ()), name)
+        if group:
+            self.slices[(namespace, svc)] = group
+        else:
             self.slices.pop((namespace, svc), None)
         self._ref(namespace, -1, touched)
         self._rebuild_view((namespace, svc), touched)
@@ -361,16 +373,15 @@ class ClusterIndex:
             self.views.pop(key, None)
             new_reverse: set = set()
         else:
-            slices = list(self.slices.get(key, {}).values())
+            slices = self.slices.get(key, ())
             if not slices and key in self.legacy:
-                slices = [self.legacy[key]]
-            view = ServiceView(service, slices=tuple(sorted(slices, key=lambda s: s.name)),
-                               pod_names=self.endpoint_pod_names)
+                slices = (self.legacy[key],)
+            view = ServiceView(service, slices=slices, pod_names=self.endpoint_pod_names)
             self.views[key] = view
             new_reverse = _reverse_entries(view)
         old_ips = {ip for ip, _ in old_reverse}
         new_ips = {ip for ip, _ in new_reverse}
-        owner = (ns, name)
+        owner = key  # one tuple per service, shared by its addresses
         for ip in old_ips - new_ips:
             self._reverse_remove(ip, owner)
         for ip in new_ips - old_ips:
@@ -419,7 +430,7 @@ class ClusterIndex:
             return self.services.get((namespace, name))
         if kind == "EndpointSlice":
             owner = self.slice_owner.get((namespace, name))
-            return None if owner is None else self.slices.get((namespace, owner), {}).get(name)
+            return None if owner is None else _named(self.slices.get((namespace, owner), ()), name)
         if kind == "Pod":
             return self.pods.get((namespace, name))
         if kind == "Namespace":

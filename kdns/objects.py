@@ -176,7 +176,7 @@ def _labels(obj: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     for k, v in labels.items():
         if not isinstance(k, (str, int, float, bool)) or not isinstance(v, (str, int, float, bool)):
             raise ObjectError("metadata.labels", f"label keys and values must be strings, got {_show(k)}: {_show(v)}")
-        out.append((str(k), str(v)))
+        out.append((sys.intern(str(k)), str(v)))  # keys (app, team, ...) repeat across objects
     return tuple(sorted(out))
 
 
@@ -318,9 +318,12 @@ def _external(obj: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def endpointslice_from_dict(obj: Mapping[str, Any], default_namespace: str = "default") -> EndpointSlice | None:
+def endpointslice_from_dict(obj: Mapping[str, Any], default_namespace: str = "default", *,
+                            pod_names: bool = True) -> EndpointSlice | None:
     """Convert a discovery.k8s.io/v1 EndpointSlice; None when DNS serves nothing of it (addressType
-    FQDN, or no kubernetes.io/service-name label: it belongs to no Service).
+    FQDN, or no kubernetes.io/service-name label: it belongs to no Service). pod_names=False leaves
+    out the endpoints' pod names (only the kubernetes `endpoint_pod_names` option reads them: 100k
+    endpoints, ~7 MiB).
 
     What the API rejects raises ObjectError; what it accepts is served as far as DNS can carry it,
     and any part left out is listed in `unserved` (see _slice_ports)."""
@@ -370,7 +373,7 @@ def endpointslice_from_dict(obj: Mapping[str, Any], default_namespace: str = "de
         # ready unset means ready (discovery API; CoreDNS endpointsliceReady); serving, terminating,
         # nodeName and hints do not change what DNS serves (zone does, with the kubernetes `zonal` option)
         endpoints.append(Endpoint(addresses=ips, ready=ready is not False, hostname=hostname,
-                                  pod_name=pod_name if isinstance(pod_name, str) else "", zone=zone))
+                                  pod_name=pod_name if pod_names and isinstance(pod_name, str) else "", zone=zone))
     ports = _slice_ports(_list(obj, "ports"), unserved)
     return EndpointSlice(namespace, name, service, tuple(endpoints), ports, unserved=tuple(unserved))
 
@@ -388,8 +391,10 @@ def _slice_address(value: Any, address_type: str, path: str) -> str:
     return ip
 
 
-def endpoints_from_dict(obj: Mapping[str, Any], default_namespace: str = "default") -> EndpointSlice:
-    """Convert a v1 Endpoints object: one legacy slice named after the service."""
+def endpoints_from_dict(obj: Mapping[str, Any], default_namespace: str = "default", *,
+                        pod_names: bool = True) -> EndpointSlice:
+    """Convert a v1 Endpoints object: one legacy slice named after the service (pod_names: as
+    endpointslice_from_dict)."""
     name = _name(obj)
     namespace = _namespace(obj, default_namespace)
     endpoints: list[Endpoint] = []
@@ -420,7 +425,7 @@ def endpoints_from_dict(obj: Mapping[str, Any], default_namespace: str = "defaul
                 target = addr.get("targetRef") or {}
                 pod_name = target.get("name", "") if isinstance(target, Mapping) else ""
                 endpoints.append(Endpoint((ip,), ready=ready, hostname=hostname.lower(),
-                                          pod_name=pod_name if isinstance(pod_name, str) else "",
+                                          pod_name=pod_name if pod_names and isinstance(pod_name, str) else "",
                                           ports=own_ports))
     return EndpointSlice(namespace, name, name, tuple(endpoints), tuple(ports), legacy=True)
 

@@ -302,8 +302,9 @@ class Reflector:
     def __init__(self, resource: Resource, api_client: KubeClient, post: Callable[[str, Any], None],
                  page_size: int = 500, watch_timeout: int = 300, stall_timeout: float = 120.0,
                  connect_timeout: float = 10.0, backoff_max: float = 30.0, probe_interval: float = 1.0,
-                 reachability: Reachability | None = None):
+                 reachability: Reachability | None = None, pod_names: bool = True):
         self.resource = resource
+        self.pod_names = pod_names  # keep endpoints' pod names (the kubernetes endpoint_pod_names option)
         self.list_fn = resource.list_call(api_client)
         self.post = post
         self.page_size = page_size
@@ -488,7 +489,8 @@ class Reflector:
             batch.deletes.append((ns, name))
             return
         try:
-            converted = self.resource.convert(obj)
+            converted = (self.resource.convert(obj, pod_names=False) if self.resource.kind == "EndpointSlice"
+                         and not self.pod_names else self.resource.convert(obj))
         except ObjectError as exc:
             batch.errors.append((f"{ns}/{name}" if ns else name, str(exc)))
             return
@@ -590,6 +592,7 @@ class ApiSource:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.reachability = Reachability()
         self.reflectors = [Reflector(RESOURCES[kind], api_client, self._poster(kind),
+                                     pod_names=index.endpoint_pod_names,
                                      reachability=self.reachability, **reflector_options)
                            for kind in kinds]
         self.synced_event = asyncio.Event()

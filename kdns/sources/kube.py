@@ -68,25 +68,35 @@ __all__ = ["ApiException", "ConfigException", "Configuration", "InClusterConfigL
 
 
 def load_kube_config(**kwargs: Any) -> None:
-    """kubernetes.config.load_kube_config, imported when a kubeconfig is used (it brings requests and
-    oauthlib along: ~5 MiB an in-cluster kdns does not need). It imports ApiClient, which it calls
-    only to refresh an OIDC token: that import is put off until then."""
-    client = sys.modules["kubernetes.client"]
-    if isinstance(client, _Deferred) and "kubernetes.config.kube_config" not in sys.modules:
-        client.ApiClient = _api_client
+    """kubernetes.config.load_kube_config, imported when a kubeconfig is used. Its module imports
+    ApiClient (pydantic), oauthlib and requests_oauthlib (requests), ~12 MiB it uses only to refresh
+    an OIDC token: those are put off until then."""
+    if "kubernetes.config.kube_config" not in sys.modules:
+        placeholders = [(module, name, _on_call(module, name)) for module, name in (
+            ("kubernetes.client", "ApiClient"), ("requests_oauthlib", "OAuth2Session"))]
+        for package in ("oauthlib", "oauthlib.oauth2", "requests_oauthlib"):
+            _defer(package)
+        placeholders = [(module, name, fn) for module, name, fn in placeholders
+                        if isinstance(sys.modules[module], _Deferred)]
+        for module, name, fn in placeholders:
+            setattr(sys.modules[module], name, fn)
         try:
             import kubernetes.config.kube_config  # noqa: F401
         finally:
-            del client.ApiClient
+            for module, name, _ in placeholders:
+                delattr(sys.modules[module], name)
     from kubernetes.config.kube_config import load_kube_config as load
 
     load(**kwargs)
 
 
-def _api_client(*args: Any, **kwargs: Any) -> Any:
-    from kubernetes.client.api_client import ApiClient
+def _on_call(module: str, name: str) -> Callable[..., Any]:
+    """A stand-in for module.name (a class called to build one) that imports it when called."""
 
-    return ApiClient(*args, **kwargs)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    return call
 
 
 class KubeClient:
