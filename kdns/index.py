@@ -115,6 +115,16 @@ def _reverse_entries(view: "ServiceView | None") -> set[tuple[str, str]]:
     return out
 
 
+def _reverse_addresses(view: ServiceView) -> set[str]:
+    """The addresses of _reverse_entries(view), without the endpoint names."""
+    service = view.service
+    out = set(service.cluster_ips) if service.kind == "ClusterIP" else set()
+    if service.kind != "ExternalName":
+        publish = service.publish_not_ready
+        out.update(ip for sl in view._slices for ep in sl.endpoints if ep.ready or publish for ip in ep.addresses)
+    return out
+
+
 def _listed_ports(sl: EndpointSlice) -> tuple[ServicePort, ...] | None:
     """A slice's ports; None when it lists none. A slice whose listed ports were all left out
     (numbers SRV cannot carry) still lists ports: its endpoints do not take the Service's."""
@@ -366,9 +376,9 @@ class ClusterIndex:
             self._build_view(key, touched)
 
     def _build_view(self, key: tuple[str, str], touched: set) -> None:
-        ns, name = key
         service = self.services.get(key)
-        old_reverse = _reverse_entries(self.views.get(key))
+        old_view = self.views.get(key)
+        old_reverse = _reverse_entries(old_view) if old_view is not None else set()
         if service is None:
             self.views.pop(key, None)
             new_reverse: set = set()
@@ -378,6 +388,11 @@ class ClusterIndex:
                 slices = (self.legacy[key],)
             view = ServiceView(service, slices=slices, pod_names=self.endpoint_pod_names)
             self.views[key] = view
+            if old_view is None:  # a new service (as in a bulk load): its addresses, their names not needed
+                for ip in _reverse_addresses(view):
+                    self._reverse_add(ip, key)
+                    touched.add(("ip", ip))
+                return
             new_reverse = _reverse_entries(view)
         old_ips = {ip for ip, _ in old_reverse}
         new_ips = {ip for ip, _ in new_reverse}

@@ -1,5 +1,6 @@
 """The Kubernetes API as a source: list + watch with the official `kubernetes` client.
 
+The client's configuration and REST layer, without its generated API classes and models (kube.py).
 One Reflector thread per resource does the blocking HTTP (the event loop that answers DNS never
 waits on the API); it converts each object to a slotted record at once and hands batches to the
 loop with call_soon_threadsafe. ApiSource, on the loop, applies them to the index and keeps the
@@ -82,8 +83,8 @@ def build_api_client(kubeconfig: str | None = None, context: str | None = None,
             where = f"endpoint {endpoint}" + (" with client TLS" if tls else "")
         elif kubeconfig:
             _check_kubeconfig(kubeconfig)
-            load_kube_config(config_file=kubeconfig, context=context,
-                                        client_configuration=configuration, persist_config=False)
+            load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration,
+                             persist_config=False)
             if endpoint:
                 configuration.host = endpoint
             where = f"kubeconfig {kubeconfig}" + (f" context {context}" if context else "")

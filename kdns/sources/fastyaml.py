@@ -5,9 +5,10 @@ as kubectl's go-yaml v2 reads them too). yaml-rs implements YAML 1.2, which read
 otherwise, and has no node line numbers. So a file takes this path only when nothing in it can read
 differently: `documents()` returns None (the caller then uses PyYAML) for any file with anchors,
 aliases, tags, directives, merge keys, complex keys, escapes, tabs, unusual characters, very deep
-nesting, or a plain scalar that YAML 1.1 and 1.2 resolve differently (yes/no/on/off, numbers with
-leading zeros, underscores, exponents or colons, leading dots, dates, 19+ digits), and for anything
-yaml-rs rejects. The check is on the text and errs towards PyYAML: a quoted "yes" sends the file
+nesting, flow collections that go on past their line or have a collection as a key, block scalars
+that are empty or keep their line breaks, or a plain scalar that YAML 1.1 and 1.2 resolve
+differently (yes/no/on/off, numbers with leading zeros, underscores, exponents or colons, leading
+dots, dates, 19+ digits), and for anything yaml-rs rejects. The check is on the text and errs towards PyYAML: a quoted "yes" sends the file
 there too. tests/test_fastyaml.py compares both readers on the tests' manifests, generated clusters
 and fuzzed text.
 """
@@ -28,23 +29,31 @@ except ImportError:  # pragma: no cover - a platform without its wheel: PyYAML r
 _END = r"(?=[\s,\[\]{}:#]|\Z)"  # where a plain scalar can end
 _DIGITS = (r"(?:[0-9_]*(?:\.[0-9_]*)?[eE_]|[0-9]{18}|[0-9]{3}-[0-9]"  # exponent, underscore, 19+ digits, a date
            r"|[0-9_]*(?::[0-5]?[0-9])+(?:[.\s,\]}]|:\s|:\Z|\Z))")  # sexagesimal (YAML 1.1: 1:20 is 80)
-_CHECKS = [re.compile(p) for p in (
-    r"\n(?:%|\.\.\.|[ \-?:]{500})",  # a directive; a document end marker (1.2 allows a bare document
-                                     # after it, PyYAML does not); nesting near libyaml's limit of 1000
-    r"[\]}][ \t]*:(?=\s|\Z)",  # a flow collection as a mapping key
-    r"[&*!<?=:_](?<=[\s\[{,].)(?:(?<=[&*!:?_])|(?<=<)<|(?<==)" + _END + ")",  # anchors,
-    # aliases, tags, a scalar starting with ':' or '?' (a key in 1.1's flow context) or '_' (a number
-    # to yaml-rs), merge keys, YAML 1.1's value key
-    r":[,?\[\]{}]",  # ':' before a flow indicator or '?' (PyYAML: not inside a plain scalar)
-    r"\{(?:[^\[\]{}\n]|[\[{][^\[\]{}\n]*[\]}])*(?<=[{,])[ ]*[\[{]",  # a collection as a key in a flow mapping
-    r"[@`%](?<=[\s\[{,].)|[\[{,][ ]*[|>]"  # reserved indicators; block scalars in flow context
-    r"|[|>](?<=[\s\[{,].)(?![-+1-9]{0,2}[ ]*(?:#[^\n]*)?(?:\r?\n|\Z))",  # | or > not a block scalar header
-    r"[yYnNoO](?<=[\s\[{,].)(?:(?<=[yY])es|(?<=Y)ES|(?<=[nN])o|(?<=N)O|(?<=[oO])n|(?<=O)N|(?<=[oO])ff"
-    r"|(?<=O)FF)" + _END,  # YAML 1.1 booleans
-    r"[-+.0-9](?<=[\s\[{,].)(?:(?<=[-+])(?:\.[0-9_iInN]|_|0[0-9a-zA-Z_]|[0-9]" + _DIGITS + r")"
-    r"|(?<=\.)[0-9_iInN]|(?<=0)[0-9a-zA-Z_]|(?<=[0-9])" + _DIGITS + ")",  # numbers: a leading dot
+# (characters at least one of which the text must hold for the check to find anything, or "" for
+# always; each regex scan costs ~50 ms on 20 MB), the check
+_CHECKS = [(trigger, re.compile(p)) for trigger, p in (
+    ("", r"\n(?:%|\.\.\.|[ \-?:]{500})"),  # a directive; a document end marker (1.2 allows a bare
+    # document after it, PyYAML does not); nesting near libyaml's limit of 1000
+    ("]}", r"[\]}][ \t]*:(?=\s|\Z)"),  # a flow collection as a mapping key
+    ("&*!<?=_", r"[&*!<?=_](?<=[\s\[{,].)(?:(?<=[&*!?_])|(?<=<)<|(?<==)" + _END + ")"),  # anchors,
+    # aliases, tags, a scalar starting with '?' (a key in 1.1's flow context) or '_' (a number to
+    # yaml-rs), merge keys, YAML 1.1's value key
+    ("", r":(?<=[\s\[{,]:)"),  # a scalar starting with ':'
+    ("", r":[,?\[\]{}]"),  # ':' before a flow indicator or '?' (PyYAML: not inside a plain scalar)
+    ("{", r"\{(?:[^\[\]{}\n]|[\[{][^\[\]{}\n]*[\]}])*(?<=[{,])[ ]*[\[{]"),  # a collection as a key
+    # in a flow mapping
+    ("@`%", r"[@`%](?<=[\s\[{,].)"),  # reserved indicators
+    ("|>", r"[\[{,][ ]*[|>]"),  # block scalars in flow context
+    ("|>", r"[|>](?<=[\s\[{,].)(?![-+1-9]{0,2}[ ]*(?:#[^\n]*)?(?:\r?\n|\Z))"),  # | or > not a block
+    # scalar header
+    ("", r"[yYnNoO](?<=[\s\[{,].)(?:(?<=[yY])es|(?<=Y)ES|(?<=[nN])o|(?<=N)O|(?<=[oO])n|(?<=O)N|(?<=[oO])ff"
+         r"|(?<=O)FF)" + _END),  # YAML 1.1 booleans
+    ("", r"[-+.0-9](?<=[\s\[{,].)(?:(?<=[-+])(?:\.[0-9_iInN]|_|0[0-9a-zA-Z_]|[0-9]" + _DIGITS + r")"
+         r"|(?<=\.)[0-9_iInN]|(?<=0)[0-9a-zA-Z_]|(?<=[0-9])" + _DIGITS + ")"),  # numbers: a leading dot
     # (.5, .inf), a leading zero (octal in 1.1)
 )]
+_TRIGGERS = "".join(sorted({c for trigger, _ in _CHECKS for c in trigger}))
+_NOT_TRIGGERS = bytes(c for c in range(128) if chr(c) not in _TRIGGERS)
 # PyYAML's printable characters, less tabs (both parsers' tab rules are subtle), backslashes (escapes
 # in double quotes), BOMs and the line breaks only YAML 1.1 has (NEL, LS, PS)
 _ODD_CHARACTER = re.compile(r"[^\n\r\x20-\x5b\x5d-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd"
@@ -76,8 +85,10 @@ def risky(text: str) -> bool:
         return True
     if "#" in text:
         text = _without_comments(text)
+    # which trigger characters the text holds, in one pass (non-ASCII characters are kept: no trigger)
+    present = set(text.encode("utf-8", "surrogatepass").translate(None, _NOT_TRIGGERS).decode("utf-8", "replace"))
     text = "\n" + text
-    return any(check.search(text) for check in _CHECKS)
+    return any(check.search(text) for trigger, check in _CHECKS if not trigger or present.intersection(trigger))
 
 
 _BRACKETS = bytes.maketrans(b"[{]}", b"(())")
