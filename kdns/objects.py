@@ -341,39 +341,44 @@ def endpointslice_from_dict(obj: Mapping[str, Any], default_namespace: str = "de
     service = sys.intern(service)
     unserved: list[tuple[str, str]] = []
     endpoints = []
-    for i, ep in enumerate(_list(obj, "endpoints")):
-        p = f"endpoints[{i}]"
+    ipv4 = address_type == "IPv4"
+    for i, ep in enumerate(_list(obj, "endpoints")):  # field paths are built only for an error
         if not _is_map(ep):
-            raise ObjectError(p, "expected a mapping")
+            raise ObjectError(f"endpoints[{i}]", "expected a mapping")
         addrs = ep.get("addresses")
         if not isinstance(addrs, list) or not addrs:
-            raise ObjectError(f"{p}.addresses", "required: a non-empty list of addresses")
-        if len(addrs) == 1 and address_type == "IPv4" and type(addrs[0]) is str and _CANONICAL_IPV4(addrs[0]):
+            raise ObjectError(f"endpoints[{i}].addresses", "required: a non-empty list of addresses")
+        if ipv4 and len(addrs) == 1 and type(addrs[0]) is str and _CANONICAL_IPV4(addrs[0]):
             ips = (addrs[0],)  # the common case, without the general checks below
         else:
-            ips = tuple(_slice_address(a, address_type, f"{p}.addresses[{j}]") for j, a in enumerate(addrs))
+            ips = tuple(_slice_address(a, address_type, f"endpoints[{i}].addresses[{j}]") for j, a in enumerate(addrs))
         conditions = ep.get("conditions") or {}
         if not _is_map(conditions):
-            raise ObjectError(f"{p}.conditions", "expected a mapping")
+            raise ObjectError(f"endpoints[{i}].conditions", "expected a mapping")
         ready = conditions.get("ready")
         if ready is not None and not isinstance(ready, bool):
-            raise ObjectError(f"{p}.conditions.ready", f"expected true or false, got {_show(ready)}")
+            raise ObjectError(f"endpoints[{i}].conditions.ready", f"expected true or false, got {_show(ready)}")
         hostname = ep.get("hostname") or ""
-        if not isinstance(hostname, str):
-            raise ObjectError(f"{p}.hostname", f"expected a string, got {_show(hostname)}")
-        hostname = hostname.lower()
-        if hostname and not _LABEL.fullmatch(hostname):
-            raise ObjectError(f"{p}.hostname", f"not a DNS label (a-z, 0-9, '-', at most 63): {_show(hostname)}")
-        target = ep.get("targetRef") or {}
-        pod_name = target.get("name", "") if _is_map(target) and target.get("kind", "Pod") == "Pod" else ""
+        if hostname:
+            if not isinstance(hostname, str):
+                raise ObjectError(f"endpoints[{i}].hostname", f"expected a string, got {_show(hostname)}")
+            hostname = hostname.lower()
+            if not _LABEL.fullmatch(hostname):
+                raise ObjectError(f"endpoints[{i}].hostname",
+                                  f"not a DNS label (a-z, 0-9, '-', at most 63): {_show(hostname)}")
+        pod_name = ""
+        if pod_names:
+            target = ep.get("targetRef") or {}
+            pod_name = target.get("name", "") if _is_map(target) and target.get("kind", "Pod") == "Pod" else ""
+            pod_name = pod_name if isinstance(pod_name, str) else ""
         zone = ep.get("zone") or ""
-        if not isinstance(zone, str):
-            raise ObjectError(f"{p}.zone", f"expected a string, got {_show(zone)}")
-        zone = sys.intern(zone)
+        if zone:
+            if not isinstance(zone, str):
+                raise ObjectError(f"endpoints[{i}].zone", f"expected a string, got {_show(zone)}")
+            zone = sys.intern(zone)
         # ready unset means ready (discovery API; CoreDNS endpointsliceReady); serving, terminating,
         # nodeName and hints do not change what DNS serves (zone does, with the kubernetes `zonal` option)
-        endpoints.append(Endpoint(addresses=ips, ready=ready is not False, hostname=hostname,
-                                  pod_name=pod_name if pod_names and isinstance(pod_name, str) else "", zone=zone))
+        endpoints.append(Endpoint(ips, ready is not False, hostname, pod_name, None, zone))
     ports = _slice_ports(_list(obj, "ports"), unserved)
     return EndpointSlice(namespace, name, service, tuple(endpoints), ports, unserved=tuple(unserved))
 
