@@ -129,7 +129,7 @@ class Diagnosis:
 
     def _terminating(self, ns: str, name: str) -> int:
         """Addresses of the service's slices whose endpoint is terminating (the index's views drop the flag)."""
-        slices = list(self.index.slices.get((ns, name), {}).values())
+        slices = self.index.slices.get((ns, name), ())
         return sum(len(ep.addresses) for sl in slices for ep in sl.endpoints if ep.terminating)
 
     def _service_hints(self, ns: str, name: str) -> list[str]:

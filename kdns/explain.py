@@ -185,7 +185,7 @@ def service_source(index: ClusterIndex, view: ServiceView, rr) -> str:
 
 def endpoint_of(index: ClusterIndex, ns: str, svc: str, ip: str) -> str | None:
     """'EndpointSlice ns/slice endpoint i (ready, hostname h)' for an address of a service's endpoints."""
-    slices = dict(index.slices.get((ns, svc), {}))
+    slices = {sl.name: sl for sl in index.slices.get((ns, svc), ())}
     legacy = index.legacy.get((ns, svc))
     if not slices and legacy is not None:
         slices = {svc: legacy}
