@@ -148,7 +148,7 @@ class Runtime:
                 udp, tcp_server, bound = self.listeners.pop(key)
                 udp.close()
                 tcp_server.close()
-                self.handlers.pop(key)
+                self.handlers.pop(key).flush()  # its front answers' counts into the metrics
                 self.log.info("listener_closed", port=bound, address=show_address(key[1], bound))
         for block in old_blocks:
             if block.forwarder is not None:
