@@ -29,13 +29,14 @@ class Change:
 class History:
     """The last CAPACITY changes; `about` finds those touching one namespace/name.
 
-    Recording is on the index's event path, so an entry is a plain tuple holding the object itself
-    (a few are kept alive after their deletion, at most CAPACITY); it is described when read."""
+    Recording is on the index's event path, so an entry is a plain tuple holding the object itself, or
+    its summary (ClusterIndex._record: slices once synced); it is described when read."""
 
     def __init__(self, capacity: int = CAPACITY):
         self.events: deque[tuple] = deque(maxlen=capacity)
 
     def add(self, kind: str, namespace: str, name: str, action: str, obj=None, service: str = "") -> None:
+        """obj: the object (described when read), its summary text, or None."""
         self.events.append((kind, namespace, name, action, obj, service, time.monotonic()))
 
     def about(self, namespace: str, name: str | None = None, limit: int = 10) -> list[Change]:
@@ -49,7 +50,7 @@ class History:
                 hit = ns == namespace and (obj_name == name or service == name) and \
                     kind in ("Service", "EndpointSlice", "Endpoints")
             if hit:
-                detail = describe(obj) if obj is not None else ""
+                detail = obj if isinstance(obj, str) else describe(obj) if obj is not None else ""
                 out.append(Change(kind, ns, obj_name, action, detail, service, when,
                                   time.time() - (time.monotonic() - when)))
                 if len(out) >= limit:

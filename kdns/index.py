@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from .history import History
+from .history import History, describe
 from .objects import Endpoint, EndpointSlice, Namespace, Pod, Service, ServicePort
 
 ANY = ("any",)
@@ -310,9 +310,15 @@ class ClusterIndex:
         self._touch(touched)
 
     def _record(self, obj, action: str) -> None:
-        kind = "Endpoints" if isinstance(obj, EndpointSlice) and obj.legacy else type(obj).__name__
-        self.history.add(kind, getattr(obj, "namespace", ""), obj.name, action, obj,
-                         obj.service if isinstance(obj, EndpointSlice) else "")
+        if isinstance(obj, EndpointSlice):
+            kind = "Endpoints" if obj.legacy else "EndpointSlice"
+            # once synced, slices churn (pods come and go): an old version kept by the log would outlive
+            # its replacement, so its summary is kept instead (a bulk load keeps the objects, which the
+            # tables hold anyway, and saves the summaries' cost)
+            self.history.add(kind, obj.namespace, obj.name, action, describe(obj) if self.synced else obj,
+                             obj.service)
+            return
+        self.history.add(type(obj).__name__, getattr(obj, "namespace", ""), obj.name, action, obj, "")
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
         """Delete by kind ("Service", "EndpointSlice", "Endpoints", "Pod", "Namespace")."""

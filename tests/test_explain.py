@@ -533,3 +533,16 @@ def test_from_a_pod_replays_its_dns_config(tmp_path):
     assert [q["name"] for q in dotted["queries"]][:2] == ["api.shop.svc.", "api.shop.svc.shop.svc.cluster.local."]
     flags_win = explain(ex, "gateway", namespace="data", pod="custom", ndots=5, search=["data.svc.cluster.local"])
     assert [q["name"] for q in flags_win["queries"]][0] == "gateway.data.svc.cluster.local."
+
+
+def test_change_log_keeps_no_replaced_slice_alive():
+    """Once synced, a slice update is logged by its summary: the log never holds an old version alive."""
+    from builders import build, clusterip, ep, eps, namespace
+
+    index, _ = build(namespace("shop"), clusterip("shop", "web", "10.96.0.10"),
+                     eps("shop", "web", ep("10.0.0.1"), name="web-1"), synced=True)
+    index.upsert(eps("shop", "web", ep("10.0.0.1"), ep("10.0.0.2", ready=False), name="web-1"))
+    kind, ns, name, action, held, service, _ = index.history.events[-1]
+    assert (kind, name, action, service) == ("EndpointSlice", "web-1", "updated", "web")
+    assert held == "2 endpoints, 1 ready"  # text, not the replaced object
+    assert [c.detail for c in index.history.about("shop", "web")][-1] == "2 endpoints, 1 ready"
