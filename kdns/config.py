@@ -66,6 +66,7 @@ class ForwardConfig:
     health_check: float = 0.5
     max_fails: int = 2
     timeout: float = 2.0  # per attempt (CoreDNS read_timeout)
+    expire: float = 10.0  # a UDP socket to an upstream takes new queries this long, then a fresh one does
 
 
 @dataclass
@@ -432,10 +433,13 @@ def _forward(d: Directive, resolv_conf: str, warnings: list[str]) -> ForwardConf
         elif opt.name in ("read_timeout", "timeout"):
             _nargs(opt, 1, 1, f"{opt.name} DURATION")
             f.timeout = _duration(opt, vals[0], opt.name)
-        elif opt.name in ("expire", "max_idle_conns"):
-            _nargs(opt, 1, 1, f"{opt.name} VALUE")
-            warnings.append(f"{opt.path}:{opt.line}:{opt.col}: forward: {opt.name} has no effect in kdns "
-                            "(it opens a fresh socket per upstream query; there is no connection pool)")
+        elif opt.name == "expire":
+            _nargs(opt, 1, 1, "expire DURATION")
+            f.expire = _duration(opt, vals[0], "expire")
+        elif opt.name == "max_idle_conns":
+            _nargs(opt, 1, 1, "max_idle_conns VALUE")
+            warnings.append(f"{opt.path}:{opt.line}:{opt.col}: forward: max_idle_conns has no effect in kdns "
+                            "(UDP queries to an upstream share one socket; TCP connections are not pooled)")
         else:
             raise opt.error(f"forward: unknown or unsupported option {opt.name!r} (kdns supports: except, policy, "
                             "max_concurrent, force_tcp, prefer_udp, health_check, max_fails, read_timeout, "

@@ -283,6 +283,12 @@ class CoreDnsCollector:
             for to, n in f.healthcheck_failures.items():
                 hcf.add_metric(["forward", to], n)
         yield hcf
+        ignored = CounterMetricFamily("kdns_forward_ignored_replies", "Upstream UDP replies not taken: no query "
+                                      "waits with their ID, or they do not answer its question.", labels=["to", "reason"])
+        for f in m.forwarders:
+            for (to, reason), n in f.ignored_replies.items():
+                ignored.add_metric([to, reason], n)
+        yield ignored
         # cache
         entries = GaugeMetricFamily("coredns_cache_entries", "The number of elements in the cache.",
                                     labels=["server", "type", "zones", "view"])

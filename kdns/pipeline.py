@@ -12,6 +12,7 @@ import asyncio
 import random
 import secrets
 from dataclasses import dataclass, field
+from functools import partial
 
 from dnslib import CNAME, QTYPE, RCODE, RR, DNSError, DNSLabel, DNSRecord
 
@@ -186,18 +187,39 @@ class Block:
 
     # -------------------------------------------------------------------- forward
 
-    async def _forward(self, query: Query, name: str, tcp: bool):
+    def _forward(self, query: Query, name: str, tcp: bool):
+        """The client's raw query goes upstream as it is (a fresh ID); a future of (response, "forward")."""
         try:
-            reply = await self.forwarder.forward(query.data, tcp, observe=self.metrics.observe_upstream)
+            fut = asyncio.get_running_loop().create_future()
+            self.forwarder.submit(query.data, query.qend, tcp, partial(self._forwarded, query, name, fut),
+                                  self.metrics.observe_upstream)
         except Overloaded as exc:
             self.log.warning("forward_refused", name=query.name_text, reason=str(exc))
             return error_response(query.data, RCODE.REFUSED, query), "forward"
         except UpstreamError as exc:
             self._error(query, str(exc))
             return error_response(query.data, RCODE.SERVFAIL, query), "forward"
-        if self.cache is not None and self.cache.covers(name):
-            reply = self.cache.put(query, reply, name)
-        return self.balance(reply), "forward"
+        return fut
+
+    def _forwarded(self, query: Query, name: str, fut: asyncio.Future, reply: bytes | None, error: str) -> None:
+        """The upstream's reply (or why none came): cached, rotated, handed to the query handler."""
+        if fut.done():
+            return
+        try:
+            if reply is None:
+                self._error(query, error)
+                fut.set_result((error_response(query.data, RCODE.SERVFAIL, query), "forward"))
+                return
+            groups = None
+            cache = self.cache
+            if cache is not None and cache.covers(name):
+                reply, groups = cache.store(query, reply, name)
+            if self.config.loadbalance:
+                reply = self.balance(reply) if groups is None else \
+                    rotate(reply, groups, random.randrange(1 << 16)) if groups else reply
+            fut.set_result((reply, "forward"))
+        except Exception as exc:  # noqa: BLE001 - the query handler answers SERVFAIL and reports it
+            fut.set_exception(exc)
 
     def _error(self, query: Query, message: str) -> None:
         if self.config.errors:  # CoreDNS's errors plugin line: [ERROR] plugin/errors: 2 name. TYPE: error

@@ -12,6 +12,7 @@ import struct
 import time
 import traceback
 from collections import Counter
+from functools import partial
 from typing import Awaitable
 
 from dnslib import QTYPE, RCODE
@@ -224,15 +225,26 @@ class QueryHandler:
             return response
         return self._finish_later(result, block, zone, query, tcp, client, start)
 
-    async def _finish_later(self, pending, block, zone, query, tcp, client, start):
+    def _finish_later(self, pending, block, zone, query, tcp, client, start) -> asyncio.Future:
+        """A future of the response to an answer that comes later (forward), finished by callback."""
+        if not isinstance(pending, asyncio.Future):
+            pending = asyncio.ensure_future(pending)  # a plugin's coroutine
+        out = pending.get_loop().create_future()
+        pending.add_done_callback(partial(self._finished, out, block, zone, query, tcp, client, start))
+        return out
+
+    def _finished(self, out: asyncio.Future, block, zone, query, tcp, client, start, pending: asyncio.Future) -> None:
+        if pending.cancelled():
+            out.cancel()
+            return
         try:
-            response, plugin = await pending
+            response, plugin = pending.result()
+            response = self._fit(response, query, tcp, client)
+            if response is not None:
+                self._done(block, zone, plugin, query, tcp, client, response, start)
         except Exception as exc:  # noqa: BLE001
-            return self._internal_error(query, exc)
-        response = self._fit(response, query, tcp, client)
-        if response is not None:
-            self._done(block, zone, plugin, query, tcp, client, response, start)
-        return response
+            response = self._internal_error(query, exc)
+        out.set_result(response)
 
     def _acl(self, block, query: Query, client):
         """False when allowed, else what to send (None: drop)."""
@@ -326,7 +338,16 @@ class UDPProtocol(asyncio.DatagramProtocol):
         if isinstance(result, bytes):
             self.transport.sendto(result, addr)
             return
+        if isinstance(result, asyncio.Future):  # a forwarded query: sent when its reply is in
+            result.add_done_callback(partial(self._send_later, addr))
+            return
         asyncio.ensure_future(self._later(result, addr))
+
+    def _send_later(self, addr, result: asyncio.Future) -> None:
+        if not result.cancelled() and self.transport is not None and not self.transport.is_closing():
+            response = result.result()
+            if response is not None:
+                self.transport.sendto(response, addr)
 
     async def _later(self, pending: Awaitable, addr) -> None:
         response = await pending
