@@ -11,7 +11,7 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from . import plugins as plugin_registry
 from .corefile import CorefileError, Directive, Token, parse
@@ -217,6 +217,16 @@ def normalize_zone(text: str) -> str:
 
 def in_zone(name: str, zone: str) -> bool:
     return zone == "" or name == zone or name.endswith("." + zone)
+
+
+def zone_matcher(zones) -> Callable[[str], bool]:
+    """`lambda name: any(in_zone(name, z) for z in zones)`, without the loop (zones taken now)."""
+    zones = list(zones)
+    if "" in zones:
+        return lambda name: True
+    exact = frozenset(zones)
+    suffixes = tuple("." + z for z in zones)
+    return lambda name: name in exact or name.endswith(suffixes)
 
 
 def parse_key(tok: Token, path: str, default_port: int = 53) -> tuple[str, int]:

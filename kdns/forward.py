@@ -111,12 +111,13 @@ class Upstream:
         while qid in pending:
             qid = _IDS.take()
         out = bytes((qid >> 8, qid & 0xFF)) + packet[2:]
+        pending[qid] = _Waiting(packet[12:qend], packet[:2], out, done, now + self.timeout)
         try:
             channel.sock.send(out)
-        except OSError as exc:  # ECONNREFUSED from an earlier ICMP error, a full buffer
+        except OSError as exc:
+            del pending[qid]
             done(None, f"upstream {self.name}: {exc.strerror or exc}")
             return
-        pending[qid] = _Waiting(packet[12:qend], packet[:2], out, done, now + self.timeout)
         if self._sweeper is None:
             self._sweeper = self._loop.call_later(self._period(), self._sweep)
 
@@ -165,18 +166,19 @@ class Upstream:
     # ------------------------------------------------------------------ receiving
 
     def _readable(self, channel: _Channel) -> None:
+        """Read the replies waiting on the socket (a bounded number per wake-up), then hand each on."""
         sock = channel.sock
         pending = channel.pending
+        replies = []
         for _ in range(READS_PER_WAKEUP):
             try:
                 data = sock.recv(65535)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as exc:
                 # an ICMP error (port unreachable): the upstream refused the oldest datagram still waiting
                 if pending:
-                    qid = next(iter(pending))
-                    self._give_up(pending.pop(qid), f"upstream {self.name}: {exc.strerror or exc}")
+                    replies.append((pending.pop(next(iter(pending))), exc.strerror or str(exc)))
                 continue
             if len(data) < 12:
                 self._ignore(f"{len(data)} bytes, shorter than a DNS header")
@@ -192,10 +194,14 @@ class Upstream:
                 self._ignore(problem)
                 continue
             del pending[qid]
-            if data[2] & 0x02:  # TC: retry over TCP
+            replies.append((waiting, data))
+        for waiting, data in replies:
+            if type(data) is str:
+                self._give_up(waiting, f"upstream {self.name}: {data}")
+            elif data[2] & 0x02:  # TC: retry over TCP
                 self._start_tcp(waiting.packet, waiting.orig_id, waiting.done)
-                continue
-            _deliver(waiting.done, waiting.orig_id + data[2:], "")
+            else:
+                _deliver(waiting.done, waiting.orig_id + data[2:], "")
 
     def _ignore(self, reason: str) -> None:
         self.ignored[reason] = self.ignored.get(reason, 0) + 1
@@ -416,8 +422,9 @@ class Forwarder:
     """`forward FROM TO... { ... }`: policy, in-band health checks, max_concurrent, except zones."""
 
     def __init__(self, config, log, own_addresses: set[tuple[str, int]] = frozenset()):
-        from .config import in_zone  # local: config imports nothing from here
-        self._in_zone = in_zone
+        from .config import zone_matcher  # local: config imports nothing from here
+        self._from = zone_matcher([config.from_zone])
+        self._except = zone_matcher(config.except_zones) if config.except_zones else None
         self.config = config
         self.log = log
         self.upstreams: list[UpstreamState] = []
@@ -437,8 +444,7 @@ class Forwarder:
         self.healthcheck_failures: dict[str, int] = {}
 
     def matches(self, name: str) -> bool:
-        cfg = self.config
-        return self._in_zone(name, cfg.from_zone) and not any(self._in_zone(name, z) for z in cfg.except_zones)
+        return self._from(name) and (self._except is None or not self._except(name))
 
     def _order(self) -> list[UpstreamState]:
         ups = self.upstreams

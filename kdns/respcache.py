@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import struct
 import time
+from itertools import islice
 from dataclasses import dataclass
 
-from .config import CacheConfig, in_zone
+from .config import CacheConfig, zone_matcher
 from .memory import MemoryBudget
 from .wire import RR_FIXED, Query, WireError, _read_name, patch, rotation_groups
 
@@ -23,6 +24,7 @@ T_SOA, T_OPT = 6, 41
 # frame, the dict slot (sys.getsizeof, CPython 3.11); plus OFFSET_BYTES per record's TTL offset
 ENTRY_OVERHEAD = 360
 OFFSET_BYTES = 72
+EVICT_SHARE = 128  # a full bucket drops this share of its oldest entries at once
 
 
 @dataclass(slots=True)
@@ -48,6 +50,10 @@ class ResponseCache:
                  max_bytes: int | None = None):
         self.config = config
         self.own_zones = list(own_zones)
+        self._covers = zone_matcher(config.zones)
+        self._own = zone_matcher(self.own_zones)
+        self._no_success = zone_matcher(config.disable_success)
+        self._no_denial = zone_matcher(config.disable_denial)
         self.clock = clock
         self.max_bytes = max_bytes if max_bytes is not None else MemoryBudget().responses
         self.bytes = 0
@@ -58,7 +64,7 @@ class ResponseCache:
         self.requests = 0
 
     def covers(self, name: str) -> bool:
-        return any(in_zone(name, z) for z in self.config.zones)
+        return self._covers(name)
 
     def entries(self, kind: str) -> int:
         return len(self._entries[kind])
@@ -135,16 +141,16 @@ class ResponseCache:
         offsets, answer_ttl, soa, groups = scan
         cfg = self.config
         if rcode == 2:  # SERVFAIL
-            if cfg.servfail_ttl <= 0 or any(in_zone(name, z) for z in self.own_zones):
+            if cfg.servfail_ttl <= 0 or self._own(name):
                 return response, groups
             kind, ttl = "denial", cfg.servfail_ttl
         elif rcode == 0 and answer_ttl is not None:
-            if cfg.disable_success and any(in_zone(name, z) for z in cfg.disable_success):
+            if self._no_success(name):
                 return response, groups
             kind = "success"
             ttl = max(cfg.success_minttl, min(answer_ttl, cfg.success_ttl))
         elif rcode in (0, 3):
-            if cfg.disable_denial and any(in_zone(name, z) for z in cfg.disable_denial):
+            if self._no_denial(name):
                 return response, groups
             kind = "denial"
             if soa is None:
@@ -175,16 +181,20 @@ class ResponseCache:
             return capped, groups  # one response may not take a quarter of the cache
         while self.bytes + cost > self.max_bytes:
             self._evict(max(self._entries, key=lambda k: len(self._entries[k])))
-        outside = not any(in_zone(name, z) for z in self.own_zones)
+        outside = not self._own(name)
         bucket[key] = Entry(capped, tuple(offsets), now, now + ttl, kind, cost, 0, capped, outside, groups)
         self.bytes += cost
         return capped, groups
 
     def _evict(self, kind: str) -> None:
-        """Drop the oldest entry of `kind` (insertion order)."""
+        """Drop the oldest entries of `kind` (insertion order), 1/128 of the bucket at once: finding the
+        oldest walks the slots freed at the front of the dict since its last resize, so a flood of new
+        names that evicted one entry per insert would pay that walk every time."""
         bucket = self._entries[kind]
-        self.bytes -= bucket.pop(next(iter(bucket))).cost
-        self.evictions[kind] += 1
+        oldest = list(islice(bucket, max(1, len(bucket) // EVICT_SHARE)))
+        for key in oldest:
+            self.bytes -= bucket.pop(key).cost
+        self.evictions[kind] += len(oldest)
 
 
 def scan_response(packet: bytes) -> tuple[list[tuple[int, int]], int | None, int | None, tuple]:

@@ -338,7 +338,10 @@ class UDPProtocol(asyncio.DatagramProtocol):
         if isinstance(result, bytes):
             self.transport.sendto(result, addr)
             return
-        if isinstance(result, asyncio.Future):  # a forwarded query: sent when its reply is in
+        if isinstance(result, asyncio.Future):
+            # a forwarded query, sent from a callback once its reply is in: callbacks run after the loop's
+            # reads, so the answers of one turn go out together (sent one by one between reads, each
+            # woke the client anew: 1.5x the CPU per forwarded query, measured with dnsperf)
             result.add_done_callback(partial(self._send_later, addr))
             return
         asyncio.ensure_future(self._later(result, addr))
