@@ -26,6 +26,10 @@ DOORKEEPER_BITS = 1 << 20  # 128 KiB: names seen once, for the admission of nega
 ENTRY_OVERHEAD = 570
 DEP_OVERHEAD = 90  # the dep tuple's slot in _deps_of and the key's slot in a _by_dep set
 NEW_DEP_OVERHEAD = 300  # a dep key seen first: its tuple and strings, a new set and its dict slot
+# a front answer beyond its two bytes objects: the Front object, its slot in the front table, its
+# _front_keys list and tuple (calibrated with tracemalloc, which tests/test_memory.py re-checks)
+FRONT_OVERHEAD = 540
+MAX_FRONTS = 4  # front answers per entry: the spellings (0x20 case, EDNS sizes) of one question kept
 
 
 class AnswerCache:
@@ -46,6 +50,11 @@ class AnswerCache:
         self.not_admitted = 0
         self._seen = bytearray(DOORKEEPER_BITS // 8)
         self._seen_count = 0
+        # front answers (server.Front) by the exact bytes of a UDP query after its ID, per socket family
+        # (0: IPv4, 1: IPv6); each belongs to an entry and goes with it
+        self.fronts: tuple[dict[bytes, Any], dict[bytes, Any]] = ({}, {})
+        self._front_keys: dict[Hashable, list] = {}  # entry key -> [(family, query bytes, cost)]
+        self.on_front_drop = lambda front: None  # the handler folds a dropped front's counts
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -88,12 +97,61 @@ class AnswerCache:
         self.protected_bytes += cost
         self.promotions += 1
         while self.protected_bytes > self.protected_max and len(self._protected) > 1:
-            old = next(iter(self._protected))
-            old_cost = self._protected.pop(old)
-            self.protected_bytes -= old_cost
-            self._probation[old] = old_cost  # newest in probation: one more chance
-            self.probation_bytes += old_cost
+            self._demote(next(iter(self._protected)))
         self._shrink()
+
+    def _demote(self, key: Hashable) -> None:
+        cost = self._protected.pop(key)
+        self.protected_bytes -= cost
+        self._probation[key] = cost  # newest in probation: one more chance
+        self.probation_bytes += cost
+
+    def add_front(self, key: Hashable, family: int, raw: bytes, front: Any) -> bool:
+        """Keep `front` for queries equal to `raw` after their ID, as long as the entry `key` lives;
+        its bytes are charged to the entry. False when the entry is gone or has its fronts already."""
+        if key not in self._entries or raw in self.fronts[family]:
+            return False
+        keys = self._front_keys.setdefault(key, [])
+        if len(keys) >= MAX_FRONTS:
+            return False
+        cost = FRONT_OVERHEAD + sys.getsizeof(raw) + sys.getsizeof(front.tail)
+        keys.append((family, raw, cost))
+        self.fronts[family][raw] = front
+        if key in self._probation:
+            self._probation[key] += cost
+            self.probation_bytes += cost
+        else:
+            self._protected[key] += cost
+            self.protected_bytes += cost
+            while self.protected_bytes > self.protected_max and len(self._protected) > 1:
+                self._demote(next(iter(self._protected)))
+        self._shrink()
+        return True
+
+    def front_room(self, key: Hashable) -> bool:
+        """Whether the entry may have one more front answer."""
+        return len(self._front_keys.get(key, ())) < MAX_FRONTS
+
+    def clear_fronts(self) -> None:
+        for key in list(self._front_keys):
+            self._drop_fronts(key)
+
+    def _drop_fronts(self, key: Hashable) -> int:
+        """Forget the entry's fronts (their counts folded first); the bytes they cost."""
+        freed = 0
+        for family, raw, cost in self._front_keys.pop(key, ()):
+            front = self.fronts[family].pop(raw, None)
+            if front is not None:
+                self.on_front_drop(front)
+            freed += cost
+        if freed:
+            if key in self._probation:
+                self._probation[key] -= freed
+                self.probation_bytes -= freed
+            elif key in self._protected:
+                self._protected[key] -= freed
+                self.protected_bytes -= freed
+        return freed
 
     def seen_before(self, key: Hashable) -> bool:
         """A doorkeeper (a one-hash Bloom filter, cleared at 1/16 full): False the first time a key
@@ -146,6 +204,7 @@ class AnswerCache:
         return dropped
 
     def clear(self) -> None:
+        self.clear_fronts()
         self._entries.clear()
         self._deps_of.clear()
         self._by_dep.clear()
@@ -158,6 +217,8 @@ class AnswerCache:
         return frozenset(self._by_dep.get(dep, ()))
 
     def _drop(self, key: Hashable) -> None:
+        if key in self._front_keys:
+            self._drop_fronts(key)
         del self._entries[key]
         cost = self._probation.pop(key, None)
         if cost is not None:

@@ -321,21 +321,31 @@ async def _exit_with_parent(stop: asyncio.Event, every: float = 1.0) -> None:
 
 
 async def _report_bad_packets(runtime, log: Logger, every: float = 10.0) -> None:
-    """One log line per interval when malformed packets arrived (never one line per packet)."""
+    """One log line per interval when malformed packets arrived, and one when queries were dropped for
+    overload (never one line per packet)."""
+    from .server import UDPReader
     last = (0, 0, 0)
+    last_overload = 0
     while True:
         await asyncio.sleep(every)
         totals = [0, 0, 0]
+        overload = 0
         for handler in runtime.handlers.values():
             s = handler.stats
             totals[0] += s["dropped"]
             totals[1] += s["formerr"]
             totals[2] += s["notimp"]
+            overload += s["udp_backlog_dropped"]
         now = tuple(totals)
         if now != last:
             log.warning("bad_packets", dropped=now[0] - last[0], formerr=now[1] - last[1],
                         notimp=now[2] - last[2], total_dropped=now[0], total_formerr=now[1])
             last = now
+        if overload != last_overload:
+            log.warning("udp_overload", dropped=overload - last_overload, total_dropped=overload,
+                        reason=f"more than {UDPReader.BACKLOG} UDP queries waited for an answer to be worked out; "
+                        "cached answers were still served", fix="add CPU or replicas (deploy/ autoscaler)")
+            last_overload = overload
 
 
 def check_config(args: argparse.Namespace, log: Logger) -> int:

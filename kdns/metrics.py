@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from . import __version__
@@ -30,7 +32,13 @@ class KdnsCollector:
                                 ("kdns_refused_responses", "refused", "Queries answered REFUSED."),
                                 ("kdns_forwarded_queries", "forwarded", "Queries forwarded upstream."),
                                 ("kdns_upstream_errors", "upstream_errors", "Upstream failures (SERVFAIL sent)."),
-                                ("kdns_internal_errors", "internal_errors", "Handler bugs answered SERVFAIL.")):
+                                ("kdns_internal_errors", "internal_errors", "Handler bugs answered SERVFAIL."),
+                                ("kdns_negative_cover_answers", "negative_covered",
+                                 "NXDOMAIN answers for <name>.<ns>.svc names without a service, served from the "
+                                 "namespace's one negative cache entry."),
+                                ("kdns_udp_overload_dropped", "udp_backlog_dropped",
+                                 "UDP queries dropped unanswered because too many waited to be worked out "
+                                 "(cached answers are still served).")):
             yield CounterMetricFamily(name, text, value=stats[key])
         cache = self.handler.cache
         yield GaugeMetricFamily("kdns_answer_cache_entries", "Packed answers cached.", value=len(cache))
@@ -157,24 +165,47 @@ class DnsMetrics:
         self.forwarders: list = []  # Forwarder objects (for rejects / health counters)
         self.caches: list = []  # (server, zones text, ResponseCache)
         self.loop_detected: dict[str, int] = {}
+        self.handlers: weakref.WeakSet = weakref.WeakSet()  # query handlers whose front answers fold in here
 
     def observe(self, server: str, zone: str, proto: str, family: str, qtype: int, do: bool, req_size: int,
                 rcode: int, plugin: str, resp_size: int, seconds: float) -> None:
+        self.count(self.key(server, zone, proto, family, qtype, do, req_size, rcode, plugin, resp_size), seconds, 1,
+                   req_size, resp_size)
+
+    @staticmethod
+    def key(server: str, zone: str, proto: str, family: str, qtype: int, do: bool, req_size: int, rcode: int,
+            plugin: str, resp_size: int) -> tuple:
+        """A query's label set with its size buckets (`raw`'s key but for the duration bucket)."""
         # the type as its label value: 65,536 qtypes must not make 65,536 label sets (a flood of odd types)
-        key = (server, zone, proto, family, COMMON_TYPES.get(qtype, "other"), do, rcode, plugin,
-               bisect_left(SIZE_BUCKETS, req_size),
-               bisect_left(SIZE_BUCKETS, resp_size), bisect_left(DURATION_BUCKETS, seconds))
+        return (server, zone, proto, family, COMMON_TYPES.get(qtype, "other"), do, rcode, plugin,
+                bisect_left(SIZE_BUCKETS, req_size), bisect_left(SIZE_BUCKETS, resp_size))
+
+    def count(self, key: tuple, seconds: float, n: int, req_size: int, resp_size: int) -> None:
+        """n queries of label set `key` that took `seconds` each."""
+        full = key + (bisect_left(DURATION_BUCKETS, seconds),)
         raw = self.raw
-        raw[key] = raw.get(key, 0) + 1
-        sums = self.sums.get((server, zone, proto))
+        raw[full] = raw.get(full, 0) + n
+        self._add_sums(key, seconds * n, req_size * n, resp_size * n)
+
+    def count_fast(self, key: tuple, n: int, seconds: float, req_bytes: int, resp_bytes: int) -> None:
+        """n queries of label set `key`, each within the first duration bucket, `seconds` in all."""
+        full = key + (0,)
+        raw = self.raw
+        raw[full] = raw.get(full, 0) + n
+        self._add_sums(key, seconds, req_bytes, resp_bytes)
+
+    def _add_sums(self, key: tuple, seconds: float, req_bytes: int, resp_bytes: int) -> None:
+        sums = self.sums.get(key[:3])
         if sums is None:
-            sums = self.sums[(server, zone, proto)] = [0.0, 0, 0]
+            sums = self.sums[key[:3]] = [0.0, 0, 0]
         sums[0] += seconds
-        sums[1] += req_size
-        sums[2] += resp_size
+        sums[1] += req_bytes
+        sums[2] += resp_bytes
 
     def folded(self) -> "FoldedDns":
         """The coredns_dns_* families' data, folded from the per-query counters."""
+        for handler in list(self.handlers):
+            handler.flush()
         out = FoldedDns()
         for (server, zone, proto, family, qtype, do, rcode, plugin, req_b, resp_b, dur_b), n in list(self.raw.items()):
             out.requests[(server, zone, proto, family, qtype)] += n

@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass, field
 from functools import partial
 
-from dnslib import CNAME, QTYPE, RCODE, RR, DNSError, DNSLabel, DNSRecord
+from dnslib import CNAME, QTYPE, RR, DNSError, DNSLabel, DNSRecord
 
 from .cache import AnswerCache
 from .config import BlockConfig, in_zone
@@ -26,7 +26,8 @@ from .metrics import DnsMetrics
 from .plugins import Chain, Request, build_chain, then
 from .resolver import Answer, Resolver
 from .respcache import ResponseCache
-from .wire import Query, error_response, pack_answer, parse_query, patch, qtype_name, rotate, rotation_groups
+from .wire import (NXDOMAIN, REFUSED, SERVFAIL, Query, error_response, pack_answer, parse_query, patch, qtype_name,
+                   rotate, rotation_groups)
 
 
 @dataclass(slots=True)
@@ -38,6 +39,19 @@ class CachedAnswer:
     zone: str
     plugin: str
     groups: tuple = ()  # loadbalance: A/AAAA rdata positions to rotate
+    served: int = 0
+
+
+@dataclass(slots=True)
+class NegativeCover:
+    """The resolver's claim that <label>.<ns>.svc.<zone> is NXDOMAIN for every label without a service
+    (Resolver.covered_nxdomain), kept in the answer cache under (the name after its first label, class,
+    EDNS, DO): a never-seen name there is answered from it without the chain (Block._cover)."""
+
+    block: "Block"
+    zone: str
+    ns: str
+    zone_of: object  # the resolver's Zone
     served: int = 0
 
 
@@ -59,6 +73,7 @@ class Block:
     name: str = ""  # the `server` metric label, dns://:PORT (computed once, read per query)
     listener: tuple = ()  # (Corefile port, address) of the listener this block instance serves
     chain: Chain = field(default_factory=Chain)  # kdns/plugins/ handlers around the built-in chain
+    port_zones: tuple = ()  # every zone served on this block's port (set by its QueryHandler)
 
     def __post_init__(self) -> None:
         self.name = self.config.name
@@ -85,7 +100,7 @@ class Block:
         if position < len(self.chain.wrappers):
             return self.chain.wrappers[position].serve(req, lambda r: self.serve(r, position + 1))
         if req.query.qclass not in (1, 255):  # CH/HS let in for a plugin that did not answer it
-            return error_response(req.query.data, RCODE.REFUSED, req.query), ""
+            return error_response(req.query.data, REFUSED, req.query), ""
         result = self._builtin(req.query, req.name, req.zone, req.tcp, req.client_ip, req)
         if self.chain.last:
             return then(result, lambda res: self._last(req, res))
@@ -94,7 +109,7 @@ class Block:
     def _last(self, req: Request, result: tuple):
         """Plugins after forward (whoami) answer what the built-in chain refused."""
         response, plugin = result
-        if plugin == "" and response[3] & 0x0F == RCODE.REFUSED:
+        if plugin == "" and response[3] & 0x0F == REFUSED:
             for handler in self.chain.last:
                 out = handler.serve(req, None)
                 if out is not None:
@@ -104,7 +119,7 @@ class Block:
     def _store(self, req: Request, result: tuple) -> tuple:
         """Cache what the whole chain produced for the client's own question, when every step allows it."""
         response, plugin = result
-        if req.pending is not None and req.cacheable and response[3] & 0x0F != RCODE.SERVFAIL:
+        if req.pending is not None and req.cacheable and response[3] & 0x0F != SERVFAIL:
             zone, deps = req.pending
             groups = rotation_groups(response) if self.config.loadbalance else ()
             self.answers.put(req.query.key, CachedAnswer(response, self, zone, plugin, groups), deps)
@@ -132,7 +147,7 @@ class Block:
             labels = query.labels
             ans = self.resolver.resolve(labels, qtype)
             if not ans.outside:
-                if ans.rcode == RCODE.NXDOMAIN:
+                if ans.rcode == NXDOMAIN:
                     if self._autopath_applies(labels, client_ip):
                         return self._autopath(query, labels, ans, tcp)
                     if self._falls_through(name):
@@ -151,9 +166,11 @@ class Block:
             return self._forward(query, name, tcp)
         if fallthrough_nx is not None:
             return self._authoritative(query, fallthrough_nx, zone, req)
-        return error_response(query.data, RCODE.REFUSED, query), ""
+        return error_response(query.data, REFUSED, query), ""
 
     def _authoritative(self, query: Query, ans: Answer, zone: str, req: Request | None = None):
+        if ans.covers is not None and req is None and ans.cacheable:
+            self._cover(query, ans, zone)
         packed = pack_answer(query, ans, self.ra)
         # negative answers are cached from their second asking (the doorkeeper), as the client asked them
         if ans.cacheable and (ans.answer or self.answers.seen_before(req.top.query.key if req else query.key)):
@@ -163,6 +180,24 @@ class Block:
                 groups = rotation_groups(packed) if self.config.loadbalance else ()
                 self.answers.put(query.key, CachedAnswer(packed, self, zone, "kubernetes", groups), ans.deps)
         return patch(packed, query), "kubernetes"
+
+    def _cover(self, query: Query, ans: Answer, zone: str) -> None:
+        """Keep the resolver's NXDOMAIN claim for the namespace (Answer.covers) when nothing else in this
+        chain could answer another name of that shape differently: no plugin around or beside the
+        kubernetes one, no hosts, no autopath (its answer depends on the client), and no zone served
+        on this port or fallen through to inside the name's parent (it would take some of those names)."""
+        if self.chain.wrappers or self.chain.middle or self.hosts is not None or self.config.autopath is not None:
+            return
+        qname = query.qname.lower()
+        key = (qname[qname[0] + 1:], query.qclass, query.edns, query.do)
+        if self.answers.peek(key) is not None or self._falls_through(".".join(query.labels)):
+            return
+        parent = ".".join(query.labels[1:])
+        fall = self.config.kubernetes.fallthrough if self.config.kubernetes is not None else None
+        if any(z != parent and in_zone(z, parent) for z in (*self.port_zones, *(fall or ()))):
+            return
+        ns, zone_of = ans.covers
+        self.answers.put(key, NegativeCover(self, zone, ns, zone_of), (("ns", ns),))
 
     def _falls_through(self, name: str) -> bool:
         fall = self.config.kubernetes.fallthrough if self.config.kubernetes is not None else None
@@ -195,10 +230,10 @@ class Block:
                                   self.metrics.observe_upstream)
         except Overloaded as exc:
             self.log.warning("forward_refused", name=query.name_text, reason=str(exc))
-            return error_response(query.data, RCODE.REFUSED, query), "forward"
+            return error_response(query.data, REFUSED, query), "forward"
         except UpstreamError as exc:
             self._error(query, str(exc))
-            return error_response(query.data, RCODE.SERVFAIL, query), "forward"
+            return error_response(query.data, SERVFAIL, query), "forward"
         return fut
 
     def _forwarded(self, query: Query, name: str, fut: asyncio.Future, reply: bytes | None, error: str) -> None:
@@ -208,7 +243,7 @@ class Block:
         try:
             if reply is None:
                 self._error(query, error)
-                fut.set_result((error_response(query.data, RCODE.SERVFAIL, query), "forward"))
+                fut.set_result((error_response(query.data, SERVFAIL, query), "forward"))
                 return
             groups = None
             cache = self.cache
@@ -288,7 +323,7 @@ class Block:
         for cand in candidates:
             result = self.resolver.resolve(cand, query.qtype)
             if not result.outside:
-                if result.rcode in (RCODE.NXDOMAIN, RCODE.SERVFAIL):
+                if result.rcode in (NXDOMAIN, SERVFAIL):
                     continue
                 records, rcode, authority = result.answer, result.rcode, result.authority
             else:
@@ -298,7 +333,7 @@ class Block:
                     reply = await self._ask_upstream(".".join(cand) + ".", query.qtype, tcp)
                 except (UpstreamError, Overloaded, DNSError):
                     continue
-                if reply.header.rcode in (RCODE.NXDOMAIN, RCODE.SERVFAIL, RCODE.REFUSED):
+                if reply.header.rcode in (NXDOMAIN, SERVFAIL, REFUSED):
                     continue
                 records, rcode, authority = list(reply.rr), reply.header.rcode, list(reply.auth)
             target = DNSLabel(list(l.encode("latin-1") for l in cand) or ".")

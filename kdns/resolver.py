@@ -9,9 +9,11 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSLabel
+from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RR, SOA, SRV, TXT, A, DNSLabel
+
 
 from .index import ANY, ClusterIndex, EndpointRecord, ServiceView
+from .wire import NOERROR, NXDOMAIN, SERVFAIL
 
 SCHEMA_VERSION = "1.1.0"
 DNS_VERSION_TTL = 28800  # spec §2.2 example; CoreDNS uses the same
@@ -75,7 +77,7 @@ class ResolverConfig:
 
 @dataclass(slots=True)
 class Answer:
-    rcode: int = RCODE.NOERROR
+    rcode: int = NOERROR
     answer: list = field(default_factory=list)
     authority: list = field(default_factory=list)
     additional: list = field(default_factory=list)
@@ -84,6 +86,10 @@ class Answer:
     deps: set = field(default_factory=set)  # index dependency keys (see index.py)
     chase: tuple[str, int] | None = None  # outside CNAME target to resolve upstream
     cacheable: bool = True
+    # NXDOMAIN for <label>.<ns>.svc.<zone>: (ns, zone), where every other such name without a service
+    # is NXDOMAIN too (Resolver.covered_nxdomain) -- what the answer cache may keep as one negative
+    # entry for the namespace, as RFC 8198 keeps an NSEC range
+    covers: tuple | None = None
 
 
 def _name(text: str) -> DNSLabel:
@@ -107,6 +113,7 @@ class Resolver:
         self.index = index
         self.config = config
         self._soa_memo: dict[tuple[str, int], RR] = {}
+        self._nxdomain: dict[str, Answer] = {}  # zone -> NXDOMAIN with its current SOA (covered_nxdomain)
 
     # ---------------------------------------------------------------- entry point
 
@@ -116,11 +123,11 @@ class Resolver:
             return Answer(outside=True, authoritative=False, cacheable=False)
         ans = Answer()
         self._resolve_in(zone, labels, qtype, ans, depth=0)
-        if ans.rcode == RCODE.NXDOMAIN and not self.index.synced or ans.rcode == RCODE.SERVFAIL:
+        if ans.rcode == NXDOMAIN and not self.index.synced or ans.rcode == SERVFAIL:
             # Before the first sync a missing name may just not be known yet: never a cacheable
             # false NXDOMAIN (CoreDNS handler.go; kubernetes/dns#186). A failure (a CNAME chain
             # too long) carries no records and no AA: clients ignore or, worse, cache them.
-            return Answer(rcode=RCODE.SERVFAIL, authoritative=False, cacheable=False)
+            return Answer(rcode=SERVFAIL, authoritative=False, cacheable=False)
         return ans
 
     def _resolve_in(self, zone: Zone, labels: tuple[str, ...], qtype: int, ans: Answer, depth: int) -> None:
@@ -154,7 +161,7 @@ class Resolver:
         # consulted on its way (the namespace, the service, the IP: callers record those in
         # ans.deps), so one event does not flush every cached NXDOMAIN of a busy cluster; the SOA
         # serial inside it may then lag behind the index, which no resolver relies on.
-        ans.rcode = RCODE.NXDOMAIN if nxdomain else RCODE.NOERROR
+        ans.rcode = NXDOMAIN if nxdomain else NOERROR
         ans.authority.append(self._soa(zone))
 
     def _nx(self, zone: Zone, ans: Answer) -> None:
@@ -166,8 +173,11 @@ class Resolver:
     # ---------------------------------------------------------------- forward zone
 
     def _forward(self, zone: Zone, labels, rel, qtype, ans: Answer, depth: int) -> None:
-        owner = _owner(labels)
         n = len(rel)
+        kind = rel[-1] if n else ""
+        if kind == "svc":  # the asked name is built for records only: most misses need none
+            return self._svc(zone, labels, rel[:-1], qtype, ans, depth)
+        owner = _owner(labels)
         if n == 0:
             return self._apex(zone, owner, qtype, ans)
         if rel == ("dns-version",):  # §2.2
@@ -182,9 +192,6 @@ class Resolver:
             return
         if rel == ("dns",):  # empty non-terminal above ns.dns.<zone>
             return self._nodata(zone, ans)
-        kind = rel[-1]
-        if kind == "svc":
-            return self._svc(zone, owner, rel[:-1], qtype, ans, depth)
         if kind == "pod":
             return self._pod(zone, owner, rel[:-1], qtype, ans)
         return self._nx(zone, ans)
@@ -227,29 +234,48 @@ class Resolver:
 
     # ---------------------------------------------------------------- <...>.<ns>.svc.<zone>
 
-    def _svc(self, zone: Zone, owner, parts, qtype, ans: Answer, depth: int) -> None:
+    def _svc(self, zone: Zone, labels, parts, qtype, ans: Answer, depth: int) -> None:
         n = len(parts)
         if n == 0:  # svc.<zone>: an empty non-terminal
             return self._nodata(zone, ans)
         ns = parts[-1]
         ans.deps.add(("ns", ns))
         if not self.index.namespace_exists(ns):
+            if n == 2:
+                ans.covers = (ns, zone)
             return self._nx(zone, ans)
         if n == 1:  # <ns>.svc.<zone>
             return self._nodata(zone, ans)
         svc = parts[-2]
         ans.deps.add(("svc", ns, svc))
         view = self.index.view(ns, svc)
+        if view is None:
+            if n == 2:
+                ans.covers = (ns, zone)
+            return self._nx(zone, ans)
+        owner = _owner(labels)
         if view is not None and n == 5 and self.config.zonal and parts[2] == "_zone" and \
                 parts[1] in ("pin", "prefer") and view.service.kind == "Headless":
             return self._zonal(zone, owner, view, parts[0], parts[1] == "prefer", qtype, ans)
-        if view is None or n > 4:
+        if n > 4:
             return self._nx(zone, ans)
         if n == 2:
             return self._service(zone, owner, view, qtype, ans, depth)
         if n == 3:
             return self._endpoint_or_proto(zone, owner, view, parts[0], qtype, ans)
         return self._port_srv(zone, owner, view, parts[0], parts[1], qtype, ans)
+
+    def covered_nxdomain(self, ns: str, name: str, zone: Zone) -> Answer | None:
+        """The answer to <name>.<ns>.svc.<zone> (any type) when it is NXDOMAIN -- no such service, the
+        index synced -- else None. What the answer cache serves under an Answer.covers entry: the same
+        answer _svc gives, with the zone's current SOA."""
+        if not self.index.synced or self.index.view(ns, name) is not None:
+            return None
+        soa = self._soa(zone)
+        ans = self._nxdomain.get(zone.name)
+        if ans is None or ans.authority[0] is not soa:
+            ans = self._nxdomain[zone.name] = Answer(rcode=NXDOMAIN, authority=[soa])
+        return ans
 
     def _zonal(self, zone: Zone, owner, view: ServiceView, topology: str, prefer: bool, qtype: int,
                ans: Answer) -> None:
@@ -303,7 +329,7 @@ class Resolver:
         if qtype in (T_CNAME, T_ANY):
             return
         if depth >= MAX_CNAME_CHAIN:
-            ans.rcode = RCODE.SERVFAIL
+            ans.rcode = SERVFAIL
             ans.cacheable = False
             return
         labels = tuple(target.split("."))

@@ -17,6 +17,8 @@ RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 OUR_UDP_SIZE = 1232  # what we advertise in OPT (DNS flag day 2020)
 MIN_UDP_SIZE = 512
 T_OPT = 41
+# response codes as plain ints (dnslib's RCODE.X is an attribute lookup through its Bimap: costly per query)
+NOERROR, SERVFAIL, NXDOMAIN, REFUSED = 0, 2, 3, 5
 FLAG_QR = 0x8000
 FLAG_TC = 0x0200
 
@@ -61,10 +63,13 @@ class Query:
         out = []
         pos = 0
         name = self.qname.lower()
-        while name[pos]:
+        text = name.decode("latin-1")  # one decode; the labels are slices of it
+        n = name[0]
+        while n:
+            end = pos + 1 + n
+            out.append(text[pos + 1:end])
+            pos = end
             n = name[pos]
-            out.append(name[pos + 1: pos + 1 + n].decode("latin-1"))
-            pos += 1 + n
         return tuple(out)
 
     @property
@@ -105,6 +110,13 @@ def fast_key(data: bytes):
     udp = data[qend + 3] << 8 | data[qend + 4]
     return ((data[12:pos + 1].lower(), qtype, qclass, True, bool(data[qend + 7] & 0x80)), qend,
             udp if udp > MIN_UDP_SIZE else MIN_UDP_SIZE)
+
+
+def query_from_fast(data: bytes, fast: tuple) -> Query:
+    """The Query of a packet fast_key accepted (its result `fast`), without walking it again."""
+    key, qend, udp_size = fast
+    return Query(data, data[0] << 8 | data[1], data[2] << 8 | data[3], data[12:qend - 4], key[1], key[2], qend,
+                 key[3], udp_size, key[4])
 
 
 def parse_header(data: bytes) -> tuple[int, int, int, int, int, int]:

@@ -3,9 +3,10 @@
     .venv/bin/python perf/ceiling.py --answers FILE [--listen 127.0.0.1:0] [--loop auto|asyncio|uvloop]
     .venv/bin/python perf/ceiling.py --record FILE --from-port PORT QUERYFILE...   (ask a server once)
 
-Serving: one asyncio DatagramProtocol on the loop kdns uses (uvloop when installed, as kdns's
-`--loop auto`), replaying precomputed wire answers from a dict keyed by the question bytes
-(QNAME + QTYPE + QCLASS), the query's ID patched in. No metrics, no parsing beyond the question;
+Serving: on the loop kdns uses (uvloop when installed, as kdns's `--loop auto`), reading the UDP
+socket as kdns does (`--io reader`: recvfrom/sendto on readiness, the faster of the two; `--io
+transport`: an asyncio DatagramProtocol), replaying precomputed wire answers from a dict keyed by
+the question bytes (QNAME + QTYPE + QCLASS), the query's ID patched in. No metrics, no parsing beyond the question;
 a question it has no answer for is dropped (and counted, printed on exit). perf/run.py compares
 kdns at saturation with it: what kdns's design costs over the event loop itself.
 
@@ -136,11 +137,49 @@ class Replay(asyncio.DatagramProtocol):
         self.transport.sendto(data[:2] + answer[2:], addr)
 
 
-async def serve(answers: dict[bytes, bytes], host: str, port: int, loop_name: str) -> int:
+class ReplayReader:
+    """The same replay, reading the socket itself: on readiness, recvfrom/sendto until it would block."""
+
+    def __init__(self, answers: dict[bytes, bytes], sock: socket.socket):
+        self.answers = answers
+        self.sock = sock
+        self.unknown = 0
+
+    def readable(self) -> None:
+        recvfrom, sendto, answers = self.sock.recvfrom, self.sock.sendto, self.answers
+        for _ in range(64):
+            try:
+                data, addr = recvfrom(65535)
+            except BlockingIOError:
+                return
+            answer = answers.get(data[12:] if data[10:12] == b"\0\0" else question_of(data))
+            if answer is None:
+                self.unknown += 1
+                continue
+            try:
+                sendto(data[:2] + answer[2:], addr)
+            except OSError:
+                pass
+
+
+async def serve(answers: dict[bytes, bytes], host: str, port: int, loop_name: str, io: str = "transport") -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if io == "reader":
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((host, port))
+        sock.setblocking(False)
+        proto = ReplayReader(answers, sock)
+        loop.add_reader(sock.fileno(), proto.readable)
+        bound = sock.getsockname()
+        print(f"listening udp={bound[0]}:{bound[1]} answers={len(answers)} loop={loop_name}", flush=True)
+        await stop.wait()
+        loop.remove_reader(sock.fileno())
+        sock.close()
+        print(f"stopped unknown_questions={proto.unknown}", flush=True)
+        return 0
     transport, proto = await loop.create_datagram_endpoint(lambda: Replay(answers), local_addr=(host, port))
     bound = transport.get_extra_info("sockname")
     print(f"listening udp={bound[0]}:{bound[1]} answers={len(answers)} loop={loop_name}", flush=True)
@@ -167,6 +206,8 @@ def main() -> int:
     p.add_argument("--answers", help="serve the (question, answer) pairs of this file")
     p.add_argument("--listen", default=f"{HOST}:0", help="loopback HOST:PORT (port 0: a free one)")
     p.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto")
+    p.add_argument("--io", choices=["transport", "reader"], default="reader",
+                   help="transport: an asyncio DatagramProtocol; reader: recvfrom/sendto on readiness")
     p.add_argument("--record", metavar="FILE", help="ask --from-port once per distinct query, write FILE")
     p.add_argument("--from-port", type=int, help="port on 127.0.0.1 of the server to record from")
     p.add_argument("queries", nargs="*", help="dnsperf-format query files (with --record)")
@@ -185,7 +226,7 @@ def main() -> int:
     if host not in ("127.0.0.1", "::1", "[::1]"):
         p.error("--listen: loopback only")
     run, name = runner(a.loop)
-    return run(serve(load(a.answers), host.strip("[]"), int(port), name))
+    return run(serve(load(a.answers), host.strip("[]"), int(port), name, a.io))
 
 
 if __name__ == "__main__":

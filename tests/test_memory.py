@@ -10,7 +10,7 @@ import tracemalloc
 import dns.message
 import dns.rcode
 
-from builders import clusterip, handler_for, namespace
+from builders import clusterip, handler_for, namespace, no_cover
 from cgroup import MemoryCgroup
 from harness import EXAMPLE, KdnsProcess, answers, wait_until
 from kdns.cache import AnswerCache
@@ -64,6 +64,7 @@ def test_accounted_bytes_match_what_the_entries_really_hold():
     """The cost model (cache.entry_cost) against tracemalloc, for the entries a flood really creates:
     unique NXDOMAIN names under one namespace, through the real handler."""
     index, handler = handler_for(namespace("shop"), clusterip("shop", "web", "10.96.0.10"))
+    no_cover(handler)  # one cover entry would answer them all: measure the exact-key entries
     for i in range(200):  # warm-up: interned strings, dict growth
         ask_wire(handler, f"w{i}.shop.svc.cluster.local")
     handler.cache.clear()
@@ -82,6 +83,36 @@ def test_accounted_bytes_match_what_the_entries_really_hold():
     accounted = handler.cache.bytes
     # never under-counts by more than 10% (the budget must hold), never over-counts 2x (wasted budget)
     assert 0.9 * traced <= accounted <= 2.0 * traced, (accounted, traced)
+
+
+def test_front_answers_are_charged_what_they_hold():
+    """A front answer (a reused answer kept by its exact query bytes) against tracemalloc: its bytes
+    are charged to its cache entry, so the budget bounds them too."""
+    index, handler = handler_for(namespace("shop"), *[clusterip("shop", f"s{i}", f"10.96.{i // 250}.{i % 250 + 1}")
+                                                       for i in range(2000)])
+    queries = [dns.message.make_query(f"s{i}.shop.svc.cluster.local", "A").to_wire() for i in range(2000)]
+    client = ("10.0.0.1", 5353)
+    for q in queries:  # cached, then reused (promoted)
+        handler.handle(q, False, client)
+    for q in queries:
+        handler.handle(q, False, client)
+    handler.cache.clear_fronts()
+    gc.collect()
+    before_accounted = handler.cache.bytes
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for q in queries:  # the third asking: a front answer each
+            handler.handle(q, False, client)
+        gc.collect()
+        traced = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(handler.cache.fronts[0]) == 2000
+    accounted = handler.cache.bytes - before_accounted
+    assert 0.9 * traced <= accounted <= 2.0 * traced, (accounted, traced)
+    handler.cache.clear_fronts()
+    assert handler.cache.bytes == before_accounted
 
 
 def test_index_bytes_estimate_against_tracemalloc(tmp_path):
@@ -165,8 +196,9 @@ def test_server_under_a_flood_stays_in_its_budget_and_keeps_the_hot_name():
         sock.connect(("127.0.0.1", kdns.port))
         try:
             for i in range(12_000):  # 2Mi x 55% holds ~1,000 negative answers: most must be evicted
-                # each name twice: a negative answer is admitted to the cache on its second asking
-                sock.send(dns.message.make_query(f"r{i // 2}.shop.svc.cluster.local", "A").to_wire())
+                # each name twice: a negative answer is admitted to the cache on its second asking; a name
+                # below a missing service (<svc>.<ns>.svc names are all answered by one negative cover)
+                sock.send(dns.message.make_query(f"r{i // 2}.nosvc.shop.svc.cluster.local", "A").to_wire())
                 if i % 50 == 49:  # lockstep in small windows: nothing is lost to a full socket buffer
                     for _ in range(50):
                         sock.recv(4096)

@@ -10,7 +10,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from builders import clusterip, ep, eps, handler_for, headless, namespace
+from builders import clusterip, ep, eps, handler_for, headless, namespace, no_cover
 from kdns.cache import AnswerCache
 from kdns.wire import WireError, parse_query
 
@@ -212,6 +212,7 @@ def test_fast_key_leaves_unusual_packets_to_the_full_parser(mutate):
 
 def test_an_unrelated_change_keeps_cached_negative_answers():
     index, h = handler_for(namespace("ns"), clusterip("ns", "s", "10.0.0.1"))
+    no_cover(h)  # the exact-key negative cache (tests/test_negative_cover.py: the cover)
     for _ in range(2):  # a negative answer is cached from its second asking (cache.seen_before)
         assert ask(h, "t.ns.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
     assert len(h.cache) == 1
@@ -224,6 +225,7 @@ def test_an_unrelated_change_keeps_cached_negative_answers():
 
 def test_a_negative_answer_is_cached_from_its_second_asking():
     index, h = handler_for(namespace("ns"))
+    no_cover(h)  # the exact-key negative cache (tests/test_negative_cover.py: the cover)
     for i in range(50):  # a flood of names asked once leaves nothing behind
         assert ask(h, f"r{i}.ns.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
     assert len(h.cache) <= 1 and h.cache.not_admitted >= 49  # (one hash collision allowed)

@@ -1,0 +1,151 @@
+"""The answer cache's negative cover: once the resolver has answered NXDOMAIN for <label>.<ns>.svc.<zone>,
+a never-seen name of that shape in that namespace is answered from one cache entry after the resolver
+confirms it has no service (Resolver.no_service). Every answer must be byte-identical to the one the
+full chain gives without the cover, through changes, and the cover must stay off wherever another
+plugin could answer such a name differently."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+
+import dns.message
+import dns.rcode
+import dns.rdatatype
+
+from builders import clusterip, handler_for, namespace, no_cover
+
+from kdns.server import bind
+
+
+def _objects():
+    return [namespace("shop"), namespace("data"), clusterip("shop", "web", "10.96.0.10"),
+            clusterip("data", "db", "10.96.0.20")]
+
+
+def _wire(name: str, rdtype: str = "A", qid: int = 1, **kwargs) -> bytes:
+    msg = dns.message.make_query(name, rdtype, **kwargs)
+    msg.id = qid
+    return msg.to_wire()
+
+
+def _questions(rng: random.Random, n: int) -> list[bytes]:
+    names = ["web", "db", "nope", "Web", "WEB", "a.b", "x-1", "_http", "web-x"]
+    spaces = ["shop", "data", "gone", "SHOP"]
+    types = ["A", "AAAA", "SRV", "TXT", "ANY", "AXFR", "MX", "PTR"]
+    out = []
+    for i in range(n):
+        label = rng.choice(names) if rng.random() < 0.6 else f"r{rng.randrange(10_000)}"
+        name = f"{label}.{rng.choice(spaces)}.svc.cluster.local"
+        edns = rng.random() < 0.5
+        out.append(_wire(name, rng.choice(types), qid=i & 0xFFFF, use_edns=0 if edns else None,
+                         want_dnssec=edns and rng.random() < 0.5))
+    return out
+
+
+def _serial_masked(wire: bytes) -> bytes:
+    """The answer with its SOA serial zeroed: a cached negative answer keeps the serial it was made
+    with (the index's serial moves with every change; nothing relies on it), a fresh one has the new."""
+    msg = dns.message.from_wire(wire)
+    for rrset in msg.authority:
+        if rrset.rdtype == dns.rdatatype.SOA:
+            items = [rd.replace(serial=0) for rd in rrset]
+            rrset.clear()
+            for rd in items:
+                rrset.add(rd)
+    return msg.to_wire()
+
+
+def test_answers_equal_the_full_chain_through_changes():
+    rng = random.Random(7)
+    index_a, with_cover = handler_for(*_objects())
+    index_b, reference = handler_for(*_objects())
+    no_cover(reference)  # the reference the cover must equal
+    client = ("10.0.0.1", 4000)
+    changes = [
+        lambda ix: ix.upsert(clusterip("shop", "nope", "10.96.0.30")),  # a name answered NXDOMAIN appears
+        lambda ix: ix.upsert(namespace("gone")),
+        lambda ix: ix.upsert(clusterip("gone", "web", "10.96.0.40")),
+        lambda ix: ix.remove(clusterip("shop", "web", "10.96.0.10")),
+    ]
+    covered_before = 0
+    for step in range(len(changes) + 1):
+        for q in _questions(rng, 400):
+            mine, theirs = with_cover.handle(q, False, client), reference.handle(q, False, client)
+            assert mine == theirs or (len(mine) == len(theirs) and _serial_masked(mine) == _serial_masked(theirs)), \
+                (step, dns.message.from_wire(q).question)
+        covered = with_cover.stats["negative_covered"]
+        assert covered > covered_before  # the cover answered some of this round's names
+        covered_before = covered
+        if step < len(changes):
+            changes[step](index_a)
+            changes[step](index_b)
+    assert reference.stats["negative_covered"] == 0
+
+
+def test_a_name_that_appears_is_answered_at_once():
+    index, handler = handler_for(*_objects())
+    client = ("10.0.0.1", 4000)
+    for i in range(3):
+        handler.handle(_wire(f"r{i}.shop.svc.cluster.local"), False, client)
+    assert handler.stats["negative_covered"] == 2  # the first NXDOMAIN made the cover
+    index.upsert(clusterip("shop", "api", "10.96.0.50"))
+    reply = dns.message.from_wire(handler.handle(_wire("api.shop.svc.cluster.local"), False, client))
+    assert reply.rcode() == dns.rcode.NOERROR and reply.answer[0][0].address == "10.96.0.50"
+    index.remove(namespace("shop"))  # the namespace's dependants go, the cover with them
+    assert handler.cache.peek((b"\x04shop\x03svc\x07cluster\x05local\x00", 1, False, False)) is None
+
+
+def test_no_cover_where_a_plugin_could_answer_differently():
+    from kdns.hosts import Hosts
+
+    _, handler = handler_for(*_objects())
+    block = handler.blocks[0]
+    block.hosts = Hosts.__new__(Hosts)  # any hosts plugin: its file may name any such name
+    client = ("10.0.0.1", 4000)
+    block.hosts.covers = lambda name: False
+    for i in range(3):
+        handler.handle(_wire(f"r{i}.shop.svc.cluster.local"), False, client)
+    assert handler.stats["negative_covered"] == 0 and len(handler.cache) == 0
+
+    _, handler = handler_for(*_objects())
+    handler.blocks[0].port_zones = ("", "cluster.local", "web2.shop.svc.cluster.local")  # a zone inside
+    for i in range(3):
+        handler.handle(_wire(f"r{i}.shop.svc.cluster.local"), False, client)
+    assert handler.stats["negative_covered"] == 0
+
+
+def test_covered_answers_over_a_real_socket():
+    async def main():
+        index, handler = handler_for(*_objects())
+        udp, tcp_server, _, port = await bind(handler, handler.log, "127.0.0.1", 0)
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        client.setblocking(False)
+        client.connect(("127.0.0.1", port))
+        loop = asyncio.get_running_loop()
+        try:
+            for i in range(20):
+                name = f"Flood{i}.shop.svc.cluster.local"
+                client.send(_wire(name, qid=i))
+                async with asyncio.timeout(10):
+                    reply = dns.message.from_wire(await loop.sock_recv(client, 65535))
+                assert reply.id == i and reply.rcode() == dns.rcode.NXDOMAIN
+                assert str(reply.question[0].name) == name + "."
+                assert reply.authority[0][0].mname.to_text() == "ns.dns.cluster.local."
+            assert handler.stats["negative_covered"] == 19
+        finally:
+            client.close()
+            udp.close()
+            tcp_server.close()
+
+    asyncio.run(main())
+
+
+def test_kdns_counts_covered_answers():
+    from harness import EXAMPLE, KdnsProcess, wait_until
+
+    with KdnsProcess("--manifests", EXAMPLE, "--metrics-listen", "127.0.0.1:0") as kdns:
+        for i in range(3):
+            assert kdns.query(f"missing{i}.shop.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
+        wait_until(lambda: kdns.metric("kdns_negative_cover_answers_total") == 2, what="2 covered answers counted")

@@ -1,0 +1,147 @@
+"""kdns's UDP reader on real loopback sockets: front answers (a repeated query answered by its exact
+bytes) are correct and counted, go with their cache entry on a change, and cached answers are sent
+ahead of queries that wait in the backlog (a flood of new names); the backlog is bounded and counted."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import dns.message
+import dns.rcode
+
+from builders import clusterip, handler_for, namespace
+
+from kdns.server import UDPReader, bind
+
+NAME = "web.shop.svc.cluster.local"
+
+
+def _objects():
+    return [namespace("shop"), clusterip("shop", "web", "10.96.0.10")]
+
+
+async def _serve(handler):
+    udp, tcp_server, _, port = await bind(handler, handler.log, "127.0.0.1", 0)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.setblocking(False)
+    client.connect(("127.0.0.1", port))
+    return udp, tcp_server, client
+
+
+async def _recv(client: socket.socket, n: int, timeout: float = 10.0) -> list[bytes]:
+    loop = asyncio.get_running_loop()
+    out = []
+    async with asyncio.timeout(timeout):
+        while len(out) < n:
+            out.append(await loop.sock_recv(client, 65535))
+    return out
+
+
+def _query(name: str, qid: int) -> bytes:
+    q = dns.message.make_query(name, "A")
+    q.id = qid
+    return q.to_wire()
+
+
+def _close(udp, tcp_server, client) -> None:
+    client.close()
+    udp.close()
+    tcp_server.close()
+
+
+def test_front_answers_are_exact_and_counted():
+    async def main():
+        index, handler = handler_for(*_objects())
+        handler.observe = True
+        udp, tcp_server, client = await _serve(handler)
+        try:
+            upper = NAME.upper()
+            for i, name in enumerate([NAME] * 6 + [upper] * 3):
+                client.send(_query(name, 1000 + i))
+                (reply,) = await _recv(client, 1)
+                msg = dns.message.from_wire(reply)
+                assert msg.id == 1000 + i and msg.rcode() == dns.rcode.NOERROR
+                assert str(msg.question[0].name) == name + "."  # the asker's spelling (0x20) kept
+                assert [rr.address for rr in msg.answer[0]] == ["10.96.0.10"]
+            # the 3rd asking of each spelling on is answered from a front entry, without the handler
+            assert len(handler.cache.fronts[0]) == 2
+            assert sum(f.n for f in handler.cache.fronts[0].values()) > 0
+            stats = handler.stats  # folds the fronts' counts
+            assert stats["queries_udp"] == 9
+            assert handler.cache.hits == 8  # all but the first asking (the key is the lower-case name)
+            requests = sum(n for k, n in handler.metrics.raw.items() if k[4] == "A")
+            assert requests == 9
+            assert all(f.n == 0 for f in handler.cache.fronts[0].values())
+        finally:
+            _close(udp, tcp_server, client)
+
+    asyncio.run(main())
+
+
+def test_front_answer_goes_with_a_change():
+    async def main():
+        index, handler = handler_for(*_objects())
+        udp, tcp_server, client = await _serve(handler)
+        try:
+            for i in range(3):
+                client.send(_query(NAME, i))
+                await _recv(client, 1)
+            assert handler.cache.fronts[0]
+            index.upsert(clusterip("shop", "web", "10.96.0.99"))
+            assert not handler.cache.fronts[0]
+            client.send(_query(NAME, 7))
+            (reply,) = await _recv(client, 1)
+            assert [rr.address for rr in dns.message.from_wire(reply).answer[0]] == ["10.96.0.99"]
+            assert handler.stats["queries_udp"] == 4
+        finally:
+            _close(udp, tcp_server, client)
+
+    asyncio.run(main())
+
+
+def test_cached_answers_go_out_before_waiting_misses():
+    async def main():
+        index, handler = handler_for(*_objects())
+        udp, tcp_server, client = await _serve(handler)
+        try:
+            client.send(_query(NAME, 1))
+            client.send(_query("seed.shop.svc.cluster.local", 2))
+            await _recv(client, 2)  # NAME cached; the namespace's negative cover made
+            # 40 never-seen names (cheap to answer from the cover, yet work), then the cached one, all in
+            # the socket before kdns reads any
+            for i in range(40):
+                client.send(_query(f"new{i}.shop.svc.cluster.local", 100 + i))
+            client.send(_query(NAME, 999))
+            replies = [dns.message.from_wire(r) for r in await _recv(client, 41)]
+            assert replies[0].id == 999 and replies[0].rcode() == dns.rcode.NOERROR
+            misses = replies[1:]
+            assert [m.id for m in misses] == list(range(100, 140))  # the backlog keeps their order
+            assert all(m.rcode() == dns.rcode.NXDOMAIN for m in misses)
+            assert handler.stats["negative_covered"] == 40
+        finally:
+            _close(udp, tcp_server, client)
+
+    asyncio.run(main())
+
+
+def test_backlog_is_bounded_and_drops_are_counted(monkeypatch):
+    monkeypatch.setattr(UDPReader, "BACKLOG", 8)
+
+    async def main():
+        index, handler = handler_for(*_objects())
+        udp, tcp_server, client = await _serve(handler)
+        try:
+            client.send(_query(NAME, 1))
+            await _recv(client, 1)
+            for i in range(30):  # fewer than READS: one wake-up reads them all
+                client.send(_query(f"new{i}.shop.svc.cluster.local", 100 + i))
+            client.send(_query(NAME, 999))
+            replies = [dns.message.from_wire(r) for r in await _recv(client, 9)]
+            assert replies[0].id == 999  # the cached answer is never the one dropped
+            assert [m.id for m in replies[1:]] == list(range(100, 108))
+            assert handler.stats["udp_backlog_dropped"] == 22
+        finally:
+            _close(udp, tcp_server, client)
+
+    asyncio.run(main())
