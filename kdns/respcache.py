@@ -24,7 +24,7 @@ T_SOA, T_OPT = 6, 41
 # frame, the dict slot (sys.getsizeof, CPython 3.11); plus OFFSET_BYTES per record's TTL offset
 ENTRY_OVERHEAD = 360
 OFFSET_BYTES = 72
-EVICT_SHARE = 128  # a full bucket drops this share of its oldest entries at once
+EVICT_SHARE = 32  # a full bucket drops this share of its oldest entries at once
 
 
 @dataclass(slots=True)
@@ -134,8 +134,8 @@ class ResponseCache:
         if len(response) < 12 or response[2] & 0x02:  # never cache a truncated answer
             return response, None
         rcode = response[3] & 0x0F
-        try:
-            scan = scan_response(response)
+        try:  # the question was checked against the query's (Upstream): the walk starts after it
+            scan = scan_response(response, query.qend if response[4:6] == b"\x00\x01" else 0)
         except WireError:
             return response, None
         offsets, answer_ttl, soa, groups = scan
@@ -170,11 +170,12 @@ class ResponseCache:
         now = self.clock()
         # cached TTLs never exceed the time the entry lives
         cap = int(ttl)
-        if any(t > cap for _, t in offsets):
-            capped = _cap(response, offsets, cap)
-            offsets = [(o, t if t < cap else cap) for o, t in offsets]
-        else:
-            capped = response
+        capped = response
+        for _, t in offsets:
+            if t > cap:
+                capped = _cap(response, offsets, cap)
+                offsets = [(o, t if t < cap else cap) for o, t in offsets]
+                break
         # the packed response twice: as stored and as last served with TTLs decremented
         cost = ENTRY_OVERHEAD + 2 * len(capped) + len(key[0]) + OFFSET_BYTES * len(offsets)
         if cost > self.max_bytes // 4:
@@ -187,7 +188,7 @@ class ResponseCache:
         return capped, groups
 
     def _evict(self, kind: str) -> None:
-        """Drop the oldest entries of `kind` (insertion order), 1/128 of the bucket at once: finding the
+        """Drop the oldest entries of `kind` (insertion order), 1/32 of the bucket at once: finding the
         oldest walks the slots freed at the front of the dict since its last resize, so a flood of new
         names that evicted one entry per insert would pay that walk every time."""
         bucket = self._entries[kind]
@@ -197,21 +198,26 @@ class ResponseCache:
         self.evictions[kind] += len(oldest)
 
 
-def scan_response(packet: bytes) -> tuple[list[tuple[int, int]], int | None, int | None, tuple]:
+def scan_response(packet: bytes, question_end: int = 0) -> tuple[list[tuple[int, int]], int | None, int | None,
+                                                                    tuple]:
     """One walk over a response's records: (TTL offset, TTL) of every record but OPT, the lowest answer
     TTL (None without answers), the negative-caching TTL of the first authority SOA (min of its TTL
     and MINIMUM, RFC 2308; None without one), and loadbalance's rotation groups (as wire.rotation_groups).
-    Raises WireError naming the offset of what does not fit."""
+    `question_end`, when the caller knows it, skips walking the question. Raises WireError naming the
+    offset of what does not fit."""
     n = len(packet)
     if n < 12:
         raise WireError(n, f"{n} bytes, shorter than a DNS header")
     qd, an, ns, ar = struct.unpack_from("!HHHH", packet, 4)
     pos = 12
-    for _ in range(qd):
-        pos = _read_name(packet, pos, allow_pointers=True) + 4
+    if question_end:
+        pos = question_end
+    else:
+        for _ in range(qd):
+            pos = _read_name(packet, pos, allow_pointers=True) + 4
     offsets: list[tuple[int, int]] = []
     answer_ttl = soa = None
-    sets: dict | None = None
+    addresses = []  # (owner, type, rdata offset) of the answer's A/AAAA records
     unpack = RR_FIXED.unpack_from
     for i in range(an + ns + ar):
         owner = pos
@@ -229,19 +235,20 @@ def scan_response(packet: bytes) -> tuple[list[tuple[int, int]], int | None, int
             if answer_ttl is None or ttl < answer_ttl:
                 answer_ttl = ttl
             if (rtype == 1 and rdlen == 4) or (rtype == 28 and rdlen == 16):
-                name = packet[owner:owner + 2] if packet[owner] & 0xC0 == 0xC0 else owner
-                if sets is None:
-                    sets = {}
-                sets.setdefault((name, rtype), []).append(rdata)
+                addresses.append((packet[owner:owner + 2] if packet[owner] & 0xC0 == 0xC0 else owner, rtype, rdata))
         elif soa is None and rtype == T_SOA and i < an + ns:
             if rdlen < 22:
                 raise WireError(rdata, f"SOA rdata of {rdlen} bytes is too short")
             minimum = struct.unpack_from("!I", packet, end - 4)[0]
             soa = ttl if ttl < minimum else minimum
         pos = end
-    groups = () if sets is None else tuple((4 if rtype == 1 else 16, tuple(offs))
+    if len(addresses) < 2:
+        return offsets, answer_ttl, soa, ()
+    sets: dict[tuple, list[int]] = {}
+    for name, rtype, rdata in addresses:
+        sets.setdefault((name, rtype), []).append(rdata)
+    return offsets, answer_ttl, soa, tuple((4 if rtype == 1 else 16, tuple(offs))
                                            for (_, rtype), offs in sets.items() if len(offs) > 1)
-    return offsets, answer_ttl, soa, groups
 
 
 def _cap(packet: bytes, offsets, cap: int) -> bytes:
