@@ -159,11 +159,12 @@ class Block:
                 else:
                     return self._authoritative(query, ans, zone, req)
         if self.forwarder is not None and self.forwarder.matches(name) and not self.loop_detected:
-            if self.cache is not None and self.cache.covers(name):
-                hit = self.cache.get(query)
+            cache = self.cache if self.cache is not None and self.cache.covers(name) else None
+            if cache is not None:
+                hit = cache.get(query)
                 if hit is not None:
                     return self.balance(hit), "cache"
-            return self._forward(query, name, tcp)
+            return self._forward(query, name, tcp, cache)
         if fallthrough_nx is not None:
             return self._authoritative(query, fallthrough_nx, zone, req)
         return error_response(query.data, REFUSED, query), ""
@@ -222,11 +223,12 @@ class Block:
 
     # -------------------------------------------------------------------- forward
 
-    def _forward(self, query: Query, name: str, tcp: bool):
-        """The client's raw query goes upstream as it is (a fresh ID); a future of (response, "forward")."""
+    def _forward(self, query: Query, name: str, tcp: bool, cache: ResponseCache | None):
+        """The client's raw query goes upstream as it is (a fresh ID); a future of (response, "forward").
+        `cache`: the `cache` plugin when it covers the name (the answer is stored there)."""
         try:
             fut = asyncio.get_running_loop().create_future()
-            self.forwarder.submit(query.data, query.qend, tcp, partial(self._forwarded, query, name, fut),
+            self.forwarder.submit(query.data, query.qend, tcp, partial(self._forwarded, query, name, cache, fut),
                                   self.metrics.observe_upstream)
         except Overloaded as exc:
             self.log.warning("forward_refused", name=query.name_text, reason=str(exc))
@@ -236,7 +238,8 @@ class Block:
             return error_response(query.data, SERVFAIL, query), "forward"
         return fut
 
-    def _forwarded(self, query: Query, name: str, fut: asyncio.Future, reply: bytes | None, error: str) -> None:
+    def _forwarded(self, query: Query, name: str, cache: ResponseCache | None, fut: asyncio.Future,
+                   reply: bytes | None, error: str) -> None:
         """The upstream's reply (or why none came): cached, rotated, handed to the query handler."""
         if fut.done():
             return
@@ -246,8 +249,7 @@ class Block:
                 fut.set_result((error_response(query.data, SERVFAIL, query), "forward"))
                 return
             groups = None
-            cache = self.cache
-            if cache is not None and cache.covers(name):
+            if cache is not None:
                 reply, groups = cache.store(query, reply, name)
             if self.config.loadbalance:
                 reply = self.balance(reply) if groups is None else \
