@@ -88,6 +88,7 @@ class Upstream:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._tcp_tasks: set[asyncio.Task] = set()
+        self.closed = False  # takes no new queries; sockets close as their waiting queries finish
 
     def __str__(self) -> str:
         return self.name
@@ -97,6 +98,9 @@ class Upstream:
     def send(self, packet: bytes, qend: int, done: Done, tcp: bool = False) -> None:
         """Send `packet` (question ends at qend) with a fresh ID; `done` is called exactly once,
         possibly before this returns (when the socket refuses the datagram)."""
+        if self.closed:
+            done(None, f"upstream {self.name}: forwarder closed")
+            return
         if tcp:
             self._start_tcp(packet, packet[:2], done)
             return
@@ -152,7 +156,7 @@ class Upstream:
     def _retire(self, now: float) -> None:
         """Close sockets that no longer take queries and have none waiting."""
         channels = self._channels
-        for channel in channels[:-1]:
+        for channel in (channels if self.closed else channels[:-1]):
             if not channel.pending:
                 self._close_channel(channel)
         self._channels = [c for c in channels if not c.closed]
@@ -195,6 +199,8 @@ class Upstream:
                 continue
             del pending[qid]
             replies.append((waiting, data))
+        if self.closed and not pending:
+            self._retire(0.0)
         for waiting, data in replies:
             if type(data) is str:
                 self._give_up(waiting, f"upstream {self.name}: {data}")
@@ -274,18 +280,10 @@ class Upstream:
             writer.close()
 
     def close(self) -> None:
-        """Close the sockets; queries still waiting get an error."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
-        for task in list(self._tcp_tasks):
-            task.cancel()
-        channels, self._channels = self._channels, []
-        for channel in channels:
-            self._close_channel(channel)
-            pending, channel.pending = channel.pending, {}
-            for waiting in pending.values():
-                _deliver(waiting.done, None, f"upstream {self.name}: forwarder closed")
+        """Take no new queries (a reload replaced this forwarder); each socket closes once the queries
+        waiting on it are answered or time out, so a reload costs no query its answer."""
+        self.closed = True
+        self._retire(0.0)
 
     @property
     def waiting(self) -> int:
@@ -436,6 +434,7 @@ class Forwarder:
                 continue
             self.upstreams.append(UpstreamState(Upstream(host, port, timeout=config.timeout, expire=expire)))
         self.inflight = 0
+        self.closed = False
         self._rr = 0
         self.disabled_reason = "" if self.upstreams else "no usable upstream"
         # counters for metrics: (to, rcode) -> count/sum are kept by the caller's metrics
@@ -490,6 +489,8 @@ class Forwarder:
 
     def _failed(self, state: UpstreamState) -> None:
         state.fails += 1
+        if self.closed:
+            return  # replaced by a reload: no health checks for it
         if self.config.max_fails and state.fails >= self.config.max_fails and state.healthy:
             state.healthy = False
             self.log.warning("forward_upstream_down", upstream=str(state.upstream), fails=state.fails)
@@ -516,6 +517,8 @@ class Forwarder:
         return {(s.upstream.name, reason): n for s in self.upstreams for reason, n in s.upstream.ignored.items()}
 
     def close(self) -> None:
+        """Stop taking queries; those in flight still get their answers (Upstream.close)."""
+        self.closed = True
         for state in self.upstreams:
             if state.checker is not None:
                 state.checker.cancel()

@@ -196,6 +196,34 @@ def test_expire_moves_new_queries_to_a_fresh_socket_and_closes_the_drained_one()
     assert open_sockets == 1  # and the answered ones were closed
 
 
+def test_a_closed_forwarder_still_answers_the_queries_in_flight_then_closes_its_socket():
+    """A reload replaces the forwarder: what it already sent is answered, nothing new is taken."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        held: list[tuple[bytes, tuple]] = []
+        up = await scripted(lambda q: held.append(q) or [])  # answers later, when the test says so
+        fwd = forwarder(up.port)
+        upstream = fwd.upstreams[0].upstream
+        try:
+            asked = asyncio.ensure_future(fwd.forward(query(), False))
+            deadline = loop.time() + 10
+            while not held and loop.time() < deadline:
+                await asyncio.sleep(0.01)
+            fwd.close()
+            sockets_while_waiting = len(upstream._channels)
+            up.transport.sendto(answer(held[0], "192.0.2.44"), up.sources[0])
+            reply = await asyncio.wait_for(asked, 10)
+            with pytest.raises(UpstreamError, match="forwarder closed"):
+                await asyncio.wait_for(fwd.forward(query("later.example.com"), False), 10)
+            return reply, sockets_while_waiting, len(upstream._channels), fwd.upstreams[0].healthy
+        finally:
+            up.transport.close()
+
+    reply, waiting_sockets, sockets_after, healthy = asyncio.run(main())
+    assert answers(dns.message.from_wire(reply)) == ["192.0.2.44"]
+    assert waiting_sockets == 1 and sockets_after == 0 and healthy
+
+
 def test_an_upstream_port_that_refuses_fails_the_query_without_waiting_for_the_timeout():
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     probe.bind(("127.0.0.1", 0))
