@@ -199,8 +199,8 @@ class Upstream:
                 continue
             del pending[qid]
             replies.append((waiting, data))
-        if self.closed and not pending:
-            self._retire(0.0)
+        if not pending and (self.closed or self._channels[-1] is not channel):
+            self._retire(0.0)  # drained, and it takes no new queries: close it now
         for waiting, data in replies:
             if type(data) is str:
                 self._give_up(waiting, f"upstream {self.name}: {data}")
