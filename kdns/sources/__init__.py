@@ -22,9 +22,16 @@ def object_filter(namespaces: frozenset[str] | None, service_selector: LabelSele
     return wanted
 
 
+GC_THRESHOLDS = (20_000, 20, 100)
+
+
 def settle_heap() -> None:
     """After a bulk load (a full list, a manifest load): move the long-lived index objects out of
     the garbage collector's generations. Full collections then no longer walk 100k+ records, which
     otherwise shows up as multi-millisecond pauses in the answer latency tail."""
     gc.collect()
     gc.freeze()
+    # the caches churn (a flood of forwarded names inserts and evicts an answer per query): with the
+    # default thresholds (700, 10, 10) the collector's runs cost 5-15% of the CPU per forwarded query
+    # (paired perf runs, perf/BENCH.md); kdns makes few reference cycles, so it collects less often
+    gc.set_threshold(*GC_THRESHOLDS)
