@@ -12,7 +12,7 @@ from .corefile import CorefileError
 from .corefile import digest as corefile_digest
 from .forward import Forwarder
 from .hosts import Hosts
-from .http import HttpEndpoints
+from .http import ExplainEndpoint, HttpEndpoints
 from .index import ClusterIndex
 from .log import Logger, route_library_logs
 from .memory import MemoryBudget, cgroup_memory_limit, format_size, index_bytes, rss_bytes
@@ -37,7 +37,7 @@ class Runtime:
                  tcp_idle_timeout: float = 10.0, poll_interval: float = 0.25, api_options: dict | None = None,
                  serviceaccount_dir: str | None = None, reload_settings=None, port_map: dict | None = None,
                  tcp_max_connections: int | None = None, negative_rate_limit: float = 0.0, reuse_port: bool = False,
-                 serve_http: bool = True, memory_budget: MemoryBudget | None = None):
+                 serve_http: bool = True, memory_budget: MemoryBudget | None = None, explain_listen: str | None = None):
         self.settings = settings
         self.budget_flag = memory_budget  # --memory-budget: wins over the Corefile's memory_budget
         self.budget = self._budget_for(settings)
@@ -70,6 +70,9 @@ class Runtime:
         self._http_addresses: tuple = (None, None, None)
         self.http: HttpEndpoints | None = None
         self.http_bound: dict[str, str] = {}
+        self.explain_listen = explain_listen  # --explain-listen: wins over the Corefile's `explain`
+        self.explain: ExplainEndpoint | None = None
+        self._explain_block = None  # the server block whose listener /explain answers for
         self._unstarted = None  # an API source whose threads start once every listener is up
         self.failure: StartupFailure | None = None  # why start-up cannot complete (the API refused us)
         self.on_failure = lambda: None  # called once, on the loop, when `failure` is set
@@ -107,30 +110,12 @@ class Runtime:
         old_blocks = self.blocks
         new_blocks = []
         for bc in settings.blocks:
-            resolver = None
-            if bc.kubernetes is not None:
-                resolver = Resolver(self.index, ResolverConfig(
-                    zones=ZoneSet(bc.kubernetes.zones), ttl=bc.kubernetes.ttl, pods=bc.kubernetes.pods,
-                    can_chase=bc.forward is not None, ignore_empty_service=bc.kubernetes.ignore_empty_service,
-                    zonal=bc.kubernetes.zonal))
-            forwarder = Forwarder(bc.forward, self.log, own) if bc.forward is not None else None
-            cache = ResponseCache(bc.cache, own_zones=k.zones if k else [], max_bytes=per_cache) \
-                if bc.cache is not None else None
-            hosts = Hosts(bc.hosts, self.log) if bc.hosts is not None else None
-            search: list[str] = []
-            if bc.autopath is not None:
-                path = self.resolv_conf if bc.autopath.source.startswith("@") else bc.autopath.source
-                try:
-                    search = read_resolv_conf(path)[1]
-                except OSError as exc:
-                    self.log.warning("autopath_resolv_conf_unreadable", file=path, error=exc.strerror,
-                                     effect="no host search domains are tried")
+            parts = block_parts(bc, self.index, self.log, own, per_cache, k.zones if k else [], self.resolv_conf)
             # a Block per listener, sharing the plugins (cache, forwarder, hosts) of the server block; each
             # listener's answer cache holds only what its own blocks answered
             for host in self._hosts(bc):
-                block = Block(bc, self.index, answers[(bc.port, host)], self.log, self.metrics, resolver=resolver,
-                              forwarder=forwarder, cache=cache, hosts=hosts, search_domains=search,
-                              listener=(bc.port, host))
+                block = Block(bc, self.index, answers[(bc.port, host)], self.log, self.metrics,
+                              listener=(bc.port, host), **parts)
                 new_blocks.append(block)
                 blocks_by_listener.setdefault((bc.port, host), []).append(block)
         # listeners: keep the (port, address) pairs that stay, bind new ones, close the ones gone
@@ -163,7 +148,7 @@ class Runtime:
                 udp, tcp_server, bound = self.listeners.pop(key)
                 udp.close()
                 tcp_server.close()
-                self.handlers.pop(key)
+                self.handlers.pop(key).flush()  # its front answers' counts into the metrics
                 self.log.info("listener_closed", port=bound, address=show_address(key[1], bound))
         for block in old_blocks:
             if block.forwarder is not None:
@@ -171,6 +156,7 @@ class Runtime:
         self.blocks = new_blocks
         self._register_metrics(settings)
         await self._start_http(settings)
+        await self._start_explain(settings)
         self._tasks = [t for t in self._tasks if not t.done()]  # finished loop checks etc. of earlier configs
         for block in _per_server_block(new_blocks):
             if block.hosts is not None:
@@ -223,8 +209,7 @@ class Runtime:
         if k is None:
             return
         use_api = not k.manifests
-        index = ClusterIndex(implicit_namespaces=not use_api, namespaces=k.namespaces,
-                             namespace_selector=k.namespace_labels, endpoint_pod_names=k.endpoint_pod_names)
+        index = index_for(k)
         wanted = object_filter(k.namespaces, k.labels)
         if use_api:
             from .sources.api import ApiSource, build_api_client
@@ -298,6 +283,28 @@ class Runtime:
         self.http.add_advisory("forward", self._loop_report)
         self.http_bound = await self.http.start(*addresses)
         self._http_addresses = addresses
+
+    async def _start_explain(self, settings: Settings) -> None:
+        """/explain on the configured address (off by default), answering with the blocks of the listener of
+        the server block that names `explain` (with --explain-listen: the first block)."""
+        named = [bc for bc in settings.blocks if "explain" in bc.plugins]
+        address = self.explain_listen or (named[0].plugins["explain"] if named else None)
+        self._explain_block = named[0] if named else (settings.blocks[0] if settings.blocks else None)
+        if not self.serve_http:
+            address = None
+        if self.explain is not None and (address is None or address != self.explain.address):
+            await self.explain.stop()
+            self.explain = None
+            self.http_bound.pop("explain", None)
+        if address is not None and self.explain is None:
+            self.explain = ExplainEndpoint(self._explain_blocks)
+            await self.explain.start(address)
+        if self.explain is not None:  # _start_http may have replaced http_bound
+            self.http_bound["explain"] = self.explain.bound
+
+    def _explain_blocks(self) -> list[Block]:
+        owner = next((b for b in self.blocks if b.config is self._explain_block), None)
+        return [b for b in self.blocks if owner is not None and b.listener == owner.listener]
 
     def _source_ready(self) -> tuple[bool, str]:
         if self.source is not None and hasattr(self.source, "ready"):
@@ -418,6 +425,39 @@ class Runtime:
                 block.forwarder.close()
         if self.http is not None:
             await self.http.stop()
+        if self.explain is not None:
+            await self.explain.stop()
+
+
+def index_for(k) -> ClusterIndex:
+    """An empty index with the kubernetes directive's namespace filters (manifests: a namespace named by
+    any object exists)."""
+    return ClusterIndex(implicit_namespaces=bool(k.manifests), namespaces=k.namespaces,
+                        namespace_selector=k.namespace_labels, endpoint_pod_names=k.endpoint_pod_names)
+
+
+def block_parts(bc, index: ClusterIndex, log: Logger, own: set, per_cache: int, zones: list[str],
+                resolv_conf: str) -> dict:
+    """The plugins every Block of one server block shares: resolver, forwarder, response cache, hosts and
+    the autopath search list (keyword arguments of Block)."""
+    resolver = None
+    if bc.kubernetes is not None:
+        resolver = Resolver(index, ResolverConfig(
+            zones=ZoneSet(bc.kubernetes.zones), ttl=bc.kubernetes.ttl, pods=bc.kubernetes.pods,
+            can_chase=bc.forward is not None, ignore_empty_service=bc.kubernetes.ignore_empty_service,
+            zonal=bc.kubernetes.zonal))
+    forwarder = Forwarder(bc.forward, log, own) if bc.forward is not None else None
+    cache = ResponseCache(bc.cache, own_zones=zones, max_bytes=per_cache) if bc.cache is not None else None
+    hosts = Hosts(bc.hosts, log) if bc.hosts is not None else None
+    search: list[str] = []
+    if bc.autopath is not None:
+        path = resolv_conf if bc.autopath.source.startswith("@") else bc.autopath.source
+        try:
+            search = read_resolv_conf(path)[1]
+        except OSError as exc:
+            log.warning("autopath_resolv_conf_unreadable", file=path, error=exc.strerror,
+                        effect="no host search domains are tried")
+    return dict(resolver=resolver, forwarder=forwarder, cache=cache, hosts=hosts, search_domains=search)
 
 
 def _per_server_block(blocks: list[Block]) -> list[Block]:

@@ -12,6 +12,7 @@ import sys
 from .config import (DEFAULT_RESOLV_CONF, AutopathConfig, BlockConfig, ForwardConfig, KubernetesConfig, Settings,
                      load_corefile, normalize_zone)
 from .corefile import CorefileError
+from .explain_cli import add_arguments as add_explain_arguments
 from .forward import parse_hostport
 from .http import split_address
 from .log import Logger
@@ -41,26 +42,18 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="kdns", description="Kubernetes cluster DNS server.", allow_abbrev=False)
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="serve DNS for a cluster (Corefile, API watch, or manifests on disk)",
-                           allow_abbrev=False)
-    conf = serve.add_argument_group("Corefile (CoreDNS drop-in)")
+def _cluster_flags(parser: argparse.ArgumentParser) -> tuple:
+    """The flags that say which cluster and what to serve, shared by serve and explain; returns the
+    (Corefile, source, what-to-serve) argument groups for the command's own additions."""
+    conf = parser.add_argument_group("Corefile (CoreDNS drop-in)")
     conf.add_argument("--corefile", "-conf", dest="corefile", metavar="PATH",
                       help="serve what this Corefile says (CoreDNS syntax; kdns -conf PATH works as coredns does)")
     conf.add_argument("--dns-port", "-dns.port", "-p", dest="dns_port", type=port_number, default=53, metavar="PORT",
                       help="port for Corefile server blocks that name none (default 53)")
-    conf.add_argument("--port-map", action="append", default=[], metavar="FROM=TO",
-                      help="serve the Corefile's port FROM (DNS, health, ready or prometheus) on port TO instead "
-                           "(TO 0: a free port); e.g. run the kind Corefile unprivileged with --port-map 53=5353 "
-                           "(repeatable)")
-    conf.add_argument("--bind", default=None, metavar="HOST",
-                      help="address the Corefile's listeners bind (default: every interface)")
     conf.add_argument("--resolv-conf", default=DEFAULT_RESOLV_CONF, metavar="PATH",
                       help="read the host's resolv.conf from here: `forward . /etc/resolv.conf` upstreams and "
                            "autopath search domains (default %(default)s)")
-    source = serve.add_argument_group("cluster source (overrides the Corefile's kubernetes source when given)")
+    source = parser.add_argument_group("cluster source (overrides the Corefile's kubernetes source when given)")
     source.add_argument("--manifests", action="append", default=[], metavar="PATH",
                         help="file or directory of Kubernetes YAML (repeatable); edits are picked up live")
     source.add_argument("--kubeconfig", metavar="PATH", help="follow the API server of this kubeconfig")
@@ -70,17 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "and no other source is given)")
     source.add_argument("--serviceaccount-dir", default="/var/run/secrets/kubernetes.io/serviceaccount",
                         metavar="DIR", help="where the in-cluster token and ca.crt are (default %(default)s)")
-    source.add_argument("--api-watch-timeout", type=bounded(int, 1), default=300, metavar="SECONDS",
-                        help="server-side watch timeout, randomised up to twice this (default %(default)s)")
-    source.add_argument("--api-stall-timeout", type=positive, default=120.0, metavar="SECONDS",
-                        help="reopen a watch that delivered nothing, not even a bookmark, this long (default %(default)s)")
-    source.add_argument("--api-page-size", type=bounded(int, 1), default=500, metavar="N",
-                        help="list in pages of N objects, so a relist never holds the whole list (default %(default)s)")
-    source.add_argument("--api-backoff-max", type=positive, default=30.0, metavar="SECONDS",
-                        help="cap of the exponential reconnect backoff (default %(default)s)")
-    flags = serve.add_argument_group("without a Corefile: what to serve")
-    flags.add_argument("--listen", default="127.0.0.1:5353", metavar="HOST:PORT",
-                       help="address for UDP and TCP (port 0 picks a free port; default %(default)s)")
+    flags = parser.add_argument_group("without a Corefile: what to serve")
     flags.add_argument("--zone", action="append", default=[], metavar="ZONE",
                        help="authoritative zone (repeatable; default: cluster.local in-addr.arpa ip6.arpa); "
                             "the first forward zone names PTR targets and SOA records")
@@ -96,6 +79,39 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_argument("--labels", metavar="SELECTOR", help="serve only services matching this label selector")
     flags.add_argument("--namespace-labels", metavar="SELECTOR",
                        help="serve only namespaces whose labels match this selector")
+    return conf, source, flags
+
+
+def _explain_address(text: str) -> str:
+    from .plugins.explain import listen_address
+    try:
+        return listen_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="kdns", description="Kubernetes cluster DNS server.", allow_abbrev=False)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve DNS for a cluster (Corefile, API watch, or manifests on disk)",
+                           allow_abbrev=False)
+    conf, source, flags = _cluster_flags(serve)
+    conf.add_argument("--port-map", action="append", default=[], metavar="FROM=TO",
+                      help="serve the Corefile's port FROM (DNS, health, ready or prometheus) on port TO instead "
+                           "(TO 0: a free port); e.g. run the kind Corefile unprivileged with --port-map 53=5353 "
+                           "(repeatable)")
+    conf.add_argument("--bind", default=None, metavar="HOST",
+                      help="address the Corefile's listeners bind (default: every interface)")
+    source.add_argument("--api-watch-timeout", type=bounded(int, 1), default=300, metavar="SECONDS",
+                        help="server-side watch timeout, randomised up to twice this (default %(default)s)")
+    source.add_argument("--api-stall-timeout", type=positive, default=120.0, metavar="SECONDS",
+                        help="reopen a watch that delivered nothing, not even a bookmark, this long (default %(default)s)")
+    source.add_argument("--api-page-size", type=bounded(int, 1), default=500, metavar="N",
+                        help="list in pages of N objects, so a relist never holds the whole list (default %(default)s)")
+    source.add_argument("--api-backoff-max", type=positive, default=30.0, metavar="SECONDS",
+                        help="cap of the exponential reconnect backoff (default %(default)s)")
+    flags.add_argument("--listen", default="127.0.0.1:5353", metavar="HOST:PORT",
+                       help="address for UDP and TCP (port 0 picks a free port; default %(default)s)")
     flags.add_argument("--health-listen", metavar="HOST:PORT", help="GET /health -> 200 OK (CoreDNS: :8080)")
     flags.add_argument("--ready-listen", metavar="HOST:PORT",
                        help="GET /ready -> 200 OK once synced, else 503 naming what is not (CoreDNS: :8181)")
@@ -125,8 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default 0: off)")
     misc.add_argument("--stats-interval", type=positive, default=10.0, metavar="SECONDS",
                       help="how often a summary of malformed packets is logged, if any arrived (default 10)")
+    misc.add_argument("--explain-listen", type=_explain_address, default=None, metavar="[HOST:]PORT",
+                      help="serve GET /explain (kdns explain --server) here; host 127.0.0.1 unless given. Off by "
+                           "default: its near-miss hints reveal names across namespaces (Corefile: explain)")
     misc.add_argument("--log-format", choices=["text", "json"], default="text")
     misc.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    explain = sub.add_parser("explain", help="why does this name resolve like that? replay a pod's lookup through "
+                             "the server's own pipeline (offline, or --server a running kdns)", allow_abbrev=False)
+    add_explain_arguments(explain)
+    _cluster_flags(explain)
+    explain.set_defaults(listen="127.0.0.1:0", health_listen=None, ready_listen=None, metrics_listen=None,
+                         lameduck=0.0, explain_listen=None)
     check = sub.add_parser("check-config", help="validate a Corefile and/or manifests without serving "
                            "(exit 0 when valid)", allow_abbrev=False)
     check.add_argument("corefile", metavar="COREFILE", nargs="?")
@@ -277,7 +302,8 @@ async def serve(args: argparse.Namespace, log: Logger) -> int:
                       reload_settings=lambda: load_settings(args), port_map=port_map,
                       tcp_max_connections=args.tcp_max_connections, negative_rate_limit=args.negative_rate_limit,
                       reuse_port=args.workers > 1, serve_http=worker == 0,
-                      memory_budget=MemoryBudget(args.memory_budget) if args.memory_budget else None)
+                      memory_budget=MemoryBudget(args.memory_budget) if args.memory_budget else None,
+                      explain_listen=args.explain_listen)
     runtime.on_failure = stop.set  # the API refused us before the first sync
     try:
         await runtime.start()
@@ -406,6 +432,9 @@ def _main(argv: list[str]) -> int:
     log = Logger(fmt=getattr(args, "log_format", "text"), level=getattr(args, "log_level", "info"))
     if args.command == "check-config":
         return check_config(args, log)
+    if args.command == "explain":
+        from .explain_cli import explain_command
+        return explain_command(args, _load)
     if args.workers > 1:
         _load(args)  # a configuration error is reported once, before any worker is forked
         return _serve_workers(args, log)

@@ -1,4 +1,5 @@
-"""HTTP side doors (aiohttp): /health, /ready and /metrics, each on its own address as CoreDNS binds them.
+"""HTTP side doors (aiohttp): /health, /ready and /metrics, each on its own address as CoreDNS binds them,
+and /explain (kdns explain against the running server) on one that is off unless configured.
 
 Readiness is a set of named checks (e.g. `kubernetes`); /ready is 200 `OK` when all pass, else 503
 listing the failing ones. `/ready?verbose=1` adds one line of detail per check.
@@ -68,28 +69,73 @@ class HttpEndpoints:
                 continue
             app = web.Application()
             app.router.add_get(path, handler)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            host, port = split_address(address)
-            if host == "localhost":
-                host = "127.0.0.1"
-            try:
-                sock = tcp_listener(host, port)
-            except OSError as exc:
-                await runner.cleanup()
-                raise listen_failed(exc, address, path, port) from None
-            site = web.SockSite(runner, sock)
-            await site.start()
+            runner, bound[name] = await serve_app(app, address, path)
             self._runners.append(runner)
-            shown_host = host or "0.0.0.0"
-            actual = sock.getsockname()[1]  # the port actually bound (port 0)
-            bound[name] = f"[{shown_host}]:{actual}" if ":" in shown_host else f"{shown_host}:{actual}"
         return bound
 
     async def stop(self) -> None:
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
+
+
+async def serve_app(app: web.Application, address: str, what: str) -> tuple[web.AppRunner, str]:
+    """Serve `app` on HOST:PORT (port 0 picks one); the runner (to clean up) and the address bound."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, port = split_address(address)
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        sock = tcp_listener(host, port)
+    except OSError as exc:
+        await runner.cleanup()
+        raise listen_failed(exc, address, what, port) from None
+    site = web.SockSite(runner, sock)
+    await site.start()
+    shown_host = host or "0.0.0.0"
+    actual = sock.getsockname()[1]  # the port actually bound (port 0)
+    return runner, f"[{shown_host}]:{actual}" if ":" in shown_host else f"{shown_host}:{actual}"
+
+
+class ExplainEndpoint:
+    """GET /explain?name=&type=&from=&ndots=&search= -> the `kdns explain --json` document, computed by the
+    running server's own blocks (`blocks()` gives the current ones, so a reload is followed)."""
+
+    def __init__(self, blocks: Callable[[], list]):
+        self.blocks = blocks
+        self.runner: web.AppRunner | None = None
+        self.address = ""
+        self.bound = ""
+
+    async def start(self, address: str) -> str:
+        app = web.Application()
+        app.router.add_get("/explain", self._explain)
+        self.runner, self.bound = await serve_app(app, address, "explain")
+        self.address = address
+        return self.bound
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    async def _explain(self, request: web.Request) -> web.Response:
+        from .explain import ExplainError, Explainer, Question
+        q = request.query
+        try:
+            ns, _, pod = q.get("from", "default").partition("/")
+            ndots = int(q["ndots"]) if "ndots" in q else None
+            if not q.get("name") or not ns or ndots is not None and not 0 <= ndots <= 15:
+                raise ExplainError("give name=NAME, and from=NAMESPACE[/POD] and ndots=0-15 if any")
+            question = Question(q["name"], q.get("type", "A"), ns, pod, ndots, q.getall("search", None))
+            blocks = self.blocks()
+            if not blocks:
+                raise ExplainError("no server block to explain with")
+            report = await Explainer(blocks).explain(question)
+        except (ExplainError, ValueError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(report)
 
 
 def split_address(address: str) -> tuple[str, int]:

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from .history import History
 from .objects import Endpoint, EndpointSlice, Namespace, Pod, Service, ServicePort
 
 ANY = ("any",)
@@ -37,18 +38,69 @@ class EndpointRecord:
     zone: str = ""  # the endpoint's topology zone (kubernetes `zonal`)
 
 
-@dataclass(frozen=True, slots=True)
 class ServiceView:
-    """A service joined with its effective endpoints (EndpointSlices, else v1 Endpoints)."""
+    """A service joined with its effective endpoints (EndpointSlices, else v1 Endpoints).
 
-    service: Service
-    endpoints: tuple[EndpointRecord, ...]
+    The index gives it the slices; the endpoint records are built from them when first asked for and
+    then kept (most services of a big cluster are never asked for: 100k records and their names are
+    tens of MiB). ServiceView(service, records) holds the records given."""
+
+    __slots__ = ("service", "_records", "_slices", "_pod_names")
+
+    def __init__(self, service: Service, endpoints: "tuple[EndpointRecord, ...] | None" = None,
+                 slices: tuple[EndpointSlice, ...] = (), pod_names: bool = False):
+        self.service = service
+        self._records = endpoints
+        self._slices = slices  # sorted by name
+        self._pod_names = pod_names
+
+    @property
+    def endpoints(self) -> tuple[EndpointRecord, ...]:
+        if self._records is None:
+            records: list[EndpointRecord] = []
+            seen: set[tuple] = set()
+            for sl in self._slices:
+                ports = _listed_ports(sl)
+                for ep in sl.endpoints:
+                    records.extend(_endpoint_records(ep, ports, seen, self._pod_names))
+            self._records = tuple(records)
+        return self._records
 
     def served_endpoints(self) -> list[EndpointRecord]:
         """Endpoints DNS serves: ready ones, or all with publishNotReadyAddresses."""
         if self.service.publish_not_ready:
             return list(self.endpoints)
         return [e for e in self.endpoints if e.ready]
+
+    def served_addresses(self) -> set[tuple[str, str]]:
+        """(ip, endpoint name) of the served endpoints, without building the records."""
+        if self._records is not None:
+            return {(rec.ip, rec.name) for rec in self.served_endpoints()}
+        publish = self.service.publish_not_ready
+        return {(ip, _endpoint_name(ep, ip, self._pod_names)) for sl in self._slices for ep in sl.endpoints
+                if ep.ready or publish for ip in ep.addresses}
+
+
+def _endpoint_name(ep: Endpoint, ip: str, pod_names: bool) -> str:
+    """An endpoint's DNS label: its hostname, its pod's name (CoreDNS endpoint_pod_names), or the dashed IP."""
+    name = ep.hostname
+    if not name and pod_names and ep.pod_name and len(ep.pod_name) < 64:
+        name = ep.pod_name.lower()
+    return name or dashed_ip(ip)
+
+
+def _endpoint_records(ep: Endpoint, ports: tuple[ServicePort, ...] | None, seen: set,
+                      pod_names: bool = False) -> Iterable[EndpointRecord]:
+    for ip in ep.addresses:
+        name = _endpoint_name(ep, ip, pod_names)
+        own = (ep.ports or None) if ep.ports is not None else ports
+        # the same name and address may come from several slices (one per port set during a
+        # port change): each is kept with its own ports; only exact repeats are dropped
+        key = (name, ip, ep.ready, own)
+        if key in seen:
+            continue
+        seen.add(key)
+        yield EndpointRecord(name, ip, ep.ready, ep.pod_name, own, ep.zone)
 
 
 def _reverse_entries(view: "ServiceView | None") -> set[tuple[str, str]]:
@@ -60,7 +112,17 @@ def _reverse_entries(view: "ServiceView | None") -> set[tuple[str, str]]:
     if service.kind == "ClusterIP":
         out.update((ip, "") for ip in service.cluster_ips)
     if service.kind != "ExternalName":
-        out.update((rec.ip, rec.name) for rec in view.served_endpoints())
+        out.update(view.served_addresses())
+    return out
+
+
+def _reverse_addresses(view: ServiceView) -> set[str]:
+    """The addresses of _reverse_entries(view), without the endpoint names."""
+    service = view.service
+    out = set(service.cluster_ips) if service.kind == "ClusterIP" else set()
+    if service.kind != "ExternalName":
+        publish = service.publish_not_ready
+        out.update(ip for sl in view._slices for ep in sl.endpoints if ep.ready or publish for ip in ep.addresses)
     return out
 
 
@@ -70,6 +132,14 @@ def _listed_ports(sl: EndpointSlice) -> tuple[ServicePort, ...] | None:
     if sl.ports or any(path.startswith("ports[") for path, _ in sl.unserved):
         return sl.ports
     return None
+
+
+def _named(slices: tuple[EndpointSlice, ...], name: str) -> EndpointSlice | None:
+    return next((sl for sl in slices if sl.name == name), None)
+
+
+def _without(slices: tuple[EndpointSlice, ...], name: str) -> tuple[EndpointSlice, ...]:
+    return tuple(sl for sl in slices if sl.name != name)
 
 
 def dashed_ip(ip: str) -> str:
@@ -97,7 +167,9 @@ class ClusterIndex:
         self.serial = int(time.time())
         self.synced = False
         self.services: dict[tuple[str, str], Service] = {}
-        self.slices: dict[tuple[str, str], dict[str, EndpointSlice]] = {}  # (ns, svc) -> name -> slice
+        # (ns, svc) -> its slices, by name (a tuple, the views share it: a service has a few; 10k dicts
+        # would cost ~2 MiB more)
+        self.slices: dict[tuple[str, str], tuple[EndpointSlice, ...]] = {}
         self.legacy: dict[tuple[str, str], EndpointSlice] = {}  # (ns, svc) -> converted v1 Endpoints
         self.slice_owner: dict[tuple[str, str], str] = {}  # (ns, slice name) -> svc
         self.pods: dict[tuple[str, str], Pod] = {}
@@ -106,11 +178,13 @@ class ClusterIndex:
         self.namespaces: dict[str, Namespace] = {}
         self._ns_refs: dict[str, int] = {}
         self.views: dict[tuple[str, str], ServiceView] = {}
-        # ip -> (ns, svc, endpoint name or "") -- or a set of those when several own the IP (rare);
-        # one tuple per address instead of a set keeps 100k endpoints tens of MB smaller
+        # ip -> (ns, svc) of the service whose view names it -- or a set of those when several do
+        # (rare); one tuple per service, shared by its addresses; reverse_names() reads the names
         self.reverse: dict[str, tuple | set] = {}
         self._listeners: list[Listener] = []
         self._batch: set | None = None
+        self.history = History()  # the last changes applied, for `kdns explain`
+        self._dirty: set[tuple[str, str]] = set()  # services whose view a batch changed, built at commit
 
     # ---------------------------------------------------------------- subscription / batching
 
@@ -123,6 +197,11 @@ class ClusterIndex:
             self._batch = set()
 
     def commit(self) -> None:
+        if self._batch is not None and self._dirty:
+            # each service's view once per batch: a bulk load upserts a service and then each of its slices
+            dirty, self._dirty = self._dirty, set()
+            for key in dirty:
+                self._build_view(key, self._batch)
         touched, self._batch = self._batch, None
         if touched:
             self._notify(touched)
@@ -179,31 +258,36 @@ class ClusterIndex:
             if old is None:
                 self._ref(obj.namespace, 1, touched)
             self._rebuild_view(obj.key, touched)
+            created = old is None
         elif isinstance(obj, EndpointSlice):
             svc_key = (obj.namespace, obj.service)
             if obj.legacy:
                 if self.legacy.get(svc_key) == obj:
                     return
-                if svc_key not in self.legacy:
+                created = svc_key not in self.legacy
+                if created:
                     self._ref(obj.namespace, 1, touched)
                 self.legacy[svc_key] = obj
             else:
                 old_owner = self.slice_owner.get(obj.key)
-                if old_owner is not None and self.slices.get((obj.namespace, old_owner), {}).get(obj.name) == obj:
+                if old_owner is not None and _named(self.slices.get((obj.namespace, old_owner), ()), obj.name) == obj:
                     return
                 if old_owner is not None and old_owner != obj.service:
                     # the slice moved to another service (label changed)
                     self._drop_slice(obj.namespace, obj.name, touched)
                     old_owner = None
-                if old_owner is None:
+                created = old_owner is None
+                if created:
                     self._ref(obj.namespace, 1, touched)
-                self.slices.setdefault(svc_key, {})[obj.name] = obj
+                self.slices[svc_key] = tuple(sorted(_without(self.slices.get(svc_key, ()), obj.name) + (obj,),
+                                                    key=lambda sl: sl.name))
                 self.slice_owner[obj.key] = obj.service
             self._rebuild_view(svc_key, touched)
         elif isinstance(obj, Pod):
             old = self.pods.get(obj.key)
             if old == obj:
                 return
+            created = old is None
             if old is not None:
                 self._unindex_pod(old)
             else:
@@ -217,15 +301,23 @@ class ClusterIndex:
         elif isinstance(obj, Namespace):
             if self.namespaces.get(obj.name) == obj:
                 return
+            created = obj.name not in self.namespaces
             self.namespaces[obj.name] = obj
             touched.add(("ns", obj.name))  # existence or labels (namespace_selector) changed
         else:  # pragma: no cover - programming error
             raise TypeError(f"cannot index {type(obj).__name__}")
+        self._record(obj, "created" if created else "updated")
         self._touch(touched)
+
+    def _record(self, obj, action: str) -> None:
+        kind = "Endpoints" if isinstance(obj, EndpointSlice) and obj.legacy else type(obj).__name__
+        self.history.add(kind, getattr(obj, "namespace", ""), obj.name, action, obj,
+                         obj.service if isinstance(obj, EndpointSlice) else "")
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
         """Delete by kind ("Service", "EndpointSlice", "Endpoints", "Pod", "Namespace")."""
         touched: set = set()
+        service = ""
         if kind == "Service":
             if self.services.pop((namespace, name), None) is None:
                 return
@@ -234,10 +326,12 @@ class ClusterIndex:
         elif kind == "EndpointSlice":
             if (namespace, name) not in self.slice_owner:
                 return
+            service = self.slice_owner[(namespace, name)]
             self._drop_slice(namespace, name, touched)
         elif kind == "Endpoints":
             if self.legacy.pop((namespace, name), None) is None:
                 return
+            service = name
             self._ref(namespace, -1, touched)
             self._rebuild_view((namespace, name), touched)
         elif kind == "Pod":
@@ -253,6 +347,7 @@ class ClusterIndex:
             touched.add(("ns", name))
         else:  # pragma: no cover
             raise ValueError(f"unknown kind {kind}")
+        self.history.add(kind, namespace, name, "deleted", None, service)
         self._touch(touched)
 
     def remove(self, obj: Service | EndpointSlice | Pod | Namespace) -> None:
@@ -265,9 +360,10 @@ class ClusterIndex:
 
     def _drop_slice(self, namespace: str, name: str, touched: set) -> None:
         svc = self.slice_owner.pop((namespace, name))
-        group = self.slices.get((namespace, svc), {})
-        group.pop(name, None)
-        if not group:
+        group = _without(self.slices.get((namespace, svc), ()), name)
+        if group:
+            self.slices[(namespace, svc)] = group
+        else:
             self.slices.pop((namespace, svc), None)
         self._ref(namespace, -1, touched)
         self._rebuild_view((namespace, svc), touched)
@@ -290,31 +386,39 @@ class ClusterIndex:
     # ---------------------------------------------------------------- derived views
 
     def _rebuild_view(self, key: tuple[str, str], touched: set) -> None:
-        ns, name = key
-        touched.add(("svc", ns, name))
+        touched.add(("svc", *key))
+        if self._batch is not None:
+            self._dirty.add(key)  # built at commit()
+        else:
+            self._build_view(key, touched)
+
+    def _build_view(self, key: tuple[str, str], touched: set) -> None:
         service = self.services.get(key)
-        old_reverse = _reverse_entries(self.views.get(key))
+        old_view = self.views.get(key)
+        old_reverse = _reverse_entries(old_view) if old_view is not None else set()
         if service is None:
             self.views.pop(key, None)
             new_reverse: set = set()
         else:
-            slices = list(self.slices.get(key, {}).values())
+            slices = self.slices.get(key, ())
             if not slices and key in self.legacy:
-                slices = [self.legacy[key]]
-            records: list[EndpointRecord] = []
-            seen: set[tuple] = set()
-            for sl in sorted(slices, key=lambda s: s.name):
-                for ep in sl.endpoints:
-                    records.extend(self._endpoint_records(ep, _listed_ports(sl), seen, self.endpoint_pod_names))
-            view = ServiceView(service, tuple(records))
+                slices = (self.legacy[key],)
+            view = ServiceView(service, slices=slices, pod_names=self.endpoint_pod_names)
             self.views[key] = view
+            if old_view is None:  # a new service (as in a bulk load): its addresses, their names not needed
+                for ip in _reverse_addresses(view):
+                    self._reverse_add(ip, key)
+                    touched.add(("ip", ip))
+                return
             new_reverse = _reverse_entries(view)
-        for ip, ep in old_reverse - new_reverse:
-            self._reverse_remove(ip, (ns, name, ep))
-            touched.add(("ip", ip))
-        for ip, ep in new_reverse - old_reverse:
-            self._reverse_add(ip, (ns, name, ep))
-            touched.add(("ip", ip))
+        old_ips = {ip for ip, _ in old_reverse}
+        new_ips = {ip for ip, _ in new_reverse}
+        owner = key  # one tuple per service, shared by its addresses
+        for ip in old_ips - new_ips:
+            self._reverse_remove(ip, owner)
+        for ip in new_ips - old_ips:
+            self._reverse_add(ip, owner)
+        touched.update(("ip", ip) for ip, _ in old_reverse ^ new_reverse)
 
     def _reverse_add(self, ip: str, entry: tuple) -> None:
         current = self.reverse.get(ip)
@@ -338,23 +442,6 @@ class ClusterIndex:
         elif current == entry:
             del self.reverse[ip]
 
-    @staticmethod
-    def _endpoint_records(ep: Endpoint, ports: tuple[ServicePort, ...] | None, seen: set,
-                          pod_names: bool = False) -> Iterable[EndpointRecord]:
-        for ip in ep.addresses:
-            name = ep.hostname
-            if not name and pod_names and ep.pod_name and len(ep.pod_name) < 64:
-                name = ep.pod_name.lower()
-            name = name or dashed_ip(ip)
-            own = (ep.ports or None) if ep.ports is not None else ports
-            # the same name and address may come from several slices (one per port set during a
-            # port change): each is kept with its own ports; only exact repeats are dropped
-            key = (name, ip, ep.ready, own)
-            if key in seen:
-                continue
-            seen.add(key)
-            yield EndpointRecord(name, ip, ep.ready, ep.pod_name, own, ep.zone)
-
     # ---------------------------------------------------------------- queries (for the resolver)
 
     def keys(self, kind: str) -> list[tuple[str, str]]:
@@ -367,6 +454,19 @@ class ClusterIndex:
             return list(self.pods)
         if kind == "Namespace":
             return [("", name) for name in self.namespaces]
+        raise ValueError(f"unknown kind {kind}")
+
+    def get(self, kind: str, namespace: str, name: str) -> Service | EndpointSlice | Pod | Namespace | None:
+        """The stored object of `kind` (not legacy Endpoints), or None."""
+        if kind == "Service":
+            return self.services.get((namespace, name))
+        if kind == "EndpointSlice":
+            owner = self.slice_owner.get((namespace, name))
+            return None if owner is None else _named(self.slices.get((namespace, owner), ()), name)
+        if kind == "Pod":
+            return self.pods.get((namespace, name))
+        if kind == "Namespace":
+            return self.namespaces.get(name)
         raise ValueError(f"unknown kind {kind}")
 
     def view(self, namespace: str, name: str) -> ServiceView | None:
@@ -385,6 +485,8 @@ class ClusterIndex:
     def reverse_names(self, ip: str) -> list[tuple[str, str, str]]:
         """(ns, svc, endpoint name) owning `ip`; a ClusterIP hides endpoint names for the same IP."""
         current = self.reverse.get(ip)
-        entries = sorted(current) if isinstance(current, set) else ([current] if current else [])
+        owners = current if isinstance(current, set) else ([current] if current else [])
+        entries = sorted((ns, svc, name) for ns, svc in owners
+                         for addr, name in _reverse_entries(self.views.get((ns, svc))) if addr == ip)
         services = [e for e in entries if not e[2]]
         return services or entries

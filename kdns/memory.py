@@ -160,19 +160,26 @@ def deep_size(obj, seen: set[int]) -> int:
 
 INDEX_TABLES = ("services", "views", "slices", "legacy", "slice_owner", "pods", "pod_ips", "_pod_ns",
                 "namespaces", "_ns_refs", "reverse")
+# tables whose keys and values other tables hold (the reverse map: endpoint IPs -> one (ns, svc) tuple
+# per service): only the table itself counts, or a sample would count each shared tuple once per entry
+REFERENCE_TABLES = ("reverse",)
 
 
 def index_bytes(index, sample: int = 400) -> int:
     """Estimated bytes held by a ClusterIndex's tables: the deep size of a sample of each table's items,
     scaled to the table (a full walk is exact but costs the event loop ~0.1 s per 10k objects). The
     sample is chosen by key hash, the same in every table keyed alike, and an object is counted once,
-    so a Service shared by `services` and `views` is not counted twice; what tables keyed otherwise
-    share (the reverse map's strings) is counted again, so this leans high: 1.2x what tracemalloc
-    traces on a generated 2k-service cluster (tests/test_memory.py keeps it within 0.9-1.5x)."""
-    tables = [t for t in (getattr(index, name, None) for name in INDEX_TABLES) if isinstance(t, dict)]
+    so a Service shared by `services` and `views` is not counted twice; the reverse map counts only
+    its table (REFERENCE_TABLES). Strings shared across objects (interned namespaces, port lists) are
+    scaled with their sample, so this leans high (tests/test_memory.py keeps it within 0.9-1.5x of
+    what tracemalloc traces)."""
+    total_reference = sum(sys.getsizeof(t) for t in (getattr(index, name, None) for name in REFERENCE_TABLES)
+                          if isinstance(t, dict))
+    tables = [t for t in (getattr(index, name, None) for name in INDEX_TABLES if name not in REFERENCE_TABLES)
+              if isinstance(t, dict)]
     stride = max(1, max((len(t) for t in tables), default=0) // sample)
     seen: set[int] = set()
-    total = 0
+    total = total_reference
     for table in tables:
         total += sys.getsizeof(table)
         if not table:
@@ -181,4 +188,9 @@ def index_bytes(index, sample: int = 400) -> int:
         picked = picked or [next(iter(table.items()))]
         measured = sum(deep_size(k, seen) + deep_size(v, seen) for k, v in picked)
         total += int(measured * len(table) / len(picked))
+    events = getattr(getattr(index, "history", None), "events", None)
+    if events:  # the change log (kdns explain): bounded, its entries all alike
+        # an entry's object is the one in the tables (or a replaced version, at most the log's capacity of them)
+        entry = events[-1]
+        total += sys.getsizeof(events) + len(events) * (sys.getsizeof(entry) + deep_size(entry[:4], set()))
     return total

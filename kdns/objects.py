@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import sys
 from dataclasses import dataclass, field
 import reprlib
 from collections.abc import Mapping
@@ -69,6 +70,7 @@ class Endpoint:
     # a v1 Endpoints address carries the ports of its own subset; None: the ports of its slice
     ports: "tuple[ServicePort, ...] | None" = None
     zone: str = ""  # EndpointSlice endpoints[].zone (topology zone), for the kubernetes `zonal` option
+    terminating: bool = False  # conditions.terminating: never changes an answer; kdns explain counts it
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +98,9 @@ class Pod:
     ips: tuple[str, ...] = ()
     hostname: str = ""
     subdomain: str = ""
+    # (dnsPolicy, dnsConfig.searches, dnsConfig ndots or None, hostNetwork) when any differs from the
+    # kubelet's defaults (ClusterFirst, none, none, false): what `kdns explain --from NS/POD` replays
+    dns: tuple | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -130,7 +135,7 @@ def _get(obj: Mapping[str, Any], path: str, kind: type | tuple[type, ...], defau
     walked = []
     for part in path.split("."):
         walked.append(part)
-        if not isinstance(cur, Mapping):
+        if type(cur) is not dict and not isinstance(cur, Mapping):  # dict first: ABC checks are slow
             raise ObjectError(".".join(walked[:-1]), "expected a mapping")
         if part not in cur or cur[part] is None:
             if required:
@@ -152,7 +157,21 @@ def _name(obj: Mapping[str, Any]) -> str:
 
 
 def _namespace(obj: Mapping[str, Any], default_namespace: str) -> str:
-    return _get(obj, "metadata.namespace", str, default=default_namespace) or default_namespace
+    # interned: every object of a namespace shares one string (the index holds 100k+ of them)
+    return sys.intern(_get(obj, "metadata.namespace", str, default=default_namespace) or default_namespace)
+
+
+def _is_map(value: Any) -> bool:
+    return type(value) is dict or isinstance(value, Mapping)  # dict first: the ABC check is slow
+
+
+_SHARED: dict = {}  # equal immutable values (port lists, port names) shared by every record holding one
+
+
+def _shared(value: Any) -> Any:
+    if len(_SHARED) > 50_000:  # churn in a long run: start over rather than grow
+        _SHARED.clear()
+    return _SHARED.setdefault(value, value)
 
 
 def _labels(obj: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
@@ -161,8 +180,12 @@ def _labels(obj: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     for k, v in labels.items():
         if not isinstance(k, (str, int, float, bool)) or not isinstance(v, (str, int, float, bool)):
             raise ObjectError("metadata.labels", f"label keys and values must be strings, got {_show(k)}: {_show(v)}")
-        out.append((str(k), str(v)))
+        out.append((sys.intern(str(k)), str(v)))  # keys (app, team, ...) repeat across objects
     return tuple(sorted(out))
+
+
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_CANONICAL_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}").fullmatch
 
 
 def _ip(value: Any, path: str) -> str:
@@ -170,6 +193,8 @@ def _ip(value: Any, path: str) -> str:
     sloppy parser still accepts on old objects) is read as decimal, as Go's ParseIPSloppy does."""
     if not isinstance(value, str):
         raise ObjectError(path, f"expected an IP address string, got {_show(value)}")
+    if _CANONICAL_IPV4(value):  # the common case, ~5x faster than ipaddress; the string is kept as given
+        return value
     if "%" not in value:
         try:
             return ipaddress.ip_address(value).compressed
@@ -193,6 +218,9 @@ def _list(obj: Mapping[str, Any], path: str) -> list:
     return _get(obj, path, list, default=[])
 
 
+_PROTOCOLS = {p: p for p in ("TCP", "UDP", "SCTP")}
+
+
 def _port_fields(item: Any, p: str) -> tuple[str, Any, str]:
     """(name, raw port number, protocol) of one ports[] entry; protocol defaults to TCP as the API does."""
     if not isinstance(item, Mapping):
@@ -200,9 +228,10 @@ def _port_fields(item: Any, p: str) -> tuple[str, Any, str]:
     name = item.get("name") or ""
     if not isinstance(name, str):
         raise ObjectError(f"{p}.name", f"expected a string, got {_show(name)}")
-    protocol = item.get("protocol") or "TCP"
-    if protocol not in ("TCP", "UDP", "SCTP"):
-        raise ObjectError(f"{p}.protocol", f"expected TCP, UDP or SCTP, got {_show(protocol)}")
+    raw = item.get("protocol") or "TCP"
+    protocol = _PROTOCOLS.get(raw) if isinstance(raw, str) else None
+    if protocol is None:
+        raise ObjectError(f"{p}.protocol", f"expected TCP, UDP or SCTP, got {_show(raw)}")
     number = item.get("port")
     if isinstance(number, bool) or (number is not None and not isinstance(number, int)):
         raise ObjectError(f"{p}.port", f"expected a port number, got {_show(number)}")
@@ -217,8 +246,8 @@ def _ports(items: list, path: str) -> tuple[ServicePort, ...]:
         name, number, protocol = _port_fields(item, p)
         if number is None or not 0 < number < 65536:
             raise ObjectError(f"{p}.port", f"expected a port number 1-65535, got {_show(number)}")
-        ports.append(ServicePort(name=name, port=number, protocol=protocol))
-    return tuple(ports)
+        ports.append(_shared(ServicePort(name=_shared(name), port=number, protocol=protocol)))
+    return _shared(tuple(ports))
 
 
 def _slice_ports(items: list, unserved: list) -> tuple[ServicePort, ...]:
@@ -233,15 +262,15 @@ def _slice_ports(items: list, unserved: list) -> tuple[ServicePort, ...]:
             unserved.append((f"{p}.port", f"{number} is not a port number 1-65535: "
                              f"no SRV record for port {name or '(unnamed)'}"))
             continue
-        ports.append(ServicePort(name=name, port=number, protocol=protocol))
-    return tuple(ports)
+        ports.append(_shared(ServicePort(name=_shared(name), port=number, protocol=protocol)))
+    return _shared(tuple(ports))
 
 
 _LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 def service_from_dict(obj: Mapping[str, Any], default_namespace: str = "default") -> Service:
-    name = _name(obj)
+    name = sys.intern(_name(obj))  # shared with its slices' `service` and the index's keys
     namespace = _namespace(obj, default_namespace)
     stype = _get(obj, "spec.type", str, default="ClusterIP")
     ports = _ports(_list(obj, "spec.ports"), "spec.ports")
@@ -293,9 +322,12 @@ def _external(obj: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def endpointslice_from_dict(obj: Mapping[str, Any], default_namespace: str = "default") -> EndpointSlice | None:
+def endpointslice_from_dict(obj: Mapping[str, Any], default_namespace: str = "default", *,
+                            pod_names: bool = True) -> EndpointSlice | None:
     """Convert a discovery.k8s.io/v1 EndpointSlice; None when DNS serves nothing of it (addressType
-    FQDN, or no kubernetes.io/service-name label: it belongs to no Service).
+    FQDN, or no kubernetes.io/service-name label: it belongs to no Service). pod_names=False leaves
+    out the endpoints' pod names (only the kubernetes `endpoint_pod_names` option reads them: 100k
+    endpoints, ~7 MiB).
 
     What the API rejects raises ObjectError; what it accepts is served as far as DNS can carry it,
     and any part left out is listed in `unserved` (see _slice_ports)."""
@@ -310,37 +342,48 @@ def endpointslice_from_dict(obj: Mapping[str, Any], default_namespace: str = "de
         raise ObjectError(f"metadata.labels.{SERVICE_NAME_LABEL}", f"expected a string, got {_show(service)}")
     if address_type == "FQDN" or not service:
         return None
+    service = sys.intern(service)
     unserved: list[tuple[str, str]] = []
     endpoints = []
-    for i, ep in enumerate(_list(obj, "endpoints")):
-        p = f"endpoints[{i}]"
-        if not isinstance(ep, Mapping):
-            raise ObjectError(p, "expected a mapping")
+    ipv4 = address_type == "IPv4"
+    for i, ep in enumerate(_list(obj, "endpoints")):  # field paths are built only for an error
+        if not _is_map(ep):
+            raise ObjectError(f"endpoints[{i}]", "expected a mapping")
         addrs = ep.get("addresses")
         if not isinstance(addrs, list) or not addrs:
-            raise ObjectError(f"{p}.addresses", "required: a non-empty list of addresses")
-        ips = tuple(_slice_address(a, address_type, f"{p}.addresses[{j}]") for j, a in enumerate(addrs))
+            raise ObjectError(f"endpoints[{i}].addresses", "required: a non-empty list of addresses")
+        if ipv4 and len(addrs) == 1 and type(addrs[0]) is str and _CANONICAL_IPV4(addrs[0]):
+            ips = (addrs[0],)  # the common case, without the general checks below
+        else:
+            ips = tuple(_slice_address(a, address_type, f"endpoints[{i}].addresses[{j}]") for j, a in enumerate(addrs))
         conditions = ep.get("conditions") or {}
-        if not isinstance(conditions, Mapping):
-            raise ObjectError(f"{p}.conditions", "expected a mapping")
+        if not _is_map(conditions):
+            raise ObjectError(f"endpoints[{i}].conditions", "expected a mapping")
         ready = conditions.get("ready")
         if ready is not None and not isinstance(ready, bool):
-            raise ObjectError(f"{p}.conditions.ready", f"expected true or false, got {_show(ready)}")
+            raise ObjectError(f"endpoints[{i}].conditions.ready", f"expected true or false, got {_show(ready)}")
         hostname = ep.get("hostname") or ""
-        if not isinstance(hostname, str):
-            raise ObjectError(f"{p}.hostname", f"expected a string, got {_show(hostname)}")
-        hostname = hostname.lower()
-        if hostname and not _LABEL.fullmatch(hostname):
-            raise ObjectError(f"{p}.hostname", f"not a DNS label (a-z, 0-9, '-', at most 63): {_show(hostname)}")
-        target = ep.get("targetRef") or {}
-        pod_name = target.get("name", "") if isinstance(target, Mapping) and target.get("kind", "Pod") == "Pod" else ""
+        if hostname:
+            if not isinstance(hostname, str):
+                raise ObjectError(f"endpoints[{i}].hostname", f"expected a string, got {_show(hostname)}")
+            hostname = hostname.lower()
+            if not _LABEL.fullmatch(hostname):
+                raise ObjectError(f"endpoints[{i}].hostname",
+                                  f"not a DNS label (a-z, 0-9, '-', at most 63): {_show(hostname)}")
+        pod_name = ""
+        if pod_names:
+            target = ep.get("targetRef") or {}
+            pod_name = target.get("name", "") if _is_map(target) and target.get("kind", "Pod") == "Pod" else ""
+            pod_name = pod_name if isinstance(pod_name, str) else ""
         zone = ep.get("zone") or ""
-        if not isinstance(zone, str):
-            raise ObjectError(f"{p}.zone", f"expected a string, got {_show(zone)}")
+        if zone:
+            if not isinstance(zone, str):
+                raise ObjectError(f"endpoints[{i}].zone", f"expected a string, got {_show(zone)}")
+            zone = sys.intern(zone)
         # ready unset means ready (discovery API; CoreDNS endpointsliceReady); serving, terminating,
         # nodeName and hints do not change what DNS serves (zone does, with the kubernetes `zonal` option)
-        endpoints.append(Endpoint(addresses=ips, ready=ready is not False, hostname=hostname,
-                                  pod_name=pod_name if isinstance(pod_name, str) else "", zone=zone))
+        endpoints.append(Endpoint(ips, ready is not False, hostname, pod_name, None, zone,
+                                  conditions.get("terminating") is True))
     ports = _slice_ports(_list(obj, "ports"), unserved)
     return EndpointSlice(namespace, name, service, tuple(endpoints), ports, unserved=tuple(unserved))
 
@@ -358,8 +401,10 @@ def _slice_address(value: Any, address_type: str, path: str) -> str:
     return ip
 
 
-def endpoints_from_dict(obj: Mapping[str, Any], default_namespace: str = "default") -> EndpointSlice:
-    """Convert a v1 Endpoints object: one legacy slice named after the service."""
+def endpoints_from_dict(obj: Mapping[str, Any], default_namespace: str = "default", *,
+                        pod_names: bool = True) -> EndpointSlice:
+    """Convert a v1 Endpoints object: one legacy slice named after the service (pod_names: as
+    endpointslice_from_dict)."""
     name = _name(obj)
     namespace = _namespace(obj, default_namespace)
     endpoints: list[Endpoint] = []
@@ -390,7 +435,7 @@ def endpoints_from_dict(obj: Mapping[str, Any], default_namespace: str = "defaul
                 target = addr.get("targetRef") or {}
                 pod_name = target.get("name", "") if isinstance(target, Mapping) else ""
                 endpoints.append(Endpoint((ip,), ready=ready, hostname=hostname.lower(),
-                                          pod_name=pod_name if isinstance(pod_name, str) else "",
+                                          pod_name=pod_name if pod_names and isinstance(pod_name, str) else "",
                                           ports=own_ports))
     return EndpointSlice(namespace, name, name, tuple(endpoints), tuple(ports), legacy=True)
 
@@ -410,7 +455,28 @@ def pod_from_dict(obj: Mapping[str, Any], default_namespace: str = "default") ->
             ips.insert(0, first)
     hostname = _get(obj, "spec.hostname", str, default="")
     subdomain = _get(obj, "spec.subdomain", str, default="")
-    return Pod(namespace, name, tuple(ips), hostname.lower(), subdomain.lower())
+    return Pod(namespace, name, tuple(ips), hostname.lower(), subdomain.lower(), _pod_dns(obj))
+
+
+def _pod_dns(obj: Mapping[str, Any]) -> tuple | None:
+    """A pod's resolver settings when they are not the kubelet's defaults (see Pod.dns)."""
+    policy = _get(obj, "spec.dnsPolicy", str, default="ClusterFirst")
+    host_network = _get(obj, "spec.hostNetwork", bool, default=False)
+    searches: list[str] = []
+    for i, item in enumerate(_list(obj, "spec.dnsConfig.searches")):
+        if not isinstance(item, str):
+            raise ObjectError(f"spec.dnsConfig.searches[{i}]", f"expected a string, got {_show(item)}")
+        searches.append(item.lower().rstrip("."))
+    ndots = None
+    for i, option in enumerate(_list(obj, "spec.dnsConfig.options")):
+        if isinstance(option, Mapping) and option.get("name") == "ndots":
+            value = option.get("value")
+            if not (isinstance(value, str) and value.isdigit()):
+                raise ObjectError(f"spec.dnsConfig.options[{i}].value", f"expected a number, got {_show(value)}")
+            ndots = min(int(value), 15)  # glibc caps it at 15
+    if (policy, searches, ndots, host_network) == ("ClusterFirst", [], None, False):
+        return None
+    return (policy, tuple(searches), ndots, host_network)
 
 
 def namespace_from_dict(obj: Mapping[str, Any]) -> Namespace:

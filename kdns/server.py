@@ -270,7 +270,10 @@ class QueryHandler:
                 qname = key[0]
                 cover = self.cache.peek((qname[qname[0] + 1:], key[2], key[3], key[4]))
                 if cover is not None and key[1] not in REFUSED_TYPES:
-                    response = self._covered(data, fast, cover, tcp, client, start)
+                    try:
+                        response = self._covered(data, fast, cover, tcp, client, start)
+                    except Exception as exc:  # noqa: BLE001 - a bug must cost one SERVFAIL, never the server
+                        return self._internal_error(query_from_fast(data, fast), exc)
                     if response is not None:
                         return response
             query = query_from_fast(data, fast)

@@ -210,15 +210,21 @@ def parse_dnsperf(text: str) -> dict:
     return out
 
 
-def loadgen(port: int, qfile: str, rate: float, duration: float) -> dict:
+def loadgen(port: int, qfile: str, rate: float, duration: float, realtime: bool = False) -> dict:
+    """perf/loadgen.py on the load core. realtime: under SCHED_FIFO (chrt; it sleeps between sends), so
+    a generator saturating the same core (the flood's dnsperf) cannot delay it: its latencies are the
+    server's, not the load core's scheduler's."""
     cmd = ["taskset", "-c", LOAD_CPU, servers.python(), os.path.join(ROOT, "perf", "loadgen.py"),
            "--port", str(port), "--queries", qfile, "--rate", str(int(rate)), "--duration", f"{duration:g}",
            "--json"]
-    p = subprocess.run(servers.niced(cmd), capture_output=True, text=True, timeout=duration + 60)
+    chrt = shutil.which("chrt") if realtime and os.geteuid() == 0 else None
+    cmd = [chrt, "-f", "1", *cmd] if chrt else servers.niced(cmd)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
     if p.returncode != 0:
         raise RuntimeError(f"loadgen failed: {p.stderr[-500:]}")
     out = json.loads(p.stdout.strip().splitlines()[-1])
-    out["cmd"] = " ".join(cmd[3:])
+    out["cmd"] = " ".join(cmd[cmd.index(servers.python()) + 1:])
+    out["realtime"] = bool(chrt)
     return out
 
 

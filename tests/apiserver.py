@@ -256,7 +256,8 @@ class FakeApiServer:
                     return web.json_response(status(410, "Expired", "The provided continue parameter is too old "
                                                     "to display a consistent list result."), status=410)
             else:
-                items = [copy.deepcopy(o) for _, o in sorted(self._objects[kind].items())]
+                # no copies: apply() stores a deep copy and stored objects are replaced, never changed
+                items = [o for _, o in sorted(self._objects[kind].items())]
                 rv = self._rv
                 if len(self._snapshots) >= 16:
                     self._snapshots.pop(next(iter(self._snapshots)))

@@ -152,6 +152,7 @@ DIRECTIVES: dict[str, Spec] = {
     "k8s_external": Spec("k8s_external example.external", ("kubernetes",),
                          (Probe("web.edge.example.external", "A", _a("192.0.2.50", "198.51.100.7")),)),
     "debug": Spec("debug", ("kubernetes",), BASIC),
+    "explain": Spec("explain 127.0.0.1:0", ("kubernetes",), BASIC),  # one listener for every block naming it
     "memory_budget": Spec("memory_budget 32Mi", ("kubernetes",), BASIC),  # one size: it is the process's
     "root": Spec("root ROOTDIR", ("kubernetes",), BASIC),
     "chaos": Spec("chaos kdns-matrix", probes=(Probe("version.bind", "TXT", _chaos, rdclass="CH"),)),

@@ -149,3 +149,18 @@ def test_kdns_counts_covered_answers():
         for i in range(3):
             assert kdns.query(f"missing{i}.shop.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
         wait_until(lambda: kdns.metric("kdns_negative_cover_answers_total") == 2, what="2 covered answers counted")
+
+
+def test_a_bug_under_the_cover_costs_one_servfail():
+    _, handler = handler_for(*_objects())
+    client = ("10.0.0.1", 4000)
+    handler.handle(_wire("r0.shop.svc.cluster.local"), False, client)  # the cover is made
+
+    def broken(*args):
+        raise RuntimeError("boom")
+
+    handler.blocks[0].resolver.covered_nxdomain = broken
+    reply = dns.message.from_wire(handler.handle(_wire("r1.shop.svc.cluster.local", qid=9), False, client))
+    assert reply.id == 9 and reply.rcode() == dns.rcode.SERVFAIL
+    assert handler.stats["internal_errors"] == 1 and "boom" in handler.log.stream.getvalue()
+    assert handler.handle(_wire("web.shop.svc.cluster.local"), False, client)  # and it goes on serving

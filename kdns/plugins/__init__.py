@@ -24,7 +24,7 @@ from typing import Any, Awaitable, Callable, Union
 # CoreDNS's plugin.cfg, restricted to what kdns knows. Names marked built-in are parsed in config.py
 # and run in pipeline.py/server.py; every other name is a module of this package.
 ORDER = (
-    "root", "reload", "nsid", "bufsize", "bind", "debug", "memory_budget", "ready", "health", "prometheus", "errors", "log",
+    "root", "reload", "nsid", "bufsize", "bind", "debug", "explain", "memory_budget", "ready", "health", "prometheus", "errors", "log",
     "local", "acl", "any", "chaos", "loadbalance", "cache", "rewrite", "autopath", "minimal", "template",
     "hosts", "k8s_external", "kubernetes", "loop", "forward", "whoami",
 )

@@ -39,6 +39,16 @@ def integer(d: Directive, tok, lo: int, hi: int, what: str) -> int:
     return value
 
 
+def same_in_every_block(d: Directive, ctx, value, shown: str, why: str, unit: str = ""):
+    """`value`, unless another server block gave this process-wide directive a different one (then a
+    CorefileError at this directive saying `why` there can be only one)."""
+    for block in ctx.settings.blocks:
+        other = block.plugins.get(d.name)
+        if other is not None and other != value:
+            raise d.error(f"{d.name} {shown} differs from another server block's ({other}{unit}): {why}", *d.args[:1])
+    return value
+
+
 def asked_name(query, *prefix: bytes) -> DNSLabel | None:
     """The asked name (lower case) as a DNSLabel built from its wire labels, so odd bytes are never
     re-parsed as text, with `prefix` labels in front; None when that exceeds 255 bytes."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..corefile import Directive
 from ..memory import parse_size
 from . import SetupContext
-from ._common import nargs, no_block
+from ._common import nargs, no_block, same_in_every_block
 
 
 def setup(d: Directive, ctx: SetupContext) -> int:
@@ -16,9 +16,5 @@ def setup(d: Directive, ctx: SetupContext) -> int:
         size = parse_size(d.args[0].text)
     except ValueError as exc:
         raise d.error(f"memory_budget: {exc}", d.args[0]) from None
-    for block in ctx.settings.blocks:
-        other = block.plugins.get("memory_budget")
-        if other is not None and other != size:
-            raise d.error(f"memory_budget {d.args[0].text} differs from another server block's ({other} bytes): "
-                          f"the budget is the process's, give one size", d.args[0])
-    return size
+    return same_in_every_block(d, ctx, size, d.args[0].text, "the budget is the process's, give one size",
+                               " bytes")

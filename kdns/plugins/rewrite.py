@@ -112,6 +112,7 @@ class Rule:
     from_value: int | None = None  # type/class/rcode FROM (None: any)
     to_value: int = 0
     ttl: tuple[int, int] = (0, 0)  # min, max
+    where: str = ""  # file:line:col of the rule (kdns explain names it)
 
 
 def _code(d: Directive, tok: Token, table, what: str) -> int:
@@ -224,8 +225,11 @@ def setup(d: Directive, ctx: SetupContext) -> list[Rule]:
             if opt.name != "answer":
                 raise opt.error(f"rewrite: only 'answer name|value FROM TO' may follow name, got {opt.name!r}")
             _answer_options(opt, rule, [Token("answer", opt.line, opt.col, path=opt.path)] + opt.args)
+        rule.where = head.where
         return rules + [rule]
-    return rules + [_rule(d, toks, stop)]
+    rule = _rule(d, toks, stop)
+    rule.where = d.where
+    return rules + [rule]
 
 
 # ------------------------------------------------------------------------------ run time

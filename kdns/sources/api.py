@@ -1,5 +1,6 @@
 """The Kubernetes API as a source: list + watch with the official `kubernetes` client.
 
+The client's configuration and REST layer, without its generated API classes and models (kube.py).
 One Reflector thread per resource does the blocking HTTP (the event loop that answers DNS never
 waits on the API); it converts each object to a slotted record at once and hands batches to the
 loop with call_soon_threadsafe. ApiSource, on the loop, applies them to the index and keeps the
@@ -26,11 +27,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import orjson
 import yaml
-from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
-from kubernetes.client.exceptions import ApiException
-from kubernetes.watch.watch import iter_resp_lines
 from urllib3.exceptions import MaxRetryError
 from urllib3.util.retry import Retry
 
@@ -38,6 +36,8 @@ from ..index import ClusterIndex
 from ..log import Logger
 from ..metrics import Histogram
 from . import settle_heap
+from .kube import (ApiException, ConfigException, Configuration, InClusterConfigLoader, KubeClient,
+                   iter_resp_lines, list_request, load_kube_config)
 from ..objects import (ObjectError, endpointslice_from_dict, namespace_from_dict, pod_from_dict,
                        service_from_dict)
 
@@ -68,13 +68,13 @@ class ConfigError(Exception):
 
 def build_api_client(kubeconfig: str | None = None, context: str | None = None,
                      serviceaccount_dir: str | None = None, endpoint: str | None = None,
-                     tls: tuple[str, str, str] | None = None) -> tuple[k8s_client.ApiClient, str]:
-    """An ApiClient from a kubeconfig (client certs or tokens, as kind writes it), an explicit
+                     tls: tuple[str, str, str] | None = None) -> tuple[KubeClient, str]:
+    """A client from a kubeconfig (client certs or tokens, as kind writes it), an explicit
     endpoint (+ optional client TLS, CoreDNS's `endpoint` / `tls`), or the in-cluster service
     account. Returns (client, description for logs). Every file it names is read and checked here,
     so a bad one is a ConfigError at start-up, not a connection that fails forever."""
     serviceaccount_dir = serviceaccount_dir or SERVICEACCOUNT_DIR
-    configuration = k8s_client.Configuration()
+    configuration = Configuration()
     try:
         if endpoint and not kubeconfig:
             configuration.host = endpoint
@@ -83,21 +83,21 @@ def build_api_client(kubeconfig: str | None = None, context: str | None = None,
             where = f"endpoint {endpoint}" + (" with client TLS" if tls else "")
         elif kubeconfig:
             _check_kubeconfig(kubeconfig)
-            k8s_config.load_kube_config(config_file=kubeconfig, context=context,
-                                        client_configuration=configuration, persist_config=False)
+            load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration,
+                             persist_config=False)
             if endpoint:
                 configuration.host = endpoint
             where = f"kubeconfig {kubeconfig}" + (f" context {context}" if context else "")
         else:
             token_file = os.path.join(serviceaccount_dir, "token")
             _check_in_cluster(serviceaccount_dir, token_file)
-            loader = k8s_config.incluster_config.InClusterConfigLoader(
+            loader = InClusterConfigLoader(
                 token_filename=token_file, cert_filename=os.path.join(serviceaccount_dir, "ca.crt"),
                 try_refresh_token=False)
             loader.load_and_set(configuration)
             _follow_token_file(configuration, token_file)
             where = f"in-cluster {configuration.host} (service account {serviceaccount_dir})"
-    except (k8s_config.ConfigException, OSError, ValueError, TypeError) as exc:
+    except (ConfigException, OSError, ValueError, TypeError) as exc:
         fix = (f"fix the kubeconfig (kubectl config view --kubeconfig {kubeconfig}; kubectl config get-contexts)"
                if kubeconfig else "fix the files named in the reason")
         raise ConfigError(str(exc), fix) from None
@@ -105,7 +105,7 @@ def build_api_client(kubeconfig: str | None = None, context: str | None = None,
     # urllib3 would sleep out a 429/503's Retry-After inside the request, unseen and uninterruptible;
     # the reflector honours it itself. Connection failures are still retried at once, 3 times.
     configuration.retries = Retry(total=3, respect_retry_after_header=False)
-    return k8s_client.ApiClient(configuration), where
+    return KubeClient(configuration), where
 
 
 def _check_kubeconfig(path: str) -> None:
@@ -144,7 +144,7 @@ def _check_in_cluster(serviceaccount_dir: str, token_file: str) -> None:
             raise ConfigError(f"{path}: empty", fix)
 
 
-def _check_tls_material(configuration: k8s_client.Configuration, where: str) -> None:
+def _check_tls_material(configuration: Configuration, where: str) -> None:
     """The CA bundle and client certificate/key load into an SSL context, and the server is an URL."""
     import ssl
     host = configuration.host or ""
@@ -184,12 +184,12 @@ def _shown(path: str | None, where: str) -> str:
     return path or "(none)"
 
 
-def _follow_token_file(configuration: k8s_client.Configuration, token_file: str) -> None:
+def _follow_token_file(configuration: Configuration, token_file: str) -> None:
     """Re-read the projected service-account token whenever the file changes (kubelet rotates it),
     checked before every request with one stat()."""
     state = {"sig": None}
 
-    def refresh(conf: k8s_client.Configuration) -> None:
+    def refresh(conf: Configuration) -> None:
         try:
             st = os.stat(token_file)
         except OSError:
@@ -212,19 +212,18 @@ def _follow_token_file(configuration: k8s_client.Configuration, token_file: str)
 @dataclass(frozen=True)
 class Resource:
     kind: str
-    list_call: Callable[[k8s_client.ApiClient], Callable[..., Any]]
+    list_call: Callable[[KubeClient], Callable[..., Any]]
     convert: Callable[[dict], Any]
 
 
 RESOURCES = {
-    "Service": Resource("Service", lambda c: k8s_client.CoreV1Api(c).list_service_for_all_namespaces,
-                        service_from_dict),
+    "Service": Resource("Service", lambda c: list_request(c, "/api/v1/services"), service_from_dict),
     "EndpointSlice": Resource("EndpointSlice",
-                              lambda c: k8s_client.DiscoveryV1Api(c).list_endpoint_slice_for_all_namespaces,
+                              lambda c: list_request(c, "/apis/discovery.k8s.io/v1/endpointslices"),
                               endpointslice_from_dict),
-    "Namespace": Resource("Namespace", lambda c: k8s_client.CoreV1Api(c).list_namespace,
+    "Namespace": Resource("Namespace", lambda c: list_request(c, "/api/v1/namespaces"),
                           lambda obj: namespace_from_dict(obj)),
-    "Pod": Resource("Pod", lambda c: k8s_client.CoreV1Api(c).list_pod_for_all_namespaces, pod_from_dict),
+    "Pod": Resource("Pod", lambda c: list_request(c, "/api/v1/pods"), pod_from_dict),
 }
 
 
@@ -301,11 +300,12 @@ class Reflector:
     Any request that succeeds (a list page, an opened watch, or a 410) resets the error backoff.
     """
 
-    def __init__(self, resource: Resource, api_client: k8s_client.ApiClient, post: Callable[[str, Any], None],
+    def __init__(self, resource: Resource, api_client: KubeClient, post: Callable[[str, Any], None],
                  page_size: int = 500, watch_timeout: int = 300, stall_timeout: float = 120.0,
                  connect_timeout: float = 10.0, backoff_max: float = 30.0, probe_interval: float = 1.0,
-                 reachability: Reachability | None = None):
+                 reachability: Reachability | None = None, pod_names: bool = True):
         self.resource = resource
+        self.pod_names = pod_names  # keep endpoints' pod names (the kubernetes endpoint_pod_names option)
         self.list_fn = resource.list_call(api_client)
         self.post = post
         self.page_size = page_size
@@ -390,7 +390,7 @@ class Reflector:
 
     def _call(self, reason: str, what: str, **kwargs) -> Any:
         try:
-            resp = self.list_fn(_preload_content=False, **kwargs)
+            resp = self.list_fn(**kwargs)
         except ApiException as exc:
             if exc.status == 410:  # a valid answer: relist
                 self._answer_arrived()
@@ -403,19 +403,19 @@ class Reflector:
     # -------------------------------------------------------------------- list
 
     def _list(self) -> None:
-        """List in pages. The first list is applied page by page (what is known is served at once);
-        a relist is posted as one batch, so the loop swaps the resource's state in one step."""
+        """List in pages, each posted as it is decoded (one page of raw dicts at a time). The loop
+        applies the first list page by page (what is known is served at once) and stages a relist's
+        changes until its last page, so the resource's state is swapped in one step."""
         token = None
         first = True
-        pending: Batch | None = Batch(relist_begin=True) if self._listed else None
         while True:
             resp = self._call("list_expired", "list continue token expired", limit=self.page_size,
                               _continue=token, _request_timeout=(self.connect_timeout, 60))
             try:
-                data = json.loads(resp.data)
+                data = _decode(resp.data)
             finally:
                 resp.release_conn()
-            batch = pending if pending is not None else Batch(relist_begin=first)
+            batch = Batch(relist_begin=first)
             first = False
             for item in data.get("items") or []:
                 self._convert_into(batch, item, "ADDED")
@@ -426,8 +426,7 @@ class Reflector:
                 self.resource_version = str(meta.get("resourceVersion") or "")
                 batch.relist_end = True
                 batch.resource_version = self.resource_version
-            if pending is None or token is None:
-                self.post("batch", batch)
+            self.post("batch", batch)
             if token is None:
                 self._listed = True
                 return
@@ -459,7 +458,7 @@ class Reflector:
 
     def _event(self, line: str) -> None:
         try:
-            event = json.loads(line)
+            event = _decode(line)
             etype = event["type"]
             obj = event["object"]
         except (ValueError, KeyError, TypeError):
@@ -491,7 +490,8 @@ class Reflector:
             batch.deletes.append((ns, name))
             return
         try:
-            converted = self.resource.convert(obj)
+            converted = (self.resource.convert(obj, pod_names=False) if self.resource.kind == "EndpointSlice"
+                         and not self.pod_names else self.resource.convert(obj))
         except ObjectError as exc:
             batch.errors.append((f"{ns}/{name}" if ns else name, str(exc)))
             return
@@ -503,6 +503,15 @@ class Reflector:
 
 class WatchError(Exception):
     pass
+
+
+def _decode(body: bytes | str) -> Any:
+    """JSON from the API: orjson (~2x json's speed); what it refuses (NaN, integers beyond 64 bits)
+    json reads, as before."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
 
 
 def _retry_after(exc: ApiException) -> float | None:
@@ -551,6 +560,10 @@ class ResourceState:
     last_error: str = ""
     resource_version: str = ""
     relist_seen: set | None = None
+    # a relist after the first sync: its changes, (key, object or None to delete), applied at its end;
+    # objects equal to the indexed ones are dropped as their page arrives, so a relist after an outage
+    # holds little beside the index it replaces
+    staged: list | None = None
     events: int = 0
     # reason -> count; both reasons from the start, so rate() works before the first relist
     relists: dict = field(default_factory=lambda: dict.fromkeys(RELIST_REASONS, 0))
@@ -571,7 +584,7 @@ CATCHUP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
 class ApiSource:
     """Applies reflector batches to the index (on the event loop) and tracks sync and staleness."""
 
-    def __init__(self, api_client: k8s_client.ApiClient, index: ClusterIndex, log: Logger,
+    def __init__(self, api_client: KubeClient, index: ClusterIndex, log: Logger,
                  kinds: list[str], wanted: Callable[[Any], bool] = lambda obj: True, **reflector_options):
         self.index = index
         self.log = log
@@ -580,6 +593,7 @@ class ApiSource:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.reachability = Reachability()
         self.reflectors = [Reflector(RESOURCES[kind], api_client, self._poster(kind),
+                                     pod_names=index.endpoint_pod_names,
                                      reachability=self.reachability, **reflector_options)
                            for kind in kinds]
         self.synced_event = asyncio.Event()
@@ -673,11 +687,13 @@ class ApiSource:
         index = self.index
         if batch.relist_begin:
             state.relist_seen = set()
+            state.staged = [] if state.synced else None
         elif state.relist_seen is None:
             state.reachable_again = 0.0  # a watch delivered: whatever follows is not this outage's catch-up
         for key, message in batch.errors:
             self.log.error("api_object_invalid", resource=kind, object=key, reason=message,
                            action="previous version kept" if self._stored(kind, key) else "not served")
+        staged = state.staged
         index.begin()
         try:
             for obj in batch.upserts:
@@ -685,19 +701,32 @@ class ApiSource:
                 self._note_partial(kind, state, key, getattr(obj, "unserved", ()))
                 if state.relist_seen is not None:
                     state.relist_seen.add(key)
-                if self.wanted(obj):
+                wanted = self.wanted(obj)
+                if staged is not None:
+                    if not wanted or index.get(kind, *key) != obj:
+                        staged.append((key, obj if wanted else None))
+                elif wanted:
                     index.upsert(obj)
                 else:
                     index.delete(kind, *key)  # filtered out (or no longer matching): not served
             for ns, name in batch.deletes:
                 state.partial.pop((ns, name), None)
-                index.delete(kind, ns, name)
+                if staged is not None:
+                    staged.append(((ns, name), None))
+                else:
+                    index.delete(kind, ns, name)
                 if state.relist_seen is not None:
                     state.relist_seen.discard((ns, name))
             for bad_key, _ in batch.errors:
                 if state.relist_seen is not None:
                     state.relist_seen.add(_split_key(bad_key))  # keep the previous version through a relist
             if batch.relist_end and state.relist_seen is not None:
+                for key, obj in staged or ():
+                    if obj is None:
+                        index.delete(kind, *key)
+                    else:
+                        index.upsert(obj)
+                state.staged = None
                 # replace: whatever the fresh list did not contain was deleted while we were away
                 stale = [key for key in index.keys(kind) if key not in state.relist_seen]
                 for ns, name in stale:

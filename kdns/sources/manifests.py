@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from array import array
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -18,6 +19,7 @@ import yaml
 
 from ..index import ClusterIndex
 from ..log import Logger
+from . import fastyaml, gc_paused
 from ..objects import (SERVICE_NAME_LABEL, ObjectError, endpoints_from_dict, endpointslice_from_dict, namespace_from_dict,
                        pod_from_dict, service_from_dict)
 
@@ -31,6 +33,9 @@ CONVERTERS: dict[tuple[str, str], Callable] = {
     ("v1", "Namespace"): lambda obj, default_namespace="default": namespace_from_dict(obj),
     ("discovery.k8s.io/v1", "EndpointSlice"): endpointslice_from_dict,
 }
+
+
+_ENDPOINTS = (endpointslice_from_dict, endpoints_from_dict)  # converters that take pod_names
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +93,30 @@ _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_LIST_DEPTH = 8
 
 
-def parse_manifest_text(text: str, path: str, log: Logger | None = None) -> tuple[list, list[ManifestProblem]]:
+def parse_manifest_text(text: str, path: str, log: Logger | None = None,
+                        pod_names: bool = True) -> tuple[list, list[ManifestProblem]]:
     """Parse one file. Returns (objects with their lines, problems); never raises for bad input.
-    Unsupported kinds are logged, not errors."""
+    Unsupported kinds are logged, not errors. A file yaml-rs reads as PyYAML would (fastyaml) is read
+    by it; one with a problem whose line lies inside a document, or with a List, is read again with
+    PyYAML, whose nodes carry the lines. pod_names: as endpointslice_from_dict."""
+    docs = fastyaml.documents(text)
+    if docs is not None:
+        objects: list[tuple[Any, int]] = []
+        problems: list[ManifestProblem] = []
+        held = _HeldLog()
+        try:
+            for data, line in docs:
+                _collect(data, _Lines(line), path, objects, problems, held, 0, pod_names)
+        except _NeedNodes:
+            pass
+        else:
+            if log is not None:
+                held.replay(log)
+            return objects, _within(text, problems)
+    return _parse_with_nodes(text, path, log, pod_names)
+
+
+def _parse_with_nodes(text: str, path: str, log: Logger | None, pod_names: bool) -> tuple[list, list[ManifestProblem]]:
     objects: list[tuple[Any, int]] = []
     problems: list[ManifestProblem] = []
     loader = None
@@ -102,7 +128,7 @@ def parse_manifest_text(text: str, path: str, log: Logger | None = None) -> tupl
             if node is None:
                 continue
             data = loader.construct_document(node)
-            _collect(data, node, path, objects, problems, log, depth=0)
+            _collect(data, _Nodes(node), path, objects, problems, log, 0, pod_names)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark else _node_line(node)
@@ -116,10 +142,64 @@ def parse_manifest_text(text: str, path: str, log: Logger | None = None) -> tupl
     finally:
         if loader is not None:
             loader.dispose()
-    if problems:  # YAML counts a lone \r as a line break, editors do not: never point past the last line
+    return objects, _within(text, problems)
+
+
+def _within(text: str, problems: list[ManifestProblem]) -> list[ManifestProblem]:
+    """YAML counts a lone \\r as a line break, editors do not: never point past the last line."""
+    if problems:
         last = text.count("\n") + 1
         problems = [p if p.line <= last else ManifestProblem(p.path, last, p.message) for p in problems]
-    return objects, problems
+    return problems
+
+
+class _NeedNodes(Exception):
+    """The line of something inside a document is needed: only PyYAML's nodes have it."""
+
+
+class _Nodes:
+    """Lines from a PyYAML node: the document's, a field's, a List item's."""
+
+    def __init__(self, node: yaml.Node):
+        self.node = node
+        self.line = node.start_mark.line + 1
+
+    def field_line(self, path: str) -> int:
+        return _field_line(self.node, path)
+
+    def item(self, i: int) -> "_Nodes":
+        items_node = _child(self.node, "items")
+        return _Nodes(items_node.value[i] if isinstance(items_node, yaml.SequenceNode) else self.node)
+
+
+class _Lines:
+    """Only the document's line (fastyaml): anything finer sends the file to PyYAML."""
+
+    def __init__(self, line: int):
+        self.line = line
+
+    def field_line(self, path: str) -> int:
+        raise _NeedNodes(path)
+
+    def item(self, i: int) -> "_Lines":
+        raise _NeedNodes(f"items[{i}]")
+
+
+class _HeldLog:
+    """Log calls kept until the file is known not to need a second reading (which would log them again)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, dict]] = []
+
+    def info(self, event: str, **fields: Any) -> None:
+        self.calls.append(("info", event, fields))
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.calls.append(("warning", event, fields))
+
+    def replay(self, log: Logger) -> None:
+        for level, event, fields in self.calls:
+            getattr(log, level)(event, **fields)
 
 
 def _node_line(node) -> int:
@@ -130,9 +210,9 @@ def _shorten(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _collect(data: Any, node: yaml.Node, path: str, objects: list, problems: list, log: Logger | None,
-             depth: int) -> None:
-    line = node.start_mark.line + 1
+def _collect(data: Any, where: "_Nodes | _Lines", path: str, objects: list, problems: list,
+             log: "Logger | _HeldLog | None", depth: int, pod_names: bool = True) -> None:
+    line = where.line
     if depth > MAX_LIST_DEPTH:
         problems.append(ManifestProblem(path, line, f"kind List nested more than {MAX_LIST_DEPTH} levels deep"))
         return
@@ -149,12 +229,10 @@ def _collect(data: Any, node: yaml.Node, path: str, objects: list, problems: lis
     if kind == "List" or (kind.endswith("List") and isinstance(data.get("items"), list)):
         items = data.get("items")
         if not isinstance(items, list):
-            problems.append(ManifestProblem(path, _field_line(node, "items"), "items: expected a list"))
+            problems.append(ManifestProblem(path, where.field_line("items"), "items: expected a list"))
             return
-        items_node = _child(node, "items")
         for i, item in enumerate(items):
-            item_node = items_node.value[i] if isinstance(items_node, yaml.SequenceNode) else node
-            _collect(item, item_node, path, objects, problems, log, depth + 1)
+            _collect(item, where.item(i), path, objects, problems, log, depth + 1, pod_names)
         return
     if not isinstance(api_version, str) or not api_version:
         problems.append(ManifestProblem(path, line, "apiVersion: required field is missing"))
@@ -166,11 +244,12 @@ def _collect(data: Any, node: yaml.Node, path: str, objects: list, problems: lis
                      reason="kdns serves only v1 Service/Endpoints/Pod/Namespace and discovery.k8s.io/v1 EndpointSlice")
         return
     try:
-        obj = convert(data, default_namespace="default")
+        obj = (convert(data, default_namespace="default") if pod_names or convert not in _ENDPOINTS
+               else convert(data, default_namespace="default", pod_names=False))
     except ObjectError as exc:
         name = (data.get("metadata") or {}).get("name") if isinstance(data.get("metadata"), dict) else None
         what = f"{kind} {name}" if isinstance(name, str) and name else kind
-        problems.append(ManifestProblem(path, _field_line(node, exc.path), f"{what}: {exc}"))
+        problems.append(ManifestProblem(path, where.field_line(exc.path), f"{what}: {exc}"))
         return
     except (TypeError, ValueError, AttributeError, KeyError) as exc:  # a shape no check foresaw
         problems.append(ManifestProblem(path, line, f"{kind}: cannot use this object ({type(exc).__name__}: "
@@ -186,7 +265,7 @@ def _collect(data: Any, node: yaml.Node, path: str, objects: list, problems: lis
                             reason=f"no {SERVICE_NAME_LABEL} label: the slice belongs to no Service")
         return
     for field_path, reason in getattr(obj, "unserved", ()):
-        problems_line = _field_line(node, field_path)
+        problems_line = where.field_line(field_path)
         if log is not None:
             log.warning("manifest_object_partially_served", file=path, line=problems_line, kind=kind,
                         name=data["metadata"]["name"], field=field_path, reason=reason)
@@ -211,7 +290,8 @@ class ManifestSource:
         self.log = log
         self.wanted = wanted
         self._signatures: dict[str, tuple] = {}
-        self._file_objects: dict[str, dict[ObjKey, tuple[Any, int]]] = {}
+        # path -> (key -> object, the objects' lines in the same order): no (object, line) tuple per object
+        self._file_objects: dict[str, tuple[dict[ObjKey, Any], array]] = {}
         self._applied: dict[ObjKey, Any] = {}
         self.problems: dict[str, list[ManifestProblem]] = {}  # current problems per file
         self.loads = 0
@@ -245,6 +325,10 @@ class ManifestSource:
 
     def load(self) -> int:
         """Load every file once (or reload what changed). Returns the number of files (re)read."""
+        with gc_paused():  # a 10k-service load allocates ~1M objects: no cycle collections meanwhile
+            return self._load()
+
+    def _load(self) -> int:
         changed = 0
         current = self._files()
         for root in self.roots:
@@ -300,32 +384,35 @@ class ManifestSource:
         except (OSError, UnicodeDecodeError) as exc:
             self._report(path, [ManifestProblem(path, 0, f"cannot read: {exc}")])
             return
-        objects, problems = parse_manifest_text(text, path, self.log)
+        objects, problems = parse_manifest_text(text, path, self.log, self.index.endpoint_pod_names)
         if problems:
             self._report(path, problems)
             return
-        by_key: dict[ObjKey, tuple[Any, int]] = {}
+        by_key: dict[ObjKey, Any] = {}
+        first_line: dict[ObjKey, int] = {}
         dup_problems = []
         for obj, line in objects:
             key = object_key(obj)
             if key in by_key:
                 dup_problems.append(ManifestProblem(
                     path, line, f"{key[0]} {key[1] + '/' if key[1] else ''}{key[2]} is defined twice "
-                    f"(first at line {by_key[key][1]})"))
-            by_key[key] = (obj, line)
+                    f"(first at line {first_line[key]})"))
+            else:
+                first_line[key] = line
+            by_key[key] = obj
         if dup_problems:
             self._report(path, dup_problems)
             return
-        self.partially_served += sum(1 for obj, _ in by_key.values() if getattr(obj, "unserved", ()))
+        self.partially_served += sum(1 for obj in by_key.values() if getattr(obj, "unserved", ()))
         if self.problems.pop(path, None):
             self.log.info("manifest_fixed", file=path, objects=len(by_key))
-        self._file_objects[path] = by_key
+        self._file_objects[path] = (by_key, array("I", first_line.values()))
         self._loaded_once.add(path)
         self.log.info("manifest_loaded", file=path, objects=len(by_key))
 
     def _report(self, path: str, problems: list[ManifestProblem]) -> None:
         self.problems[path] = problems
-        kept = len(self._file_objects.get(path, {}))
+        kept = len(self._file_objects.get(path, ({},))[0])
         for p in problems:
             self.log.error("manifest_error", file=p.path, line=p.line, reason=p.message,
                            kept_objects=kept)
@@ -334,7 +421,8 @@ class ManifestSource:
         merged: dict[ObjKey, Any] = {}
         owner: dict[ObjKey, tuple[str, int, Any]] = {}
         for path in sorted(self._file_objects):
-            for key, (obj, line) in self._file_objects[path].items():
+            by_key, lines = self._file_objects[path]
+            for (key, obj), line in zip(by_key.items(), lines):
                 if key in owner:
                     first_path, first_line, first = owner[key]
                     if first != obj:
@@ -377,7 +465,8 @@ def check_manifests(paths: Iterable[str]) -> tuple[list[ManifestProblem], list[M
     warnings = []
     objects = 0
     for path in sorted(source._file_objects):
-        for obj, line in source._file_objects[path].values():
+        by_key, lines = source._file_objects[path]
+        for obj, line in zip(by_key.values(), lines):
             objects += 1
             what = f"{type(obj).__name__} {obj.name}"
             warnings.extend(ManifestProblem(path, line, f"{what}: {field}: {reason} (the rest is served)")
