@@ -11,7 +11,7 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from . import plugins as plugin_registry
 from .corefile import CorefileError, Directive, Token, parse
@@ -66,6 +66,7 @@ class ForwardConfig:
     health_check: float = 0.5
     max_fails: int = 2
     timeout: float = 2.0  # per attempt (CoreDNS read_timeout)
+    expire: float = 10.0  # a UDP socket to an upstream takes new queries this long, then a fresh one does
 
 
 @dataclass
@@ -216,6 +217,16 @@ def normalize_zone(text: str) -> str:
 
 def in_zone(name: str, zone: str) -> bool:
     return zone == "" or name == zone or name.endswith("." + zone)
+
+
+def zone_matcher(zones) -> Callable[[str], bool]:
+    """`lambda name: any(in_zone(name, z) for z in zones)`, without the loop (zones taken now)."""
+    zones = list(zones)
+    if "" in zones:
+        return lambda name: True
+    exact = frozenset(zones)
+    suffixes = tuple("." + z for z in zones)
+    return lambda name: name in exact or name.endswith(suffixes)
 
 
 def parse_key(tok: Token, path: str, default_port: int = 53) -> tuple[str, int]:
@@ -432,10 +443,13 @@ def _forward(d: Directive, resolv_conf: str, warnings: list[str]) -> ForwardConf
         elif opt.name in ("read_timeout", "timeout"):
             _nargs(opt, 1, 1, f"{opt.name} DURATION")
             f.timeout = _duration(opt, vals[0], opt.name)
-        elif opt.name in ("expire", "max_idle_conns"):
-            _nargs(opt, 1, 1, f"{opt.name} VALUE")
-            warnings.append(f"{opt.path}:{opt.line}:{opt.col}: forward: {opt.name} has no effect in kdns "
-                            "(it opens a fresh socket per upstream query; there is no connection pool)")
+        elif opt.name == "expire":
+            _nargs(opt, 1, 1, "expire DURATION")
+            f.expire = _duration(opt, vals[0], "expire")
+        elif opt.name == "max_idle_conns":
+            _nargs(opt, 1, 1, "max_idle_conns VALUE")
+            warnings.append(f"{opt.path}:{opt.line}:{opt.col}: forward: max_idle_conns has no effect in kdns "
+                            "(UDP queries to an upstream share one socket; TCP connections are not pooled)")
         else:
             raise opt.error(f"forward: unknown or unsupported option {opt.name!r} (kdns supports: except, policy, "
                             "max_concurrent, force_tcp, prefer_udp, health_check, max_fails, read_timeout, "

@@ -1,80 +1,271 @@
-"""Upstream forwarding: send a query to an upstream server over UDP (TCP when asked or truncated)."""
+"""Upstream forwarding: the client's raw query on a persistent UDP socket per upstream (TCP when asked or truncated)."""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import random
-import secrets
+import socket
 import struct
 import time
+from functools import partial
+from typing import Callable
 
 DEFAULT_TIMEOUT = 2.0
+DEFAULT_EXPIRE = 10.0  # CoreDNS's `expire`: a socket takes new queries this long, then a fresh one (new port) does
+MAX_PENDING = 1024  # queries waiting on one socket; more open another (16-bit IDs stay hard to guess)
+READS_PER_WAKEUP = 256  # replies read in one go before the loop serves the other sockets
+
+# done(reply, error): the reply with the asker's ID restored, or None and why
+Done = Callable[[bytes | None, str], None]
 
 
 class UpstreamError(Exception):
     pass
 
 
-class _OneShot(asyncio.DatagramProtocol):
-    def __init__(self, want_id: int):
-        self.want_id = want_id
-        self.future: asyncio.Future = asyncio.get_running_loop().create_future()
+class _IdPool:
+    """Unpredictable 16-bit query IDs from os.urandom, drawn a few thousand at a time."""
 
-    def datagram_received(self, data: bytes, addr) -> None:
-        # ignore anything that is not the answer to our ID (spoofing / stray packets)
-        if len(data) >= 12 and struct.unpack_from("!H", data)[0] == self.want_id and not self.future.done():
-            self.future.set_result(data)
+    def __init__(self) -> None:
+        self._ids: list[int] = []
 
-    def error_received(self, exc: Exception) -> None:
-        if not self.future.done():
-            self.future.set_exception(UpstreamError(str(exc)))
+    def take(self) -> int:
+        if not self._ids:
+            raw = os.urandom(8192)
+            self._ids = list(struct.unpack(f"!{len(raw) // 2}H", raw))
+        return self._ids.pop()
 
-    def connection_lost(self, exc) -> None:
-        if not self.future.done():
-            self.future.set_exception(UpstreamError("socket closed"))
+
+_IDS = _IdPool()
+
+
+class _Waiting:
+    """A query sent on a socket: what its reply must echo, where the reply goes, when it gives up."""
+
+    __slots__ = ("question", "orig_id", "packet", "done", "deadline", "ignored")
+
+    def __init__(self, question: bytes, orig_id: bytes, packet: bytes, done: Done, deadline: float):
+        self.question = question  # the question section as sent (the reply must echo it)
+        self.orig_id = orig_id
+        self.packet = packet  # as sent, with our ID (a TC reply is retried over TCP with it)
+        self.done = done
+        self.deadline = deadline
+        self.ignored = ""  # why a reply with this ID was not taken (named when it then times out)
+
+
+class _Channel:
+    """One connected UDP socket to an upstream and the queries waiting on it, oldest first."""
+
+    __slots__ = ("sock", "fd", "pending", "opened", "closed")
+
+    def __init__(self, sock: socket.socket, opened: float):
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.pending: dict[int, _Waiting] = {}  # our ID -> the query; insertion order = deadline order
+        self.opened = opened
+        self.closed = False
 
 
 class Upstream:
-    """One upstream address. `exchange` returns the upstream's answer with the caller's ID restored."""
+    """One upstream address. `send` hands the reply (asker's ID restored) to a callback; `exchange` awaits it.
 
-    def __init__(self, host: str, port: int = 53, timeout: float = DEFAULT_TIMEOUT):
+    UDP queries share a connected socket (the kernel drops datagrams from any other address) with
+    random IDs; a reply must carry a waiting ID and echo its question, else it is ignored and counted
+    (`ignored`) and the query keeps waiting. One timer per upstream sweeps timed-out queries, oldest
+    first. After `expire` seconds a fresh socket (a new source port) takes the new queries.
+    """
+
+    def __init__(self, host: str, port: int = 53, timeout: float = DEFAULT_TIMEOUT, expire: float = DEFAULT_EXPIRE):
         self.host = host
         self.port = port
         self.timeout = timeout
+        self.expire = expire
+        self.name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.ignored: dict[str, int] = {}  # reason -> replies not taken (wrong ID, question, garbage)
+        self._channels: list[_Channel] = []  # the last one takes new queries
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._tcp_tasks: set[asyncio.Task] = set()
+        self.closed = False  # takes no new queries; sockets close as their waiting queries finish
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return self.name
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, packet: bytes, qend: int, done: Done, tcp: bool = False) -> None:
+        """Send `packet` (question ends at qend) with a fresh ID; `done` is called exactly once,
+        possibly before this returns (when the socket refuses the datagram)."""
+        if self.closed:
+            done(None, f"upstream {self.name}: forwarder closed")
+            return
+        if tcp:
+            self._start_tcp(packet, packet[:2], done)
+            return
+        now = time.monotonic()
+        try:
+            channel = self._channel(now)
+        except OSError as exc:
+            done(None, f"upstream {self.name}: {exc}")
+            return
+        pending = channel.pending
+        qid = _IDS.take()
+        while qid in pending:
+            qid = _IDS.take()
+        out = bytes((qid >> 8, qid & 0xFF)) + packet[2:]
+        pending[qid] = _Waiting(packet[12:qend], packet[:2], out, done, now + self.timeout)
+        try:
+            channel.sock.send(out)
+        except OSError as exc:
+            del pending[qid]
+            done(None, f"upstream {self.name}: {exc.strerror or exc}")
+            return
+        if self._sweeper is None:
+            self._sweeper = self._loop.call_later(self._period(), self._sweep)
 
     async def exchange(self, packet: bytes, tcp: bool = False) -> bytes:
-        orig_id = packet[:2]
-        qid = secrets.randbelow(65536)
-        out = struct.pack("!H", qid) + packet[2:]
-        try:
-            if tcp:
-                reply = await asyncio.wait_for(self._tcp(out), self.timeout)
-            else:
-                reply = await asyncio.wait_for(self._udp(out, qid), self.timeout)
-                if len(reply) >= 4 and reply[2] & 0x02:  # TC: retry over TCP
-                    reply = await asyncio.wait_for(self._tcp(out), self.timeout)
-        except asyncio.TimeoutError:
-            raise UpstreamError(f"upstream {self} timed out after {self.timeout}s") from None
-        except OSError as exc:
-            raise UpstreamError(f"upstream {self}: {exc}") from None
-        problem = _reply_problem(out, reply)
-        if problem:
-            raise UpstreamError(f"upstream {self} sent a bad reply: {problem}")
-        return orig_id + reply[2:]
+        """The upstream's answer to `packet`, the caller's ID restored; raises UpstreamError."""
+        fut = asyncio.get_running_loop().create_future()
+        self.send(packet, question_end(packet), partial(_settle, fut), tcp)
+        return await fut
 
-    async def _udp(self, packet: bytes, qid: int) -> bytes:
-        loop = asyncio.get_running_loop()
-        transport, proto = await loop.create_datagram_endpoint(
-            lambda: _OneShot(qid), remote_addr=(self.host, self.port))
+    def _channel(self, now: float) -> _Channel:
+        channels = self._channels
+        if channels:
+            current = channels[-1]
+            if len(current.pending) < MAX_PENDING and now - current.opened < self.expire:
+                return current
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            transport.sendto(packet)
-            return await proto.future
-        finally:
-            transport.close()
+            sock.setblocking(False)
+            sock.connect((self.host, self.port))
+        except OSError:
+            sock.close()
+            raise
+        channel = _Channel(sock, now)
+        self._loop.add_reader(channel.fd, self._readable, channel)
+        channels.append(channel)
+        self._retire(now)
+        return channel
+
+    def _retire(self, now: float) -> None:
+        """Close sockets that no longer take queries and have none waiting."""
+        channels = self._channels
+        for channel in (channels if self.closed else channels[:-1]):
+            if not channel.pending:
+                self._close_channel(channel)
+        self._channels = [c for c in channels if not c.closed]
+
+    def _close_channel(self, channel: _Channel) -> None:
+        channel.closed = True
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(channel.fd)
+        channel.sock.close()
+
+    # ------------------------------------------------------------------ receiving
+
+    def _readable(self, channel: _Channel) -> None:
+        """Read the replies waiting on the socket (a bounded number per wake-up), then hand each on."""
+        sock = channel.sock
+        pending = channel.pending
+        replies = []
+        for _ in range(READS_PER_WAKEUP):
+            try:
+                data = sock.recv(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                # an ICMP error (port unreachable): the upstream refused the oldest datagram still waiting
+                if pending:
+                    replies.append((pending.pop(next(iter(pending))), exc.strerror or str(exc)))
+                continue
+            if len(data) < 12:
+                self._ignore(f"{len(data)} bytes, shorter than a DNS header")
+                continue
+            qid = data[0] << 8 | data[1]
+            waiting = pending.get(qid)
+            if waiting is None:
+                self._ignore("no query waits with this ID")
+                continue
+            problem = _reply_problem(waiting.question, data)
+            if problem:
+                waiting.ignored = problem
+                self._ignore(problem)
+                continue
+            del pending[qid]
+            replies.append((waiting, data))
+        if not pending and (self.closed or self._channels[-1] is not channel):
+            self._retire(0.0)  # drained, and it takes no new queries: close it now
+        for waiting, data in replies:
+            if type(data) is str:
+                self._give_up(waiting, f"upstream {self.name}: {data}")
+            elif data[2] & 0x02:  # TC: retry over TCP
+                self._start_tcp(waiting.packet, waiting.orig_id, waiting.done)
+            else:
+                _deliver(waiting.done, waiting.orig_id + data[2:], "")
+
+    def _ignore(self, reason: str) -> None:
+        self.ignored[reason] = self.ignored.get(reason, 0) + 1
+
+    def _give_up(self, waiting: _Waiting, error: str) -> None:
+        if waiting.ignored:
+            error += f" (ignored a reply: {waiting.ignored})"
+        _deliver(waiting.done, None, error)
+
+    # ------------------------------------------------------------------ timeouts
+
+    def _period(self) -> float:
+        return max(0.005, min(0.1, self.timeout / 4))
+
+    def _sweep(self) -> None:
+        """Time out, oldest first, every query whose deadline passed; re-arm while any wait."""
+        self._sweeper = None
+        now = time.monotonic()
+        waiting_any = False
+        for channel in list(self._channels):
+            pending = channel.pending
+            while pending:
+                qid = next(iter(pending))
+                waiting = pending[qid]
+                if waiting.deadline > now:
+                    break
+                del pending[qid]
+                self._give_up(waiting, f"upstream {self.name} timed out after {self.timeout}s")
+            waiting_any = waiting_any or bool(pending)
+        self._retire(now)
+        if waiting_any and self._sweeper is None and self._loop is not None:
+            self._sweeper = self._loop.call_later(self._period(), self._sweep)
+
+    # ------------------------------------------------------------------ TCP
+
+    def _start_tcp(self, packet: bytes, orig_id: bytes, done: Done) -> None:
+        task = asyncio.ensure_future(self._tcp_exchange(packet, orig_id, done))
+        self._tcp_tasks.add(task)
+        task.add_done_callback(self._tcp_tasks.discard)
+
+    async def _tcp_exchange(self, packet: bytes, orig_id: bytes, done: Done) -> None:
+        out = struct.pack("!H", _IDS.take()) + packet[2:]
+        try:
+            reply = await asyncio.wait_for(self._tcp(out), self.timeout)
+        except asyncio.TimeoutError:
+            _deliver(done, None, f"upstream {self.name} timed out after {self.timeout}s")
+            return
+        except (OSError, UpstreamError) as exc:
+            _deliver(done, None, f"upstream {self.name}: {exc}")
+            return
+        try:
+            problem = _reply_problem(out[12:question_end(out)], reply, out[:2])
+        except (IndexError, ValueError):
+            problem = "unreadable question section"
+        if problem:
+            _deliver(done, None, f"upstream {self.name} sent a bad reply: {problem}")
+        else:
+            _deliver(done, orig_id + reply[2:], "")
 
     async def _tcp(self, packet: bytes) -> bytes:
         reader, writer = await asyncio.open_connection(self.host, self.port)
@@ -84,12 +275,38 @@ class Upstream:
             size = struct.unpack("!H", await reader.readexactly(2))[0]
             return await reader.readexactly(size)
         except asyncio.IncompleteReadError:
-            raise UpstreamError(f"upstream {self} closed the TCP connection early") from None
+            raise UpstreamError("closed the TCP connection early") from None
         finally:
             writer.close()
 
+    def close(self) -> None:
+        """Take no new queries (a reload replaced this forwarder); each socket closes once the queries
+        waiting on it are answered or time out, so a reload costs no query its answer."""
+        self.closed = True
+        self._retire(0.0)
 
-def _question_end(packet: bytes) -> int:
+    @property
+    def waiting(self) -> int:
+        """Queries sent over UDP and not yet answered or timed out."""
+        return sum(len(c.pending) for c in self._channels)
+
+
+def _settle(fut: asyncio.Future, reply: bytes | None, error: str) -> None:
+    """A Done callback that finishes a future: the reply, or UpstreamError(error)."""
+    if not fut.done():
+        fut.set_result(reply) if reply is not None else fut.set_exception(UpstreamError(error))
+
+
+def _deliver(done: Done, reply: bytes | None, error: str) -> None:
+    """Call a query's callback; a failing callback must not stop the other replies being read."""
+    try:
+        done(reply, error)
+    except Exception:  # noqa: BLE001 - the callback's owner reports its own errors; keep reading
+        pass
+
+
+def question_end(packet: bytes) -> int:
+    """Offset just past the (single, uncompressed) question of `packet`; ValueError/IndexError if none."""
     pos = 12
     while True:
         n = packet[pos]
@@ -100,27 +317,24 @@ def _question_end(packet: bytes) -> int:
         pos += 1 + n
 
 
-def _reply_problem(query: bytes, reply: bytes) -> str:
-    """Why `reply` cannot be the answer to `query` ("" if it can): garbage and spoofed or
-    mismatched replies are never passed on to clients."""
+def _reply_problem(question: bytes, reply: bytes, want_id: bytes | None = None) -> str:
+    """Why `reply` cannot be the answer to a query with this question section ("" if it can):
+    garbage and spoofed or mismatched replies are never passed on to clients."""
     if len(reply) < 12:
         return f"{len(reply)} bytes, shorter than a DNS header"
-    if reply[:2] != query[:2]:
+    if want_id is not None and reply[:2] != want_id:
         return "wrong ID"
     if not reply[2] & 0x80:
         return "QR bit not set"
-    qd = struct.unpack_from("!H", reply, 4)[0]
-    if qd == 0:
-        rcode = reply[3] & 0x0F
-        return "" if rcode in (1, 4, 5) else "no question section"  # FORMERR/NOTIMP/REFUSED may omit it
-    try:
-        q_end = _question_end(query)
-        r_end = _question_end(reply)
-    except (IndexError, ValueError):
-        return "unreadable question section"
-    if r_end > len(reply) or query[12:q_end].lower() != reply[12:r_end].lower():
+    if reply[4] == 0 and reply[5] == 1:
+        end = 12 + len(question)
+        got = reply[12:end]
+        if got == question or got.lower() == question.lower():
+            return ""
         return "question does not match the query"
-    return ""
+    if reply[4] == 0 and reply[5] == 0:
+        return "" if reply[3] & 0x0F in (1, 4, 5) else "no question section"  # FORMERR/NOTIMP/REFUSED may omit it
+    return "question does not match the query"
 
 
 def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
@@ -153,23 +367,74 @@ class UpstreamState:
 
 HEALTH_PROBE = bytes.fromhex("0000010000010000000000000000020001")  # ". IN NS", RD set
 
+# observe(upstream name, rcode, seconds): coredns_forward_* / coredns_proxy_* for each answered query
+Observe = Callable[[str, int, float], None]
+
+
+class _Forwarding:
+    """One client query on its way through the upstreams in policy order (failover on error)."""
+
+    __slots__ = ("owner", "packet", "qend", "tcp", "done", "observe", "order", "next", "state", "start", "errors")
+
+    def __init__(self, owner: "Forwarder", packet: bytes, qend: int, tcp: bool, done: Done, observe, order):
+        self.owner = owner
+        self.packet = packet
+        self.qend = qend
+        self.tcp = tcp
+        self.done = done
+        self.observe = observe
+        self.order = order
+        self.next = 0
+        self.state: UpstreamState | None = None
+        self.start = 0.0
+        self.errors: list[str] | None = None
+
+    def attempt(self) -> None:
+        order = self.order
+        if self.next >= len(order):
+            self.owner.inflight -= 1
+            self.done(None, "; ".join(self.errors or ()) or "no upstream")
+            return
+        self.state = state = order[self.next]
+        self.next += 1
+        self.start = time.monotonic()
+        state.upstream.send(self.packet, self.qend, self.answered, self.tcp)
+
+    def answered(self, reply: bytes | None, error: str) -> None:
+        state = self.state
+        if reply is None:
+            if self.errors is None:
+                self.errors = []
+            self.errors.append(error)
+            self.owner._failed(state)
+            self.attempt()
+            return
+        state.fails = 0
+        self.owner.inflight -= 1
+        if self.observe is not None:
+            self.observe(state.upstream.name, reply[3] & 0x0F, time.monotonic() - self.start)
+        self.done(reply, "")
+
 
 class Forwarder:
     """`forward FROM TO... { ... }`: policy, in-band health checks, max_concurrent, except zones."""
 
     def __init__(self, config, log, own_addresses: set[tuple[str, int]] = frozenset()):
-        from .config import in_zone  # local: config imports nothing from here
-        self._in_zone = in_zone
+        from .config import zone_matcher  # local: config imports nothing from here
+        self._from = zone_matcher([config.from_zone])
+        self._except = zone_matcher(config.except_zones) if config.except_zones else None
         self.config = config
         self.log = log
         self.upstreams: list[UpstreamState] = []
+        expire = getattr(config, "expire", DEFAULT_EXPIRE)
         for host, port in config.to:
             if _is_self(host, port, own_addresses):
                 log.warning("forward_upstream_skipped", upstream=f"{host}:{port}",
                             reason="it is kdns's own listening address: forwarding there would loop")
                 continue
-            self.upstreams.append(UpstreamState(Upstream(host, port, timeout=config.timeout)))
+            self.upstreams.append(UpstreamState(Upstream(host, port, timeout=config.timeout, expire=expire)))
         self.inflight = 0
+        self.closed = False
         self._rr = 0
         self.disabled_reason = "" if self.upstreams else "no usable upstream"
         # counters for metrics: (to, rcode) -> count/sum are kept by the caller's metrics
@@ -178,11 +443,12 @@ class Forwarder:
         self.healthcheck_failures: dict[str, int] = {}
 
     def matches(self, name: str) -> bool:
-        cfg = self.config
-        return self._in_zone(name, cfg.from_zone) and not any(self._in_zone(name, z) for z in cfg.except_zones)
+        return self._from(name) and (self._except is None or not self._except(name))
 
     def _order(self) -> list[UpstreamState]:
         ups = self.upstreams
+        if len(ups) == 1:
+            return ups
         policy = self.config.policy
         if policy == "sequential":
             ordered = list(ups)
@@ -197,36 +463,34 @@ class Forwarder:
             return ordered
         return healthy
 
-    async def forward(self, packet: bytes, tcp: bool, observe=None) -> bytes:
-        """The upstream's reply. Raises Overloaded, or UpstreamError when every upstream failed."""
+    def submit(self, packet: bytes, qend: int, tcp: bool, done: Done, observe: Observe | None = None) -> None:
+        """Forward `packet` (its question ends at qend); `done(reply, error)` is called once with the
+        upstream's reply (the asker's ID) or why every upstream failed. Raises Overloaded, or
+        UpstreamError when forwarding is disabled, before anything is sent."""
         if self.disabled_reason:
             raise UpstreamError(f"forwarding disabled: {self.disabled_reason}")
         cfg = self.config
         if cfg.max_concurrent is not None and self.inflight >= cfg.max_concurrent:
             self.rejects += 1
             raise Overloaded(f"{self.inflight} queries in flight (max_concurrent {cfg.max_concurrent})")
-        use_tcp = cfg.force_tcp or (tcp and not cfg.prefer_udp)
         self.inflight += 1
-        errors = []
+        _Forwarding(self, packet, qend, cfg.force_tcp or (tcp and not cfg.prefer_udp), done, observe,
+                    self._order()).attempt()
+
+    async def forward(self, packet: bytes, tcp: bool, observe: Observe | None = None) -> bytes:
+        """The upstream's reply. Raises Overloaded, or UpstreamError when every upstream failed."""
         try:
-            for state in self._order():
-                start = time.monotonic()
-                try:
-                    reply = await state.upstream.exchange(packet, tcp=use_tcp)
-                except UpstreamError as exc:
-                    errors.append(str(exc))
-                    self._failed(state)
-                    continue
-                state.fails = 0
-                if observe is not None:
-                    observe(str(state.upstream), reply[3] & 0x0F if len(reply) > 3 else 2, time.monotonic() - start)
-                return reply
-        finally:
-            self.inflight -= 1
-        raise UpstreamError("; ".join(errors) or "no upstream")
+            qend = question_end(packet)
+        except (IndexError, ValueError):
+            raise UpstreamError("the query has no readable question") from None
+        fut = asyncio.get_running_loop().create_future()
+        self.submit(packet, qend, tcp, partial(_settle, fut), observe)
+        return await fut
 
     def _failed(self, state: UpstreamState) -> None:
         state.fails += 1
+        if self.closed:
+            return  # replaced by a reload: no health checks for it
         if self.config.max_fails and state.fails >= self.config.max_fails and state.healthy:
             state.healthy = False
             self.log.warning("forward_upstream_down", upstream=str(state.upstream), fails=state.fails)
@@ -247,10 +511,18 @@ class Forwarder:
             state.fails = 0
             self.log.info("forward_upstream_up", upstream=name)
 
+    @property
+    def ignored_replies(self) -> dict[tuple[str, str], int]:
+        """(upstream, reason) -> replies not taken (no waiting ID, wrong question, garbage)."""
+        return {(s.upstream.name, reason): n for s in self.upstreams for reason, n in s.upstream.ignored.items()}
+
     def close(self) -> None:
+        """Stop taking queries; those in flight still get their answers (Upstream.close)."""
+        self.closed = True
         for state in self.upstreams:
             if state.checker is not None:
                 state.checker.cancel()
+            state.upstream.close()
 
 
 def _is_self(host: str, port: int, own: set[tuple[str, int]]) -> bool:

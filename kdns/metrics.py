@@ -154,9 +154,8 @@ class DnsMetrics:
         # (server, zone, proto, family, qtype, do, rcode, plugin, req bucket, resp bucket, duration bucket)
         self.raw: dict[tuple, int] = {}
         self.sums: dict[tuple, list] = {}  # (server, zone, proto) -> [seconds, request bytes, response bytes]
-        self.forward_requests: dict[str, int] = defaultdict(int)
-        self.forward_responses: dict[tuple, int] = defaultdict(int)  # (to, rcode)
-        self.proxy_duration = Histogram(DURATION_BUCKETS)  # (to, rcode)
+        self.upstream_raw: dict[tuple, int] = {}  # (to, rcode, duration bucket) -> answers from upstream
+        self.upstream_seconds: dict[tuple, float] = {}  # (to, rcode) -> their time in all
         self.autopath_success: dict[str, int] = defaultdict(int)
         self.reload_failed = 0
         self.reload_hash = ""
@@ -222,10 +221,39 @@ class DnsMetrics:
         return out
 
     def observe_upstream(self, to: str, rcode: int, seconds: float) -> None:
-        self.forward_requests[to] += 1
-        code = RCODES.get(rcode, str(rcode))
-        self.forward_responses[(to, code)] += 1
-        self.proxy_duration.observe(("forward", to, code), seconds)
+        """An answer from upstream `to`: plain counters here, coredns_forward_*/proxy_* at scrape time."""
+        key = (to, rcode, bisect_left(DURATION_BUCKETS, seconds))
+        raw = self.upstream_raw
+        raw[key] = raw.get(key, 0) + 1
+        sums = self.upstream_seconds
+        key = (to, rcode)
+        sums[key] = sums.get(key, 0.0) + seconds
+
+    @property
+    def forward_requests(self) -> dict[str, int]:
+        """coredns_forward_requests_total: to -> answers."""
+        out: dict[str, int] = defaultdict(int)
+        for (to, _, _), n in list(self.upstream_raw.items()):
+            out[to] += n
+        return out
+
+    @property
+    def forward_responses(self) -> dict[tuple, int]:
+        """coredns_forward_responses_total: (to, rcode name) -> answers."""
+        out: dict[tuple, int] = defaultdict(int)
+        for (to, rcode, _), n in list(self.upstream_raw.items()):
+            out[(to, RCODES.get(rcode, str(rcode)))] += n
+        return out
+
+    @property
+    def proxy_duration(self) -> Histogram:
+        """coredns_proxy_request_duration_seconds, labels ("forward", to, rcode name)."""
+        out = Histogram(DURATION_BUCKETS)
+        for (to, rcode, bucket), n in list(self.upstream_raw.items()):
+            out.add(("forward", to, RCODES.get(rcode, str(rcode))), bucket, n)
+        for (to, rcode), seconds in list(self.upstream_seconds.items()):
+            out.add_sum(("forward", to, RCODES.get(rcode, str(rcode))), seconds)
+        return out
 
 
 class FoldedDns:
@@ -314,6 +342,12 @@ class CoreDnsCollector:
             for to, n in f.healthcheck_failures.items():
                 hcf.add_metric(["forward", to], n)
         yield hcf
+        ignored = CounterMetricFamily("kdns_forward_ignored_replies", "Upstream UDP replies not taken: no query "
+                                      "waits with their ID, or they do not answer its question.", labels=["to", "reason"])
+        for f in m.forwarders:
+            for (to, reason), n in f.ignored_replies.items():
+                ignored.add_metric([to, reason], n)
+        yield ignored
         # cache
         entries = GaugeMetricFamily("coredns_cache_entries", "The number of elements in the cache.",
                                     labels=["server", "type", "zones", "view"])

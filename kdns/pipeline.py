@@ -12,6 +12,7 @@ import asyncio
 import random
 import secrets
 from dataclasses import dataclass, field
+from functools import partial
 
 from dnslib import CNAME, QTYPE, RR, DNSError, DNSLabel, DNSRecord
 
@@ -158,11 +159,12 @@ class Block:
                 else:
                     return self._authoritative(query, ans, zone, req)
         if self.forwarder is not None and self.forwarder.matches(name) and not self.loop_detected:
-            if self.cache is not None and self.cache.covers(name):
-                hit = self.cache.get(query)
+            cache = self.cache if self.cache is not None and self.cache.covers(name) else None
+            if cache is not None:
+                hit = cache.get(query)
                 if hit is not None:
                     return self.balance(hit), "cache"
-            return self._forward(query, name, tcp)
+            return self._forward(query, name, tcp, cache)
         if fallthrough_nx is not None:
             return self._authoritative(query, fallthrough_nx, zone, req)
         return error_response(query.data, REFUSED, query), ""
@@ -221,18 +223,40 @@ class Block:
 
     # -------------------------------------------------------------------- forward
 
-    async def _forward(self, query: Query, name: str, tcp: bool):
+    def _forward(self, query: Query, name: str, tcp: bool, cache: ResponseCache | None):
+        """The client's raw query goes upstream as it is (a fresh ID); a future of (response, "forward").
+        `cache`: the `cache` plugin when it covers the name (the answer is stored there)."""
         try:
-            reply = await self.forwarder.forward(query.data, tcp, observe=self.metrics.observe_upstream)
+            fut = asyncio.get_running_loop().create_future()
+            self.forwarder.submit(query.data, query.qend, tcp, partial(self._forwarded, query, name, cache, fut),
+                                  self.metrics.observe_upstream)
         except Overloaded as exc:
             self.log.warning("forward_refused", name=query.name_text, reason=str(exc))
             return error_response(query.data, REFUSED, query), "forward"
         except UpstreamError as exc:
             self._error(query, str(exc))
             return error_response(query.data, SERVFAIL, query), "forward"
-        if self.cache is not None and self.cache.covers(name):
-            reply = self.cache.put(query, reply, name)
-        return self.balance(reply), "forward"
+        return fut
+
+    def _forwarded(self, query: Query, name: str, cache: ResponseCache | None, fut: asyncio.Future,
+                   reply: bytes | None, error: str) -> None:
+        """The upstream's reply (or why none came): cached, rotated, handed to the query handler."""
+        if fut.done():
+            return
+        try:
+            if reply is None:
+                self._error(query, error)
+                fut.set_result((error_response(query.data, SERVFAIL, query), "forward"))
+                return
+            groups = None
+            if cache is not None:
+                reply, groups = cache.store(query, reply, name)
+            if self.config.loadbalance:
+                reply = self.balance(reply) if groups is None else \
+                    rotate(reply, groups, random.randrange(1 << 16)) if groups else reply
+            fut.set_result((reply, "forward"))
+        except Exception as exc:  # noqa: BLE001 - the query handler answers SERVFAIL and reports it
+            fut.set_exception(exc)
 
     def _error(self, query: Query, message: str) -> None:
         if self.config.errors:  # CoreDNS's errors plugin line: [ERROR] plugin/errors: 2 name. TYPE: error

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import struct
 import time
+from itertools import islice
 from dataclasses import dataclass
 
-from .config import CacheConfig, in_zone
+from .config import CacheConfig, zone_matcher
 from .memory import MemoryBudget
-from .wire import Query, WireError, patch, rotation_groups, walk_records
+from .wire import RR_FIXED, Query, WireError, _read_name, patch, rotation_groups
 
 T_SOA, T_OPT = 6, 41
 
@@ -23,6 +24,7 @@ T_SOA, T_OPT = 6, 41
 # frame, the dict slot (sys.getsizeof, CPython 3.11); plus OFFSET_BYTES per record's TTL offset
 ENTRY_OVERHEAD = 360
 OFFSET_BYTES = 72
+EVICT_SHARE = 32  # a full bucket drops this share of its oldest entries at once
 
 
 @dataclass(slots=True)
@@ -48,6 +50,10 @@ class ResponseCache:
                  max_bytes: int | None = None):
         self.config = config
         self.own_zones = list(own_zones)
+        self._covers = zone_matcher(config.zones)
+        self._own = zone_matcher(self.own_zones)
+        self._no_success = zone_matcher(config.disable_success)
+        self._no_denial = zone_matcher(config.disable_denial)
         self.clock = clock
         self.max_bytes = max_bytes if max_bytes is not None else MemoryBudget().responses
         self.bytes = 0
@@ -58,7 +64,7 @@ class ResponseCache:
         self.requests = 0
 
     def covers(self, name: str) -> bool:
-        return any(in_zone(name, z) for z in self.config.zones)
+        return self._covers(name)
 
     def entries(self, kind: str) -> int:
         return len(self._entries[kind])
@@ -120,73 +126,129 @@ class ResponseCache:
     def put(self, query: Query, response: bytes, name: str) -> bytes:
         """Cache `response`; returns what to send now: the response with TTLs capped as cached
         (CoreDNS does the same, so the first answer does not show a longer TTL than later ones)."""
+        return self.store(query, response, name)[0]
+
+    def store(self, query: Query, response: bytes, name: str) -> tuple[bytes, tuple | None]:
+        """put(), and loadbalance's rotation groups of what it returns, found in the same walk
+        (None when the response could not be walked)."""
         if len(response) < 12 or response[2] & 0x02:  # never cache a truncated answer
-            return response
+            return response, None
         rcode = response[3] & 0x0F
-        try:
-            records = walk_records(response)
+        try:  # the question was checked against the query's (Upstream): the walk starts after it
+            scan = scan_response(response, query.qend if response[4:6] == b"\x00\x01" else 0)
         except WireError:
-            return response
-        answers = [r for r in records if r.section == 0]
+            return response, None
+        offsets, answer_ttl, soa, groups = scan
         cfg = self.config
         if rcode == 2:  # SERVFAIL
-            if cfg.servfail_ttl <= 0 or any(in_zone(name, z) for z in self.own_zones):
-                return response
+            if cfg.servfail_ttl <= 0 or self._own(name):
+                return response, groups
             kind, ttl = "denial", cfg.servfail_ttl
-        elif rcode == 0 and answers:
-            if any(in_zone(name, z) for z in cfg.disable_success):
-                return response
+        elif rcode == 0 and answer_ttl is not None:
+            if self._no_success(name):
+                return response, groups
             kind = "success"
-            ttl = min(_ttl(response, r) for r in answers)
-            ttl = max(cfg.success_minttl, min(ttl, cfg.success_ttl))
+            ttl = max(cfg.success_minttl, min(answer_ttl, cfg.success_ttl))
         elif rcode in (0, 3):
-            if any(in_zone(name, z) for z in cfg.disable_denial):
-                return response
+            if self._no_denial(name):
+                return response, groups
             kind = "denial"
-            soa = [r for r in records if r.section == 1 and r.rtype == T_SOA]
-            if not soa:
-                return response  # a negative answer without SOA says nothing about how long it holds (RFC 2308)
-            ttl = min(_ttl(response, soa[0]), _soa_minimum(response, soa[0]))
-            ttl = max(cfg.denial_minttl, min(ttl, cfg.denial_ttl))
+            if soa is None:
+                return response, groups  # a negative answer without SOA says nothing about how long it holds (RFC 2308)
+            ttl = max(cfg.denial_minttl, min(soa, cfg.denial_ttl))
         else:
-            return response
+            return response, groups
         if ttl <= 0:
-            return response
+            return response, groups
         bucket = self._entries[kind]
-        capacity = cfg.success_capacity if kind == "success" else cfg.denial_capacity
-        old = bucket.pop(query.key, None)
+        key = query.key
+        old = bucket.pop(key, None)
         if old is not None:
             self.bytes -= old.cost
-        elif len(bucket) >= capacity:
+        elif len(bucket) >= (cfg.success_capacity if kind == "success" else cfg.denial_capacity):
             self._evict(kind)
-        offsets = tuple((r.ttl_offset, _ttl(response, r)) for r in records if r.rtype != T_OPT)
         now = self.clock()
         # cached TTLs never exceed the time the entry lives
-        capped = _cap(response, offsets, int(ttl))
+        cap = int(ttl)
+        capped = response
+        for _, t in offsets:
+            if t > cap:
+                capped = _cap(response, offsets, cap)
+                offsets = [(o, t if t < cap else cap) for o, t in offsets]
+                break
         # the packed response twice: as stored and as last served with TTLs decremented
-        cost = ENTRY_OVERHEAD + 2 * len(capped) + len(query.key[0]) + OFFSET_BYTES * len(offsets)
+        cost = ENTRY_OVERHEAD + 2 * len(capped) + len(key[0]) + OFFSET_BYTES * len(offsets)
         if cost > self.max_bytes // 4:
-            return capped  # one response may not take a quarter of the cache
+            return capped, groups  # one response may not take a quarter of the cache
         while self.bytes + cost > self.max_bytes:
             self._evict(max(self._entries, key=lambda k: len(self._entries[k])))
-        bucket[query.key] = Entry(capped, tuple((o, min(t, int(ttl))) for o, t in offsets), now, now + ttl, kind,
-                                  cost, 0, capped, not any(in_zone(name, z) for z in self.own_zones))
+        outside = not self._own(name)
+        bucket[key] = Entry(capped, tuple(offsets), now, now + ttl, kind, cost, 0, capped, outside, groups)
         self.bytes += cost
-        return capped
+        return capped, groups
 
     def _evict(self, kind: str) -> None:
-        """Drop the oldest entry of `kind` (insertion order)."""
+        """Drop the oldest entries of `kind` (insertion order), 1/32 of the bucket at once: finding the
+        oldest walks the slots freed at the front of the dict since its last resize, so a flood of new
+        names that evicted one entry per insert would pay that walk every time."""
         bucket = self._entries[kind]
-        self.bytes -= bucket.pop(next(iter(bucket))).cost
-        self.evictions[kind] += 1
+        oldest = list(islice(bucket, max(1, len(bucket) // EVICT_SHARE)))
+        for key in oldest:
+            self.bytes -= bucket.pop(key).cost
+        self.evictions[kind] += len(oldest)
 
 
-def _ttl(packet: bytes, rec) -> int:
-    return struct.unpack_from("!I", packet, rec.ttl_offset)[0]
-
-
-def _soa_minimum(packet: bytes, rec) -> int:
-    return struct.unpack_from("!I", packet, rec.rdata + rec.rdlen - 4)[0]
+def scan_response(packet: bytes, question_end: int = 0) -> tuple[list[tuple[int, int]], int | None, int | None,
+                                                                    tuple]:
+    """One walk over a response's records: (TTL offset, TTL) of every record but OPT, the lowest answer
+    TTL (None without answers), the negative-caching TTL of the first authority SOA (min of its TTL
+    and MINIMUM, RFC 2308; None without one), and loadbalance's rotation groups (as wire.rotation_groups).
+    `question_end`, when the caller knows it, skips walking the question. Raises WireError naming the
+    offset of what does not fit."""
+    n = len(packet)
+    if n < 12:
+        raise WireError(n, f"{n} bytes, shorter than a DNS header")
+    qd, an, ns, ar = struct.unpack_from("!HHHH", packet, 4)
+    pos = 12
+    if question_end:
+        pos = question_end
+    else:
+        for _ in range(qd):
+            pos = _read_name(packet, pos, allow_pointers=True) + 4
+    offsets: list[tuple[int, int]] = []
+    answer_ttl = soa = None
+    addresses = []  # (owner, type, rdata offset) of the answer's A/AAAA records
+    unpack = RR_FIXED.unpack_from
+    for i in range(an + ns + ar):
+        owner = pos
+        pos = _read_name(packet, pos, allow_pointers=True)
+        if pos + 10 > n:
+            raise WireError(pos, "resource record header runs past the end of the packet")
+        rtype, _, ttl, rdlen = unpack(packet, pos)
+        rdata = pos + 10
+        end = rdata + rdlen
+        if end > n:
+            raise WireError(pos + 8, f"rdlength {rdlen} runs past the end of the packet")
+        if rtype != T_OPT:
+            offsets.append((pos + 4, ttl))
+        if i < an:
+            if answer_ttl is None or ttl < answer_ttl:
+                answer_ttl = ttl
+            if (rtype == 1 and rdlen == 4) or (rtype == 28 and rdlen == 16):
+                addresses.append((packet[owner:owner + 2] if packet[owner] & 0xC0 == 0xC0 else owner, rtype, rdata))
+        elif soa is None and rtype == T_SOA and i < an + ns:
+            if rdlen < 22:
+                raise WireError(rdata, f"SOA rdata of {rdlen} bytes is too short")
+            minimum = struct.unpack_from("!I", packet, end - 4)[0]
+            soa = ttl if ttl < minimum else minimum
+        pos = end
+    if len(addresses) < 2:
+        return offsets, answer_ttl, soa, ()
+    sets: dict[tuple, list[int]] = {}
+    for name, rtype, rdata in addresses:
+        sets.setdefault((name, rtype), []).append(rdata)
+    return offsets, answer_ttl, soa, tuple((4 if rtype == 1 else 16, tuple(offs))
+                                           for (_, rtype), offs in sets.items() if len(offs) > 1)
 
 
 def _cap(packet: bytes, offsets, cap: int) -> bytes:

@@ -12,6 +12,7 @@ import struct
 import time
 import traceback
 from collections import Counter, deque
+from functools import partial
 from typing import Awaitable
 
 from dnslib import QTYPE, RCODE
@@ -348,15 +349,26 @@ class QueryHandler:
             return response
         return self._finish_later(result, block, zone, query, tcp, client, start)
 
-    async def _finish_later(self, pending, block, zone, query, tcp, client, start):
+    def _finish_later(self, pending, block, zone, query, tcp, client, start) -> asyncio.Future:
+        """A future of the response to an answer that comes later (forward), finished by callback."""
+        if not isinstance(pending, asyncio.Future):
+            pending = asyncio.ensure_future(pending)  # a plugin's coroutine
+        out = pending.get_loop().create_future()
+        pending.add_done_callback(partial(self._finished, out, block, zone, query, tcp, client, start))
+        return out
+
+    def _finished(self, out: asyncio.Future, block, zone, query, tcp, client, start, pending: asyncio.Future) -> None:
+        if pending.cancelled():
+            out.cancel()
+            return
         try:
-            response, plugin = await pending
+            response, plugin = pending.result()
+            response = self._fit(response, query, tcp, client)
+            if response is not None:
+                self._done(block, zone, plugin, query, tcp, client, response, start)
         except Exception as exc:  # noqa: BLE001
-            return self._internal_error(query, exc)
-        response = self._fit(response, query, tcp, client)
-        if response is not None:
-            self._done(block, zone, plugin, query, tcp, client, response, start)
-        return response
+            response = self._internal_error(query, exc)
+        out.set_result(response)
 
     def _acl(self, block, query: Query, client):
         """False when allowed, else what to send (None: drop)."""
@@ -509,6 +521,11 @@ class UDPReader:
                 continue
             if isinstance(result, bytes):
                 self._send(result, addr)
+            elif isinstance(result, asyncio.Future):
+                # a forwarded query, sent from a callback once its reply is in: callbacks run after the
+                # loop's reads, so the answers of one turn go out together (sent one by one between reads,
+                # each woke the client anew: 1.5x the CPU per forwarded query, measured with dnsperf)
+                result.add_done_callback(partial(self._send_later, addr))
             else:
                 asyncio.ensure_future(self._later(result, addr))
         if backlog and not self._scheduled and not self._closing:
@@ -520,6 +537,12 @@ class UDPReader:
             self.sock.sendto(response, addr)
         except OSError:  # a full send buffer, an unreachable client: that answer is lost, we go on
             self.handler._stats["udp_errors"] += 1
+
+    def _send_later(self, addr, result: asyncio.Future) -> None:
+        if not result.cancelled() and not self._closing:
+            response = result.result()
+            if response is not None:
+                self._send(response, addr)
 
     async def _later(self, pending: Awaitable, addr) -> None:
         response = await pending

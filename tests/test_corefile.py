@@ -134,8 +134,12 @@ def test_errors_name_file_line_and_column(text, where, message, resolv):
 
 
 def test_inert_options_are_warned_about_not_ignored(resolv):
-    s = settings_from_corefile(".:53 {\n  forward . 1.1.1.1 {\n    expire 10s\n  }\n}\n", "C", resolv_conf=resolv)
-    assert len(s.warnings) == 1 and s.warnings[0].startswith("C:3:5: forward: expire has no effect")
+    s = settings_from_corefile(".:53 {\n  forward . 1.1.1.1 {\n    max_idle_conns 4\n    expire 3s\n  }\n}\n", "C",
+                               resolv_conf=resolv)
+    assert len(s.warnings) == 1 and s.warnings[0].startswith("C:3:5: forward: max_idle_conns has no effect")
+    assert s.blocks[0].forward.expire == 3.0  # expire has one: how long a UDP socket takes new queries
+    with pytest.raises(CorefileError, match="C:3:12: expire: .*not a duration"):
+        settings_from_corefile(".:53 {\n  forward . 1.1.1.1 {\n    expire soon\n  }\n}\n", "C", resolv_conf=resolv)
 
 
 def test_parser_tokens_comments_and_quotes():

@@ -23,6 +23,9 @@ def object_filter(namespaces: frozenset[str] | None, service_selector: LabelSele
     return wanted
 
 
+GC_THRESHOLDS = (20_000, 20, 100)
+
+
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """No cyclic garbage collection inside: a bulk load creates no cycles, and the collector would
@@ -43,6 +46,10 @@ def settle_heap() -> None:
     the load's temporary data (decoded pages, parsed documents) left free back to the system."""
     gc.collect()
     gc.freeze()
+    # the caches churn (a flood of forwarded names inserts and evicts an answer per query): with the
+    # default thresholds (700, 10, 10) the collector's runs cost 5-15% of the CPU per forwarded query
+    # (paired perf runs, perf/BENCH.md); kdns makes few reference cycles, so it collects less often
+    gc.set_threshold(*GC_THRESHOLDS)
     if _malloc_trim is not None:
         _malloc_trim(0)
 
