@@ -133,12 +133,14 @@ class Upstream:
 
     def _channel(self, now: float) -> _Channel:
         channels = self._channels
-        if channels:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._rebind(loop)
+            channels = self._channels
+        elif channels:
             current = channels[-1]
             if len(current.pending) < MAX_PENDING and now - current.opened < self.expire:
                 return current
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -152,6 +154,23 @@ class Upstream:
         channels.append(channel)
         self._retire(now)
         return channel
+
+    def _rebind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A new event loop (`kdns explain` runs one per question): the sockets and the sweep timer of
+        the old one are never served again, so their queries fail and the sockets close."""
+        old, self._loop = self._loop, loop
+        channels, self._channels = self._channels, []
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for channel in channels:
+            channel.closed = True
+            if old is not None and not old.is_closed():
+                old.remove_reader(channel.fd)
+            channel.sock.close()
+            pending, channel.pending = channel.pending, {}
+            for waiting in pending.values():
+                _deliver(waiting.done, None, f"upstream {self.name}: its event loop ended")
 
     def _retire(self, now: float) -> None:
         """Close sockets that no longer take queries and have none waiting."""

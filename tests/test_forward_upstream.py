@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import socket
+import threading
 
 import dns.flags
 import dns.message
@@ -222,6 +223,30 @@ def test_a_closed_forwarder_still_answers_the_queries_in_flight_then_closes_its_
     reply, waiting_sockets, sockets_after, healthy = asyncio.run(main())
     assert answers(dns.message.from_wire(reply)) == ["192.0.2.44"]
     assert waiting_sockets == 1 and sockets_after == 0 and healthy
+
+
+def test_one_forwarder_serves_successive_event_loops():
+    """`kdns explain` runs an event loop per question on the server blocks' forwarder: each must be
+    answered (the socket and sweep timer of an ended loop are never served again)."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+
+    def serve_one():
+        data, addr = probe.recvfrom(4096)
+        probe.sendto(answer(data, "192.0.2.55"), addr)
+
+    fwd = forwarder(port)
+    try:
+        for _ in range(3):
+            server = threading.Thread(target=serve_one, daemon=True)
+            server.start()
+            reply = asyncio.run(asyncio.wait_for(fwd.forward(query(), False), 10))
+            assert answers(dns.message.from_wire(reply)) == ["192.0.2.55"]
+            server.join(10)
+    finally:
+        fwd.close()
+        probe.close()
 
 
 def test_an_upstream_port_that_refuses_fails_the_query_without_waiting_for_the_timeout():
