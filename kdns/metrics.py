@@ -30,8 +30,9 @@ class KdnsCollector:
         yield bad
         for name, key, text in (("kdns_truncated_responses", "truncated", "UDP responses sent with TC set."),
                                 ("kdns_refused_responses", "refused", "Queries answered REFUSED."),
-                                ("kdns_forwarded_queries", "forwarded", "Queries forwarded upstream."),
-                                ("kdns_upstream_errors", "upstream_errors", "Upstream failures (SERVFAIL sent)."),
+                                ("kdns_forwarded_queries", "forwarded", "Queries answered by asking upstream (forward)."),
+                                ("kdns_upstream_errors", "upstream_errors",
+                                 "Forwarded queries answered SERVFAIL (the upstreams failed or said so)."),
                                 ("kdns_internal_errors", "internal_errors", "Handler bugs answered SERVFAIL."),
                                 ("kdns_negative_cover_answers", "negative_covered",
                                  "NXDOMAIN answers for <name>.<ns>.svc names without a service, served from the "

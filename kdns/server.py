@@ -363,6 +363,10 @@ class QueryHandler:
             return
         try:
             response, plugin = pending.result()
+            if plugin == "forward":  # asked upstream (a `cache` plugin hit answers without waiting)
+                self._stats["forwarded"] += 1
+                if response[3] & 0x0F == SERVFAIL:  # the upstreams failed, or answered SERVFAIL
+                    self._stats["upstream_errors"] += 1
             response = self._fit(response, query, tcp, client)
             if response is not None:
                 self._done(block, zone, plugin, query, tcp, client, response, start)

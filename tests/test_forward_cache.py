@@ -23,6 +23,7 @@ UPSTREAM_TTL = 60
 def upstream():
     with FakeUpstream({
         ("www.example.com", "A"): ["93.184.215.15"],
+        ("counted.example.com", "A"): ["192.0.2.7"],
         ("multi.example.com", "A"): ["192.0.2.1", "192.0.2.2", "192.0.2.3"],
         ("big.example.com", "TXT"): ['"' + "x" * 200 + '"'] * 4,
         ("hosted.example.com", "A"): ["192.0.2.99"],
@@ -52,6 +53,18 @@ def test_cached_forwarded_answer_counts_down_and_hits_the_cache(kdns, upstream):
     assert answers(again) == ["93.184.215.15"] and again.rcode() == dns.rcode.NOERROR
     assert upstream.count("www.example.com", "A") == asked  # never asked again
     assert kdns.metric("coredns_cache_hits_total", server="dns://:53", type="success") >= hits + 2
+
+
+def test_forwarded_queries_and_upstream_failures_are_counted(kdns, upstream):
+    forwarded = kdns.metric("kdns_forwarded_queries_total") or 0
+    errors = kdns.metric("kdns_upstream_errors_total") or 0
+    assert answers(kdns.query("counted.example.com")) == ["192.0.2.7"]
+    wait_until(lambda: kdns.metric("kdns_forwarded_queries_total") == forwarded + 1, what="one forwarded query")
+    assert kdns.metric("kdns_upstream_errors_total") == errors
+    kdns.query("counted.example.com")  # from the cache plugin: not forwarded again
+    assert kdns.query("x.servfail").rcode() == dns.rcode.SERVFAIL  # the upstream says SERVFAIL
+    wait_until(lambda: kdns.metric("kdns_upstream_errors_total") == errors + 1, what="one upstream failure")
+    assert kdns.metric("kdns_forwarded_queries_total") == forwarded + 2
 
 
 def test_cached_answer_carries_the_askers_id_flags_and_case(kdns):
