@@ -29,6 +29,7 @@ NEW_DEP_OVERHEAD = 300  # a dep key seen first: its tuple and strings, a new set
 # a front answer beyond its two bytes objects: the Front object, its slot in the front table, its
 # _front_keys list and tuple (calibrated with tracemalloc, which tests/test_memory.py re-checks)
 FRONT_OVERHEAD = 540
+MEMORYVIEW_BUFFER = 90  # the buffer object a memoryview of bytes holds, beyond sys.getsizeof of the view
 MAX_FRONTS = 4  # front answers per entry: the spellings (0x20 case, EDNS sizes) of one question kept
 
 
@@ -108,13 +109,17 @@ class AnswerCache:
 
     def add_front(self, key: Hashable, family: int, raw: bytes, front: Any) -> bool:
         """Keep `front` for queries equal to `raw` after their ID, as long as the entry `key` lives;
-        its bytes are charged to the entry. False when the entry is gone or has its fronts already."""
+        its bytes are charged to the entry. False when the entry is gone, has its fronts already, or
+        the cache has no free room for it."""
         if key not in self._entries or raw in self.fronts[family]:
             return False
+        cost = FRONT_OVERHEAD + sys.getsizeof(raw) + sys.getsizeof(front.tail) + \
+            (MEMORYVIEW_BUFFER if isinstance(front.tail, memoryview) else 0)
+        if self.probation_bytes + self.protected_bytes + cost > self.max_bytes:
+            return False  # no free room: see front_room
         keys = self._front_keys.setdefault(key, [])
         if len(keys) >= MAX_FRONTS:
             return False
-        cost = FRONT_OVERHEAD + sys.getsizeof(raw) + sys.getsizeof(front.tail)
         keys.append((family, raw, cost))
         self.fronts[family][raw] = front
         if key in self._probation:
@@ -129,8 +134,10 @@ class AnswerCache:
         return True
 
     def front_room(self, key: Hashable) -> bool:
-        """Whether the entry may have one more front answer."""
-        return len(self._front_keys.get(key, ())) < MAX_FRONTS
+        """Whether the entry may have one more front answer: fronts only speed up what is cached, so they
+        take free room and never evict an answer (a full cache serves its hits without them)."""
+        return len(self._front_keys.get(key, ())) < MAX_FRONTS and \
+            self.probation_bytes + self.protected_bytes + FRONT_OVERHEAD + 512 <= self.max_bytes
 
     def clear_fronts(self) -> None:
         for key in list(self._front_keys):

@@ -25,6 +25,7 @@ from .wire import (MIN_UDP_SIZE, NOERROR, REFUSED, SERVFAIL, Query, WireError, e
                    pack_answer, query_from_fast, rotate, truncate)
 
 TCP_MAX = 65535
+SHARED_TAIL = 300  # a front answer longer than this shares its cache entry's bytes (Front)
 CLASS_IN, CLASS_ANY = 1, 255
 REFUSED_TYPES = (QTYPE.AXFR, QTYPE.IXFR)
 
@@ -68,7 +69,8 @@ class NegativeRateLimit:
 
 
 class Front:
-    """A hot answer kept by the exact bytes of a UDP query after its ID: the reply is that ID + `tail`.
+    """A hot answer kept by the exact bytes of a UDP query after its ID: the reply is that ID + `tail`
+    (its own bytes, or a view of the cache entry's packed answer when they are the same).
     Its queries are counted here (n, seconds) and folded into the stats and metrics when they are read."""
 
     __slots__ = ("tail", "metric", "req_size", "resp_size", "n", "seconds")
@@ -215,7 +217,12 @@ class QueryHandler:
             metric = self.metrics.key(entry.block.name, entry.zone, "udp", "2" if family else "1", key[1], key[4],
                                       udp_size, packed[3] & 0x0F, entry.plugin, len(response))
             self.metrics.count(metric, time.perf_counter() - start, 1, udp_size, len(response))
-        self.cache.add_front(key, family, data[2:], Front(response[2:], metric, udp_size, len(response)))
+        # asked as the entry was packed (lower case, the same RD/CD bits: the usual case), the reply but its
+        # ID is the entry's own bytes: a large one is shared (a view costs ~250 bytes), not copied
+        tail = response[2:]
+        if len(tail) > SHARED_TAIL and tail == packed[2:]:
+            tail = memoryview(packed)[2:]
+        self.cache.add_front(key, family, data[2:], Front(tail, metric, udp_size, len(response)))
         return response
 
     def _covered(self, data: bytes, fast: tuple, cover, tcp: bool, client, start: float) -> bytes | None:

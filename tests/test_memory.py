@@ -10,7 +10,7 @@ import tracemalloc
 import dns.message
 import dns.rcode
 
-from builders import clusterip, handler_for, namespace, no_cover
+from builders import clusterip, ep, eps, handler_for, headless, namespace, no_cover
 from cgroup import MemoryCgroup
 from harness import EXAMPLE, KdnsProcess, answers, wait_until
 from kdns.cache import AnswerCache
@@ -113,6 +113,40 @@ def test_front_answers_are_charged_what_they_hold():
     assert 0.9 * traced <= accounted <= 2.0 * traced, (accounted, traced)
     handler.cache.clear_fronts()
     assert handler.cache.bytes == before_accounted
+
+
+def test_large_front_answers_share_their_entry_bytes_and_are_charged_for_the_view():
+    """Answers over 300 bytes asked as they were packed: their fronts are views of the entries' bytes,
+    charged for the view (against tracemalloc, as the small ones above)."""
+    objects = [namespace("shop")]
+    for i in range(300):
+        objects += [headless("shop", f"big{i}"),
+                    eps("shop", f"big{i}", *[ep(f"10.{i // 250}.{i % 250}.{j}") for j in range(1, 25)], name=f"b{i}")]
+    index, handler = handler_for(*objects)
+    queries = [dns.message.make_query(f"big{i}.shop.svc.cluster.local", "A", use_edns=0, payload=4096).to_wire()
+               for i in range(300)]
+    client = ("10.0.0.1", 5353)
+    firsts = [handler.handle(q, False, client) for q in queries]
+    for q in queries:
+        handler.handle(q, False, client)
+    handler.cache.clear_fronts()
+    before_accounted = handler.cache.bytes
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for q in queries:
+            handler.handle(q, False, client)
+        gc.collect()
+        traced = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    fronts = list(handler.cache.fronts[0].values())
+    assert len(fronts) == 300 and all(isinstance(f.tail, memoryview) for f in fronts)
+    assert all(len(first) > 300 for first in firsts)
+    assert sorted(bytes(f.tail) for f in fronts) == sorted(first[2:] for first in firsts)
+    accounted = handler.cache.bytes - before_accounted
+    assert 0.9 * traced <= accounted <= 2.0 * traced, (accounted, traced)
 
 
 def test_index_bytes_estimate_against_tracemalloc(tmp_path):
@@ -259,3 +293,24 @@ def test_corefile_memory_budget_errors_name_the_place(tmp_path):
         out = subprocess.run([sys.executable, "-m", "kdns", "check-config", str(path)], capture_output=True,
                              text=True, timeout=60)
         assert out.returncode != 0 and f"{path}{where}" in out.stderr + out.stdout and words in out.stderr + out.stdout
+
+
+def test_front_answers_take_only_free_room():
+    """A full answer cache makes no front answers: they speed up what is cached, never evict it."""
+    index, handler = handler_for(namespace("shop"), *[clusterip("shop", f"s{i}", f"10.96.{i // 250}.{i % 250 + 1}")
+                                                       for i in range(400)])
+    handler.cache.resize(200_000)
+    client = ("10.0.0.1", 5353)
+    queries = [dns.message.make_query(f"s{i}.shop.svc.cluster.local", "A").to_wire() for i in range(400)]
+    for q in queries:  # cached, then reused at once (promoted): no front answer yet
+        handler.handle(q, False, client)
+        handler.handle(q, False, client)
+    cache = handler.cache
+    assert cache.evictions > 0 and not cache.fronts[0]  # 400 answers do not fit in 200 kB
+    evictions = cache.evictions
+    hits = cache.hits
+    for q in queries[-20:]:  # a third asking would make fronts: the cache is full, so none is made
+        assert handler.handle(q, False, client)
+    assert cache.hits == hits + 20
+    assert cache.evictions == evictions and not cache.fronts[0]
+    assert cache.bytes <= cache.max_bytes
