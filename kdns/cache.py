@@ -109,35 +109,30 @@ class AnswerCache:
 
     def add_front(self, key: Hashable, family: int, raw: bytes, front: Any) -> bool:
         """Keep `front` for queries equal to `raw` after their ID, as long as the entry `key` lives;
-        its bytes are charged to the entry. False when the entry is gone, has its fronts already, or
-        the cache has no free room for it."""
+        its bytes are charged to the entry. False when the entry is gone or not protected, has its
+        fronts already, or the protected segment has no room (front_room)."""
         if key not in self._entries or raw in self.fronts[family]:
             return False
         cost = FRONT_OVERHEAD + sys.getsizeof(raw) + sys.getsizeof(front.tail) + \
             (MEMORYVIEW_BUFFER if isinstance(front.tail, memoryview) else 0)
-        if self.probation_bytes + self.protected_bytes + cost > self.max_bytes:
-            return False  # no free room: see front_room
+        if key in self._probation or self.protected_bytes + cost > self.protected_max:
+            return False  # see front_room
         keys = self._front_keys.setdefault(key, [])
         if len(keys) >= MAX_FRONTS:
             return False
         keys.append((family, raw, cost))
         self.fronts[family][raw] = front
-        if key in self._probation:
-            self._probation[key] += cost
-            self.probation_bytes += cost
-        else:
-            self._protected[key] += cost
-            self.protected_bytes += cost
-            while self.protected_bytes > self.protected_max and len(self._protected) > 1:
-                self._demote(next(iter(self._protected)))
-        self._shrink()
+        self._protected[key] += cost
+        self.protected_bytes += cost
+        self._shrink()  # cold entries on probation make the room
         return True
 
     def front_room(self, key: Hashable) -> bool:
-        """Whether the entry may have one more front answer: fronts only speed up what is cached, so they
-        take free room and never evict an answer (a full cache serves its hits without them)."""
+        """Whether the entry may have one more front answer. Fronts belong to reused (protected) entries
+        and count in the protected segment, which they may fill up to its cap, so they displace only
+        cold entries on probation, never a hot one (beyond that, hits are served without fronts)."""
         return len(self._front_keys.get(key, ())) < MAX_FRONTS and \
-            self.probation_bytes + self.protected_bytes + FRONT_OVERHEAD + 512 <= self.max_bytes
+            self.protected_bytes + FRONT_OVERHEAD + 512 <= self.protected_max
 
     def clear_fronts(self) -> None:
         for key in list(self._front_keys):

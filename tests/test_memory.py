@@ -295,8 +295,9 @@ def test_corefile_memory_budget_errors_name_the_place(tmp_path):
         assert out.returncode != 0 and f"{path}{where}" in out.stderr + out.stdout and words in out.stderr + out.stdout
 
 
-def test_front_answers_take_only_free_room():
-    """A full answer cache makes no front answers: they speed up what is cached, never evict it."""
+def test_front_answers_displace_only_cold_entries():
+    """Front answers fill the protected segment up to its cap, evicting only entries on probation: when
+    the hot set fills it, no front is made and no hot answer is evicted for one."""
     index, handler = handler_for(namespace("shop"), *[clusterip("shop", f"s{i}", f"10.96.{i // 250}.{i % 250 + 1}")
                                                        for i in range(400)])
     handler.cache.resize(200_000)
@@ -307,10 +308,22 @@ def test_front_answers_take_only_free_room():
         handler.handle(q, False, client)
     cache = handler.cache
     assert cache.evictions > 0 and not cache.fronts[0]  # 400 answers do not fit in 200 kB
-    evictions = cache.evictions
-    hits = cache.hits
-    for q in queries[-20:]:  # a third asking would make fronts: the cache is full, so none is made
+    protected = set(cache._protected)
+    assert cache.protected_bytes + 1100 > cache.protected_max  # the hot set fills its segment
+    for q in queries[-20:]:  # a third asking would make fronts: no room for them, so none is made
         assert handler.handle(q, False, client)
-    assert cache.hits == hits + 20
-    assert cache.evictions == evictions and not cache.fronts[0]
+    assert not cache.fronts[0] and set(cache._protected) == protected
+    assert cache.bytes <= cache.max_bytes
+
+    cache.clear()
+    for q in queries[:60]:  # a small hot set, and cold entries around it
+        handler.handle(q, False, client)
+        handler.handle(q, False, client)
+    for q in queries[60:]:
+        handler.handle(q, False, client)
+    hot = set(cache._protected)
+    cold = len(cache._probation)
+    for q in queries[:60]:  # fronts made: cold entries go for them, no hot one
+        handler.handle(q, False, client)
+    assert len(cache.fronts[0]) == 60 and set(cache._protected) == hot and len(cache._probation) < cold
     assert cache.bytes <= cache.max_bytes
