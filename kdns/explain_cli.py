@@ -10,10 +10,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from typing import TYPE_CHECKING
 
 from .cache import AnswerCache
 from .config import Settings
-from .explain import ExplainError, Explainer, Question
 from .index import ClusterIndex
 from .log import Logger
 from .memory import MemoryBudget
@@ -21,6 +21,9 @@ from .metrics import DnsMetrics
 from .pipeline import Block
 from .sources import object_filter
 from .startup import bad_config
+
+if TYPE_CHECKING:  # the explain machinery is loaded when a question is asked, not by `kdns serve`
+    from .explain import Question
 
 EXIT_ANSWERED, EXIT_NOT_ANSWERED = 0, 1
 API_LIST_TIMEOUT = 60.0
@@ -44,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def question(args: argparse.Namespace) -> Question:
+    from .explain import Question
     ns, _, pod = args.source.partition("/")
     if not ns or args.ndots is not None and not 0 <= args.ndots <= 15:
         raise bad_config("--from/--ndots", "expected --from NAMESPACE[/POD] and --ndots 0-15",
@@ -53,6 +57,7 @@ def question(args: argparse.Namespace) -> Question:
 
 def explain_command(args: argparse.Namespace, load_settings) -> int:
     """Run `kdns explain`; exit 0 when the final answer is NOERROR with records, 1 otherwise, 2 on bad input."""
+    from .explain import ExplainError
     q = question(args)
     if args.server:
         report = _ask_server(args.server, q)
@@ -92,6 +97,7 @@ def _ask_server(server: str, q: Question) -> dict:
 
 
 async def _offline(args: argparse.Namespace, settings: Settings, q: Question) -> dict:
+    from .explain import Explainer
     quiet = Logger(level="error")
     index, unfiltered = await load_index(settings, quiet, args)
     blocks = offline_blocks(settings, index, quiet, args.resolv_conf)
