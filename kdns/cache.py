@@ -33,6 +33,13 @@ MEMORYVIEW_BUFFER = 90  # the buffer object a memoryview of bytes holds, beyond 
 MAX_FRONTS = 4  # front answers per entry: the spellings (0x20 case, EDNS sizes) of one question kept
 
 
+def cover_key(key: tuple) -> tuple:
+    """The answer-cache key of the negative cover (pipeline.NegativeCover) a query (Query.key: qname, type, class, EDNS, DO) falls
+    under: the name after its first label, class, EDNS, DO."""
+    qname = key[0]
+    return qname[qname[0] + 1:], key[2], key[3], key[4]
+
+
 class AnswerCache:
     def __init__(self, max_bytes: int | None = None):
         self.max_bytes = max_bytes if max_bytes is not None else MemoryBudget().answers

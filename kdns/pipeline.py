@@ -16,7 +16,7 @@ from functools import partial
 
 from dnslib import CNAME, QTYPE, RR, DNSError, DNSLabel, DNSRecord
 
-from .cache import AnswerCache
+from .cache import AnswerCache, cover_key
 from .config import BlockConfig, in_zone
 from .forward import Forwarder, Overloaded, UpstreamError
 from .hosts import Hosts
@@ -189,8 +189,7 @@ class Block:
         on this port or fallen through to inside the name's parent (it would take some of those names)."""
         if self.chain.wrappers or self.chain.middle or self.hosts is not None or self.config.autopath is not None:
             return
-        qname = query.qname.lower()
-        key = (qname[qname[0] + 1:], query.qclass, query.edns, query.do)
+        key = cover_key(query.key)
         if self.answers.peek(key) is not None or self._falls_through(".".join(query.labels)):
             return
         parent = ".".join(query.labels[1:])

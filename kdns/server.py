@@ -17,7 +17,7 @@ from typing import Awaitable
 
 from dnslib import QTYPE, RCODE
 
-from .cache import AnswerCache
+from .cache import AnswerCache, cover_key
 from .log import Logger
 from .memory import TCP_READ_LIMIT, MemoryBudget
 from .metrics import DURATION_BUCKETS, DnsMetrics
@@ -225,8 +225,10 @@ class QueryHandler:
         self.cache.add_front(key, family, data[2:], Front(tail, metric, udp_size, len(response)))
         return response
 
-    def _covered(self, data: bytes, fast: tuple, cover, tcp: bool, client, start: float) -> bytes | None:
-        """The NXDOMAIN of a name under a NegativeCover, when the resolver confirms it has no service."""
+    def _covered(self, data: bytes, fast: tuple, covered: tuple, cover, tcp: bool, client,
+                 start: float) -> bytes | None:
+        """The NXDOMAIN of a name under a NegativeCover (cache key `covered`), when the resolver confirms it
+        has no service."""
         qname = fast[0][0]
         answer = cover.block.resolver.covered_nxdomain(cover.ns, qname[1:1 + qname[0]].decode("latin-1"),
                                                        cover.zone_of)
@@ -236,7 +238,7 @@ class QueryHandler:
         packed = pack_answer(query, answer, cover.block.ra)
         response = self._fit(patch(packed, query), query, tcp, client)
         if not cover.served:
-            self.cache.promote((qname[qname[0] + 1:], query.qclass, query.edns, query.do))
+            self.cache.promote(covered)
         cover.served += 1
         self._stats["negative_covered"] += 1
         if response is not None:
@@ -274,11 +276,11 @@ class QueryHandler:
             key = fast[0]
             if key[0][0]:
                 # a name the resolver said, for its whole namespace, has no service: NXDOMAIN (NegativeCover)
-                qname = key[0]
-                cover = self.cache.peek((qname[qname[0] + 1:], key[2], key[3], key[4]))
+                covered = cover_key(key)
+                cover = self.cache.peek(covered)
                 if cover is not None and key[1] not in REFUSED_TYPES:
                     try:
-                        response = self._covered(data, fast, cover, tcp, client, start)
+                        response = self._covered(data, fast, covered, cover, tcp, client, start)
                     except Exception as exc:  # noqa: BLE001 - a bug must cost one SERVFAIL, never the server
                         return self._internal_error(query_from_fast(data, fast), exc)
                     if response is not None:
