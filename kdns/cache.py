@@ -134,6 +134,20 @@ class AnswerCache:
         self._shrink()  # cold entries on probation make the room
         return True
 
+    def charge(self, key: Hashable, cost: int) -> bool:
+        """Count `cost` more bytes to the entry `key` (something it came to hold), evicting as needed;
+        False when the entry is gone."""
+        if key in self._probation:
+            self._probation[key] += cost
+            self.probation_bytes += cost
+        elif key in self._protected:
+            self._protected[key] += cost
+            self.protected_bytes += cost
+        else:
+            return False
+        self._shrink()
+        return True
+
     def front_room(self, key: Hashable) -> bool:
         """Whether the entry may have one more front answer. Fronts belong to reused (protected) entries
         and count in the protected segment, which they may fill up to its cap, so they displace only

@@ -53,6 +53,9 @@ class NegativeCover:
     ns: str
     zone_of: object  # the resolver's Zone
     served: int = 0
+    # the packed NXDOMAIN per question end (qend): names under one cover with the same first-label length
+    # differ only in the question, which the fast path writes in; valid while the index serial is its own
+    shapes: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -265,11 +265,15 @@ class Resolver:
             return self._endpoint_or_proto(zone, owner, view, parts[0], qtype, ans)
         return self._port_srv(zone, owner, view, parts[0], parts[1], qtype, ans)
 
+    def covers(self, ns: str, name: str) -> bool:
+        """Whether <name>.<ns>.svc.<zone> is NXDOMAIN for every type: the index synced, no such service."""
+        return self.index.synced and self.index.view(ns, name) is None
+
     def covered_nxdomain(self, ns: str, name: str, zone: Zone) -> Answer | None:
         """The answer to <name>.<ns>.svc.<zone> (any type) when it is NXDOMAIN -- no such service, the
         index synced -- else None. What the answer cache serves under an Answer.covers entry: the same
         answer _svc gives, with the zone's current SOA."""
-        if not self.index.synced or self.index.view(ns, name) is not None:
+        if not self.covers(ns, name):
             return None
         soa = self._soa(zone)
         ans = self._nxdomain.get(zone.name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import sys
 import time
 import traceback
 from collections import Counter, deque
@@ -26,6 +27,8 @@ from .wire import (MIN_UDP_SIZE, NOERROR, REFUSED, SERVFAIL, Query, WireError, e
 
 TCP_MAX = 65535
 SHARED_TAIL = 300  # a front answer longer than this shares its cache entry's bytes (Front)
+MAX_SHAPES = 16  # question lengths a negative cover keeps its packed NXDOMAIN for (NegativeCover.shapes)
+SHAPE_OVERHEAD = 160  # one shape beyond its bytes: its (serial, bytes) tuple, its int key, its dict slot
 CLASS_IN, CLASS_ANY = 1, 255
 REFUSED_TYPES = (QTYPE.AXFR, QTYPE.IXFR)
 
@@ -185,6 +188,20 @@ class QueryHandler:
                 packed = rotate(entry.packed, entry.groups, entry.served) if entry.groups else entry.packed
                 return self._reply(data, qend, packed, key, tcp, udp_size, client, entry.block, entry.zone,
                                    entry.plugin, start)
+        elif key[0][0] and (cover := self.cache.peek(cover_key(key))) is not None:
+            # a name the resolver said, for its whole namespace, has no service (NegativeCover), asked with a
+            # question of a length seen since the last index change: its NXDOMAIN but for the question
+            shape = cover.shapes.get(qend)
+            qname = key[0]
+            if shape is not None and shape[0] == cover.block.index.serial and key[1] not in REFUSED_TYPES and \
+                    (tcp or len(shape[1]) <= udp_size) and \
+                    cover.block.resolver.covers(cover.ns, qname[1:1 + qname[0]].decode("latin-1")):
+                if not cover.served:
+                    self.cache.promote(cover_key(key))
+                cover.served += 1
+                self._stats["negative_covered"] += 1
+                return self._reply(data, qend, shape[1], key, tcp, udp_size, client, cover.block, cover.zone,
+                                   "kubernetes", start)
         elif self.forward_cache is not None and (key[2] == CLASS_IN or key[2] == CLASS_ANY):
             # a name outside our zones that the `cache` plugin holds: served the same way
             block, cache = self.forward_cache
@@ -230,13 +247,16 @@ class QueryHandler:
         """The NXDOMAIN of a name under a NegativeCover (cache key `covered`), when the resolver confirms it
         has no service."""
         qname = fast[0][0]
+        serial = cover.block.index.serial
         answer = cover.block.resolver.covered_nxdomain(cover.ns, qname[1:1 + qname[0]].decode("latin-1"),
                                                        cover.zone_of)
         if answer is None:
             return None
         query = query_from_fast(data, fast)
-        packed = pack_answer(query, answer, cover.block.ra)
-        response = self._fit(patch(packed, query), query, tcp, client)
+        packed = patch(pack_answer(query, answer, cover.block.ra), query)
+        response = self._fit(packed, query, tcp, client)
+        if self.plain and response is packed:
+            self._shape(covered, cover, fast[1], serial, packed)
         if not cover.served:
             self.cache.promote(covered)
         cover.served += 1
@@ -244,6 +264,15 @@ class QueryHandler:
         if response is not None:
             self._done(cover.block, cover.zone, "kubernetes", query, tcp, client, response, start)
         return response
+
+    def _shape(self, covered: tuple, cover, qend: int, serial: int, packed: bytes) -> None:
+        """Keep `packed` as the cover's NXDOMAIN for questions ending at `qend` (at most MAX_SHAPES lengths,
+        charged to the cover's cache entry), for _fast to answer the next such name with."""
+        old = cover.shapes.get(qend)
+        if old is not None:
+            cover.shapes[qend] = (serial, packed)  # the index changed: same length, new SOA serial
+        elif len(cover.shapes) < MAX_SHAPES and self.cache.charge(covered, SHAPE_OVERHEAD + sys.getsizeof(packed)):
+            cover.shapes[qend] = (serial, packed)
 
     def front_hit(self, front: "Front", seconds: float) -> None:
         """A front answer that took longer than the first duration bucket: counted at once."""

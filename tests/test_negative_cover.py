@@ -164,3 +164,45 @@ def test_a_bug_under_the_cover_costs_one_servfail():
     assert reply.id == 9 and reply.rcode() == dns.rcode.SERVFAIL
     assert handler.stats["internal_errors"] == 1 and "boom" in handler.log.stream.getvalue()
     assert handler.handle(_wire("web.shop.svc.cluster.local"), False, client)  # and it goes on serving
+
+
+def test_names_of_one_length_are_answered_from_the_covers_shape():
+    """Under a cover, the NXDOMAIN of names whose question is as long as one answered since the last index
+    change is that answer with the question written in (NegativeCover.shapes): exact, current SOA serial,
+    and never for a name that has a service."""
+    index, handler = handler_for(*_objects())
+    ref_index, reference = handler_for(*_objects())
+    no_cover(reference)
+    client = ("10.0.0.1", 4000)
+    resolver = handler.blocks[0].resolver
+    real = resolver.covered_nxdomain
+
+    def same(q: bytes) -> bytes:
+        mine, theirs = handler.handle(q, False, client), reference.handle(q, False, client)
+        assert _serial_masked(mine) == _serial_masked(theirs), dns.message.from_wire(q).question
+        reply = dns.message.from_wire(mine)
+        assert not reply.authority or reply.authority[0][0].serial == index.serial  # the current one
+        return mine
+
+    for i in range(2):  # r0 makes the cover, r1 the shape of its length
+        same(_wire(f"r{i}.shop.svc.cluster.local"))
+
+    def unused(*args):
+        raise AssertionError("the shape should have answered")
+
+    resolver.covered_nxdomain = unused
+    for i in range(2, 10):
+        if i % 2:  # EDNS: another cover key (R3 makes it, R5 its shape), left to the resolver here
+            resolver.covered_nxdomain = real
+        same(_wire(f"R{i}.shop.svc.cluster.local", qid=100 + i, use_edns=0 if i % 2 else None))
+        resolver.covered_nxdomain = unused
+    assert handler.stats["negative_covered"] == 8 and handler.stats["internal_errors"] == 0
+
+    for ix in (index, ref_index):
+        ix.upsert(clusterip("data", "db2", "10.96.0.21"))  # another namespace: the cover stays, the serial moves
+        ix.upsert(clusterip("shop", "r7", "10.96.0.27"))
+    resolver.covered_nxdomain = real
+    for name in ("r3", "r4", "r5"):  # the first rebuilds the shape with the new serial
+        same(_wire(f"{name}.shop.svc.cluster.local"))
+    reply = dns.message.from_wire(same(_wire("r7.shop.svc.cluster.local")))
+    assert reply.rcode() == dns.rcode.NOERROR and reply.answer[0][0].address == "10.96.0.27"
