@@ -517,6 +517,7 @@ class UDPReader:
         recvfrom = self.sock.recvfrom
         handler = self.handler
         first_bucket = DURATION_BUCKETS[0]
+        out = []  # the answers of this wake-up, sent together after the reads (see below)
         for _ in range(self.READS):
             try:
                 data, addr = recvfrom(65535)
@@ -535,15 +536,19 @@ class UDPReader:
                     front.seconds += seconds
                 else:
                     handler.front_hit(front, seconds)
-                self._send(response, addr)
+                out.append((response, addr))
                 continue
             response = handler.quick(data, addr)
             if type(response) is bytes:
-                self._send(response, addr)
+                out.append((response, addr))
             elif len(self.backlog) < self.BACKLOG:
                 self.backlog.append((data, addr, response))
             else:
                 handler._stats["udp_backlog_dropped"] += 1
+        # sent as one burst: a client's first answer wakes it, the rest join its queue while it runs
+        # (sent between reads, each answer could wake the client anew)
+        for response, addr in out:
+            self._send(response, addr)
         if self.backlog and not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._drain)

@@ -4,7 +4,7 @@
     .venv/bin/python perf/ceiling.py --record FILE --from-port PORT QUERYFILE...   (ask a server once)
 
 Serving: on the loop kdns uses (uvloop when installed, as kdns's `--loop auto`), reading the UDP
-socket as kdns does (`--io reader`: recvfrom/sendto on readiness, the faster of the two; `--io
+socket as kdns does (`--io reader`: recvfrom on readiness, the answers sent together, the faster of the two; `--io
 transport`: an asyncio DatagramProtocol), replaying precomputed wire answers from a dict keyed by
 the question bytes (QNAME + QTYPE + QCLASS), the query's ID patched in. No metrics, no parsing beyond the question;
 a question it has no answer for is dropped (and counted, printed on exit). perf/run.py compares
@@ -138,7 +138,8 @@ class Replay(asyncio.DatagramProtocol):
 
 
 class ReplayReader:
-    """The same replay, reading the socket itself: on readiness, recvfrom/sendto until it would block."""
+    """The same replay, reading the socket itself: on readiness, recvfrom until it would block (64 at most),
+    then the answers sent together, as kdns's UDPReader does."""
 
     def __init__(self, answers: dict[bytes, bytes], sock: socket.socket):
         self.answers = answers
@@ -147,17 +148,20 @@ class ReplayReader:
 
     def readable(self) -> None:
         recvfrom, sendto, answers = self.sock.recvfrom, self.sock.sendto, self.answers
+        out = []
         for _ in range(64):
             try:
                 data, addr = recvfrom(65535)
             except BlockingIOError:
-                return
+                break
             answer = answers.get(data[12:] if data[10:12] == b"\0\0" else question_of(data))
             if answer is None:
                 self.unknown += 1
                 continue
+            out.append((data[:2] + answer[2:], addr))
+        for response, addr in out:
             try:
-                sendto(data[:2] + answer[2:], addr)
+                sendto(response, addr)
             except OSError:
                 pass
 
