@@ -45,6 +45,9 @@ class AnswerCache:
         self.max_bytes = max_bytes if max_bytes is not None else MemoryBudget().answers
         self.protected_max = int(self.max_bytes * PROTECTED_SHARE)
         self._entries: dict[Hashable, Any] = {}
+        # peek(key): get() without counting a hit or miss or promoting (the caller counts what it serves
+        # and calls promote() on the first reuse) -- the table's own get, no Python frame on the hot path
+        self.peek = self._entries.get
         self._probation: dict[Hashable, int] = {}  # key -> cost, oldest first
         self._protected: dict[Hashable, int] = {}  # key -> cost, least recently promoted first
         self.probation_bytes = 0
@@ -89,11 +92,6 @@ class AnswerCache:
             if key in self._probation:
                 self.promote(key)
         return value
-
-    def peek(self, key: Hashable) -> Any:
-        """get() without counting a hit or miss or promoting (the caller counts what it serves and
-        calls promote() on the first reuse)."""
-        return self._entries.get(key)
 
     def promote(self, key: Hashable) -> None:
         """A reused probation entry joins the protected segment."""

@@ -267,7 +267,7 @@ class Resolver:
 
     def covers(self, ns: str, name: str) -> bool:
         """Whether <name>.<ns>.svc.<zone> is NXDOMAIN for every type: the index synced, no such service."""
-        return self.index.synced and self.index.view(ns, name) is None
+        return self.index.synced and (ns, name) not in self.index.views
 
     def covered_nxdomain(self, ns: str, name: str, zone: Zone) -> Answer | None:
         """The answer to <name>.<ns>.svc.<zone> (any type) when it is NXDOMAIN -- no such service, the

@@ -28,7 +28,10 @@ from .wire import (MIN_UDP_SIZE, NOERROR, REFUSED, SERVFAIL, Query, WireError, e
 TCP_MAX = 65535
 SHARED_TAIL = 300  # a front answer longer than this shares its cache entry's bytes (Front)
 MAX_SHAPES = 16  # question lengths a negative cover keeps its packed NXDOMAIN for (NegativeCover.shapes)
-SHAPE_OVERHEAD = 160  # one shape beyond its bytes: its (serial, bytes) tuple, its int key, its dict slot
+MAX_MEMO = 4  # metric label sets a shape keeps (QueryHandler._reply's memo)
+# one shape beyond its bytes: its (serial, bytes, memo) tuple, its int key, its dict slot, and the memo at its
+# largest (MAX_MEMO label sets and their keys; sys.getsizeof)
+SHAPE_OVERHEAD = 1100
 CLASS_IN, CLASS_ANY = 1, 255
 REFUSED_TYPES = (QTYPE.AXFR, QTYPE.IXFR)
 
@@ -201,7 +204,7 @@ class QueryHandler:
                 cover.served += 1
                 self._stats["negative_covered"] += 1
                 return self._reply(data, qend, shape[1], key, tcp, udp_size, client, cover.block, cover.zone,
-                                   "kubernetes", start)
+                                   "kubernetes", start, shape[2])
         elif self.forward_cache is not None and (key[2] == CLASS_IN or key[2] == CLASS_ANY):
             # a name outside our zones that the `cache` plugin holds: served the same way
             block, cache = self.forward_cache
@@ -269,10 +272,10 @@ class QueryHandler:
         """Keep `packed` as the cover's NXDOMAIN for questions ending at `qend` (at most MAX_SHAPES lengths,
         charged to the cover's cache entry), for _fast to answer the next such name with."""
         old = cover.shapes.get(qend)
-        if old is not None:
-            cover.shapes[qend] = (serial, packed)  # the index changed: same length, new SOA serial
+        if old is not None:  # the index changed: same length, new SOA serial, the same metric label sets
+            cover.shapes[qend] = (serial, packed, old[2])
         elif len(cover.shapes) < MAX_SHAPES and self.cache.charge(covered, SHAPE_OVERHEAD + sys.getsizeof(packed)):
-            cover.shapes[qend] = (serial, packed)
+            cover.shapes[qend] = (serial, packed, {})
 
     def front_hit(self, front: "Front", seconds: float) -> None:
         """A front answer that took longer than the first duration bucket: counted at once."""
@@ -343,14 +346,26 @@ class QueryHandler:
             return self._internal_error(query, exc)
 
     def _reply(self, data: bytes, qend: int, packed: bytes, key: tuple, tcp: bool, udp_size: int, client, block,
-               zone: str, plugin: str, start: float) -> bytes:
-        """A cached response for the fast path: the query's ID, RD/CD bits and question bytes written in."""
+               zone: str, plugin: str, start: float, memo: dict | None = None) -> bytes:
+        """A cached response for the fast path: the query's ID, RD/CD bits and question bytes written in.
+        memo: metric label sets by (type, proto, size, family), for answers that differ only in the question
+        (a negative cover's shape: many names, one label set)."""
         flags = bytes(((packed[2] & 0xFE) | (data[2] & 0x01), (packed[3] & 0xEF) | (data[3] & 0x10)))
         response = b"".join((data[0:2], flags, packed[4:12], data[12:qend], packed[qend:]))
         if self._observe:
-            self.metrics.observe(block.name, zone, "tcp" if tcp else "udp", "2" if client and ":" in client[0] else "1",
-                                 key[1], key[4], 65535 if tcp else udp_size, packed[3] & 0x0F, plugin,
-                                 len(response), time.perf_counter() - start)
+            family = "2" if client and ":" in client[0] else "1"
+            size = 65535 if tcp else udp_size
+            if memo is None:
+                self.metrics.observe(block.name, zone, "tcp" if tcp else "udp", family, key[1], key[4], size,
+                                     packed[3] & 0x0F, plugin, len(response), time.perf_counter() - start)
+                return response
+            labels = memo.get((key[1], tcp, size, family))
+            if labels is None:
+                labels = self.metrics.key(block.name, zone, "tcp" if tcp else "udp", family, key[1], key[4], size,
+                                          packed[3] & 0x0F, plugin, len(response))
+                if len(memo) < MAX_MEMO:
+                    memo[(key[1], tcp, size, family)] = labels
+            self.metrics.count(labels, time.perf_counter() - start, 1, size, len(response))
         return response
 
     def _internal_error(self, query: Query, exc: Exception) -> bytes:
