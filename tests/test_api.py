@@ -87,6 +87,22 @@ def test_changes_are_served_within_a_bounded_wait(api, tmp_path):
         wait_until(lambda: rcode(kdns, "nowhere.svc.cluster.local") == dns.rcode.NXDOMAIN, timeout=2, what="ns delete")
 
 
+def _maps_yaml_rs(kdns: KdnsProcess) -> bool:
+    with open(f"/proc/{kdns.proc.pid}/maps") as fh:
+        return "yaml_rs" in fh.read()
+
+
+def test_kdns_on_the_api_never_loads_the_manifest_parser(api, tmp_path):
+    """yaml-rs (~5 MiB resident) reads manifests only: kdns on the API does not map it."""
+    from harness import EXAMPLE
+
+    with start(api, tmp_path) as kdns:
+        wait_synced(kdns)
+        assert not _maps_yaml_rs(kdns)
+    with KdnsProcess("--manifests", EXAMPLE) as kdns:  # the check sees it where it is loaded
+        assert _maps_yaml_rs(kdns)
+
+
 # ---------------------------------------------------------------- before the first sync
 
 def test_servfail_and_not_ready_before_sync(api, tmp_path):

@@ -18,10 +18,18 @@ from __future__ import annotations
 import re
 from typing import Any
 
-try:
-    import yaml_rs
-except ImportError:  # pragma: no cover - a platform without its wheel: PyYAML reads everything
-    yaml_rs = None
+_parser: list = []  # [yaml_rs module or None], loaded by the first manifest read: kdns on the API never needs it
+
+
+def _yaml_rs():
+    """yaml-rs, imported on first use (~5 MiB resident once loaded); None where its wheel is missing."""
+    if not _parser:
+        try:
+            import yaml_rs
+        except ImportError:  # pragma: no cover - a platform without its wheel: PyYAML reads everything
+            yaml_rs = None
+        _parser.append(yaml_rs)
+    return _parser[0]
 
 # Each check starts with a character class: the regex engine then skips the rest of the text fast.
 # "(?<=[\s\[{,].)" after the first character: it begins a plain scalar (after a space, a line break
@@ -127,6 +135,7 @@ _DOCUMENT_START = re.compile(r"^---(?=[ \r\n]|\Z)", re.M)
 def documents(text: str) -> list[tuple[Any, int]] | None:
     """[(document, line of its first content)], as PyYAML's safe loader would give them; None when
     the file must be read by PyYAML (see the module docstring)."""
+    yaml_rs = _yaml_rs()
     if yaml_rs is None or risky(text):
         return None
     starts = [m.start() for m in _DOCUMENT_START.finditer(text)]
