@@ -26,9 +26,10 @@ DOORKEEPER_BITS = 1 << 20  # 128 KiB: names seen once, for the admission of nega
 ENTRY_OVERHEAD = 570
 DEP_OVERHEAD = 90  # the dep tuple's slot in _deps_of and the key's slot in a _by_dep set
 NEW_DEP_OVERHEAD = 300  # a dep key seen first: its tuple and strings, a new set and its dict slot
-# a front answer beyond its two bytes objects: the Front object, its slot in the front table, its
-# _front_keys list and tuple (calibrated with tracemalloc, which tests/test_memory.py re-checks)
-FRONT_OVERHEAD = 540
+# a front answer beyond its two bytes objects: the Front object, its slot in the front table, its place in
+# _front_keys (its metric label set is shared: DnsMetrics.key) -- calibrated with tracemalloc, which
+# tests/test_memory.py re-checks with and without metrics
+FRONT_OVERHEAD = 390
 MEMORYVIEW_BUFFER = 90  # the buffer object a memoryview of bytes holds, beyond sys.getsizeof of the view
 MAX_FRONTS = 4  # front answers per entry: the spellings (0x20 case, EDNS sizes) of one question kept
 
@@ -64,7 +65,7 @@ class AnswerCache:
         # front answers (server.Front) by the exact bytes of a UDP query after its ID, per socket family
         # (0: IPv4, 1: IPv6); each belongs to an entry and goes with it
         self.fronts: tuple[dict[bytes, Any], dict[bytes, Any]] = ({}, {})
-        self._front_keys: dict[Hashable, list] = {}  # entry key -> [(family, query bytes, cost)]
+        self._front_keys: dict[Hashable, tuple] = {}  # entry key -> the query bytes of its fronts
         self.on_front_drop = lambda front: None  # the handler folds a dropped front's counts
 
     def __len__(self) -> int:
@@ -118,14 +119,13 @@ class AnswerCache:
         fronts already, or the protected segment has no room (front_room)."""
         if key not in self._entries or raw in self.fronts[family]:
             return False
-        cost = FRONT_OVERHEAD + sys.getsizeof(raw) + sys.getsizeof(front.tail) + \
-            (MEMORYVIEW_BUFFER if isinstance(front.tail, memoryview) else 0)
+        cost = front_cost(raw, front)
         if key in self._probation or self.protected_bytes + cost > self.protected_max:
             return False  # see front_room
-        keys = self._front_keys.setdefault(key, [])
-        if len(keys) >= MAX_FRONTS:
+        raws = self._front_keys.get(key, ())
+        if len(raws) >= MAX_FRONTS:
             return False
-        keys.append((family, raw, cost))
+        self._front_keys[key] = (*raws, raw)
         self.fronts[family][raw] = front
         self._protected[key] += cost
         self.protected_bytes += cost
@@ -160,11 +160,13 @@ class AnswerCache:
     def _drop_fronts(self, key: Hashable) -> int:
         """Forget the entry's fronts (their counts folded first); the bytes they cost."""
         freed = 0
-        for family, raw, cost in self._front_keys.pop(key, ()):
-            front = self.fronts[family].pop(raw, None)
-            if front is not None:
-                self.on_front_drop(front)
-            freed += cost
+        # the query bytes decide the entry: a front under those bytes, in either family, is this entry's
+        for raw in set(self._front_keys.pop(key, ())):
+            for fronts in self.fronts:
+                front = fronts.pop(raw, None)
+                if front is not None:
+                    self.on_front_drop(front)
+                    freed += front_cost(raw, front)
         if freed:
             if key in self._probation:
                 self._probation[key] -= freed
@@ -252,6 +254,12 @@ class AnswerCache:
                 keys.discard(key)
                 if not keys:
                     del self._by_dep[dep]
+
+
+def front_cost(raw: bytes, front: Any) -> int:
+    """Bytes a front answer holds: its query bytes, its reply's bytes (or the view of its entry's), the rest."""
+    return FRONT_OVERHEAD + sys.getsizeof(raw) + sys.getsizeof(front.tail) + \
+        (MEMORYVIEW_BUFFER if isinstance(front.tail, memoryview) else 0)
 
 
 def entry_cost(key: Hashable, value: Any, deps: tuple, by_dep: dict) -> int:

@@ -96,6 +96,7 @@ from collections import defaultdict  # noqa: E402
 from prometheus_client.core import HistogramMetricFamily  # noqa: E402
 
 DURATION_BUCKETS = tuple(0.00025 * 2 ** i for i in range(16))  # ExponentialBuckets(0.00025, 2, 16)
+MAX_SHARED_LABELS = 4096  # label sets key() shares at most (more: it starts over; sharing only saves memory)
 SIZE_BUCKETS = (0, 100, 200, 300, 400, 511, 1023, 2047, 4095, 8291, 16e3, 32e3, 48e3, 64e3)
 COMMON_TYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA", 33: "SRV",
                 35: "NAPTR", 39: "DNAME", 41: "OPT", 43: "DS", 46: "RRSIG", 47: "NSEC", 48: "DNSKEY", 50: "NSEC3",
@@ -166,6 +167,7 @@ class DnsMetrics:
         self.caches: list = []  # (server, zones text, ResponseCache)
         self.loop_detected: dict[str, int] = {}
         self.handlers: weakref.WeakSet = weakref.WeakSet()  # query handlers whose front answers fold in here
+        self._labels: dict[tuple, tuple] = {}  # key(): one tuple per label set
 
     def observe(self, server: str, zone: str, proto: str, family: str, qtype: int, do: bool, req_size: int,
                 rcode: int, plugin: str, resp_size: int, seconds: float) -> None:
@@ -182,13 +184,19 @@ class DnsMetrics:
         sums[1] += req_size
         sums[2] += resp_size
 
-    @staticmethod
-    def key(server: str, zone: str, proto: str, family: str, qtype: int, do: bool, req_size: int, rcode: int,
+    def key(self, server: str, zone: str, proto: str, family: str, qtype: int, do: bool, req_size: int, rcode: int,
             plugin: str, resp_size: int) -> tuple:
-        """A query's label set with its size buckets (`raw`'s key but for the duration bucket)."""
+        """A query's label set with its size buckets (`raw`'s key but for the duration bucket); one tuple per
+        label set, shared by the front answers and shapes that keep it."""
         # the type as its label value: 65,536 qtypes must not make 65,536 label sets (a flood of odd types)
-        return (server, zone, proto, family, COMMON_TYPES.get(qtype, "other"), do, rcode, plugin,
-                bisect_left(SIZE_BUCKETS, req_size), bisect_left(SIZE_BUCKETS, resp_size))
+        labels = (server, zone, proto, family, COMMON_TYPES.get(qtype, "other"), do, rcode, plugin,
+                  bisect_left(SIZE_BUCKETS, req_size), bisect_left(SIZE_BUCKETS, resp_size))
+        shared = self._labels.get(labels)
+        if shared is None:
+            if len(self._labels) >= MAX_SHARED_LABELS:
+                self._labels.clear()
+            shared = self._labels[labels] = labels
+        return shared
 
     def count(self, key: tuple, seconds: float, n: int, req_size: int, resp_size: int) -> None:
         """n queries of label set `key` that took `seconds` each."""

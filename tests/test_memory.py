@@ -9,6 +9,7 @@ import tracemalloc
 
 import dns.message
 import dns.rcode
+import pytest
 
 from builders import clusterip, ep, eps, handler_for, headless, namespace, no_cover
 from cgroup import MemoryCgroup
@@ -85,11 +86,13 @@ def test_accounted_bytes_match_what_the_entries_really_hold():
     assert 0.9 * traced <= accounted <= 2.0 * traced, (accounted, traced)
 
 
-def test_front_answers_are_charged_what_they_hold():
+@pytest.mark.parametrize("observe", [False, True], ids=["plain", "prometheus"])
+def test_front_answers_are_charged_what_they_hold(observe):
     """A front answer (a reused answer kept by its exact query bytes) against tracemalloc: its bytes
-    are charged to its cache entry, so the budget bounds them too."""
+    are charged to its cache entry, so the budget bounds them too (with prometheus on, as deployed)."""
     index, handler = handler_for(namespace("shop"), *[clusterip("shop", f"s{i}", f"10.96.{i // 250}.{i % 250 + 1}")
                                                        for i in range(2000)])
+    handler.observe = observe
     queries = [dns.message.make_query(f"s{i}.shop.svc.cluster.local", "A").to_wire() for i in range(2000)]
     client = ("10.0.0.1", 5353)
     for q in queries:  # cached, then reused (promoted)
@@ -113,6 +116,24 @@ def test_front_answers_are_charged_what_they_hold():
     assert 0.9 * traced <= accounted <= 2.0 * traced, (accounted, traced)
     handler.cache.clear_fronts()
     assert handler.cache.bytes == before_accounted
+
+
+def test_front_answers_of_both_families_go_with_their_entry():
+    """The same query bytes asked over IPv4 and IPv6 make one front per family, both charged to the entry;
+    an index change that drops the entry drops both and gives their bytes back."""
+    index, handler = handler_for(namespace("shop"), clusterip("shop", "web", "10.96.0.10"))
+    q = dns.message.make_query("web.shop.svc.cluster.local", "A").to_wire()
+    for client in (("10.0.0.1", 5353), ("10.0.0.1", 5353), ("10.0.0.1", 5353), ("fd00::1", 5353, 0, 0)):
+        handler.handle(q, False, client)
+    assert q[2:] in handler.cache.fronts[0] and q[2:] in handler.cache.fronts[1]
+    with_fronts = handler.cache.bytes
+    handler.cache.clear_fronts()
+    assert not handler.cache.fronts[0] and not handler.cache.fronts[1] and handler.cache.bytes < with_fronts
+    for client in (("10.0.0.1", 5353), ("fd00::1", 5353, 0, 0)):
+        handler.handle(q, False, client)
+    assert handler.cache.bytes == with_fronts
+    index.upsert(clusterip("shop", "web", "10.96.0.11"))
+    assert not handler.cache.fronts[0] and not handler.cache.fronts[1] and handler.cache.bytes == 0
 
 
 def test_large_front_answers_share_their_entry_bytes_and_are_charged_for_the_view():
