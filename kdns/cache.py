@@ -25,7 +25,8 @@ DOORKEEPER_BITS = 1 << 20  # 128 KiB: names seen once, for the admission of nega
 # 3.11, dicts at their average fill; calibrated with tracemalloc, which tests/test_memory.py re-checks)
 ENTRY_OVERHEAD = 570
 DEP_OVERHEAD = 90  # the dep tuple's slot in _deps_of and the key's slot in a _by_dep set
-NEW_DEP_OVERHEAD = 300  # a dep key seen first: its tuple and strings, a new set and its dict slot
+NEW_DEP_OVERHEAD = 100  # a dep key seen first: its tuple and strings, its slot in _by_dep (one key, no set)
+SHARED_DEP_OVERHEAD = 300  # a dep's second key: the set the two now make (sys.getsizeof(set()) is 216)
 # a front answer beyond its two bytes objects: the Front object, its slot in the front table, its place in
 # _front_keys (its metric label set is shared: DnsMetrics.key) -- calibrated with tracemalloc, which
 # tests/test_memory.py re-checks with and without metrics
@@ -54,7 +55,9 @@ class AnswerCache:
         self.probation_bytes = 0
         self.protected_bytes = 0
         self._deps_of: dict[Hashable, tuple] = {}
-        self._by_dep: dict[Hashable, set] = {}
+        # dep -> the key depending on it, or a set of them when more than one does (most deps -- a service,
+        # a reverse name -- have one: a set for it would cost 216 bytes)
+        self._by_dep: dict[Hashable, Any] = {}
         self.hits = 0
         self.misses = 0
         self.evictions = 0
@@ -202,8 +205,15 @@ class AnswerCache:
             return  # one answer may not take a quarter of the cache
         self._entries[key] = value
         self._deps_of[key] = deps
+        by_dep = self._by_dep
         for dep in deps:
-            self._by_dep.setdefault(dep, set()).add(key)
+            keys = by_dep.get(dep)
+            if keys is None:
+                by_dep[dep] = key
+            elif type(keys) is set:
+                keys.add(key)
+            elif keys != key:
+                by_dep[dep] = {keys, key}
         self._probation[key] = cost
         self.probation_bytes += cost
         self._shrink()
@@ -218,9 +228,9 @@ class AnswerCache:
         dropped = 0
         for dep in touched:
             keys = self._by_dep.pop(dep, None)
-            if not keys:
+            if keys is None:
                 continue
-            for key in keys:
+            for key in (keys if type(keys) is set else (keys,)):
                 if key in self._entries:
                     self._drop(key)
                     dropped += 1
@@ -237,7 +247,8 @@ class AnswerCache:
 
     def links(self, dep: Hashable) -> frozenset:
         """The keys that depend on `dep` (for tests and explanations)."""
-        return frozenset(self._by_dep.get(dep, ()))
+        keys = self._by_dep.get(dep)
+        return frozenset(() if keys is None else keys if type(keys) is set else (keys,))
 
     def _drop(self, key: Hashable) -> None:
         if key in self._front_keys:
@@ -248,12 +259,15 @@ class AnswerCache:
             self.probation_bytes -= cost
         else:
             self.protected_bytes -= self._protected.pop(key)
+        by_dep = self._by_dep
         for dep in self._deps_of.pop(key, ()):
-            keys = self._by_dep.get(dep)
-            if keys is not None:
+            keys = by_dep.get(dep)
+            if type(keys) is set:
                 keys.discard(key)
-                if not keys:
-                    del self._by_dep[dep]
+                if len(keys) == 1:
+                    by_dep[dep] = keys.pop()
+            elif keys == key:
+                del by_dep[dep]
 
 
 def front_cost(raw: bytes, front: Any) -> int:
@@ -269,5 +283,6 @@ def entry_cost(key: Hashable, value: Any, deps: tuple, by_dep: dict) -> int:
     if isinstance(key, tuple) and key and isinstance(key[0], bytes):
         cost += sys.getsizeof(key[0])
     for dep in deps:
-        cost += DEP_OVERHEAD if dep in by_dep else NEW_DEP_OVERHEAD
+        keys = by_dep.get(dep)
+        cost += NEW_DEP_OVERHEAD if keys is None else DEP_OVERHEAD if type(keys) is set else SHARED_DEP_OVERHEAD
     return cost
