@@ -354,15 +354,16 @@ def test_dependency_table_through_one_and_many_dependants():
     """A dependency with one dependant keeps it without a set; more make a set; drops in any order and
     invalidation go through both forms, and nothing is left once every entry is gone."""
     cache = AnswerCache(1 << 20)
+    a, b, c = ((name.encode(), 1, 1, False, False) for name in "abc")  # keys as Query.key makes them
     ns, svc_a, svc_b = ("ns", "n"), ("svc", "n", "a"), ("svc", "n", "b")
-    cache.put("a", b"a" * 40, [ns, svc_a])
-    cache.put("b", b"b" * 40, [ns, svc_b])
-    cache.put("c", b"c" * 40, [ns])
-    assert cache.links(ns) == {"a", "b", "c"} and cache.links(svc_a) == {"a"} and cache.links(svc_b) == {"b"}
-    assert cache.invalidate([svc_a]) == 1 and cache.links(ns) == {"b", "c"} and cache.links(svc_a) == frozenset()
-    assert cache.invalidate([svc_b]) == 1 and cache.links(ns) == {"c"}
-    cache.put("a", b"a" * 40, [ns, svc_a])
-    cache.put("c", b"C" * 40, [ns])  # replaced: its old links go first
-    assert cache.links(ns) == {"a", "c"}
+    cache.put(a, b"a" * 40, [ns, svc_a])
+    cache.put(b, b"b" * 40, [ns, svc_b])
+    cache.put(c, b"c" * 40, [ns])
+    assert cache.links(ns) == {a, b, c} and cache.links(svc_a) == {a} and cache.links(svc_b) == {b}
+    assert cache.invalidate([svc_a]) == 1 and cache.links(ns) == {b, c} and cache.links(svc_a) == frozenset()
+    assert cache.invalidate([svc_b]) == 1 and cache.links(ns) == {c}
+    cache.put(a, b"a" * 40, [ns, svc_a])
+    cache.put(c, b"C" * 40, [ns])  # replaced: its old links go first
+    assert cache.links(ns) == {a, c}
     assert cache.invalidate([ns]) == 2 and len(cache) == 0 and cache.bytes == 0
     assert cache.links(svc_a) == frozenset() and not cache._by_dep
