@@ -145,3 +145,26 @@ def test_backlog_is_bounded_and_drops_are_counted(monkeypatch):
             _close(udp, tcp_server, client)
 
     asyncio.run(main())
+
+
+def test_a_burst_is_answered_in_full_around_empty_datagrams():
+    """Datagrams queued together are all read (a wake-up reads on while the queue holds any), and a
+    datagram of zero bytes -- dropped -- holds up none of those behind it, first or in between."""
+    async def main():
+        index, handler = handler_for(*_objects())
+        udp, tcp_server, client = await _serve(handler)
+        try:
+            replies = []
+            for burst in range(3):  # 100 datagrams a burst: well inside the socket's receive buffer
+                for i in range(burst * 100, burst * 100 + 100):
+                    if i in (0, 1, 150):
+                        client.send(b"")
+                    client.send(_query(NAME if i % 2 else f"n{i}.shop.svc.cluster.local", i))
+                replies += [dns.message.from_wire(r) for r in await _recv(client, 100)]
+            assert sorted(r.id for r in replies) == list(range(300))
+            assert all(r.rcode() == (dns.rcode.NOERROR if r.id % 2 else dns.rcode.NXDOMAIN) for r in replies)
+            assert handler.stats["dropped"] == 3
+        finally:
+            _close(udp, tcp_server, client)
+
+    asyncio.run(main())
