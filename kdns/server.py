@@ -536,6 +536,8 @@ class UDPReader:
         recvfrom = self.sock.recvfrom
         handler = self.handler
         first_bucket = DURATION_BUCKETS[0]
+        clock = time.perf_counter
+        fronts = self.front
         out = []  # the answers of this wake-up, sent together after the reads (see below)
         for i in range(self.READS):
             # one datagram per wake-up is the rule below saturation: asking the queue's size costs a third
@@ -549,11 +551,11 @@ class UDPReader:
             except OSError:  # an ICMP error queued on the socket: the next read goes on
                 handler._stats["udp_errors"] += 1
                 continue
-            start = time.perf_counter()
-            front = self.front.get(data[2:])
+            start = clock()
+            front = fronts.get(data[2:])
             if front is not None:
                 response = data[:2] + front.tail
-                seconds = time.perf_counter() - start
+                seconds = clock() - start
                 if seconds <= first_bucket:
                     front.n += 1
                     front.seconds += seconds
@@ -570,8 +572,12 @@ class UDPReader:
                 handler._stats["udp_backlog_dropped"] += 1
         # sent as one burst: a client's first answer wakes it, the rest join its queue while it runs
         # (sent between reads, each answer could wake the client anew)
+        sendto = self.sock.sendto
         for response, addr in out:
-            self._send(response, addr)
+            try:
+                sendto(response, addr)
+            except OSError:  # a full send buffer, an unreachable client: that answer is lost, we go on
+                handler._stats["udp_errors"] += 1
         if self.backlog and not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._drain)
