@@ -69,6 +69,10 @@ class AnswerCache:
         # (0: IPv4, 1: IPv6); each belongs to an entry and goes with it
         self.fronts: tuple[dict[bytes, Any], dict[bytes, Any]] = ({}, {})
         self._front_keys: dict[Hashable, tuple] = {}  # entry key -> the query bytes of its fronts
+        # a negative cover's fronts (server.CoverFront), by the query bytes but its ID and first label (their
+        # own tables: those keys are not a query's bytes, so they must never meet the fronts')
+        self.cover_fronts: tuple[dict[bytes, Any], dict[bytes, Any]] = ({}, {})
+        self._cover_front_keys: dict[Hashable, tuple] = {}
         self.on_front_drop = lambda front: None  # the handler folds a dropped front's counts
 
     def __len__(self) -> int:
@@ -135,6 +139,17 @@ class AnswerCache:
         self._shrink()  # cold entries on probation make the room
         return True
 
+    def add_cover_front(self, key: Hashable, family: int, raw: bytes, front: Any) -> bool:
+        """Keep a negative cover's front (at most MAX_FRONTS) as long as the cover `key` lives, charged to it
+        as its shapes are (a cover is one entry per namespace: its fronts are few)."""
+        raws = self._cover_front_keys.get(key, ())
+        if key not in self._entries or raw in self.cover_fronts[family] or len(raws) >= MAX_FRONTS:
+            return False
+        self._cover_front_keys[key] = (*raws, raw)
+        self.cover_fronts[family][raw] = front
+        self.charge(key, front_cost(raw, front))  # evicting for it may drop the cover, the front with it
+        return True
+
     def charge(self, key: Hashable, cost: int) -> bool:
         """Count `cost` more bytes to the entry `key` (something it came to hold), evicting as needed;
         False when the entry is gone."""
@@ -157,19 +172,20 @@ class AnswerCache:
             self.protected_bytes + FRONT_OVERHEAD + 512 <= self.protected_max
 
     def clear_fronts(self) -> None:
-        for key in list(self._front_keys):
+        for key in [*self._front_keys, *self._cover_front_keys]:
             self._drop_fronts(key)
 
     def _drop_fronts(self, key: Hashable) -> int:
         """Forget the entry's fronts (their counts folded first); the bytes they cost."""
         freed = 0
         # the query bytes decide the entry: a front under those bytes, in either family, is this entry's
-        for raw in set(self._front_keys.pop(key, ())):
-            for fronts in self.fronts:
-                front = fronts.pop(raw, None)
-                if front is not None:
-                    self.on_front_drop(front)
-                    freed += front_cost(raw, front)
+        for registry, tables in ((self._front_keys, self.fronts), (self._cover_front_keys, self.cover_fronts)):
+            for raw in set(registry.pop(key, ())):
+                for fronts in tables:
+                    front = fronts.pop(raw, None)
+                    if front is not None:
+                        self.on_front_drop(front)
+                        freed += front_cost(raw, front)
         if freed:
             if key in self._probation:
                 self._probation[key] -= freed
@@ -251,7 +267,7 @@ class AnswerCache:
         return frozenset(() if keys is None else keys if type(keys) is set else (keys,))
 
     def _drop(self, key: Hashable) -> None:
-        if key in self._front_keys:
+        if key in self._front_keys or key in self._cover_front_keys:
             self._drop_fronts(key)
         del self._entries[key]
         cost = self._probation.pop(key, None)
@@ -272,7 +288,7 @@ class AnswerCache:
 
 def front_cost(raw: bytes, front: Any) -> int:
     """Bytes a front answer holds: its query bytes, its reply's bytes (or the view of its entry's), the rest."""
-    return FRONT_OVERHEAD + sys.getsizeof(raw) + sys.getsizeof(front.tail) + \
+    return FRONT_OVERHEAD + front.EXTRA + sys.getsizeof(raw) + sys.getsizeof(front.tail) + \
         (MEMORYVIEW_BUFFER if isinstance(front.tail, memoryview) else 0)
 
 

@@ -83,6 +83,7 @@ class Front:
     Its queries are counted here (n, seconds) and folded into the stats and metrics when they are read."""
 
     __slots__ = ("tail", "metric", "req_size", "resp_size", "n", "seconds")
+    EXTRA = 0  # bytes a subclass holds beyond a Front (cache.front_cost)
 
     def __init__(self, tail: bytes, metric: tuple | None, req_size: int, resp_size: int):
         self.tail = tail
@@ -91,6 +92,24 @@ class Front:
         self.resp_size = resp_size
         self.n = 0
         self.seconds = 0.0
+
+
+class CoverFront(Front):
+    """A negative cover's front: the NXDOMAIN of every name under the cover whose query is, but for its ID
+    and first label's bytes, these bytes (one header, first-label length, rest of the name, type, EDNS),
+    while the index serial is `serial` -- the reader writes in the ID and the question, after confirming
+    the label names no service. Its answers count as negative_covered, not as cache hits."""
+
+    __slots__ = ("head", "qend", "serial", "index", "ns")
+    EXTRA = 200  # five more slots and the header's bytes object
+
+    def __init__(self, response: bytes, qend: int, metric: tuple | None, req_size: int, serial: int, cover):
+        super().__init__(response[qend:], metric, req_size, len(response))
+        self.head = response[2:12]
+        self.qend = qend
+        self.serial = serial
+        self.index = cover.block.index
+        self.ns = cover.ns
 
 
 class QueryHandler:
@@ -194,7 +213,7 @@ class QueryHandler:
                 packed = rotate(entry.packed, entry.groups, entry.served) if entry.groups else entry.packed
                 return self._reply(data, qend, packed, key, tcp, udp_size, client, entry.block, entry.zone,
                                    entry.plugin, start)
-        elif key[0][0] and (cover := self.cache.peek(cover_key(key))) is not None:
+        elif key[0][0] and (cover := self.cache.peek(covered := cover_key(key))) is not None:
             # a name the resolver said, for its whole namespace, has no service (NegativeCover), asked with a
             # question of a length seen since the last index change: its NXDOMAIN but for the question
             shape = cover.shapes.get(qend)
@@ -203,11 +222,14 @@ class QueryHandler:
                     (tcp or len(shape[1]) <= udp_size) and \
                     cover.block.resolver.covers(cover.ns, qname[1:1 + qname[0]].decode("latin-1")):
                 if not cover.served:
-                    self.cache.promote(cover_key(key))
+                    self.cache.promote(covered)
                 cover.served += 1
                 self._stats["negative_covered"] += 1
-                return self._reply(data, qend, shape[1], key, tcp, udp_size, client, cover.block, cover.zone,
-                                   "kubernetes", start, shape[2])
+                response = self._reply(data, qend, shape[1], key, tcp, udp_size, client, cover.block, cover.zone,
+                                       "kubernetes", start, shape[2])
+                if not tcp and client is not None:
+                    self._cover_front(data, qend, key, covered, udp_size, client, cover, shape, response)
+                return response
         elif self.forward_cache is not None and (key[2] == CLASS_IN or key[2] == CLASS_ANY):
             # a name outside our zones that the `cache` plugin holds: served the same way
             block, cache = self.forward_cache
@@ -271,6 +293,23 @@ class QueryHandler:
             self._done(cover.block, cover.zone, "kubernetes", query, tcp, client, response, start)
         return response
 
+    def _cover_front(self, data: bytes, qend: int, key: tuple, covered: tuple, udp_size: int, client, cover,
+                     shape: tuple, response: bytes) -> None:
+        """Keep (or bring up to the shape's serial) the CoverFront for this query's bytes but its ID and
+        first label, so the reader answers the next such name itself."""
+        family = 1 if ":" in client[0] else 0
+        raw = data[2:13] + data[13 + data[12]:]
+        front = self.cache.cover_fronts[family].get(raw)
+        if front is not None:
+            if front.serial != shape[0]:  # the index changed: same length, new SOA serial
+                front.serial, front.head, front.tail = shape[0], response[2:12], response[qend:]
+            return
+        metric = None
+        if self._observe:
+            metric = self.metrics.key(cover.block.name, cover.zone, "udp", "2" if family else "1", key[1], key[4],
+                                      udp_size, response[3] & 0x0F, "kubernetes", len(response))
+        self.cache.add_cover_front(covered, family, raw, CoverFront(response, qend, metric, udp_size, shape[0], cover))
+
     def _shape(self, covered: tuple, cover, qend: int, serial: int, packed: bytes) -> None:
         """Keep `packed` as the cover's NXDOMAIN for questions ending at `qend` (at most MAX_SHAPES lengths,
         charged to the cover's cache entry), for _fast to answer the next such name with."""
@@ -283,21 +322,27 @@ class QueryHandler:
     def front_hit(self, front: "Front", seconds: float) -> None:
         """A front answer that took longer than the first duration bucket: counted at once."""
         self._stats["queries_udp"] += 1
-        self.cache.hits += 1
+        self._count_answers(front, 1)
         if front.metric is not None:
             self.metrics.count(front.metric, seconds, 1, front.req_size, front.resp_size)
 
     def flush(self) -> None:
         """Fold the front answers' counts into the stats, the cache's hits and the metrics."""
-        for fronts in self.cache.fronts:
+        for fronts in (*self.cache.fronts, *self.cache.cover_fronts):
             for front in fronts.values():
                 if front.n:
                     self._fold(front)
 
+    def _count_answers(self, front: "Front", n: int) -> None:
+        if type(front) is CoverFront:
+            self._stats["negative_covered"] += n
+        else:
+            self.cache.hits += n
+
     def _fold(self, front: "Front") -> None:
         n = front.n
         self._stats["queries_udp"] += n
-        self.cache.hits += n
+        self._count_answers(front, n)
         if front.metric is not None:
             self.metrics.count_fast(front.metric, n, front.seconds, front.req_size * n, front.resp_size * n)
         front.n = 0
@@ -511,7 +556,9 @@ class UDPReader:
     """UDP on one socket, read by kdns itself when it is readable (a few dozen datagrams per wake-up).
 
     A query whose answer is cached goes out at once: a front answer (the exact query bytes seen
-    before) with one dict lookup, any other cache hit through the handler's fast path. The rest --
+    before) with one dict lookup, a never-seen name under a negative cover asked as one seen before
+    but for its first label (CoverFront: one lookup more, in the index), any other cache hit through
+    the handler's fast path. The rest --
     misses, forwarded names, anything logged or filtered -- wait in a bounded backlog answered
     DRAIN at a time between reads, so a cached answer never waits behind more than DRAIN misses
     however many unique names flood in. Over BACKLOG waiting, new misses are dropped and counted
@@ -525,6 +572,7 @@ class UDPReader:
         self.handler = handler
         self.sock = sock
         self.front = handler.cache.fronts[1 if sock.family == socket.AF_INET6 else 0]
+        self.cover_front = handler.cache.cover_fronts[1 if sock.family == socket.AF_INET6 else 0]
         self.backlog: deque = deque()
         self._scheduled = False
         self._closing = False
@@ -537,7 +585,7 @@ class UDPReader:
         handler = self.handler
         first_bucket = DURATION_BUCKETS[0]
         clock = time.perf_counter
-        fronts = self.front
+        fronts, covers = self.front, self.cover_front
         out = []  # the answers of this wake-up, sent together after the reads (see below)
         for i in range(self.READS):
             # one datagram per wake-up is the rule below saturation: asking the queue's size costs a third
@@ -555,6 +603,18 @@ class UDPReader:
             front = fronts.get(data[2:])
             if front is not None:
                 response = data[:2] + front.tail
+            elif covers and len(data) > 17 and 0 < data[12] < 64:
+                # a never-seen name under a negative cover, asked as one seen before but for its first label
+                n = data[12]
+                front = covers.get(data[2:13] + data[13 + n:])
+                if front is not None:
+                    index = front.index
+                    if front.serial == index.serial and index.synced and \
+                            (front.ns, data[13:13 + n].lower().decode("latin-1")) not in index.views:
+                        response = data[:2] + front.head + data[12:front.qend] + front.tail
+                    else:
+                        front = None
+            if front is not None:
                 seconds = clock() - start
                 if seconds <= first_bucket:
                     front.n += 1

@@ -217,3 +217,64 @@ def test_names_of_one_length_are_answered_from_the_covers_shape():
         return out
 
     assert counted(handler) == counted(reference) and sum(counted(handler).values()) == 14
+
+
+def test_the_reader_answers_covered_names_from_a_cover_front():
+    """Over a real socket, once a covered name of one length has been answered from its shape, later names
+    asked alike (same header, length, rest of the question) are answered by the UDP reader from the cover's
+    front: the full chain's answer with the current serial, counted as covered in the stats and metrics,
+    never for a name that gained a service, and gone with the cover."""
+    async def main():
+        index, handler = handler_for(*_objects())
+        ref_index, reference = handler_for(*_objects())
+        no_cover(reference)
+        handler.observe = reference.observe = True
+        udp, tcp_server, _, port = await bind(handler, handler.log, "127.0.0.1", 0)
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        client.setblocking(False)
+        client.connect(("127.0.0.1", port))
+        loop = asyncio.get_running_loop()
+        asked = 0
+
+        async def ask(label: str, qid: int) -> dns.message.Message:
+            nonlocal asked
+            q = _wire(f"{label}.shop.svc.cluster.local", qid=qid)
+            client.send(q)
+            async with asyncio.timeout(10):
+                mine = await loop.sock_recv(client, 65535)
+            asked += 1
+            theirs = reference.handle(q, False, ("127.0.0.1", 1))
+            assert _serial_masked(mine) == _serial_masked(theirs), label
+            reply = dns.message.from_wire(mine)
+            assert reply.id == qid and (not reply.authority or reply.authority[0][0].serial == index.serial)
+            return reply
+
+        try:
+            for i in range(40):
+                await ask(f"Q{i:03d}", i)  # Q000 makes the cover, Q001 its shape, Q002 the cover front
+            fronts = handler.cache.cover_fronts[0]
+            assert len(fronts) == 1 and next(iter(fronts.values())).n > 0  # the reader answered from it
+            for ix in (index, ref_index):
+                ix.upsert(clusterip("data", "db2", "10.96.0.21"))  # the serial moves; the cover stays
+                ix.upsert(clusterip("shop", "q100", "10.96.0.27"))
+            for i in [*range(101, 110), 100]:  # q100 last: asked once the front has the new serial
+                reply = await ask(f"q{i}", i)
+                assert (reply.rcode() == dns.rcode.NOERROR) == (i == 100)
+            handler.flush()
+            assert handler.stats["negative_covered"] == 39 + 9 and handler.stats["queries_udp"] == asked
+
+            def counted(h) -> Counter:
+                out = Counter()
+                for labels, n in h.metrics.raw.items():
+                    out[labels[:-1]] += n
+                return out
+
+            assert counted(handler) == counted(reference)
+            index.remove(namespace("shop"))  # the cover goes, its fronts with it
+            assert not fronts
+        finally:
+            client.close()
+            udp.close()
+            tcp_server.close()
+
+    asyncio.run(main())
