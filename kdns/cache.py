@@ -139,12 +139,16 @@ class AnswerCache:
         self._shrink()  # cold entries on probation make the room
         return True
 
+    def cover_front_room(self, key: Hashable) -> bool:
+        """Whether the cover `key` may have one more front (add_cover_front)."""
+        return len(self._cover_front_keys.get(key, ())) < MAX_FRONTS
+
     def add_cover_front(self, key: Hashable, family: int, raw: bytes, front: Any) -> bool:
         """Keep a negative cover's front (at most MAX_FRONTS) as long as the cover `key` lives, charged to it
         as its shapes are (a cover is one entry per namespace: its fronts are few)."""
-        raws = self._cover_front_keys.get(key, ())
-        if key not in self._entries or raw in self.cover_fronts[family] or len(raws) >= MAX_FRONTS:
+        if key not in self._entries or raw in self.cover_fronts[family] or not self.cover_front_room(key):
             return False
+        raws = self._cover_front_keys.get(key, ())
         self._cover_front_keys[key] = (*raws, raw)
         self.cover_fronts[family][raw] = front
         self.charge(key, front_cost(raw, front))  # evicting for it may drop the cover, the front with it

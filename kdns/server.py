@@ -304,6 +304,8 @@ class QueryHandler:
             if front.serial != shape[0]:  # the index changed: same length, new SOA serial
                 front.serial, front.head, front.tail = shape[0], response[2:12], response[qend:]
             return
+        if not self.cache.cover_front_room(covered):
+            return
         metric = None
         if self._observe:
             metric = self.metrics.key(cover.block.name, cover.zone, "udp", "2" if family else "1", key[1], key[4],
