@@ -1,8 +1,9 @@
 """Front answers of the `cache` plugin (forwarded names) on kdns's UDP reader over real loopback sockets,
 with the plugin's clock in the test's hands: a front serves exactly what the plugin would serve at that
 moment (TTL included) within one second, is rebuilt when the TTLs count down, is never served after its
-entry expired or was evicted, charges its bytes to the plugin's budget, and counts as a cache hit
-(coredns_cache_hits / requests, coredns_dns_requests) once folded. Rotated (loadbalance) answers get none."""
+entry expired or was evicted or forwarding stopped (a loop), charges its bytes to the plugin's budget,
+and counts as a cache hit (coredns_cache_hits / requests, coredns_dns_requests) once folded. Rotated
+(loadbalance) answers get none."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import io
 import socket
 
 import dns.message
+import dns.rcode
 import pytest
 from harness import traced_bytes
 from upstream import FakeUpstream
 
 from kdns.cache import AnswerCache
 from kdns.config import settings_from_corefile
+from kdns.forward import Forwarder
 from kdns.index import ClusterIndex
 from kdns.log import Logger
 from kdns.metrics import DnsMetrics
@@ -69,7 +72,6 @@ class Served:
         log = Logger(stream=io.StringIO())
         metrics = DnsMetrics()
         answers = AnswerCache()
-        from kdns.forward import Forwarder
         self.cache = ResponseCache(bc.cache, clock=self.clock)
         self.block = Block(bc, ClusterIndex(), answers, log, metrics, forwarder=Forwarder(bc.forward, log, set()),
                            cache=self.cache)
@@ -92,10 +94,10 @@ class Served:
         self.tcp.close()
         self.block.forwarder.close()
 
-    async def ask(self, name: str) -> tuple[bytes, bytes]:
+    async def ask(self, name: str, rdtype: str = "A") -> tuple[bytes, bytes]:
         """(query, reply) of one UDP query."""
         self.qid += 1
-        q = dns.message.make_query(name, "A", use_edns=0, payload=1232)
+        q = dns.message.make_query(name, rdtype, use_edns=0, payload=1232)
         q.id = self.qid
         wire = q.to_wire()
         self.client.send(wire)
@@ -224,3 +226,19 @@ def test_fronts_are_charged_what_they_hold(upstream):
     assert 0.9 * traced <= accounted <= 2.0 * traced, (accounted, traced)
     s.cache.clear_fronts()
     assert s.cache.bytes == before_accounted and not s.fronts()
+
+
+def test_a_forwarding_loop_found_later_stops_the_fronts_at_once(upstream):
+    async def main():
+        async with Served(upstream) as s:
+            for _ in range(4):
+                await s.ask("www.example.com")
+            assert len(s.fronts()) == 1
+            s.block.loop_probe = "loop-probe.example.com"
+            for rdtype in ("HINFO", "TXT", "MX"):  # our own probe comes back: a loop (forwarding stops)
+                await s.ask("loop-probe.example.com", rdtype)
+            assert s.block.loop_detected and not s.fronts()
+            _, reply = await s.ask("www.example.com")
+            assert dns.message.from_wire(reply).rcode() == dns.rcode.REFUSED  # as the full path answers it now
+
+    asyncio.run(main())
