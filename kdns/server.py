@@ -225,7 +225,12 @@ class QueryHandler:
                                 return self._reply(data, qend, packed, key, tcp, udp_size, client, block, ".",
                                                    "cache", start)
                         if not tcp and client is not None and cache.fronts is self.timed_fronts:
-                            if entry.warm == entry.elapsed or data[2:] in cache.fronts[1 if ":" in client[0] else 0]:
+                            # a front once this answer is asked twice within one second, and again at once when
+                            # the one it had has gone stale (not while a valid one exists: a caller other than
+                            # the UDP reader, which serves them, asks)
+                            old = cache.fronts[1 if ":" in client[0] else 0].get(data[2:])
+                            if old is None and entry.warm == entry.elapsed or \
+                                    old is not None and old.until <= self.timed_clock():
                                 return self._timed_front(data, qend, key, entry, packed, udp_size, client, start)
                             entry.warm = entry.elapsed
                         return self._reply(data, qend, packed, key, tcp, udp_size, client, block, ".",
