@@ -141,9 +141,13 @@ class QueryHandler:
             self.forward_cache[1].attach_fronts(None)
         self.forward_cache = None
         if len(self.blocks) == 1 and self.blocks[0].forward_cache_is_final():
-            self.forward_cache = (self.blocks[0], self.blocks[0].cache)
-            self.blocks[0].cache.attach_fronts(self.timed_fronts, self._fold)
-            self.timed_clock = self.blocks[0].cache.clock
+            cache = self.blocks[0].cache
+            self.forward_cache = (self.blocks[0], cache)
+            # the first handler of the plugin serves its fronts: not a later one sharing it (the block's other
+            # bind addresses; explain's shadow handlers, which have no UDP reader)
+            if cache.fronts is None:
+                cache.attach_fronts(self.timed_fronts, self._fold)
+            self.timed_clock = cache.clock
 
     @property
     def observe(self) -> bool:

@@ -242,3 +242,24 @@ def test_a_forwarding_loop_found_later_stops_the_fronts_at_once(upstream):
             assert dns.message.from_wire(reply).rcode() == dns.rcode.REFUSED  # as the full path answers it now
 
     asyncio.run(main())
+
+
+def test_a_handler_sharing_the_plugin_later_does_not_take_its_fronts(upstream):
+    # explain's shadow handler shares the running cache plugin (an explained name fills it as a pod's
+    # query would); it has no UDP reader, so the listener's handler keeps serving the plugin's fronts
+    from kdns.explain import Recorder, shadow_handler
+
+    async def main():
+        async with Served(upstream) as s:
+            for _ in range(4):
+                await s.ask("www.example.com")
+            (front,) = s.fronts().values()
+            shadow = shadow_handler(s.handler.blocks, Recorder())
+            assert s.cache.fronts is s.handler.timed_fronts and shadow.forward_cache is not None
+            served = front.n
+            for _ in range(3):
+                wire, reply = await s.ask("www.example.com")
+                assert reply == s.expected(wire)
+            assert s.fronts()[wire[2:]] is front and front.n == served + 3
+
+    asyncio.run(main())
