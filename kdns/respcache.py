@@ -150,7 +150,7 @@ class ResponseCache:
     def add_front(self, entry: Entry, family: int, raw: bytes, front) -> bool:
         """Keep `front` (its `tail`, valid `until`) for UDP queries equal to `raw` after their ID while the
         entry lives, replacing the one it had for them; its bytes are charged to the entry and to this
-        cache's budget. False when no fronts are served, the entry has its fronts already or the budget is full."""
+        cache's budget. False when no fronts are served, the entry has MAX_FRONTS already or the budget is full."""
         fronts = self.fronts
         if fronts is None:
             return False
@@ -194,6 +194,7 @@ class ResponseCache:
         entry.fronts = None
 
     def clear_fronts(self) -> None:
+        """Forget every entry's fronts (a handler stops serving them, or forwarding stopped)."""
         for bucket in self._entries.values():
             for entry in bucket.values():
                 if entry.fronts:
