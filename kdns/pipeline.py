@@ -356,6 +356,8 @@ class Block:
         if self.loop_seen > 2 and not self.loop_detected:
             self.loop_detected = True
             self.metrics.loop_detected[self.name] = 1
+            if self.cache is not None:
+                self.cache.clear_fronts()  # forwarding stops: its cached answers are no longer served on the fast path
             if self.forwarder is not None:
                 self.forwarder.disabled_reason = "forwarding loop detected"
             self.log.error("forward_loop_detected", server=self.name, probe=self.loop_probe,

@@ -9,10 +9,12 @@ the event-invalidated AnswerCache (cache.py), so they are never stale.
 from __future__ import annotations
 
 import struct
+import sys
 import time
 from itertools import islice
 from dataclasses import dataclass
 
+from .cache import FRONT_OVERHEAD, MAX_FRONTS
 from .config import CacheConfig, zone_matcher
 from .memory import MemoryBudget
 from .wire import RR_FIXED, Query, WireError, _read_name, patch, rotation_groups
@@ -40,6 +42,8 @@ class Entry:
     outside: bool = True  # the name is in none of our (kubernetes) zones: no plugin before cache answers it
     groups: tuple | None = None  # loadbalance's rotation groups, found on first use
     rotation: int = 0  # loadbalance: fast-path hits so far (the rotation step)
+    fronts: list | None = None  # [(family, query bytes, cost)] of its front answers (add_front)
+    warm: int = -1  # the `elapsed` of its last fast-path hit: a second hit within that second makes a front
 
 
 class ResponseCache:
@@ -62,6 +66,10 @@ class ResponseCache:
         self.misses = 0
         self.evictions = {"success": 0, "denial": 0}
         self.requests = 0
+        # front answers (server.TimedFront) by the exact bytes of a UDP query after its ID, per socket family:
+        # the query handler's tables (attach_fronts), None while it serves no front from this cache
+        self.fronts: tuple[dict, dict] | None = None
+        self.on_front_drop = lambda front: None  # the handler folds a dropped front's counts
 
     def covers(self, name: str) -> bool:
         return self._covers(name)
@@ -95,10 +103,16 @@ class ResponseCache:
                 continue
             if now >= entry.expires:
                 del self._entries[kind][key]
-                self.bytes -= entry.cost
+                self._forget(entry)
                 continue
             return entry
         return None
+
+    def _forget(self, entry: Entry) -> None:
+        """An entry left the cache: its fronts go with it, its bytes are freed."""
+        if entry.fronts:
+            self._drop_fronts(entry)
+        self.bytes -= entry.cost
 
     def served(self, entry: Entry) -> bytes:
         """The entry's response with its TTLs counted down (re-decremented at most once a second)."""
@@ -113,6 +127,78 @@ class ResponseCache:
     def count_hit(self, entry: Entry) -> None:
         self.requests += 1
         self.hits[entry.kind] += 1
+
+    def count_hits(self, kind: str, n: int) -> None:
+        """n hits that front answers served (folded in by the query handler)."""
+        self.requests += n
+        self.hits[kind] += n
+
+    def front_until(self, entry: Entry) -> float:
+        """Until when (this cache's clock) the response served() just gave stays what served() gives:
+        the end of the whole second its TTLs were counted down for, and never past the entry's expiry.
+        A microsecond early, so float rounding never keeps a front past the second's end."""
+        if self.config.keepttl:
+            return entry.expires - 1e-6
+        return min(entry.stored + entry.elapsed + 1, entry.expires) - 1e-6
+
+    def attach_fronts(self, fronts: tuple[dict, dict] | None, on_drop=None) -> None:
+        """Serve (or, None, stop serving) front answers of this cache's entries from these tables."""
+        self.clear_fronts()
+        self.fronts = fronts
+        self.on_front_drop = on_drop or (lambda front: None)
+
+    def add_front(self, entry: Entry, family: int, raw: bytes, front) -> bool:
+        """Keep `front` (its `tail`, valid `until`) for UDP queries equal to `raw` after their ID while the
+        entry lives, replacing the one it had for them; its bytes are charged to the entry and to this
+        cache's budget. False when no fronts are served, the entry has MAX_FRONTS already or the budget is full."""
+        fronts = self.fronts
+        if fronts is None:
+            return False
+        old = fronts[family].get(raw)
+        if old is not None:
+            self._unfront(old.entry, family, raw)
+        held = entry.fronts
+        if held is not None and len(held) >= MAX_FRONTS:
+            return False
+        cost = FRONT_OVERHEAD + sys.getsizeof(raw) + sys.getsizeof(front.tail)
+        if self.bytes + cost > self.max_bytes:
+            return False  # fronts take free room only: they never evict an entry
+        if held is None:
+            held = entry.fronts = []
+        held.append((family, raw, cost))
+        fronts[family][raw] = front
+        entry.cost += cost
+        self.bytes += cost
+        return True
+
+    def _unfront(self, entry: Entry, family: int, raw: bytes) -> None:
+        """Forget the entry's front for `raw` (its counts folded first)."""
+        front = self.fronts[family].pop(raw, None)
+        if front is not None:
+            self.on_front_drop(front)
+        for i, (fam, r, cost) in enumerate(entry.fronts or ()):
+            if fam == family and r == raw:
+                del entry.fronts[i]
+                entry.cost -= cost
+                self.bytes -= cost
+                break
+
+    def _drop_fronts(self, entry: Entry) -> None:
+        """Forget all the entry's fronts (their counts folded first) and what they cost."""
+        for family, raw, cost in entry.fronts:
+            front = self.fronts[family].pop(raw, None) if self.fronts is not None else None
+            if front is not None:
+                self.on_front_drop(front)
+            entry.cost -= cost
+            self.bytes -= cost
+        entry.fronts = None
+
+    def clear_fronts(self) -> None:
+        """Forget every entry's fronts (a handler stops serving them, or forwarding stopped)."""
+        for bucket in self._entries.values():
+            for entry in bucket.values():
+                if entry.fronts:
+                    self._drop_fronts(entry)
 
     def rotation_groups(self, entry: Entry) -> tuple:
         """loadbalance's A/AAAA groups of the entry, found once (TTL countdown moves no rdata)."""
@@ -164,7 +250,7 @@ class ResponseCache:
         key = query.key
         old = bucket.pop(key, None)
         if old is not None:
-            self.bytes -= old.cost
+            self._forget(old)
         elif len(bucket) >= (cfg.success_capacity if kind == "success" else cfg.denial_capacity):
             self._evict(kind)
         now = self.clock()
@@ -194,7 +280,7 @@ class ResponseCache:
         bucket = self._entries[kind]
         oldest = list(islice(bucket, max(1, len(bucket) // EVICT_SHARE)))
         for key in oldest:
-            self.bytes -= bucket.pop(key).cost
+            self._forget(bucket.pop(key))
         self.evictions[kind] += len(oldest)
 
 

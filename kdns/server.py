@@ -112,6 +112,20 @@ class CoverFront(Front):
         self.ns = cover.ns
 
 
+class TimedFront(Front):
+    """A front answer of the `cache` plugin (a forwarded answer): valid `until` (the plugin's clock) the end
+    of the second its TTLs were counted down for; its hits are the plugin's (`cache`, `kind`)."""
+
+    __slots__ = ("until", "entry", "cache", "kind")
+
+    def __init__(self, tail: bytes, metric: tuple | None, req_size: int, resp_size: int, until: float, entry, cache):
+        super().__init__(tail, metric, req_size, resp_size)
+        self.until = until
+        self.entry = entry
+        self.cache = cache
+        self.kind = entry.kind
+
+
 class QueryHandler:
     """All server blocks of one port. handle() returns response bytes, None (drop), or an awaitable."""
 
@@ -124,6 +138,11 @@ class QueryHandler:
         self._observe = False
         self.negative_limit: NegativeRateLimit | None = None
         self.cache.on_front_drop = self._fold
+        # front answers of the `cache` plugin (TimedFront) per socket family, as cache.fronts; the clock
+        # they are valid by is the plugin's
+        self.timed_fronts: tuple[dict[bytes, TimedFront], dict[bytes, TimedFront]] = ({}, {})
+        self.timed_clock = time.monotonic
+        self.forward_cache = None
         self.metrics.handlers.add(self)
         self.set_blocks(blocks)
 
@@ -146,9 +165,17 @@ class QueryHandler:
         self.plain = not (self.querylog or self.negative_limit is not None
                           or any(b.config.acl is not None for b in self.blocks))
         self.cache.clear_fronts()  # they were made for the old settings (what is logged, filtered, measured)
+        if self.forward_cache is not None and self.forward_cache[1].fronts is self.timed_fronts:
+            self.forward_cache[1].attach_fronts(None)
         self.forward_cache = None
         if len(self.blocks) == 1 and self.blocks[0].forward_cache_is_final():
-            self.forward_cache = (self.blocks[0], self.blocks[0].cache)
+            cache = self.blocks[0].cache
+            self.forward_cache = (self.blocks[0], cache)
+            # the first handler of the plugin serves its fronts: not a later one sharing it (the block's other
+            # bind addresses; explain's shadow handlers, which have no UDP reader)
+            if cache.fronts is None:
+                cache.attach_fronts(self.timed_fronts, self._fold)
+            self.timed_clock = cache.clock
 
     @property
     def observe(self) -> bool:
@@ -244,6 +271,17 @@ class QueryHandler:
                             if groups:
                                 entry.rotation += 1
                                 packed = rotate(packed, groups, entry.rotation)
+                                return self._reply(data, qend, packed, key, tcp, udp_size, client, block, ".",
+                                                   "cache", start)
+                        if not tcp and client is not None and cache.fronts is self.timed_fronts:
+                            # a front once this answer is asked twice within one second, and again at once when
+                            # the one it had has gone stale (not while a valid one exists: a caller other than
+                            # the UDP reader, which serves them, asks)
+                            old = cache.fronts[1 if ":" in client[0] else 0].get(data[2:])
+                            if old is None and entry.warm == entry.elapsed or \
+                                    old is not None and old.until <= self.timed_clock():
+                                return self._timed_front(data, qend, key, entry, packed, udp_size, client, start)
+                            entry.warm = entry.elapsed
                         return self._reply(data, qend, packed, key, tcp, udp_size, client, block, ".",
                                            "cache", start)
         return fast
@@ -254,14 +292,8 @@ class QueryHandler:
         entry.served += 1
         self.cache.hits += 1
         packed = entry.packed
-        flags = bytes(((packed[2] & 0xFE) | (data[2] & 0x01), (packed[3] & 0xEF) | (data[3] & 0x10)))
-        response = b"".join((data[0:2], flags, packed[4:12], data[12:qend], packed[qend:]))
-        family = 1 if ":" in client[0] else 0
-        metric = None
-        if self._observe:
-            metric = self.metrics.key(entry.block.name, entry.zone, "udp", "2" if family else "1", key[1], key[4],
-                                      udp_size, packed[3] & 0x0F, entry.plugin, len(response))
-            self.metrics.count(metric, time.perf_counter() - start, 1, udp_size, len(response))
+        response, family, metric = self._front_reply(data, qend, key, packed, udp_size, client, start, entry.block,
+                                                     entry.zone, entry.plugin)
         # asked as the entry was packed (lower case, the same RD/CD bits: the usual case), the reply but its
         # ID is the entry's own bytes: a large one is shared (a view costs ~250 bytes), not copied
         tail = response[2:]
@@ -269,6 +301,33 @@ class QueryHandler:
             tail = memoryview(packed)[2:]
         self.cache.add_front(key, family, data[2:], Front(tail, metric, udp_size, len(response)))
         return response
+
+    def _timed_front(self, data: bytes, qend: int, key: tuple, entry, packed: bytes, udp_size: int, client,
+                     start: float) -> bytes:
+        """A `cache` plugin answer (already counted) asked again within the second its TTLs were counted
+        down for, over UDP: served, and kept by the exact bytes of this query after its ID until that
+        second ends or the entry goes (TimedFront), so the reader answers the same query meanwhile."""
+        block, cache = self.forward_cache
+        response, family, metric = self._front_reply(data, qend, key, packed, udp_size, client, start, block, ".",
+                                                     "cache")
+        until = cache.front_until(entry)
+        if until > self.timed_clock():
+            cache.add_front(entry, family, data[2:],
+                            TimedFront(response[2:], metric, udp_size, len(response), until, entry, cache))
+        return response
+
+    def _front_reply(self, data: bytes, qend: int, key: tuple, packed: bytes, udp_size: int, client, start: float,
+                     block, zone: str, plugin: str) -> tuple[bytes, int, tuple | None]:
+        """The reply a front answer is made of, its socket family and metric label set (the query counted)."""
+        flags = bytes(((packed[2] & 0xFE) | (data[2] & 0x01), (packed[3] & 0xEF) | (data[3] & 0x10)))
+        response = b"".join((data[0:2], flags, packed[4:12], data[12:qend], packed[qend:]))
+        family = 1 if ":" in client[0] else 0
+        metric = None
+        if self._observe:
+            metric = self.metrics.key(block.name, zone, "udp", "2" if family else "1", key[1], key[4],
+                                      udp_size, packed[3] & 0x0F, plugin, len(response))
+            self.metrics.count(metric, time.perf_counter() - start, 1, udp_size, len(response))
+        return response, family, metric
 
     def _covered(self, data: bytes, fast: tuple, covered: tuple, cover, tcp: bool, client,
                  start: float) -> bytes | None:
@@ -329,15 +388,19 @@ class QueryHandler:
             self.metrics.count(front.metric, seconds, 1, front.req_size, front.resp_size)
 
     def flush(self) -> None:
-        """Fold the front answers' counts into the stats, the cache's hits and the metrics."""
-        for fronts in (*self.cache.fronts, *self.cache.cover_fronts):
+        """Fold the front answers' counts into the stats, the caches' hits and the metrics."""
+        for fronts in (*self.cache.fronts, *self.timed_fronts, *self.cache.cover_fronts):
             for front in fronts.values():
                 if front.n:
                     self._fold(front)
 
     def _count_answers(self, front: "Front", n: int) -> None:
-        if type(front) is CoverFront:
+        """A front's answers: the answer cache's hits, the `cache` plugin's (TimedFront), or covered names."""
+        kind = type(front)
+        if kind is CoverFront:
             self._stats["negative_covered"] += n
+        elif kind is TimedFront:
+            front.cache.count_hits(front.kind, n)
         else:
             self.cache.hits += n
 
@@ -573,8 +636,10 @@ class UDPReader:
     def __init__(self, handler: QueryHandler, sock: socket.socket):
         self.handler = handler
         self.sock = sock
-        self.front = handler.cache.fronts[1 if sock.family == socket.AF_INET6 else 0]
-        self.cover_front = handler.cache.cover_fronts[1 if sock.family == socket.AF_INET6 else 0]
+        family = 1 if sock.family == socket.AF_INET6 else 0
+        self.front = handler.cache.fronts[family]
+        self.timed = handler.timed_fronts[family]
+        self.cover_front = handler.cache.cover_fronts[family]
         self.backlog: deque = deque()
         self._scheduled = False
         self._closing = False
@@ -587,7 +652,7 @@ class UDPReader:
         handler = self.handler
         first_bucket = DURATION_BUCKETS[0]
         clock = time.perf_counter
-        fronts, covers = self.front, self.cover_front
+        fronts, timed, covers = self.front, self.timed, self.cover_front
         out = []  # the answers of this wake-up, sent together after the reads (see below)
         for i in range(self.READS):
             # one datagram per wake-up is the rule below saturation: asking the queue's size costs a third
@@ -602,7 +667,12 @@ class UDPReader:
                 handler._stats["udp_errors"] += 1
                 continue
             start = clock()
-            front = fronts.get(data[2:])
+            raw = data[2:]
+            front = fronts.get(raw)
+            if front is None and timed:
+                front = timed.get(raw)
+                if front is not None and front.until <= handler.timed_clock():
+                    front = None  # its second is over: the handler counts the TTLs down again
             if front is not None:
                 response = data[:2] + front.tail
             elif covers and len(data) > 17 and 0 < data[12] < 64:

@@ -24,6 +24,7 @@ def upstream():
     with FakeUpstream({
         ("www.example.com", "A"): ["93.184.215.15"],
         ("counted.example.com", "A"): ["192.0.2.7"],
+        ("fronted.example.com", "A"): ["192.0.2.17"],
         ("multi.example.com", "A"): ["192.0.2.1", "192.0.2.2", "192.0.2.3"],
         ("big.example.com", "TXT"): ['"' + "x" * 200 + '"'] * 4,
         ("hosted.example.com", "A"): ["192.0.2.99"],
@@ -65,6 +66,25 @@ def test_forwarded_queries_and_upstream_failures_are_counted(kdns, upstream):
     assert kdns.query("x.servfail").rcode() == dns.rcode.SERVFAIL  # the upstream says SERVFAIL
     wait_until(lambda: kdns.metric("kdns_upstream_errors_total") == errors + 1, what="one upstream failure")
     assert kdns.metric("kdns_forwarded_queries_total") == forwarded + 2
+
+
+def test_answers_of_a_hot_forwarded_name_count_as_cache_hits_and_dns_requests(kdns, upstream):
+    # asked 40 times in a row: after the first few the UDP reader answers it from a front (TimedFront),
+    # whose counts the scrape folds into the cache plugin's and the server's metrics
+    def sample(name, **labels):
+        return kdns.metric(name, server="dns://:53", **labels) or 0
+
+    before = (sample("coredns_cache_hits_total", type="success"), sample("coredns_cache_requests_total"),
+              sample("coredns_dns_requests_total", zone=".", proto="udp", family="1", type="A"),
+              sample("coredns_dns_responses_total", zone=".", rcode="NOERROR", plugin="cache"))
+    replies = [kdns.query("fronted.example.com") for _ in range(40)]
+    assert all(answers(r) == ["192.0.2.17"] for r in replies)
+    assert [ttl_of(r) for r in replies] == sorted((ttl_of(r) for r in replies), reverse=True)  # never back up
+    assert upstream.count("fronted.example.com", "A") == 1
+    after = (sample("coredns_cache_hits_total", type="success"), sample("coredns_cache_requests_total"),
+             sample("coredns_dns_requests_total", zone=".", proto="udp", family="1", type="A"),
+             sample("coredns_dns_responses_total", zone=".", rcode="NOERROR", plugin="cache"))
+    assert [a - b for a, b in zip(after, before)] == [39, 40, 40, 39]
 
 
 def test_cached_answer_carries_the_askers_id_flags_and_case(kdns):

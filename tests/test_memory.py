@@ -13,7 +13,7 @@ import pytest
 
 from builders import clusterip, ep, eps, handler_for, headless, namespace, no_cover
 from cgroup import MemoryCgroup
-from harness import EXAMPLE, KdnsProcess, answers, wait_until
+from harness import EXAMPLE, KdnsProcess, answers, traced_bytes, wait_until
 from kdns.cache import AnswerCache
 from kdns.memory import cgroup_memory_limit, index_bytes, parse_size
 
@@ -69,17 +69,13 @@ def test_accounted_bytes_match_what_the_entries_really_hold():
     for i in range(200):  # warm-up: interned strings, dict growth
         ask_wire(handler, f"w{i}.shop.svc.cluster.local")
     handler.cache.clear()
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
+
+    def flood() -> None:
         for i in range(3000):  # each twice: a negative answer is cached from its second asking
             assert ask_wire(handler, f"r{i}.shop.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
             assert ask_wire(handler, f"r{i}.shop.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
-        gc.collect()
-        traced = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
+
+    traced = traced_bytes(flood)
     assert len(handler.cache) == 3000
     accounted = handler.cache.bytes
     # never under-counts by more than 10% (the budget must hold), never over-counts 2x (wasted budget)
@@ -100,17 +96,8 @@ def test_front_answers_are_charged_what_they_hold(observe):
     for q in queries:
         handler.handle(q, False, client)
     handler.cache.clear_fronts()
-    gc.collect()
     before_accounted = handler.cache.bytes
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        for q in queries:  # the third asking: a front answer each
-            handler.handle(q, False, client)
-        gc.collect()
-        traced = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
+    traced = traced_bytes(lambda: [handler.handle(q, False, client) for q in queries])  # the third asking: a front each
     assert len(handler.cache.fronts[0]) == 2000
     accounted = handler.cache.bytes - before_accounted
     assert 0.9 * traced <= accounted <= 2.0 * traced, (accounted, traced)
@@ -152,16 +139,7 @@ def test_large_front_answers_share_their_entry_bytes_and_are_charged_for_the_vie
         handler.handle(q, False, client)
     handler.cache.clear_fronts()
     before_accounted = handler.cache.bytes
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        for q in queries:
-            handler.handle(q, False, client)
-        gc.collect()
-        traced = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
+    traced = traced_bytes(lambda: [handler.handle(q, False, client) for q in queries])
     fronts = list(handler.cache.fronts[0].values())
     assert len(fronts) == 300 and all(isinstance(f.tail, memoryview) for f in fronts)
     assert all(len(first) > 300 for first in firsts)
