@@ -654,6 +654,9 @@ class UDPReader:
         clock = time.perf_counter
         fronts, timed, covers = self.front, self.timed, self.cover_front
         out = []  # the answers of this wake-up, sent together after the reads (see below)
+        # a front answer's duration runs from the end of the wake-up's previous answer (or the wake-up) to
+        # its reply, its read included: one clock reading per answer
+        last = clock()
         for i in range(self.READS):
             # one datagram per wake-up is the rule below saturation: asking the queue's size costs a third
             # of the read that would fail (and raise) when it is empty
@@ -666,7 +669,6 @@ class UDPReader:
             except OSError:  # an ICMP error queued on the socket: the next read goes on
                 handler._stats["udp_errors"] += 1
                 continue
-            start = clock()
             raw = data[2:]
             front = fronts.get(raw)
             if front is None and timed:
@@ -687,7 +689,9 @@ class UDPReader:
                     else:
                         front = None
             if front is not None:
-                seconds = clock() - start
+                now = clock()
+                seconds = now - last
+                last = now
                 if seconds <= first_bucket:
                     front.n += 1
                     front.seconds += seconds
@@ -702,6 +706,7 @@ class UDPReader:
                 self.backlog.append((data, addr, response))
             else:
                 handler._stats["udp_backlog_dropped"] += 1
+            last = clock()
         # sent as one burst: a client's first answer wakes it, the rest join its queue while it runs
         # (sent between reads, each answer could wake the client anew)
         sendto = self.sock.sendto
