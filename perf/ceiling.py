@@ -1,14 +1,17 @@
 """Ceiling responder: the least a Python DNS server on kdns's event loop can do per query.
 
     .venv/bin/python perf/ceiling.py --answers FILE [--listen 127.0.0.1:0] [--loop auto|asyncio|uvloop]
+                                     [--forward 127.0.0.1:PORT]
     .venv/bin/python perf/ceiling.py --record FILE --from-port PORT QUERYFILE...   (ask a server once)
 
 Serving: on the loop kdns uses (uvloop when installed, as kdns's `--loop auto`), reading the UDP
 socket as kdns does (`--io reader`: recvfrom on readiness, the answers sent together, the faster of the two; `--io
 transport`: an asyncio DatagramProtocol), replaying precomputed wire answers from a dict keyed by
 the question bytes (QNAME + QTYPE + QCLASS), the query's ID patched in. No metrics, no parsing beyond the question;
-a question it has no answer for is dropped (and counted, printed on exit). perf/run.py compares
-kdns at saturation with it: what kdns's design costs over the event loop itself.
+a question it has no answer for is dropped (and counted, printed on exit) -- or, with --forward, sent
+raw to that upstream with a new ID and its reply handed back (no cache, no metrics): the least a
+forwarder on this loop does, measured on `forward-miss`. perf/run.py compares kdns at saturation with
+it: what kdns's design costs over the event loop itself.
 
 Recording: every distinct line of dnsperf-format query files is asked once of a server on
 127.0.0.1 (kdns, so the answers are kdns's own, byte for byte); FILE then holds
@@ -166,7 +169,75 @@ class ReplayReader:
                 pass
 
 
-async def serve(answers: dict[bytes, bytes], host: str, port: int, loop_name: str, io: str = "transport") -> int:
+class ForwardReader(ReplayReader):
+    """The replay, and a question it has no answer for forwarded raw to `upstream` (the least a forwarder on
+    this loop does: a new ID, one connected socket, a dict of waiting queries; no cache, no metrics, no
+    checks beyond the reply's ID): each wake-up's queries go upstream together after its reads, each
+    wake-up's replies back to their clients likewise -- as kdns's reader and forwarder batch theirs."""
+
+    def __init__(self, answers: dict[bytes, bytes], sock: socket.socket, upstream: tuple[str, int]):
+        super().__init__(answers, sock)
+        self.up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.up.connect(upstream)
+        self.up.setblocking(False)
+        self.waiting: dict[int, tuple[bytes, tuple]] = {}  # upstream ID -> (client ID, client address)
+        self.next_id = 0
+        self.forwarded = 0
+
+    def readable(self) -> None:
+        recvfrom, sendto, answers, waiting = self.sock.recvfrom, self.sock.sendto, self.answers, self.waiting
+        out, up = [], []
+        for _ in range(64):
+            try:
+                data, addr = recvfrom(65535)
+            except BlockingIOError:
+                break
+            answer = answers.get(data[12:] if data[10:12] == b"\0\0" else question_of(data))
+            if answer is not None:
+                out.append((data[:2] + answer[2:], addr))
+            elif len(waiting) < 60000:
+                qid = self.next_id = (self.next_id + 1) & 0xFFFF
+                while qid in waiting:
+                    qid = self.next_id = (self.next_id + 1) & 0xFFFF
+                waiting[qid] = (data[:2], addr)
+                up.append(struct.pack("!H", qid) + data[2:])
+            else:
+                self.unknown += 1
+        send = self.up.send
+        for query in up:
+            try:
+                send(query)
+            except OSError:
+                pass
+        for response, addr in out:
+            try:
+                sendto(response, addr)
+            except OSError:
+                pass
+
+    def upstream_readable(self) -> None:
+        recv, sendto, waiting = self.up.recv, self.sock.sendto, self.waiting
+        out = []
+        for _ in range(64):
+            try:
+                reply = recv(65535)
+            except BlockingIOError:
+                break
+            except OSError:
+                continue
+            client = waiting.pop(reply[0] << 8 | reply[1], None) if len(reply) >= 12 else None
+            if client is not None:
+                out.append((client[0] + reply[2:], client[1]))
+        self.forwarded += len(out)
+        for response, addr in out:
+            try:
+                sendto(response, addr)
+            except OSError:
+                pass
+
+
+async def serve(answers: dict[bytes, bytes], host: str, port: int, loop_name: str, io: str = "transport",
+                forward: tuple[str, int] | None = None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -175,14 +246,21 @@ async def serve(answers: dict[bytes, bytes], host: str, port: int, loop_name: st
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind((host, port))
         sock.setblocking(False)
-        proto = ReplayReader(answers, sock)
+        proto = ReplayReader(answers, sock) if forward is None else ForwardReader(answers, sock, forward)
         loop.add_reader(sock.fileno(), proto.readable)
+        if forward is not None:
+            loop.add_reader(proto.up.fileno(), proto.upstream_readable)
         bound = sock.getsockname()
-        print(f"listening udp={bound[0]}:{bound[1]} answers={len(answers)} loop={loop_name}", flush=True)
+        print(f"listening udp={bound[0]}:{bound[1]} answers={len(answers)} loop={loop_name}"
+              + (f" forward={forward[0]}:{forward[1]}" if forward else ""), flush=True)
         await stop.wait()
         loop.remove_reader(sock.fileno())
         sock.close()
-        print(f"stopped unknown_questions={proto.unknown}", flush=True)
+        if forward is not None:
+            loop.remove_reader(proto.up.fileno())
+            proto.up.close()
+        print(f"stopped unknown_questions={proto.unknown}"
+              + (f" forwarded={proto.forwarded}" if forward else ""), flush=True)
         return 0
     transport, proto = await loop.create_datagram_endpoint(lambda: Replay(answers), local_addr=(host, port))
     bound = transport.get_extra_info("sockname")
@@ -212,6 +290,8 @@ def main() -> int:
     p.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto")
     p.add_argument("--io", choices=["transport", "reader"], default="reader",
                    help="transport: an asyncio DatagramProtocol; reader: recvfrom/sendto on readiness")
+    p.add_argument("--forward", metavar="HOST:PORT", help="forward questions without an answer to this loopback "
+                   "upstream (--io reader): the least a forwarder on this loop does, for `forward-miss`")
     p.add_argument("--record", metavar="FILE", help="ask --from-port once per distinct query, write FILE")
     p.add_argument("--from-port", type=int, help="port on 127.0.0.1 of the server to record from")
     p.add_argument("queries", nargs="*", help="dnsperf-format query files (with --record)")
@@ -229,8 +309,14 @@ def main() -> int:
     host, _, port = a.listen.rpartition(":")
     if host not in ("127.0.0.1", "::1", "[::1]"):
         p.error("--listen: loopback only")
+    forward = None
+    if a.forward:
+        fhost, _, fport = a.forward.rpartition(":")
+        if not fhost.startswith("127.") or a.io != "reader":
+            p.error("--forward: a 127.0.0.0/8 HOST:PORT, with --io reader")
+        forward = (fhost, int(fport))
     run, name = runner(a.loop)
-    return run(serve(load(a.answers), host.strip("[]"), int(port), name, a.io))
+    return run(serve(load(a.answers), host.strip("[]"), int(port), name, a.io, forward))
 
 
 if __name__ == "__main__":

@@ -377,14 +377,14 @@ class Budget:
 
 
 def make_server(name: str, data: str, kdns_src: str | None, startup_timeout: float, extra: list[str] | None = None,
-                corefile: str | None = None, cpu: str = SERVER_CPU, dns_port: int = 0):
+                corefile: str | None = None, cpu: str = SERVER_CPU, dns_port: int = 0, upstream: str | None = None):
     if name == "kdns":
         return servers.KdnsServer(os.path.join(data, "manifests"), extra=extra, src=kdns_src, cpu=cpu,
                                   startup_timeout=startup_timeout, probe_name=PROBE, corefile=corefile,
                                   dns_port=dns_port)
     if name == "ceiling":
-        return servers.CeilingServer(os.path.join(data, "ceiling.answers"), cpu=SERVER_CPU, startup_timeout=60,
-                                     probe_name=PROBE)
+        return servers.CeilingServer(os.path.join(data, "ceiling.answers"), forward=upstream, cpu=SERVER_CPU,
+                                     startup_timeout=60, probe_name=PROBE)
     if name == "knot":
         return servers.KnotServer(os.path.join(data, "zones"), cpu=SERVER_CPU, startup_timeout=60, probe_name=PROBE)
     if name == "nsd":
@@ -724,7 +724,8 @@ def run(cfg) -> dict:
                 continue
             if not budget.ok(f"{name} (start)", cfg.duration * 2 + 10):
                 continue
-            srv = make_server(name, data, kdns_src, cfg.startup_timeout, corefile=corefile)
+            srv = make_server(name, data, kdns_src, cfg.startup_timeout, corefile=corefile,
+                              upstream=f"{servers.HOST}:{upstream.port}" if upstream is not None else None)
             log(f"starting {name} pinned to core {SERVER_CPU}")
             try:
                 srv.start()
@@ -752,10 +753,11 @@ def run(cfg) -> dict:
                         if b or a:
                             log(f"  {mix}: {b}/{n} answers, {a}/{n} additional sections differ, e.g. {ex}")
                 mixes = cfg.asyncio_mixes if name == "dnslib-asyncio" else cfg.mixes
-                if name != "kdns":  # only kdns forwards; the ceiling replays what kdns answered
-                    mixes = [m for m in mixes if m not in FORWARD or (name == "ceiling" and m == "forward-cached")]
-                if name == "ceiling":
-                    mixes = [m for m in mixes if m not in ONE_PASS]
+                if name != "kdns":  # only kdns forwards; the ceiling replays what kdns answered, forwards the rest
+                    mixes = [m for m in mixes if m not in FORWARD or
+                             (name == "ceiling" and (m == "forward-cached" or upstream is not None))]
+                if name == "ceiling":  # of the one-pass mixes it knows only how to forward
+                    mixes = [m for m in mixes if m not in ONE_PASS or m == "forward-miss"]
                 measure_server(name, srv, data, [m for m in mixes if m not in ONE_PASS], cfg, budget,
                                report["results"], report["notes"])
                 for row in report["results"]:
@@ -763,6 +765,9 @@ def run(cfg) -> dict:
                         max_qps[(name, row["mix"])] = row["qps"]
                 if name in ("kdns", "ceiling", "knot", "nsd"):
                     fixed_rate_cpu(name, srv, data, cfg, budget, report)
+                if name == "ceiling":  # forward-miss: every name through the least a forwarder on this loop does
+                    measure_server(name, srv, data, [m for m in mixes if m in ONE_PASS], cfg, budget,
+                                   report["results"], report["notes"])
                 if name == "kdns":
                     if cfg.profile and budget.ok("kdns profile (cached)", 20):
                         report.setdefault("profile", {})

@@ -513,9 +513,12 @@ class CeilingServer(ServerProcess):
     name = "ceiling"
     ready_pattern = r"\blistening\b.*udp="
 
-    def __init__(self, answers: str, **kw):
+    def __init__(self, answers: str, forward: str | None = None, **kw):
+        """forward: HOST:PORT of an upstream to forward the questions it has no answer for to (`forward-miss`)."""
         super().__init__(**kw)
         self.answers = answers
+        self.forward = forward
 
     def command(self) -> list[str]:
-        return [python(), os.path.join(PERF, "ceiling.py"), "--answers", self.answers, "--listen", f"{HOST}:0"]
+        return [python(), os.path.join(PERF, "ceiling.py"), "--answers", self.answers, "--listen", f"{HOST}:0",
+                *(["--forward", self.forward] if self.forward else [])]

@@ -67,6 +67,35 @@ def test_ceiling_replays_kdns_answers_with_the_query_id(recorded):
     assert "stopped unknown_questions=1" in out
 
 
+def test_forwarding_ceiling_hands_unknown_questions_to_its_upstream(recorded):
+    """perf/ceiling.py --forward: what it has answers for is replayed; anything else goes to the upstream
+    with an ID of its own and comes back with the client's, answer intact (the forward-miss floor)."""
+    from upstream import FakeUpstream
+
+    path, direct = recorded
+    with FakeUpstream({("www.example.test", "A"): ["192.0.2.7"], ("mail.example.test", "AAAA"): ["2001:db8::5"]}) as up:
+        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "perf", "ceiling.py"), "--answers", path,
+                                 "--forward", f"127.0.0.1:{up.port}"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            line = proc.stdout.readline()
+            port = int(re.search(r"udp=127\.0\.0\.1:(\d+)", line).group(1))
+            assert f"forward=127.0.0.1:{up.port}" in line
+            for i, (name, rdtype, want) in enumerate([("www.example.test", "A", "192.0.2.7"),
+                                                      ("mail.example.test", "AAAA", "2001:db8::5")] * 3):
+                q = dns.message.make_query(name, rdtype)
+                q.id = 1000 + i
+                reply = dns.query.udp(q, "127.0.0.1", port=port, timeout=3)
+                assert reply.id == q.id and [rd.to_text() for rd in reply.answer[0]] == [want]
+            q = dns.message.make_query(NAMES[0][0], NAMES[0][1], use_edns=False)  # recorded: replayed, not forwarded
+            assert dns.query.udp(q, "127.0.0.1", port=port, timeout=3).answer == direct[NAMES[0][0]].answer
+            assert len(up.queries) == 6
+        finally:
+            proc.terminate()
+            out, _ = proc.communicate(timeout=10)
+    assert "forwarded=6" in out
+
+
 def test_question_of_stops_at_the_question():
     q = dns.message.make_query("a.b.example", "AAAA", use_edns=0).to_wire()
     assert ceiling.question_of(q) == b"\x01a\x01b\x07example\x00\x00\x1c\x00\x01"
