@@ -150,7 +150,7 @@ class ReplayReader:
         self.unknown = 0
 
     def readable(self) -> None:
-        recvfrom, sendto, answers = self.sock.recvfrom, self.sock.sendto, self.answers
+        recvfrom, answers = self.sock.recvfrom, self.answers
         out = []
         for _ in range(64):
             try:
@@ -159,9 +159,20 @@ class ReplayReader:
                 break
             answer = answers.get(data[12:] if data[10:12] == b"\0\0" else question_of(data))
             if answer is None:
-                self.unknown += 1
+                self.unanswered(data, addr)
                 continue
             out.append((data[:2] + answer[2:], addr))
+        self.flush()
+        self.send_all(out)
+
+    def unanswered(self, data: bytes, addr) -> None:
+        self.unknown += 1
+
+    def flush(self) -> None:
+        """After a wake-up's reads (ForwardReader: its queries go upstream)."""
+
+    def send_all(self, out: list) -> None:
+        sendto = self.sock.sendto
         for response, addr in out:
             try:
                 sendto(response, addr)
@@ -181,42 +192,31 @@ class ForwardReader(ReplayReader):
         self.up.connect(upstream)
         self.up.setblocking(False)
         self.waiting: dict[int, tuple[bytes, tuple]] = {}  # upstream ID -> (client ID, client address)
+        self.queued: list[bytes] = []
         self.next_id = 0
         self.forwarded = 0
 
-    def readable(self) -> None:
-        recvfrom, sendto, answers, waiting = self.sock.recvfrom, self.sock.sendto, self.answers, self.waiting
-        out, up = [], []
-        for _ in range(64):
-            try:
-                data, addr = recvfrom(65535)
-            except BlockingIOError:
-                break
-            answer = answers.get(data[12:] if data[10:12] == b"\0\0" else question_of(data))
-            if answer is not None:
-                out.append((data[:2] + answer[2:], addr))
-            elif len(waiting) < 60000:
-                qid = self.next_id = (self.next_id + 1) & 0xFFFF
-                while qid in waiting:
-                    qid = self.next_id = (self.next_id + 1) & 0xFFFF
-                waiting[qid] = (data[:2], addr)
-                up.append(struct.pack("!H", qid) + data[2:])
-            else:
-                self.unknown += 1
-        send = self.up.send
-        for query in up:
+    def unanswered(self, data: bytes, addr) -> None:
+        waiting = self.waiting
+        if len(waiting) >= 60000:
+            self.unknown += 1
+            return
+        qid = self.next_id = (self.next_id + 1) & 0xFFFF
+        while qid in waiting:
+            qid = self.next_id = (self.next_id + 1) & 0xFFFF
+        waiting[qid] = (data[:2], addr)
+        self.queued.append(struct.pack("!H", qid) + data[2:])
+
+    def flush(self) -> None:
+        send, queued, self.queued = self.up.send, self.queued, []
+        for query in queued:
             try:
                 send(query)
             except OSError:
                 pass
-        for response, addr in out:
-            try:
-                sendto(response, addr)
-            except OSError:
-                pass
 
     def upstream_readable(self) -> None:
-        recv, sendto, waiting = self.up.recv, self.sock.sendto, self.waiting
+        recv, waiting = self.up.recv, self.waiting
         out = []
         for _ in range(64):
             try:
@@ -229,11 +229,7 @@ class ForwardReader(ReplayReader):
             if client is not None:
                 out.append((client[0] + reply[2:], client[1]))
         self.forwarded += len(out)
-        for response, addr in out:
-            try:
-                sendto(response, addr)
-            except OSError:
-                pass
+        self.send_all(out)
 
 
 async def serve(answers: dict[bytes, bytes], host: str, port: int, loop_name: str, io: str = "transport",
