@@ -537,6 +537,7 @@ class UDPReader:
         self.sock = sock
         self.front = handler.cache.fronts[1 if sock.family == socket.AF_INET6 else 0]
         self.backlog: deque = deque()
+        self._outbox: list = []  # forwarded answers to send this turn (_reply)
         self._scheduled = False
         self._closing = False
         self._loop = asyncio.get_running_loop()
@@ -612,10 +613,18 @@ class UDPReader:
             self.handler._stats["udp_errors"] += 1
 
     def _reply(self, response: bytes, addr) -> None:
-        """A forwarded answer, sent from the forwarder's callback once the upstream socket's replies of
-        this wake-up are all read (Upstream._readable), so they go out together."""
+        """A forwarded answer from the forwarder's callback: sent with the others of this turn of the event
+        loop once its callbacks have run (_flush), back to back (sent one by one between the work of
+        making them, each woke the client anew: 1.5x the CPU per forwarded query, measured with dnsperf)."""
+        if not self._outbox:
+            self._loop.call_soon(self._flush)
+        self._outbox.append((response, addr))
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, []
         if not self._closing:
-            self._send(response, addr)
+            for response, addr in outbox:
+                self._send(response, addr)
 
     def _send_later(self, addr, result: asyncio.Future) -> None:
         if not result.cancelled() and not self._closing:
