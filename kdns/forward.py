@@ -32,10 +32,12 @@ class _IdPool:
         self._ids: list[int] = []
 
     def take(self) -> int:
-        if not self._ids:
+        try:
+            return self._ids.pop()
+        except IndexError:
             raw = os.urandom(8192)
             self._ids = list(struct.unpack(f"!{len(raw) // 2}H", raw))
-        return self._ids.pop()
+            return self._ids.pop()
 
 
 _IDS = _IdPool()
@@ -101,16 +103,18 @@ class Upstream:
 
     # ------------------------------------------------------------------ sending
 
-    def send(self, packet: bytes, qend: int, done: Done, tcp: bool = False) -> None:
+    def send(self, packet: bytes, qend: int, done: Done, tcp: bool = False, now: float | None = None) -> None:
         """Send `packet` (question ends at qend) with a fresh ID, once this turn of the event loop ends
-        (_flush); `done` is called exactly once, possibly before this returns (no socket could be opened)."""
+        (_flush); `done` is called exactly once, possibly before this returns (no socket could be opened).
+        `now`: time.monotonic(), when the caller just read it."""
         if self.closed:
             done(None, f"upstream {self.name}: forwarder closed")
             return
         if tcp:
             self._start_tcp(packet, packet[:2], done)
             return
-        now = time.monotonic()
+        if now is None:
+            now = time.monotonic()
         try:
             channel = self._channel(now)
         except OSError as exc:
@@ -444,8 +448,8 @@ class _Forwarding:
             return
         self.state = state = order[self.next]
         self.next += 1
-        self.start = time.monotonic()
-        state.upstream.send(self.packet, self.qend, self.answered, self.tcp)
+        self.start = now = time.monotonic()
+        state.upstream.send(self.packet, self.qend, self.answered, self.tcp, now)
 
     def answered(self, reply: bytes | None, error: str) -> None:
         state = self.state
