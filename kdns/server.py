@@ -222,7 +222,7 @@ class QueryHandler:
         try:
             block.forwarder.submit(data, fast[1], False,
                                    partial(self._forward_done, data, fast, client, send, block, cache, start),
-                                   self.metrics.observe_upstream)
+                                   block.metrics.observe_upstream)  # where the full path counts it (Block._forward)
             return True
         except (Overloaded, UpstreamError) as exc:
             query = query_from_fast(data, fast)
