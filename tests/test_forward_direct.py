@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
-import dns.flags
 import dns.message
+import dns.query
 import dns.rcode
 import pytest
 
@@ -109,6 +109,9 @@ QUERIES = [
     ("nope.cluster.local", "A", {}),
     ("axfr.example.com", "AXFR", {}),  # refused
     ("nx2.example.com", "MX", {"use_edns": 0, "payload": 512}),
+    ("v1.example.com", "A", {"use_edns": 1}),  # EDNS version 1: BADVERS from the full parser
+    ("ch.example.com", "A", {"rdclass": "CH"}),  # class CH: the full path refuses it
+    ("nx3.example.com", "ANY", {"rdclass": "ANY"}),  # class ANY is forwarded
 ]
 
 
@@ -127,16 +130,15 @@ def test_direct_path_answers_and_counts_as_the_full_path():
                     assert got[:2] == wire[:2]
                     assert _counters(direct) == _counters(full), (name, rdtype)
                 # the direct path took every new outside name the cache plugin missed, and nothing else
-                assert direct.stats["forward_direct"] == 11
+                assert direct.stats["forward_direct"] == 12
                 assert full.stats["forward_direct"] == 0
-                assert direct.stats["forwarded"] == 11
+                assert direct.stats["forwarded"] == 12
                 errors = direct.blocks[0].log.stream.getvalue()
                 assert "plugin/errors" in errors and "y.silent. A" in errors and "x.servfail" not in errors
             finally:
                 _stop(served, direct, full)
 
         asyncio.run(main())
-    assert _normal(_wire("a1.example.com")).id == 4242  # _wire's default id (the helper itself is sound)
 
 
 def test_direct_path_refuses_over_max_concurrent_and_serves_after():
@@ -177,7 +179,11 @@ def test_loop_probe_and_tcp_take_the_full_path():
                 handler.blocks[0].loop_probe = ""  # the check is over
                 reply = dns.message.from_wire(await _ask(client, _wire("nx9.example.com", qid=6)))
                 assert reply.rcode() == dns.rcode.NXDOMAIN and handler.stats["forward_direct"] == 1
-                assert handler.stats["forwarded"] == 2
+                port = client.getpeername()[1]
+                tcp = await asyncio.get_running_loop().run_in_executor(
+                    None, lambda: dns.query.tcp(dns.message.make_query("t1.example.com", "A"), "127.0.0.1", 10, port))
+                assert tcp.rcode() == dns.rcode.NXDOMAIN and handler.stats["forward_direct"] == 1  # TCP: full path
+                assert handler.stats["forwarded"] == 3
             finally:
                 _stop(served, handler)
 
