@@ -85,9 +85,10 @@ def no_cover(handler):
     return handler
 
 
-def forward_handler(upstream_port: int, options: str = "max_concurrent 1000"):
-    """A QueryHandler (prometheus on) for kubeadm's `.` block -- kubernetes, forward to 127.0.0.1:PORT with
-    these options, cache 30, loadbalance -- its forwarder live (close it with handler.blocks[0].forwarder)."""
+def forward_handler(upstream_port: int, options: str = "max_concurrent 1000", more_upstreams: str = ""):
+    """A QueryHandler (prometheus on) for kubeadm's `.` block -- kubernetes, forward to 127.0.0.1:PORT (and
+    `more_upstreams`) with these options, cache 30, loadbalance -- its forwarder live (close it with
+    handler.blocks[0].forwarder)."""
     import io
 
     from kdns.cache import AnswerCache
@@ -107,7 +108,7 @@ def forward_handler(upstream_port: int, options: str = "max_concurrent 1000"):
        ttl 30
     }}
     prometheus :9153
-    forward . 127.0.0.1:{upstream_port} {{
+    forward . 127.0.0.1:{upstream_port} {more_upstreams} {{
        {options}
     }}
     cache 30

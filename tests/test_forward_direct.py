@@ -190,6 +190,32 @@ def test_loop_probe_and_tcp_take_the_full_path():
         asyncio.run(main())
 
 
+def test_direct_path_fails_over_to_the_next_upstream_as_the_full_path_does():
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    dead = probe.getsockname()[1]
+    probe.close()  # nothing listens there: refused
+    with FakeUpstream(RECORDS, ttl=60) as upstream:
+        async def main():
+            options = "policy sequential\n       max_fails 0"
+            handlers = [forward_handler(dead, options, f"127.0.0.1:{upstream.port}") for _ in range(2)]
+            handlers[1].forward_direct = None  # the full path
+            served = [await _serve(h) for h in handlers]
+            try:
+                for i in range(3):
+                    wire = _wire("a1.example.com" if i == 0 else f"nx{i}.fail.example.com", qid=7000 + i)
+                    got, want = await asyncio.gather(_ask(served[0][2], wire), _ask(served[1][2], wire))
+                    assert _normal(got) == _normal(want)
+                    assert dns.message.from_wire(got).rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN)
+                assert handlers[0].stats["forward_direct"] == 3 and handlers[1].stats["forward_direct"] == 0
+                assert [h.blocks[0].forwarder.upstreams[0].fails for h in handlers] == [3, 3]  # each refused first
+                assert _counters(handlers[0]) == _counters(handlers[1])
+            finally:
+                _stop(served, *handlers)
+
+        asyncio.run(main())
+
+
 @pytest.mark.parametrize("corefile, direct", [
     (KUBEADM_PLAIN_CACHE, True),
     (KUBEADM_PLAIN_CACHE.replace("    errors\n", "    errors\n    log\n"), False),  # a query log: the full path
