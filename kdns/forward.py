@@ -32,10 +32,12 @@ class _IdPool:
         self._ids: list[int] = []
 
     def take(self) -> int:
-        if not self._ids:
+        try:
+            return self._ids.pop()
+        except IndexError:
             raw = os.urandom(8192)
             self._ids = list(struct.unpack(f"!{len(raw) // 2}H", raw))
-        return self._ids.pop()
+            return self._ids.pop()
 
 
 _IDS = _IdPool()
@@ -58,12 +60,13 @@ class _Waiting:
 class _Channel:
     """One connected UDP socket to an upstream and the queries waiting on it, oldest first."""
 
-    __slots__ = ("sock", "fd", "pending", "opened", "closed")
+    __slots__ = ("sock", "fd", "pending", "outbox", "opened", "closed")
 
     def __init__(self, sock: socket.socket, opened: float):
         self.sock = sock
         self.fd = sock.fileno()
         self.pending: dict[int, _Waiting] = {}  # our ID -> the query; insertion order = deadline order
+        self.outbox: list[int] = []  # IDs of queries waiting to be sent (Upstream._flush)
         self.opened = opened
         self.closed = False
 
@@ -75,6 +78,10 @@ class Upstream:
     random IDs; a reply must carry a waiting ID and echo its question, else it is ignored and counted
     (`ignored`) and the query keeps waiting. One timer per upstream sweeps timed-out queries, oldest
     first. After `expire` seconds a fresh socket (a new source port) takes the new queries.
+
+    Datagrams queued in one turn of the event loop are sent together once the loop's callbacks of that
+    turn have run (_flush): back to back, the upstream is woken once for them, not once each (waking a
+    sleeping upstream process costs the sender more than the send itself).
     """
 
     def __init__(self, host: str, port: int = 53, timeout: float = DEFAULT_TIMEOUT, expire: float = DEFAULT_EXPIRE):
@@ -87,6 +94,7 @@ class Upstream:
         self._channels: list[_Channel] = []  # the last one takes new queries
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self._flushing: list[_Channel] = []  # channels with datagrams queued for _flush
         self._tcp_tasks: set[asyncio.Task] = set()
         self.closed = False  # takes no new queries; sockets close as their waiting queries finish
 
@@ -95,16 +103,18 @@ class Upstream:
 
     # ------------------------------------------------------------------ sending
 
-    def send(self, packet: bytes, qend: int, done: Done, tcp: bool = False) -> None:
-        """Send `packet` (question ends at qend) with a fresh ID; `done` is called exactly once,
-        possibly before this returns (when the socket refuses the datagram)."""
+    def send(self, packet: bytes, qend: int, done: Done, tcp: bool = False, now: float | None = None) -> None:
+        """Send `packet` (question ends at qend) with a fresh ID, once this turn of the event loop ends
+        (_flush); `done` is called exactly once, possibly before this returns (no socket could be opened).
+        `now`: time.monotonic(), when the caller just read it."""
         if self.closed:
             done(None, f"upstream {self.name}: forwarder closed")
             return
         if tcp:
             self._start_tcp(packet, packet[:2], done)
             return
-        now = time.monotonic()
+        if now is None:
+            now = time.monotonic()
         try:
             channel = self._channel(now)
         except OSError as exc:
@@ -116,14 +126,35 @@ class Upstream:
             qid = _IDS.take()
         out = bytes((qid >> 8, qid & 0xFF)) + packet[2:]
         pending[qid] = _Waiting(packet[12:qend], packet[:2], out, done, now + self.timeout)
-        try:
-            channel.sock.send(out)
-        except OSError as exc:
-            del pending[qid]
-            done(None, f"upstream {self.name}: {exc.strerror or exc}")
-            return
+        if not channel.outbox:
+            if not self._flushing:
+                self._loop.call_soon(self._flush)
+            self._flushing.append(channel)
+        channel.outbox.append(qid)
         if self._sweeper is None:
             self._sweeper = self._loop.call_later(self._period(), self._sweep)
+
+    def _flush(self) -> None:
+        """Send the datagrams queued this turn; a query whose datagram the socket refuses fails now."""
+        channels, self._flushing = self._flushing, []
+        failed = []
+        for channel in channels:
+            ids, channel.outbox = channel.outbox, []
+            if channel.closed:
+                continue  # its queries were failed when it closed
+            send = channel.sock.send
+            pending = channel.pending
+            for qid in ids:
+                waiting = pending.get(qid)
+                if waiting is None:
+                    continue  # timed out (or failed) before it was sent
+                try:
+                    send(waiting.packet)
+                except OSError as exc:
+                    del pending[qid]
+                    failed.append((waiting, exc.strerror or str(exc)))
+        for waiting, error in failed:
+            self._give_up(waiting, f"upstream {self.name}: {error}")
 
     async def exchange(self, packet: bytes, tcp: bool = False) -> bytes:
         """The upstream's answer to `packet`, the caller's ID restored; raises UpstreamError."""
@@ -160,6 +191,7 @@ class Upstream:
         the old one are never served again, so their queries fail and the sockets close."""
         old, self._loop = self._loop, loop
         channels, self._channels = self._channels, []
+        self._flushing = []  # the old loop's _flush never runs
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -416,8 +448,8 @@ class _Forwarding:
             return
         self.state = state = order[self.next]
         self.next += 1
-        self.start = time.monotonic()
-        state.upstream.send(self.packet, self.qend, self.answered, self.tcp)
+        self.start = now = time.monotonic()
+        state.upstream.send(self.packet, self.qend, self.answered, self.tcp, now)
 
     def answered(self, reply: bytes | None, error: str) -> None:
         state = self.state

@@ -31,6 +31,9 @@ class KdnsCollector:
         for name, key, text in (("kdns_truncated_responses", "truncated", "UDP responses sent with TC set."),
                                 ("kdns_refused_responses", "refused", "Queries answered REFUSED."),
                                 ("kdns_forwarded_queries", "forwarded", "Queries answered by asking upstream (forward)."),
+                                ("kdns_forward_direct_queries", "forward_direct",
+                                 "UDP queries for outside names the cache plugin missed, handed to forward as "
+                                 "soon as read (without the full pipeline)."),
                                 ("kdns_upstream_errors", "upstream_errors",
                                  "Forwarded queries answered SERVFAIL (the upstreams failed or said so)."),
                                 ("kdns_internal_errors", "internal_errors", "Handler bugs answered SERVFAIL."),

@@ -232,33 +232,43 @@ class Block:
             fut = asyncio.get_running_loop().create_future()
             self.forwarder.submit(query.data, query.qend, tcp, partial(self._forwarded, query, name, cache, fut),
                                   self.metrics.observe_upstream)
-        except Overloaded as exc:
-            self.log.warning("forward_refused", name=query.name_text, reason=str(exc))
-            return error_response(query.data, REFUSED, query), "forward"
-        except UpstreamError as exc:
-            self._error(query, str(exc))
-            return error_response(query.data, SERVFAIL, query), "forward"
+        except (Overloaded, UpstreamError) as exc:
+            return self.not_forwarded(query, exc), "forward"
         return fut
+
+    def not_forwarded(self, query: Query, exc: Exception) -> bytes:
+        """The answer when the forwarder would not take a query: REFUSED over max_concurrent (Overloaded),
+        SERVFAIL when forwarding is disabled (UpstreamError), each reported as CoreDNS does."""
+        if isinstance(exc, Overloaded):
+            self.log.warning("forward_refused", name=query.name_text, reason=str(exc))
+            return error_response(query.data, REFUSED, query)
+        self._error(query, str(exc))
+        return error_response(query.data, SERVFAIL, query)
 
     def _forwarded(self, query: Query, name: str, cache: ResponseCache | None, fut: asyncio.Future,
                    reply: bytes | None, error: str) -> None:
-        """The upstream's reply (or why none came): cached, rotated, handed to the query handler."""
+        """The upstream's reply (or why none came), made the response and handed to the query handler."""
         if fut.done():
             return
         try:
-            if reply is None:
-                self._error(query, error)
-                fut.set_result((error_response(query.data, SERVFAIL, query), "forward"))
-                return
-            groups = None
-            if cache is not None:
-                reply, groups = cache.store(query, reply, name)
-            if self.config.loadbalance:
-                reply = self.balance(reply) if groups is None else \
-                    rotate(reply, groups, random.randrange(1 << 16)) if groups else reply
-            fut.set_result((reply, "forward"))
+            fut.set_result((self.forward_response(query, name, cache, reply, error), "forward"))
         except Exception as exc:  # noqa: BLE001 - the query handler answers SERVFAIL and reports it
             fut.set_exception(exc)
+
+    def forward_response(self, query: Query, name: str, cache: ResponseCache | None, reply: bytes | None,
+                         error: str) -> bytes:
+        """The response to a forwarded query from the upstream's reply, cached and rotated; SERVFAIL
+        (reported) when none came."""
+        if reply is None:
+            self._error(query, error)
+            return error_response(query.data, SERVFAIL, query)
+        groups = None
+        if cache is not None:
+            reply, groups = cache.store(query, reply, name)
+        if self.config.loadbalance:
+            reply = self.balance(reply) if groups is None else \
+                rotate(reply, groups, random.randrange(1 << 16)) if groups else reply
+        return reply
 
     def _error(self, query: Query, message: str) -> None:
         if self.config.errors:  # CoreDNS's errors plugin line: [ERROR] plugin/errors: 2 name. TYPE: error

@@ -1,7 +1,8 @@
 """CPU per forwarded query in kdns's process: the kubeadm Corefile's `.` block (kubernetes, prometheus,
 forward, cache 30, loadbalance), every name new, each through `forward` to an upstream in another
 process (a fork answering every query with one A record), the answer cached and handed back. No client
-socket: queries go straight into QueryHandler.handle in batches of 200, the batch's answers awaited.
+socket: queries go straight into the handler in batches of 200, the batch's answers awaited -- as kdns's
+UDP reader asks (QueryHandler.quick: the direct forward path) and through the full path (handle).
 Process time of this process only (the upstream's is not counted), best of 5 rounds.
 
     .venv/bin/python perf/forward_cost.py [--queries 20000]
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import os
 import signal
 import socket
@@ -23,16 +23,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import dns.message  # noqa: E402
 
-from builders import build, clusterip, namespace  # noqa: E402
-
-from kdns.cache import AnswerCache  # noqa: E402
-from kdns.config import settings_from_corefile  # noqa: E402
-from kdns.forward import Forwarder  # noqa: E402
-from kdns.log import Logger  # noqa: E402
-from kdns.metrics import DnsMetrics  # noqa: E402
-from kdns.pipeline import Block  # noqa: E402
-from kdns.respcache import ResponseCache  # noqa: E402
-from kdns.server import QueryHandler  # noqa: E402
+from builders import forward_handler  # noqa: E402
 
 A_RECORD = bytes.fromhex("c00c000100010000012c0004c0000250")  # the question's name, A, IN, TTL 300, 192.0.2.80
 
@@ -64,41 +55,39 @@ def upstream_process() -> tuple[int, int]:
     return pid, port
 
 
-def corefile(port: int) -> str:
-    return f""".:53 {{
-    kubernetes cluster.local in-addr.arpa ip6.arpa {{
-       pods insecure
-       fallthrough in-addr.arpa ip6.arpa
-       ttl 30
-    }}
-    prometheus :9153
-    forward . 127.0.0.1:{port} {{
-       max_concurrent 1000
-    }}
-    cache 30
-    loadbalance
-}}
-"""
-
-
-async def measure(port: int, queries: int) -> float:
-    settings = settings_from_corefile(corefile(port), "Corefile")
-    (bc,) = settings.blocks
-    index, resolver = build(namespace("default"), clusterip("default", "kubernetes", "10.96.0.1"))
-    log = Logger(stream=io.StringIO())
-    answers = AnswerCache()
-    block = Block(bc, index, answers, log, DnsMetrics(), resolver=resolver, forwarder=Forwarder(bc.forward, log),
-                  cache=ResponseCache(bc.cache, own_zones=bc.kubernetes.zones))
-    handler = QueryHandler([block], log, answers=answers)
-    handler.observe = True
+async def measure(port: int, queries: int, full: bool) -> float:
+    handler = forward_handler(port)
+    block = handler.blocks[0]
+    client = ("10.0.0.1", 5353)
+    loop = asyncio.get_running_loop()
     best = float("inf")
     for r in range(6):
         packets = [dns.message.make_query(f"r{r}n{i}.example.test", "A").to_wire() for i in range(queries)]
         start = time.process_time()
         for i in range(0, queries, 200):
-            pending = [handler.handle(p, False, ("10.0.0.1", 5353)) for p in packets[i:i + 200]]
-            results = await asyncio.gather(*(p for p in pending if not isinstance(p, bytes)))
-            if len(results) != len(pending) or any(not x or x[3] & 0x0F for x in results):
+            batch = packets[i:i + 200]
+            results: list = []
+            if full:  # the full path (QueryHandler.handle: parse, pipeline, a future per query)
+                pending = [handler.handle(p, False, client) for p in batch]
+            else:  # as kdns's UDP reader asks: forwarded at once, answered to `sink` from the forwarder's callback
+                waiter = loop.create_future()
+
+                def sink(response: bytes, addr, results=results, waiter=waiter) -> None:
+                    results.append(response)
+                    if len(results) == len(batch) and not waiter.done():
+                        waiter.set_result(None)
+
+                pending = []
+                for p in batch:
+                    out = handler.quick(p, client, sink)
+                    if out is not True:
+                        pending.append(handler.slow(p, False, client, out))
+                if len(batch) > len(pending):
+                    pending.append(waiter)  # done when the sink has the whole batch
+            results.extend(x for x in pending if isinstance(x, bytes))
+            results.extend(x for x in await asyncio.gather(*(p for p in pending if not isinstance(p, bytes)))
+                           if x is not None)
+            if len(results) != len(batch) or any(not x or x[3] & 0x0F for x in results):
                 raise SystemExit(f"round {r}: not every query was answered NOERROR by the upstream")
         if r:  # the first round warms up
             best = min(best, (time.process_time() - start) / queries)
@@ -118,13 +107,15 @@ def main() -> int:
         except ImportError:
             loop_factory = asyncio.new_event_loop
         loop = loop_factory()
-        us = loop.run_until_complete(measure(port, args.queries))
+        costs = {full: loop.run_until_complete(measure(port, args.queries, full)) for full in (False, True)}
         loop.close()
     finally:
         os.kill(pid, signal.SIGTERM)
         os.waitpid(pid, 0)
-    print(f"forward miss (kubeadm block, prometheus on): {us:.2f} us CPU per query in kdns's process "
-          f"= {1e6 / us:,.0f} per core")
+    for full, us in costs.items():
+        how = "full path (handle)" if full else "as the UDP reader asks (quick)"
+        print(f"forward miss (kubeadm block, prometheus on), {how}: {us:.2f} us CPU per query in kdns's process "
+              f"= {1e6 / us:,.0f} per core")
     return 0
 
 

@@ -83,3 +83,45 @@ def no_cover(handler):
     for block in handler.blocks:
         block._cover = lambda *args: None
     return handler
+
+
+def forward_handler(upstream_port: int, options: str = "max_concurrent 1000", more_upstreams: str = ""):
+    """A QueryHandler (prometheus on) for kubeadm's `.` block -- kubernetes, forward to 127.0.0.1:PORT (and
+    `more_upstreams`) with these options, cache 30, loadbalance -- its forwarder live (close it with
+    handler.blocks[0].forwarder)."""
+    import io
+
+    from kdns.cache import AnswerCache
+    from kdns.config import settings_from_corefile
+    from kdns.forward import Forwarder
+    from kdns.log import Logger
+    from kdns.metrics import DnsMetrics
+    from kdns.pipeline import Block
+    from kdns.respcache import ResponseCache
+    from kdns.server import QueryHandler
+
+    corefile = f""".:53 {{
+    errors
+    kubernetes cluster.local in-addr.arpa ip6.arpa {{
+       pods insecure
+       fallthrough in-addr.arpa ip6.arpa
+       ttl 30
+    }}
+    prometheus :9153
+    forward . 127.0.0.1:{upstream_port} {more_upstreams} {{
+       {options}
+    }}
+    cache 30
+    loadbalance
+}}
+"""
+    (bc,) = settings_from_corefile(corefile, "Corefile").blocks
+    index, resolver = build(namespace("default"), clusterip("default", "kubernetes", "10.96.0.1"))
+    log = Logger(stream=io.StringIO())
+    answers = AnswerCache()
+    metrics = DnsMetrics()
+    block = Block(bc, index, answers, log, metrics, resolver=resolver, forwarder=Forwarder(bc.forward, log),
+                  cache=ResponseCache(bc.cache, own_zones=bc.kubernetes.zones))
+    handler = QueryHandler([block], log, metrics, answers=answers)
+    handler.observe = True
+    return handler

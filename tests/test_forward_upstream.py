@@ -267,6 +267,53 @@ def test_an_upstream_port_that_refuses_fails_the_query_without_waiting_for_the_t
     assert "refused" in asyncio.run(main()).lower()
 
 
+def test_queries_of_one_turn_are_sent_together_when_it_ends_and_fail_on_a_refusing_port():
+    async def main():
+        sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the upstream, read by hand
+        sink.bind(("127.0.0.1", 0))
+        sink.setblocking(False)
+        fwd = forwarder(sink.getsockname()[1], timeout=60)
+        loop = asyncio.get_running_loop()
+        try:
+            futs = [loop.create_task(fwd.forward(query(f"n{i}.example.com", qid=i), False)) for i in range(5)]
+            await asyncio.sleep(0)  # the tasks run and queue their datagrams
+            assert fwd.upstreams[0].upstream.waiting == 5
+            with pytest.raises(BlockingIOError):
+                sink.recvfrom(512)  # nothing sent yet: the turn is not over
+            got = []
+            async with asyncio.timeout(20):
+                while len(got) < 5:
+                    try:
+                        got.append(sink.recvfrom(512))
+                    except BlockingIOError:
+                        await asyncio.sleep(0.01)
+            assert len({addr for _, addr in got}) == 1  # one socket
+            for data, addr in got:
+                sink.sendto(answer(data), addr)
+            replies = await asyncio.wait_for(asyncio.gather(*futs), 20)
+            assert [r[:2] for r in replies] == [bytes((0, i)) for i in range(5)]  # each its asker's ID
+        finally:
+            fwd.close()
+            sink.close()
+
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        # nothing listens: ICMP port unreachable, reported on the socket's next send or read (a socket holds
+        # one such error at a time, so a query of the batch may only time out)
+        probe.close()
+        fwd = forwarder(port, timeout=2)
+        try:
+            results = await asyncio.wait_for(asyncio.gather(
+                *(fwd.forward(query(f"r{i}.example.com", qid=i), False) for i in range(4)), return_exceptions=True), 20)
+            assert all(isinstance(r, UpstreamError) for r in results), results
+            assert "refused" in str(results[0]).lower() or "refused" in str(results[1]).lower()
+        finally:
+            fwd.close()
+
+    asyncio.run(main())
+
+
 def test_ignored_replies_are_exported_as_a_metric(tmp_path):
     with FakeUpstream({("example.com", "A"): ["93.184.215.14"]}) as up:
         text = ".:53 {\n  prometheus :9153\n  forward . UPSTREAM {\n    read_timeout 300ms\n  }\n}\n"
