@@ -765,9 +765,6 @@ def run(cfg) -> dict:
                         max_qps[(name, row["mix"])] = row["qps"]
                 if name in ("kdns", "ceiling", "knot", "nsd"):
                     fixed_rate_cpu(name, srv, data, cfg, budget, report)
-                if name == "ceiling":  # forward-miss: every name through the least a forwarder on this loop does
-                    measure_server(name, srv, data, [m for m in mixes if m in ONE_PASS], cfg, budget,
-                                   report["results"], report["notes"])
                 if name == "kdns":
                     if cfg.profile and budget.ok("kdns profile (cached)", 20):
                         report.setdefault("profile", {})
