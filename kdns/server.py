@@ -30,6 +30,7 @@ from .wire import (MIN_UDP_SIZE, NOERROR, REFUSED, SERVFAIL, Query, WireError, e
 
 TCP_MAX = 65535
 SHARED_TAIL = 300  # a front answer longer than this shares its cache entry's bytes (Front)
+COVERED = object()  # a backlog entry's mark: a name its negative cover's front answers (UDPReader._covered)
 EMPTY = bytes(4)  # FIONREAD's answer for a socket with nothing queued (the next datagram's size)
 MAX_SHAPES = 16  # question lengths a negative cover keeps its packed NXDOMAIN for (NegativeCover.shapes)
 MAX_MEMO = 4  # metric label sets a shape keeps (QueryHandler._reply's memo)
@@ -245,23 +246,6 @@ class QueryHandler:
                 packed = rotate(entry.packed, entry.groups, entry.served) if entry.groups else entry.packed
                 return self._reply(data, qend, packed, key, tcp, udp_size, client, entry.block, entry.zone,
                                    entry.plugin, start)
-        elif key[0][0] and (cover := self.cache.peek(covered := cover_key(key))) is not None:
-            # a name the resolver said, for its whole namespace, has no service (NegativeCover), asked with a
-            # question of a length seen since the last index change: its NXDOMAIN but for the question
-            shape = cover.shapes.get(qend)
-            qname = key[0]
-            if shape is not None and shape[0] == cover.block.index.serial and key[1] not in REFUSED_TYPES and \
-                    (tcp or len(shape[1]) <= udp_size) and \
-                    cover.block.resolver.covers(cover.ns, qname[1:1 + qname[0]].decode("latin-1")):
-                if not cover.served:
-                    self.cache.promote(covered)
-                cover.served += 1
-                self._stats["negative_covered"] += 1
-                response = self._reply(data, qend, shape[1], key, tcp, udp_size, client, cover.block, cover.zone,
-                                       "kubernetes", start, shape[2])
-                if not tcp and client is not None:
-                    self._cover_front(data, qend, key, covered, udp_size, client, cover, shape, response)
-                return response
         elif self.forward_cache is not None and (key[2] == CLASS_IN or key[2] == CLASS_ANY):
             # a name outside our zones that the `cache` plugin holds: served the same way
             block, cache = self.forward_cache
@@ -374,9 +358,23 @@ class QueryHandler:
     def _covered(self, data: bytes, fast: tuple, covered: tuple, cover, tcp: bool, client,
                  start: float) -> bytes | None:
         """The NXDOMAIN of a name under a NegativeCover (cache key `covered`), when the resolver confirms it
-        has no service."""
-        qname = fast[0][0]
+        has no service: with nothing to log or filter, from the cover's shape for this question length
+        when it has one of the current serial (the question written in; UDP: a CoverFront kept), else packed."""
+        key, qend, udp_size = fast
+        qname = key[0]
         serial = cover.block.index.serial
+        shape = cover.shapes.get(qend) if self.plain else None
+        if shape is not None and shape[0] == serial and (tcp or len(shape[1]) <= udp_size) and \
+                cover.block.resolver.covers(cover.ns, qname[1:1 + qname[0]].decode("latin-1")):
+            if not cover.served:
+                self.cache.promote(covered)
+            cover.served += 1
+            self._stats["negative_covered"] += 1
+            response = self._reply(data, qend, shape[1], key, tcp, udp_size, client, cover.block, cover.zone,
+                                   "kubernetes", start, shape[2])
+            if not tcp and client is not None:
+                self._cover_front(data, qend, key, covered, udp_size, client, cover, shape, response)
+            return response
         answer = cover.block.resolver.covered_nxdomain(cover.ns, qname[1:1 + qname[0]].decode("latin-1"),
                                                        cover.zone_of)
         if answer is None:
@@ -679,9 +677,9 @@ class UDPReader:
     """UDP on one socket, read by kdns itself when it is readable (a few dozen datagrams per wake-up).
 
     A query whose answer is cached goes out at once: a front answer (the exact query bytes seen
-    before) with one dict lookup, a never-seen name under a negative cover asked as one seen before
-    but for its first label (CoverFront: one lookup more, in the index), any other cache hit through
-    the handler's fast path. The rest --
+    before) with one dict lookup, any other cache hit through the handler's fast path. A never-seen
+    name under a negative cover asked as one seen before but for its first label (CoverFront) is
+    answered as cheaply, but from the backlog, as floods are made of such names. The rest --
     misses, forwarded names, anything logged or filtered -- wait in a bounded backlog answered
     DRAIN at a time between reads, so a cached answer never waits behind more than DRAIN misses
     however many unique names flood in. Over BACKLOG waiting, new misses are dropped and counted
@@ -736,18 +734,6 @@ class UDPReader:
                     front = None  # its second is over: the handler counts the TTLs down again
             if front is not None:
                 response = data[:2] + front.tail
-            elif covers and len(data) > 17 and 0 < data[12] < 64:
-                # a never-seen name under a negative cover, asked as one seen before but for its first label
-                n = data[12]
-                front = covers.get(data[2:13] + data[13 + n:])
-                if front is not None:
-                    index = front.index
-                    if front.serial == index.serial and index.synced and \
-                            (front.ns, data[13:13 + n].lower().decode("latin-1")) not in index.views:
-                        response = data[:2] + front.head + data[12:front.qend] + front.tail
-                    else:
-                        front = None
-            if front is not None:
                 now = clock()
                 seconds = now - last
                 last = now
@@ -757,6 +743,19 @@ class UDPReader:
                 else:
                     handler.front_hit(front, seconds)
                 out.append((response, addr))
+                continue
+            if covers and len(data) > 17 and 0 < data[12] < 64 and \
+                    (front := covers.get(data[2:13] + data[13 + data[12]:])) is not None and \
+                    (front.ns, data[13:13 + data[12]].lower().decode("latin-1")) not in front.index.views:
+                # a never-seen name under a negative cover asked as one seen before (CoverFront): answered from
+                # the backlog, after this wake-up's cached answers -- a flood of such names waits (or is
+                # dropped) there, not in the socket's queue ahead of the hot names (a name with a service
+                # goes on: its answer may be cached)
+                if len(self.backlog) < self.BACKLOG:
+                    self.backlog.append((data, addr, COVERED))
+                else:
+                    handler._stats["udp_backlog_dropped"] += 1
+                last = clock()
                 continue
             response = handler.quick(data, addr, self._reply)
             if type(response) is bytes:
@@ -783,8 +782,16 @@ class UDPReader:
     def _drain(self) -> None:
         self._scheduled = False
         backlog = self.backlog
+        out = []
         for _ in range(min(self.DRAIN, len(backlog))):
             data, addr, fast = backlog.popleft()
+            if fast is COVERED:
+                response = self._covered(data)
+                if response is not None:
+                    out.append((response, addr))
+                    continue
+                self.handler._stats["queries_udp"] += 1  # (counted with its front otherwise)
+                fast = fast_key(data)
             try:
                 result = self.handler.slow(data, False, addr, fast)
             except Exception as exc:  # noqa: BLE001 - slow() answers its own errors; this is a last resort
@@ -794,7 +801,7 @@ class UDPReader:
             if result is None:
                 continue
             if isinstance(result, bytes):
-                self._send(result, addr)
+                out.append((result, addr))
             elif isinstance(result, asyncio.Future):
                 # a forwarded query, sent from a callback once its reply is in: callbacks run after the
                 # loop's reads, so the answers of one turn go out together (sent one by one between reads,
@@ -802,9 +809,32 @@ class UDPReader:
                 result.add_done_callback(partial(self._send_later, addr))
             else:
                 asyncio.ensure_future(self._later(result, addr))
+        for response, addr in out:  # together, as the reader sends its own
+            self._send(response, addr)
         if backlog and not self._scheduled and not self._closing:
             self._scheduled = True
             self._loop.call_soon(self._drain)
+
+    def _covered(self, data: bytes) -> bytes | None:
+        """The NXDOMAIN of a covered name from its CoverFront (counted there), if it still has one of the current
+        index serial and the name still has no service; else None (the full path answers it)."""
+        start = time.perf_counter()
+        n = data[12]
+        front = self.cover_front.get(data[2:13] + data[13 + n:])
+        if front is None:
+            return None
+        index = front.index
+        if front.serial != index.serial or not index.synced or \
+                (front.ns, data[13:13 + n].lower().decode("latin-1")) in index.views:
+            return None
+        response = data[:2] + front.head + data[12:front.qend] + front.tail
+        seconds = time.perf_counter() - start
+        if seconds <= DURATION_BUCKETS[0]:
+            front.n += 1
+            front.seconds += seconds
+        else:
+            self.handler.front_hit(front, seconds)
+        return response
 
     def _send(self, response: bytes, addr) -> None:
         try:

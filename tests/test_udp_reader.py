@@ -9,6 +9,7 @@ import socket
 
 import dns.message
 import dns.rcode
+import pytest
 
 from builders import clusterip, handler_for, namespace
 
@@ -100,7 +101,11 @@ def test_front_answer_goes_with_a_change():
     asyncio.run(main())
 
 
-def test_cached_answers_go_out_before_waiting_misses():
+@pytest.mark.parametrize("fronted", [False, True], ids=["covered", "cover-fronted"])
+def test_cached_answers_go_out_before_waiting_misses(fronted):
+    """Covered never-seen names -- answered from their cover's shape, or (fronted) from a CoverFront, both
+    cheap -- still wait in the backlog behind the wake-up's cached answers: a flood of them cannot delay
+    the hot names read with them."""
     async def main():
         index, handler = handler_for(*_objects())
         udp, tcp_server, client = await _serve(handler)
@@ -108,6 +113,12 @@ def test_cached_answers_go_out_before_waiting_misses():
             client.send(_query(NAME, 1))
             client.send(_query("seed.shop.svc.cluster.local", 2))
             await _recv(client, 2)  # NAME cached; the namespace's negative cover made
+            if fronted:  # names as long as the flood's below, asked one by one: shapes, then cover fronts
+                for i in range(6):
+                    client.send(_query(f"old{i}.shop.svc.cluster.local" if i % 2 else f"ol{i}.shop.svc.cluster.local",
+                                       10 + i))
+                    await _recv(client, 1)
+                assert len(handler.cache.cover_fronts[0]) == 2
             # 40 never-seen names (cheap to answer from the cover, yet work), then the cached one, all in
             # the socket before kdns reads any
             for i in range(40):
@@ -118,7 +129,7 @@ def test_cached_answers_go_out_before_waiting_misses():
             misses = replies[1:]
             assert [m.id for m in misses] == list(range(100, 140))  # the backlog keeps their order
             assert all(m.rcode() == dns.rcode.NXDOMAIN for m in misses)
-            assert handler.stats["negative_covered"] == 40
+            assert handler.stats["negative_covered"] == 40 + (6 if fronted else 0)
         finally:
             _close(udp, tcp_server, client)
 
