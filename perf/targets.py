@@ -51,6 +51,8 @@ def cpu_per_query(dnsperf, srv, qfile: str, rate: float, duration: float, client
            "pids": len(srv.pids())}
     if m0 and m1:
         out["worker0_queries"] = udp_queries(m1) - udp_queries(m0)
+        if answered:
+            out["hit_pct"] = min(100.0, 100.0 * (cache_hits(m1) - cache_hits(m0)) / answered)
     return out
 
 
@@ -258,17 +260,20 @@ def _cpu_section(report: dict) -> list[str]:
     out: list[str] = []
     if cpu:
         out += ["### CPU per query at a fixed offered rate", "",
-                "`dnsperf -Q RATE` of the `a` mix (cluster A hits, after the saturation runs: warm caches) for a "
-                "fixed time; the server's CPU time from /proc/PID/stat (utime + stime, of the process and its "
+                "`dnsperf -Q RATE` of the `a` mix (cluster A hits: after the saturation runs, and just after one "
+                "pass of the mix, as the mixes measured since `a` may have pushed its names out of the caches) for "
+                "a fixed time; the server's CPU time from /proc/PID/stat (utime + stime, of the process and its "
                 "children) over the run, divided by the answered queries. It does not depend on the "
-                "generator's ceiling. Ratios: to Knot's figure of this run.", "",
-                "| server | offered QPS | answered QPS | lost % | CPU s | µs CPU per answered query | vs Knot |",
-                "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                "generator's ceiling. Ratios: to Knot's figure of this run. *Hits*: kdns's cache hits over the "
+                "run / answered queries.", "",
+                "| server | offered QPS | answered QPS | lost % | CPU s | µs CPU per answered query | vs Knot | hits |",
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         knot = next((c["us_per_query"] for c in cpu if c["server"] == "knot" and c.get("us_per_query")), None)
         for c in cpu:
             ratio = f"{c['us_per_query'] / knot:.2f}×" if knot and c.get("us_per_query") else "–"
+            hits = f"{c['hit_pct']:.1f}%" if c.get("hit_pct") is not None else "–"
             out.append(f"| {c['server']} | {_n(c['rate'])} | {_n(c['qps'])} | {_n(c['lost_pct'], '{:.2f}')} | "
-                       f"{_n(c['cpu_s'], '{:.2f}')} | {_n(c.get('us_per_query'), '{:.1f}')} | {ratio} |")
+                       f"{_n(c['cpu_s'], '{:.2f}')} | {_n(c.get('us_per_query'), '{:.1f}')} | {ratio} | {hits} |")
         out.append("")
     return out
 
