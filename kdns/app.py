@@ -20,7 +20,8 @@ from .metrics import CoreDnsCollector, DnsMetrics, KdnsCollector
 from .pipeline import Block
 from .resolver import Resolver, ResolverConfig, ZoneSet
 from .respcache import ResponseCache
-from .server import NegativeRateLimit, QueryHandler, bind
+from .server import NegativeRateLimit, QueryHandler
+from .transport import bind
 from .sources import object_filter, settle_heap
 from .sources.manifests import ManifestSource
 from .startup import StartupFailure, api_refused, listen_failed

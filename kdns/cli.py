@@ -349,7 +349,7 @@ async def _exit_with_parent(stop: asyncio.Event, every: float = 1.0) -> None:
 async def _report_bad_packets(runtime, log: Logger, every: float = 10.0) -> None:
     """One log line per interval when malformed packets arrived, and one when queries were dropped for
     overload (never one line per packet)."""
-    from .server import UDPReader
+    from .transport import UDPReader
     last = (0, 0, 0)
     last_overload = 0
     while True:

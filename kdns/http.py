@@ -12,7 +12,7 @@ from typing import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from .server import tcp_listener
+from .transport import tcp_listener
 from .startup import listen_failed
 
 # name -> () -> (ready, detail)

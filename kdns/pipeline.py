@@ -3,7 +3,7 @@
     log, loadbalance -> autopath -> cache -> hosts -> kubernetes -> loop -> forward
 
 `Block.answer` returns (response bytes, plugin name) or an awaitable of that; the query handler
-(server.py) owns the transports, the authoritative answer cache, metrics and the query log.
+(server.py) owns the authoritative answer cache, metrics and the query log; transport.py the sockets.
 """
 
 from __future__ import annotations

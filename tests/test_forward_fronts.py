@@ -25,7 +25,8 @@ from kdns.log import Logger
 from kdns.metrics import DnsMetrics
 from kdns.pipeline import Block
 from kdns.respcache import ResponseCache
-from kdns.server import QueryHandler, TimedFront, bind
+from kdns.server import QueryHandler, TimedFront
+from kdns.transport import bind
 from kdns.wire import parse_query, patch
 
 CACHE_TTL = 30

@@ -155,7 +155,7 @@ def test_reset_mid_pipeline_is_not_an_error_with_uvloop():
     queries that had been read before the reset."""
     import uvloop
 
-    from kdns.server import TCPServer
+    from kdns.transport import TCPServer
     handler = example_handler()
     tcp = TCPServer(handler, handler.log, idle_timeout=5)
     outcome: dict = {}

@@ -17,7 +17,7 @@ import dns.rdatatype
 
 from builders import clusterip, handler_for, namespace, no_cover
 
-from kdns.server import bind
+from kdns.transport import bind
 
 
 def _objects():

@@ -13,7 +13,7 @@ import pytest
 
 from builders import clusterip, handler_for, namespace
 
-from kdns.server import UDPReader, bind
+from kdns.transport import UDPReader, bind
 
 NAME = "web.shop.svc.cluster.local"
 
