@@ -133,6 +133,8 @@ BUGS = {
     "!!float tag on a word": "apiVersion: v1\nkind: Service\nmetadata: {name: !!float s}\n",
     "!!timestamp tag on a word": "apiVersion: v1\nkind: Service\nmetadata: {name: !!timestamp s}\n",
     "!!bool tag on a word": "apiVersion: v1\nkind: Service\nmetadata: {name: !!bool s}\n",
+    # ... and IndexError for an empty one (construct_yaml_float reads value[0])
+    "!!float tag on nothing": "apiVersion: v1\nkind: Service\nmetadata: {name: !!float ''}\n",
     # PyYAML's scanner raises ValueError (not YAMLError) for an escape beyond U+10FFFF
     "escape beyond unicode": 'apiVersion: v1\nkind: Service\nmetadata: {name: "\\U00110000"}\n',
     # _collect recurses into List items; a List that contains itself never ends

@@ -136,9 +136,10 @@ def _parse_with_nodes(text: str, path: str, log: Logger | None, pod_names: bool)
         problems.append(ManifestProblem(path, line, f"invalid YAML: {_shorten(str(reason))}"))
     except RecursionError:
         problems.append(ManifestProblem(path, _node_line(node), "invalid YAML: nested too deeply"))
-    except (ValueError, TypeError, AttributeError, KeyError, OverflowError) as exc:
-        # PyYAML's constructors on malformed tagged scalars (!!int abc, !!timestamp x, bad escapes)
-        problems.append(ManifestProblem(path, _node_line(node), f"invalid YAML value: {_shorten(str(exc))}"))
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError) as exc:
+        # PyYAML's constructors on malformed tagged scalars (!!int abc, !!timestamp x, !!float '', bad escapes)
+        reason = "an empty value under a type tag (such as !!float '')" if isinstance(exc, IndexError) else str(exc)
+        problems.append(ManifestProblem(path, _node_line(node), f"invalid YAML value: {_shorten(reason)}"))
     finally:
         if loader is not None:
             loader.dispose()
