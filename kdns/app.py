@@ -532,6 +532,7 @@ class _MergedCache:
     def __init__(self, caches):
         self.hits = sum(c.hits for c in caches)
         self.misses = sum(c.misses for c in caches)
+        self.demotions = sum(c.demotions for c in caches)
         self._len = sum(len(c) for c in caches)
 
     def __len__(self) -> int:

@@ -9,11 +9,17 @@ Admission is a segmented LRU: a new entry goes to *probation*; its first reuse p
 subdomains, a misconfigured client) only ever evicts other probation entries -- the cold negative
 answers -- never the hot set. Protected overflow is demoted to probation, so a formerly hot answer
 gets one more chance before it goes.
+
+Front answers (the exact bytes of a query asked before) count in the protected segment. When it is
+full, a front may take the place of a protected answer nobody asked for in COLD_SECONDS (demoted to
+probation, not dropped): a hot set that moved on (another workload, another hour) does not keep the
+new one off the fronts, while answers in use are never pushed out for one.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any, Hashable, Iterable
 
 from .memory import MemoryBudget
@@ -33,6 +39,8 @@ SHARED_DEP_OVERHEAD = 300  # a dep's second key: the set the two now make (sys.g
 FRONT_OVERHEAD = 390
 MEMORYVIEW_BUFFER = 90  # the buffer object a memoryview of bytes holds, beyond sys.getsizeof of the view
 MAX_FRONTS = 4  # front answers per entry: the spellings (0x20 case, EDNS sizes) of one question kept
+COLD_SECONDS = 2.0  # a protected answer unused this long may make room for a front answer (_make_room)
+SWEEP_STEPS = 16  # protected answers looked at, at most, per front answer that needs room
 
 
 def cover_key(key: tuple) -> tuple:
@@ -62,6 +70,7 @@ class AnswerCache:
         self.misses = 0
         self.evictions = 0
         self.promotions = 0
+        self.demotions = 0  # protected answers demoted for a front answer (_make_room)
         self.not_admitted = 0
         self._seen = bytearray(DOORKEEPER_BITS // 8)
         self._seen_count = 0
@@ -74,6 +83,7 @@ class AnswerCache:
         self.cover_fronts: tuple[dict[bytes, Any], dict[bytes, Any]] = ({}, {})
         self._cover_front_keys: dict[Hashable, tuple] = {}
         self.on_front_drop = lambda front: None  # the handler folds a dropped front's counts
+        self.clock = time.monotonic  # when a protected answer was last seen used (_make_room; tests set it)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -110,11 +120,19 @@ class AnswerCache:
         self._protected[key] = cost
         self.protected_bytes += cost
         self.promotions += 1
+        # marked as used by now: the reuse that promotes it is counted (served += 1) by the caller, next
+        self._mark(key, self._entries[key], self.clock(), 1)
         while self.protected_bytes > self.protected_max and len(self._protected) > 1:
-            self._demote(next(iter(self._protected)))
+            if self._front_keys:  # a front is a quicker way to an answer: the answers come first
+                self._drop_fronts(next(iter(self._front_keys)))
+            else:
+                self._demote(next(iter(self._protected)))
         self._shrink()
 
     def _demote(self, key: Hashable) -> None:
+        """To the newest end of probation, without its front answers (those are for protected entries)."""
+        if key in self._front_keys:
+            self._drop_fronts(key)
         cost = self._protected.pop(key)
         self.protected_bytes -= cost
         self._probation[key] = cost  # newest in probation: one more chance
@@ -170,10 +188,63 @@ class AnswerCache:
 
     def front_room(self, key: Hashable) -> bool:
         """Whether the entry may have one more front answer. Fronts belong to reused (protected) entries
-        and count in the protected segment, which they may fill up to its cap, so they displace only
-        cold entries on probation, never a hot one (beyond that, hits are served without fronts)."""
+        and count in the protected segment, which they may fill up to its cap, so they displace cold
+        entries on probation; a full segment makes room by demoting answers unused for COLD_SECONDS
+        (_make_room), never one in use (while every answer is in use, hits are served without fronts)."""
         return len(self._front_keys.get(key, ())) < MAX_FRONTS and \
-            self.protected_bytes + FRONT_OVERHEAD + 512 <= self.protected_max
+            (self.protected_bytes + FRONT_OVERHEAD + 512 <= self.protected_max or
+             self._make_room(FRONT_OVERHEAD + 512, key))
+
+    def _make_room(self, need: int, user: Hashable) -> bool:
+        """Demote protected answers unused since they were last marked, COLD_SECONDS or more ago, until
+        `need` bytes fit in the protected segment; one used since (or `user`, the entry in use that asks
+        for the room) is marked anew and goes to the end.
+        Marks are set in that order, so the first answer marked within COLD_SECONDS ends the search
+        (none after it is cold yet); at most SWEEP_STEPS answers are looked at. Whether it made room."""
+        now = self.clock()
+        protected = self._protected
+        for _ in range(SWEEP_STEPS):
+            if self.protected_bytes + need <= self.protected_max:
+                return True
+            if len(protected) < 2:
+                return False
+            key = next(iter(protected))
+            entry = self._entries[key]
+            marked = getattr(entry, "marked", None)
+            if marked is None:  # no mark to go by (not an answer of ours): kept
+                protected[key] = protected.pop(key)
+            elif key == user or self._activity(key, entry) != entry.mark:
+                protected[key] = protected.pop(key)  # used since: marked anew, last to go
+                self._mark(key, entry, now)
+            elif now - marked >= COLD_SECONDS:
+                self._demote(key)
+                self.demotions += 1
+            else:
+                return False
+        return self.protected_bytes + need <= self.protected_max
+
+    def _mark(self, key: Hashable, entry: Any, now: float, pending: int = 0) -> None:
+        """Remember how much the entry has been used by now, `pending` uses not yet counted (_make_room
+        compares)."""
+        if hasattr(entry, "marked"):
+            entry.mark = self._activity(key, entry) + pending
+            entry.marked = now
+
+    def _activity(self, key: Hashable, entry: Any) -> int:
+        """The entry's answers so far: those of the handler's paths (served) and those its fronts answered
+        since their counts were last folded (a fold sets them to 0: a change all the same)."""
+        n = entry.served
+        for raw in self._front_keys.get(key, ()):
+            for fronts in self.fronts:
+                front = fronts.get(raw)
+                if front is not None:
+                    n += front.n
+        for raw in self._cover_front_keys.get(key, ()):
+            for fronts in self.cover_fronts:
+                front = fronts.get(raw)
+                if front is not None:
+                    n += front.n
+        return n
 
     def clear_fronts(self) -> None:
         for key in [*self._front_keys, *self._cover_front_keys]:

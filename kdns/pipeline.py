@@ -40,6 +40,8 @@ class CachedAnswer:
     plugin: str
     groups: tuple = ()  # loadbalance: A/AAAA rdata positions to rotate
     served: int = 0
+    mark: int = 0  # the answer cache's: served (and its fronts' answers) when last marked, and when
+    marked: float = 0.0
 
 
 @dataclass(slots=True)
@@ -53,6 +55,8 @@ class NegativeCover:
     ns: str
     zone_of: object  # the resolver's Zone
     served: int = 0
+    mark: int = 0  # as CachedAnswer's
+    marked: float = 0.0
     # the packed NXDOMAIN per question end (qend): names under one cover with the same first-label length
     # differ only in the question, which the fast path writes in; valid while the index serial is its own
     shapes: dict = field(default_factory=dict)

@@ -16,6 +16,7 @@ from cgroup import MemoryCgroup
 from harness import EXAMPLE, KdnsProcess, answers, traced_bytes, wait_until
 from kdns.cache import AnswerCache
 from kdns.memory import cgroup_memory_limit, index_bytes, parse_size
+from kdns.wire import fast_key
 
 
 def ask_wire(handler, name: str, rdtype: str = "A") -> dns.message.Message:
@@ -241,6 +242,7 @@ def test_server_under_a_flood_stays_in_its_budget_and_keeps_the_hot_name():
         assert budget_share * 0.8 <= kdns.metric("kdns_cache_bytes", cache="answers") <= budget_share
         assert kdns.metric("kdns_memory_budget_bytes") == 2 << 20
         assert kdns.metric("kdns_index_bytes") > 0
+        assert kdns.metric("kdns_answer_cache_demotions_total") == 0  # a flood's names are never reused
         hits = kdns.metric("kdns_answer_cache_hits_total")
         misses = kdns.metric("kdns_answer_cache_misses_total")
         assert answers(kdns.query(hot)) == ["10.96.200.20"]
@@ -325,6 +327,93 @@ def test_front_answers_displace_only_cold_entries():
     for q in queries[:60]:  # fronts made: cold entries go for them, no hot one
         handler.handle(q, False, client)
     assert len(cache.fronts[0]) == 60 and set(cache._protected) == hot and len(cache._probation) < cold
+    assert cache.bytes <= cache.max_bytes
+
+
+class Clock:
+    """The answer cache's clock, moved by hand."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fronted_handler(services: int = 400, budget: int = 200_000):
+    index, handler = handler_for(namespace("shop"), *[clusterip("shop", f"s{i}", f"10.96.{i // 250}.{i % 250 + 1}")
+                                                       for i in range(services)])
+    handler.cache.resize(budget)
+    handler.cache.clock = Clock()
+    queries = [dns.message.make_query(f"s{i}.shop.svc.cluster.local", "A").to_wire() for i in range(services)]
+    return handler, queries
+
+
+def ask_times(handler, queries, times: int, client=("10.0.0.1", 5353)) -> None:
+    for _ in range(times):
+        for q in queries:
+            assert handler.handle(q, False, client)
+
+
+def test_front_answers_take_the_place_of_answers_unused_for_a_while():
+    """A hot set that moved on: once its answers have gone unused for COLD_SECONDS, a new hot set's fronts
+    demote them (to probation, not dropped); answers still in use -- asked through the handler or through
+    their fronts -- keep their place however long ago they were marked."""
+    from kdns.cache import COLD_SECONDS
+    handler, queries = fronted_handler()
+    cache, clock = handler.cache, handler.cache.clock
+    used, old, new = queries[:20], queries[20:110], queries[300:320]
+    ask_times(handler, used + old, 3)  # cached, promoted (`used` first: the oldest), fronts made while there was room
+    assert cache.protected_bytes + 1100 > cache.protected_max  # the segment is full
+    ask_times(handler, new, 3)  # cached, promoted; nothing is cold yet, so no front is made for them
+    new_raws = {q[2:] for q in new}
+    assert not new_raws & set(cache.fronts[0]) and cache.demotions == 0
+    protected_before = set(cache._protected)
+
+    clock.now += COLD_SECONDS * 0.75
+    ask_times(handler, used, 1)  # in use through the handler (nothing is cold yet: no demotion)
+    fronted = [q for q in old if q[2:] in cache.fronts[0]]
+    cache.fronts[0][fronted[0][2:]].n += 5  # ... and one old answer through its front, as the UDP reader counts
+    assert cache.demotions == 0
+    clock.now += COLD_SECONDS * 0.5  # the rest unused for longer than COLD_SECONDS
+    ask_times(handler, new, 1)
+    assert new_raws <= set(cache.fronts[0]) and cache.demotions > 0
+    protected = set(cache._protected)
+    for q in [*used, fronted[0], *new]:
+        assert fast_key(q)[0] in protected  # in use since the mark: kept
+    assert fronted[0][2:] in cache.fronts[0]
+    demoted = protected_before - protected
+    assert demoted and all(key[0] in {fast_key(q)[0][0] for q in old} for key in demoted)  # only unused ones
+    assert cache.bytes <= cache.max_bytes
+
+
+def test_the_answer_asking_for_a_front_is_in_use():
+    """The longest-unused protected answer, asked again, is in use: it keeps its place and gets its front
+    (the room comes from the other unused answers)."""
+    from kdns.cache import COLD_SECONDS
+    handler, queries = fronted_handler()
+    cache = handler.cache
+    for q in queries[:200]:  # reused answers (no front before a third asking) fill the protected segment
+        ask_times(handler, [q], 2)
+    assert cache.protected_bytes + 1100 > cache.protected_max and not cache.fronts[0]
+    cache.clock.now += COLD_SECONDS + 0.5
+    head = next(iter(cache._protected))
+    ask_times(handler, [q for q in queries if fast_key(q)[0] == head], 1)
+    assert head in cache._protected and len(cache.fronts[0]) == 1 and cache.demotions > 0
+
+
+def test_answers_come_before_front_answers_in_the_protected_segment():
+    """A reused answer promoted into a full protected segment drops front answers (a quicker way to other
+    answers) before it demotes any answer."""
+    handler, queries = fronted_handler()
+    cache = handler.cache
+    ask_times(handler, queries[:100], 3)  # promoted, with fronts
+    fronts = len(cache.fronts[0])
+    for q in queries[100:140]:  # reused answers, more than fit beside the fronts
+        ask_times(handler, [q], 2)
+    assert len(cache.fronts[0]) < fronts and cache.demotions == 0  # fronts gave way, no answer did
+    protected = set(cache._protected)
+    assert all(fast_key(q)[0] in protected for q in queries[:140])
     assert cache.bytes <= cache.max_bytes
 
 
