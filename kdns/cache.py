@@ -70,10 +70,11 @@ class AnswerCache:
         self.misses = 0
         self.evictions = 0
         self.promotions = 0
-        self.demotions = 0  # protected answers demoted for a front answer (_make_room)
+        self.demotions = 0  # protected answers unused for COLD_SECONDS demoted to make room (_make_room)
+        self.kept_out = 0  # reused answers left on probation: every protected answer was in use (promote)
         self.not_admitted = 0
-        self._seen = bytearray(DOORKEEPER_BITS // 8)
-        self._seen_count = 0
+        self._seen = KeyBits()  # names asked once (seen_before)
+        self._gone = KeyBits()  # answers evicted from probation before their reuse (put)
         # front answers (server.Front) by the exact bytes of a UDP query after its ID, per socket family
         # (0: IPv4, 1: IPv6); each belongs to an entry and goes with it
         self.fronts: tuple[dict[bytes, Any], dict[bytes, Any]] = ({}, {})
@@ -112,21 +113,26 @@ class AnswerCache:
         return value
 
     def promote(self, key: Hashable) -> None:
-        """A reused probation entry joins the protected segment."""
-        cost = self._probation.pop(key, None)
+        """A reused probation entry joins the protected segment, if there is room for it: front answers
+        give way first (a quicker way to an answer: the answers come first), then answers unused for
+        COLD_SECONDS (_make_room). While every protected answer is in use it stays on probation (counted
+        in `kept_out`): a hot set a little larger than the segment keeps most of itself protected instead
+        of each answer pushing out the next one it will need (a cyclic scan through an LRU)."""
+        cost = self._probation.get(key)
         if cost is None:
             return
+        while self.protected_bytes + cost > self.protected_max and self._front_keys:
+            self._drop_fronts(next(iter(self._front_keys)))
+        if self.protected_bytes + cost > self.protected_max and not self._make_room(cost, key):
+            self.kept_out += 1
+            return
+        del self._probation[key]
         self.probation_bytes -= cost
         self._protected[key] = cost
         self.protected_bytes += cost
         self.promotions += 1
         # marked as used by now: the reuse that promotes it is counted (served += 1) by the caller, next
         self._mark(key, self._entries[key], self.clock(), 1)
-        while self.protected_bytes > self.protected_max and len(self._protected) > 1:
-            if self._front_keys:  # a front is a quicker way to an answer: the answers come first
-                self._drop_fronts(next(iter(self._front_keys)))
-            else:
-                self._demote(next(iter(self._protected)))
         self._shrink()
 
     def _demote(self, key: Hashable) -> None:
@@ -206,13 +212,13 @@ class AnswerCache:
         for _ in range(SWEEP_STEPS):
             if self.protected_bytes + need <= self.protected_max:
                 return True
-            if len(protected) < 2:
+            if not protected or len(protected) == 1 and user in protected:
                 return False
             key = next(iter(protected))
             entry = self._entries[key]
             marked = getattr(entry, "marked", None)
-            if marked is None:  # no mark to go by (not an answer of ours): kept
-                protected[key] = protected.pop(key)
+            if marked is None:  # no mark to go by (a value other than our answers): the oldest goes
+                self._demote(key)
             elif key == user or self._activity(key, entry) != entry.mark:
                 protected[key] = protected.pop(key)  # used since: marked anew, last to go
                 self._mark(key, entry, now)
@@ -275,15 +281,8 @@ class AnswerCache:
         is asked, True after. Negative answers are cached from their second asking only, so a flood of
         names asked once costs no cache work and no memory, while a hot miss (a search-path expansion
         every pod tries) is cached at once on its second go."""
-        h = hash(key) & (DOORKEEPER_BITS - 1)
-        byte, bit = h >> 3, 1 << (h & 7)
-        if self._seen[byte] & bit:
+        if self._seen.add(key):
             return True
-        if self._seen_count >= DOORKEEPER_BITS // 16:  # at most ~6% false "seen": a flood is not admitted
-            self._seen = bytearray(DOORKEEPER_BITS // 8)
-            self._seen_count = 0
-        self._seen[byte] |= bit
-        self._seen_count += 1
         self.not_admitted += 1
         return False
 
@@ -307,12 +306,20 @@ class AnswerCache:
                 by_dep[dep] = {keys, key}
         self._probation[key] = cost
         self.probation_bytes += cost
+        if key in self._gone:
+            # asked again after probation let it go: reused all the same (a hot set larger than probation,
+            # asked in turn, would otherwise never be promoted -- each answer evicted before its second asking)
+            self.promote(key)
         self._shrink()
 
     def _shrink(self) -> None:
         while self.probation_bytes + self.protected_bytes > self.max_bytes:
-            segment = self._probation if self._probation else self._protected
-            self._drop(next(iter(segment)))
+            if self._probation:
+                key = next(iter(self._probation))
+                self._gone.add(key)
+            else:
+                key = next(iter(self._protected))
+            self._drop(key)
             self.evictions += 1
 
     def invalidate(self, touched: Iterable[Hashable]) -> int:
@@ -329,6 +336,7 @@ class AnswerCache:
 
     def clear(self) -> None:
         self.clear_fronts()
+        self._gone = KeyBits()
         self._entries.clear()
         self._deps_of.clear()
         self._by_dep.clear()
@@ -359,6 +367,34 @@ class AnswerCache:
                     by_dep[dep] = keys.pop()
             elif keys == key:
                 del by_dep[dep]
+
+
+class KeyBits:
+    """Keys seen, approximately: one bit per key hash (a one-hash Bloom filter), all cleared at 1/16 full,
+    so at most ~6% of keys never added read as added."""
+
+    __slots__ = ("bits", "count")
+
+    def __init__(self):
+        self.bits = bytearray(DOORKEEPER_BITS // 8)
+        self.count = 0
+
+    def __contains__(self, key: Hashable) -> bool:
+        h = hash(key) & (DOORKEEPER_BITS - 1)
+        return bool(self.bits[h >> 3] & (1 << (h & 7)))
+
+    def add(self, key: Hashable) -> bool:
+        """Add the key; whether it was there already."""
+        h = hash(key) & (DOORKEEPER_BITS - 1)
+        byte, bit = h >> 3, 1 << (h & 7)
+        if self.bits[byte] & bit:
+            return True
+        if self.count >= DOORKEEPER_BITS // 16:
+            self.bits = bytearray(DOORKEEPER_BITS // 8)
+            self.count = 0
+        self.bits[byte] |= bit
+        self.count += 1
+        return False
 
 
 def front_cost(raw: bytes, front: Any) -> int:

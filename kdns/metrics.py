@@ -49,7 +49,9 @@ class KdnsCollector:
         yield CounterMetricFamily("kdns_answer_cache_hits", "Answer cache hits.", value=cache.hits)
         yield CounterMetricFamily("kdns_answer_cache_misses", "Answer cache misses.", value=cache.misses)
         yield CounterMetricFamily("kdns_answer_cache_demotions", "Protected answers unused for 2 s moved back to "
-                                  "probation to make room for a front answer.", value=cache.demotions)
+                                  "probation to make room.", value=cache.demotions)
+        yield CounterMetricFamily("kdns_answer_cache_not_promoted", "Reused answers left on probation because "
+                                  "every protected answer was in use.", value=cache.kept_out)
         yield GaugeMetricFamily("kdns_index_generation", "Changes applied to the cluster index.",
                                 value=self.index.generation)
         yield GaugeMetricFamily("kdns_index_services", "Services in the index.", value=len(self.index.services))

@@ -243,6 +243,7 @@ def test_server_under_a_flood_stays_in_its_budget_and_keeps_the_hot_name():
         assert kdns.metric("kdns_memory_budget_bytes") == 2 << 20
         assert kdns.metric("kdns_index_bytes") > 0
         assert kdns.metric("kdns_answer_cache_demotions_total") == 0  # a flood's names are never reused
+        assert kdns.metric("kdns_answer_cache_not_promoted_total") == 0
         hits = kdns.metric("kdns_answer_cache_hits_total")
         misses = kdns.metric("kdns_answer_cache_misses_total")
         assert answers(kdns.query(hot)) == ["10.96.200.20"]
@@ -415,6 +416,48 @@ def test_answers_come_before_front_answers_in_the_protected_segment():
     protected = set(cache._protected)
     assert all(fast_key(q)[0] in protected for q in queries[:140])
     assert cache.bytes <= cache.max_bytes
+
+
+def test_a_hot_set_asked_in_turn_keeps_what_fits_protected():
+    """Names asked in turn (a client walking its list, dnsperf's file), more than the budget holds: each
+    answer leaves probation before its second asking. Evicted and asked again, it counts as reused and
+    is promoted, until the protected segment is full of answers in use; those stay (the rest wait on
+    probation, counted), so every later round hits the same ~70% instead of each answer pushing out the
+    next one it will need (an LRU's 0%)."""
+    handler, queries = fronted_handler()
+    cache = handler.cache
+    hot = queries[:250]  # ~230 kB of answers: more than the 200 kB budget
+    ask_times(handler, hot, 2)
+    assert cache.evictions > 0 and cache.protected_bytes + 1000 > cache.protected_max
+    protected = set(cache._protected)
+    for _ in range(2):
+        hits, kept_out = cache.hits, cache.kept_out
+        ask_times(handler, hot, 1)
+        assert cache.hits - hits >= 0.6 * len(hot) and cache.kept_out > kept_out
+        assert set(cache._protected) == protected
+    assert cache.bytes <= cache.max_bytes
+
+
+def test_a_reused_answer_waits_on_probation_while_every_protected_answer_is_in_use():
+    """A full protected segment of answers in use keeps them: a newly reused answer stays on probation
+    (counted) instead of pushing out one that will be asked for again; once they have gone unused for
+    COLD_SECONDS, it takes the place of one."""
+    from kdns.cache import COLD_SECONDS
+    handler, queries = fronted_handler()
+    cache = handler.cache
+    for q in queries[:200]:  # reused answers fill the protected segment
+        ask_times(handler, [q], 2)
+    protected = set(cache._protected)
+    assert cache.protected_bytes + 1000 > cache.protected_max
+    kept_out = cache.kept_out
+    late = queries[300]
+    ask_times(handler, [late], 2)
+    assert set(cache._protected) == protected and cache.kept_out == kept_out + 1
+    assert fast_key(late)[0] in cache._probation
+    cache.clock.now += COLD_SECONDS + 0.5
+    late2 = queries[301]
+    ask_times(handler, [late2], 2)
+    assert fast_key(late2)[0] in cache._protected and cache.demotions > 0
 
 
 def test_dependency_table_through_one_and_many_dependants():
