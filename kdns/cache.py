@@ -204,9 +204,9 @@ class AnswerCache:
     def _make_room(self, need: int, user: Hashable) -> bool:
         """Demote protected answers unused since they were last marked, COLD_SECONDS or more ago, until
         `need` bytes fit in the protected segment; one used since (or `user`, the entry in use that asks
-        for the room) is marked anew and goes to the end.
-        Marks are set in that order, so the first answer marked within COLD_SECONDS ends the search
-        (none after it is cold yet); at most SWEEP_STEPS answers are looked at. Whether it made room."""
+        for the room) is marked anew and goes to the end. Marks are in that order (promotion marks too),
+        so the first answer marked within COLD_SECONDS ends the search (none after it is cold yet); at
+        most SWEEP_STEPS answers are looked at. Whether it made room."""
         now = self.clock()
         protected = self._protected
         for _ in range(SWEEP_STEPS):
@@ -219,14 +219,15 @@ class AnswerCache:
             marked = getattr(entry, "marked", None)
             if marked is None:  # no mark to go by (a value other than our answers): the oldest goes
                 self._demote(key)
+            elif now - marked < COLD_SECONDS:
+                return False  # the oldest mark is recent: nothing can be cold (and each is marked anew at
+                # most once per COLD_SECONDS, however often room is asked for)
             elif key == user or self._activity(key, entry) != entry.mark:
                 protected[key] = protected.pop(key)  # used since: marked anew, last to go
                 self._mark(key, entry, now)
-            elif now - marked >= COLD_SECONDS:
+            else:
                 self._demote(key)
                 self.demotions += 1
-            else:
-                return False
         return self.protected_bytes + need <= self.protected_max
 
     def _mark(self, key: Hashable, entry: Any, now: float, pending: int = 0) -> None:

@@ -371,13 +371,17 @@ def test_front_answers_take_the_place_of_answers_unused_for_a_while():
     assert not new_raws & set(cache.fronts[0]) and cache.demotions == 0
     protected_before = set(cache._protected)
 
+    clock.now += COLD_SECONDS + 0.5
+    # each was used after its promotion's mark (its third asking): marked anew as room is asked for
+    ask_times(handler, used, 1)
+    assert cache.demotions == 0
     clock.now += COLD_SECONDS * 0.75
-    ask_times(handler, used, 1)  # in use through the handler (nothing is cold yet: no demotion)
+    ask_times(handler, used, 1)  # in use through the handler (no mark is old enough yet: no demotion)
     fronted = [q for q in old if q[2:] in cache.fronts[0]]
     cache.fronts[0][fronted[0][2:]].n += 5  # ... and one old answer through its front, as the UDP reader counts
     assert cache.demotions == 0
     clock.now += COLD_SECONDS * 0.5  # the rest unused for longer than COLD_SECONDS
-    ask_times(handler, new, 1)
+    ask_times(handler, new, 2)  # (a sweep looks at 16 answers: the first askings mark the used ones anew)
     assert new_raws <= set(cache.fronts[0]) and cache.demotions > 0
     protected = set(cache._protected)
     for q in [*used, fronted[0], *new]:
