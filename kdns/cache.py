@@ -7,13 +7,14 @@ answer outlives the event that changed it.
 Admission is a segmented LRU: a new entry goes to *probation*; its first reuse promotes it to the
 *protected* segment (at most PROTECTED_SHARE of the bytes). A flood of names asked once (random
 subdomains, a misconfigured client) only ever evicts other probation entries -- the cold negative
-answers -- never the hot set. Protected overflow is demoted to probation, so a formerly hot answer
-gets one more chance before it goes.
+answers -- never the hot set. An answer evicted from probation and asked again counts as reused.
 
-Front answers (the exact bytes of a query asked before) count in the protected segment. When it is
-full, a front may take the place of a protected answer nobody asked for in COLD_SECONDS (demoted to
-probation, not dropped): a hot set that moved on (another workload, another hour) does not keep the
-new one off the fronts, while answers in use are never pushed out for one.
+The protected segment never pushes out an answer in use. Front answers (the exact bytes of a query
+asked before) count in it; when it is full, a reused answer or a front takes the place of a protected
+answer nobody asked for in COLD_SECONDS (demoted to probation, not dropped: one more chance), a reused
+answer also of other answers' fronts; while every protected answer is in use, the newcomer waits on
+probation. So a hot set that moved on (another workload, another hour) gives way to the new one, and a
+hot set larger than the segment keeps what fits instead of each answer pushing out the next one asked.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ SHARED_DEP_OVERHEAD = 300  # a dep's second key: the set the two now make (sys.g
 FRONT_OVERHEAD = 390
 MEMORYVIEW_BUFFER = 90  # the buffer object a memoryview of bytes holds, beyond sys.getsizeof of the view
 MAX_FRONTS = 4  # front answers per entry: the spellings (0x20 case, EDNS sizes) of one question kept
-COLD_SECONDS = 2.0  # a protected answer unused this long may make room for a front answer (_make_room)
-SWEEP_STEPS = 16  # protected answers looked at, at most, per front answer that needs room
+COLD_SECONDS = 2.0  # a protected answer unused this long may make room for another (_make_room)
+SWEEP_STEPS = 16  # protected answers looked at, at most, per promotion or front answer that needs room
 
 
 def cover_key(key: tuple) -> tuple:
@@ -113,19 +114,20 @@ class AnswerCache:
         return value
 
     def promote(self, key: Hashable) -> None:
-        """A reused probation entry joins the protected segment, if there is room for it: front answers
-        give way first (a quicker way to an answer: the answers come first), then answers unused for
-        COLD_SECONDS (_make_room). While every protected answer is in use it stays on probation (counted
-        in `kept_out`): a hot set a little larger than the segment keeps most of itself protected instead
-        of each answer pushing out the next one it will need (a cyclic scan through an LRU)."""
+        """A reused probation entry joins the protected segment, if there is room for it: answers unused
+        for COLD_SECONDS give way first (_make_room), then front answers (a quicker way to an answer: the
+        answers come first). While every protected answer is in use it stays on probation (counted in
+        `kept_out`): a hot set a little larger than the segment keeps most of itself protected instead of
+        each answer pushing out the next one it will need (a cyclic scan through an LRU)."""
         cost = self._probation.get(key)
         if cost is None:
             return
-        while self.protected_bytes + cost > self.protected_max and self._front_keys:
-            self._drop_fronts(next(iter(self._front_keys)))
         if self.protected_bytes + cost > self.protected_max and not self._make_room(cost, key):
-            self.kept_out += 1
-            return
+            while self.protected_bytes + cost > self.protected_max and self._front_keys:
+                self._drop_fronts(next(iter(self._front_keys)))
+            if self.protected_bytes + cost > self.protected_max:
+                self.kept_out += 1
+                return
         del self._probation[key]
         self.probation_bytes -= cost
         self._protected[key] = cost

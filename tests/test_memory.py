@@ -442,6 +442,27 @@ def test_a_hot_set_asked_in_turn_keeps_what_fits_protected():
     assert cache.bytes <= cache.max_bytes
 
 
+def test_a_promotion_takes_an_unused_answers_place_before_any_front():
+    """With the protected segment full, a reused answer first takes the place of one unused for
+    COLD_SECONDS; fronts (of answers in use) give way only when no answer is unused."""
+    from kdns.cache import COLD_SECONDS
+    handler, queries = fronted_handler()
+    cache = handler.cache
+    for q in queries[60:150]:  # reused once, then never again
+        ask_times(handler, [q], 2)
+    ask_times(handler, queries[:40], 3)  # in use, with fronts
+    for q in queries[150:250]:  # more reused answers, until the segment is full
+        if cache.protected_bytes + 1000 > cache.protected_max:
+            break
+        ask_times(handler, [q], 2)
+    fronts = len(cache.fronts[0])
+    assert fronts and cache.protected_bytes + 1000 > cache.protected_max
+    cache.clock.now += COLD_SECONDS + 0.5
+    ask_times(handler, [queries[300]], 2)
+    assert fast_key(queries[300])[0] in cache._protected
+    assert cache.demotions > 0 and len(cache.fronts[0]) == fronts
+
+
 def test_a_reused_answer_waits_on_probation_while_every_protected_answer_is_in_use():
     """A full protected segment of answers in use keeps them: a newly reused answer stays on probation
     (counted) instead of pushing out one that will be asked for again; once they have gone unused for
