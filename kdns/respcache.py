@@ -217,11 +217,15 @@ class ResponseCache:
     def store(self, query: Query, response: bytes, name: str) -> tuple[bytes, tuple | None]:
         """put(), and loadbalance's rotation groups of what it returns, found in the same walk
         (None when the response could not be walked)."""
+        return self.store_key(query.key, query.qend, response, name)
+
+    def store_key(self, key: tuple, qend: int, response: bytes, name: str) -> tuple[bytes, tuple | None]:
+        """store() for the query of cache key `key` whose question ends at `qend` (no Query needed)."""
         if len(response) < 12 or response[2] & 0x02:  # never cache a truncated answer
             return response, None
         rcode = response[3] & 0x0F
         try:  # the question was checked against the query's (Upstream): the walk starts after it
-            scan = scan_response(response, query.qend if response[4:6] == b"\x00\x01" else 0)
+            scan = scan_response(response, qend if response[4:6] == b"\x00\x01" else 0)
         except WireError:
             return response, None
         offsets, answer_ttl, soa, groups = scan
@@ -247,7 +251,6 @@ class ResponseCache:
         if ttl <= 0:
             return response, groups
         bucket = self._entries[kind]
-        key = query.key
         old = bucket.pop(key, None)
         if old is not None:
             self._forget(old)
