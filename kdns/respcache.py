@@ -282,8 +282,13 @@ class ResponseCache:
         names that evicted one entry per insert would pay that walk every time."""
         bucket = self._entries[kind]
         oldest = list(islice(bucket, max(1, len(bucket) // EVICT_SHARE)))
+        freed = 0
         for key in oldest:
-            self._forget(bucket.pop(key))
+            entry = bucket.pop(key)
+            if entry.fronts:
+                self._drop_fronts(entry)
+            freed += entry.cost  # _forget, inline: once per stored reply in a flood of new names
+        self.bytes -= freed
         self.evictions[kind] += len(oldest)
 
 
