@@ -144,6 +144,45 @@ class Histogram:
         return fam
 
 
+class Tally:
+    """coredns_dns_* of the direct forward path (QueryHandler._forward_done) as plain counters: per
+    (IPv6?, type, DO, request size, rcode, response size) -- the rest of the label set is the block's, "." and
+    "forward" -- the queries per duration bucket and their seconds, folded into DnsMetrics when read
+    (fold); at most MAX_TALLY label sets between folds."""
+
+    MAX_TALLY = 512
+
+    def __init__(self, metrics: "DnsMetrics"):
+        self.metrics = metrics
+        self.counts: dict[tuple, list] = {}  # -> [seconds, count per duration bucket..., (labels, req, resp)]
+
+    def add(self, server: str, v6: bool, qtype: int, do: bool, req_size: int, rcode: int, resp_size: int,
+            seconds: float) -> None:
+        """One forwarded query answered over UDP (as DnsMetrics.observe(server, ".", "udp", ...) counts it)."""
+        key = (v6, qtype, do, req_size, rcode, resp_size, server)
+        counts = self.counts.get(key)
+        if counts is None:
+            if len(self.counts) >= self.MAX_TALLY:
+                self.fold()
+                self.counts.clear()
+            labels = self.metrics.key(server, ".", "udp", "2" if v6 else "1", qtype, do, req_size, rcode, "forward",
+                                      resp_size)
+            counts = self.counts[key] = [0.0] + [0] * (len(DURATION_BUCKETS) + 1) + [(labels, req_size, resp_size)]
+        counts[0] += seconds
+        counts[bisect_left(DURATION_BUCKETS, seconds) + 1] += 1
+
+    def fold(self) -> None:
+        """Hand the counts to DnsMetrics (raw, sums) and start again from zero."""
+        for counts in self.counts.values():
+            buckets = counts[1:-1]
+            n = sum(buckets)
+            if n:
+                labels, req_size, resp_size = counts[-1]
+                self.metrics.count_buckets(labels, buckets, counts[0], req_size * n, resp_size * n)
+                counts[0] = 0.0
+                counts[1:-1] = [0] * len(buckets)
+
+
 def _fmt(value: float) -> str:
     return repr(float(value))
 
@@ -213,6 +252,15 @@ class DnsMetrics:
         full = key + (0,)
         raw = self.raw
         raw[full] = raw.get(full, 0) + n
+        self._add_sums(key, seconds, req_bytes, resp_bytes)
+
+    def count_buckets(self, key: tuple, counts: list[int], seconds: float, req_bytes: int, resp_bytes: int) -> None:
+        """Queries of label set `key`: counts[i] of them in duration bucket i, `seconds` in all."""
+        raw = self.raw
+        for bucket, n in enumerate(counts):
+            if n:
+                full = key + (bucket,)
+                raw[full] = raw.get(full, 0) + n
         self._add_sums(key, seconds, req_bytes, resp_bytes)
 
     def _add_sums(self, key: tuple, seconds: float, req_bytes: int, resp_bytes: int) -> None:
