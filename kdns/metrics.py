@@ -198,8 +198,8 @@ class DnsMetrics:
         # (server, zone, proto, family, qtype, do, rcode, plugin, req bucket, resp bucket, duration bucket)
         self.raw: dict[tuple, int] = {}
         self.sums: dict[tuple, list] = {}  # (server, zone, proto) -> [seconds, request bytes, response bytes]
-        self.upstream_raw: dict[tuple, int] = {}  # (to, rcode, duration bucket) -> answers from upstream
-        self.upstream_seconds: dict[tuple, float] = {}  # (to, rcode) -> their time in all
+        # (to, rcode) -> [their time in all, answers from upstream per duration bucket...]
+        self._upstream: dict[tuple, list] = {}
         self.autopath_success: dict[str, int] = defaultdict(int)
         self.reload_failed = 0
         self.reload_hash = ""
@@ -292,18 +292,28 @@ class DnsMetrics:
 
     def observe_upstream(self, to: str, rcode: int, seconds: float) -> None:
         """An answer from upstream `to`: plain counters here, coredns_forward_*/proxy_* at scrape time."""
-        key = (to, rcode, bisect_left(DURATION_BUCKETS, seconds))
-        raw = self.upstream_raw
-        raw[key] = raw.get(key, 0) + 1
-        sums = self.upstream_seconds
-        key = (to, rcode)
-        sums[key] = sums.get(key, 0.0) + seconds
+        counts = self._upstream.get((to, rcode))
+        if counts is None:
+            counts = self._upstream[(to, rcode)] = [0.0] + [0] * (len(DURATION_BUCKETS) + 1)
+        counts[0] += seconds
+        counts[bisect_left(DURATION_BUCKETS, seconds) + 1] += 1
+
+    @property
+    def upstream_raw(self) -> dict[tuple, int]:
+        """(to, rcode, duration bucket) -> answers from upstream."""
+        return {(to, rcode, bucket): n for (to, rcode), counts in list(self._upstream.items())
+                for bucket, n in enumerate(counts[1:]) if n}
+
+    @property
+    def upstream_seconds(self) -> dict[tuple, float]:
+        """(to, rcode) -> the time of their answers in all."""
+        return {key: counts[0] for key, counts in list(self._upstream.items())}
 
     @property
     def forward_requests(self) -> dict[str, int]:
         """coredns_forward_requests_total: to -> answers."""
         out: dict[str, int] = defaultdict(int)
-        for (to, _, _), n in list(self.upstream_raw.items()):
+        for (to, _, _), n in self.upstream_raw.items():
             out[to] += n
         return out
 
@@ -311,7 +321,7 @@ class DnsMetrics:
     def forward_responses(self) -> dict[tuple, int]:
         """coredns_forward_responses_total: (to, rcode name) -> answers."""
         out: dict[tuple, int] = defaultdict(int)
-        for (to, rcode, _), n in list(self.upstream_raw.items()):
+        for (to, rcode, _), n in self.upstream_raw.items():
             out[(to, RCODES.get(rcode, str(rcode)))] += n
         return out
 
@@ -319,9 +329,9 @@ class DnsMetrics:
     def proxy_duration(self) -> Histogram:
         """coredns_proxy_request_duration_seconds, labels ("forward", to, rcode name)."""
         out = Histogram(DURATION_BUCKETS)
-        for (to, rcode, bucket), n in list(self.upstream_raw.items()):
+        for (to, rcode, bucket), n in self.upstream_raw.items():
             out.add(("forward", to, RCODES.get(rcode, str(rcode))), bucket, n)
-        for (to, rcode), seconds in list(self.upstream_seconds.items()):
+        for (to, rcode), seconds in self.upstream_seconds.items():
             out.add_sum(("forward", to, RCODES.get(rcode, str(rcode))), seconds)
         return out
 
