@@ -148,7 +148,8 @@ class Tally:
     """coredns_dns_* of the direct forward path (QueryHandler._forward_done) as plain counters: per
     (IPv6?, type, DO, request size, rcode, response size) -- the rest of the label set is the block's, "." and
     "forward" -- the queries per duration bucket and their seconds, folded into DnsMetrics when read
-    (fold); at most MAX_TALLY label sets between folds."""
+    (fold: every scrape); at most MAX_TALLY label sets between folds. DnsMetrics owns it, so a reply that
+    comes after its listener closed is counted all the same."""
 
     MAX_TALLY = 512
 
@@ -209,6 +210,7 @@ class DnsMetrics:
         self.caches: list = []  # (server, zones text, ResponseCache)
         self.loop_detected: dict[str, int] = {}
         self.handlers: weakref.WeakSet = weakref.WeakSet()  # query handlers whose front answers fold in here
+        self.tally = Tally(self)  # the direct forward path's coredns_dns_* (QueryHandler._forward_done)
         self._labels: dict[tuple, tuple] = {}  # key(): one tuple per label set
 
     def observe(self, server: str, zone: str, proto: str, family: str, qtype: int, do: bool, req_size: int,
@@ -275,6 +277,7 @@ class DnsMetrics:
         """The coredns_dns_* families' data, folded from the per-query counters."""
         for handler in list(self.handlers):
             handler.flush()
+        self.tally.fold()
         out = FoldedDns()
         for (server, zone, proto, family, qtype, do, rcode, plugin, req_b, resp_b, dur_b), n in list(self.raw.items()):
             out.requests[(server, zone, proto, family, qtype)] += n

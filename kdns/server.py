@@ -22,7 +22,7 @@ from .cache import AnswerCache, cover_key
 from .forward import Overloaded, UpstreamError
 from .log import Logger
 from .memory import MemoryBudget
-from .metrics import DnsMetrics, Tally
+from .metrics import DnsMetrics
 from .wire import (MIN_UDP_SIZE, NOERROR, REFUSED, SERVFAIL, Query, WireError, error_response, fast_key, parse_query, patch, qtype_name,
                    pack_answer, query_from_fast, rotate, truncate, wire_labels)
 
@@ -142,7 +142,6 @@ class QueryHandler:
         self.timed_clock = time.monotonic
         self.forward_cache = None
         self.metrics.handlers.add(self)
-        self.tally = Tally(self.metrics)  # the direct forward path's coredns_dns_* (_forward_done)
         self.set_blocks(blocks)
 
     def set_blocks(self, blocks: list) -> None:
@@ -310,8 +309,8 @@ class QueryHandler:
                     self._stats["upstream_errors"] += 1
                 if len(response) <= udp_size and self.negative_limit is None and block.config.log is None:
                     if self._observe:  # counted as _done counts it, folded into the metrics when read (flush)
-                        self.tally.add(block.name, ":" in client[0], key[1], key[4], udp_size, rcode, len(response),
-                                       time.perf_counter() - start)
+                        self.metrics.tally.add(block.name, ":" in client[0], key[1], key[4], udp_size, rcode,
+                                               len(response), time.perf_counter() - start)
                     send(response, client)
                     return
                 query = query_from_fast(data, fast)
@@ -445,7 +444,7 @@ class QueryHandler:
     def flush(self) -> None:
         """Fold the front answers' and the direct forward path's counts into the stats, the caches' hits and the
         metrics."""
-        self.tally.fold()
+        self.metrics.tally.fold()
         for fronts in (*self.cache.fronts, *self.timed_fronts, *self.cache.cover_fronts):
             for front in fronts.values():
                 if front.n:
