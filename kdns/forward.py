@@ -44,17 +44,20 @@ _IDS = _IdPool()
 
 
 class _Waiting:
-    """A query sent on a socket: what its reply must echo, where the reply goes, when it gives up."""
+    """A query sent on a socket: what its reply must echo, where the reply goes (`answered`, which hands it to
+    `done`), when it gives up. Upstream.send_waiting sets the rest each time it sends the query: `question`
+    (the question section as sent: the reply must echo it), `orig_id` (the asker's ID), `packet` (as sent,
+    with our ID: a TC reply is retried over TCP with it), `deadline`, and `ignored` (why a reply with this
+    ID was not taken, named when it then times out)."""
 
     __slots__ = ("question", "orig_id", "packet", "done", "deadline", "ignored")
 
-    def __init__(self, question: bytes, orig_id: bytes, packet: bytes, done: Done, deadline: float):
-        self.question = question  # the question section as sent (the reply must echo it)
-        self.orig_id = orig_id
-        self.packet = packet  # as sent, with our ID (a TC reply is retried over TCP with it)
+    def __init__(self, done: Done):
         self.done = done
-        self.deadline = deadline
-        self.ignored = ""  # why a reply with this ID was not taken (named when it then times out)
+
+    def answered(self, reply: bytes | None, error: str) -> None:
+        """The upstream's reply (the asker's ID restored), or None and why none came."""
+        self.done(reply, error)
 
 
 class _Channel:
@@ -107,25 +110,34 @@ class Upstream:
         """Send `packet` (question ends at qend) with a fresh ID, once this turn of the event loop ends
         (_flush); `done` is called exactly once, possibly before this returns (no socket could be opened).
         `now`: time.monotonic(), when the caller just read it."""
+        self.send_waiting(_Waiting(done), packet, qend, tcp, now)
+
+    def send_waiting(self, waiting: _Waiting, packet: bytes, qend: int, tcp: bool = False,
+                     now: float | None = None) -> None:
+        """send(), the reply handed to `waiting.answered` (a record the caller keeps: _Forwarding)."""
         if self.closed:
-            done(None, f"upstream {self.name}: forwarder closed")
+            waiting.answered(None, f"upstream {self.name}: forwarder closed")
             return
         if tcp:
-            self._start_tcp(packet, packet[:2], done)
+            self._start_tcp(packet, packet[:2], waiting.answered)
             return
         if now is None:
             now = time.monotonic()
         try:
             channel = self._channel(now)
         except OSError as exc:
-            done(None, f"upstream {self.name}: {exc}")
+            waiting.answered(None, f"upstream {self.name}: {exc}")
             return
         pending = channel.pending
         qid = _IDS.take()
         while qid in pending:
             qid = _IDS.take()
-        out = bytes((qid >> 8, qid & 0xFF)) + packet[2:]
-        pending[qid] = _Waiting(packet[12:qend], packet[:2], out, done, now + self.timeout)
+        waiting.question = packet[12:qend]
+        waiting.orig_id = packet[:2]
+        waiting.packet = bytes((qid >> 8, qid & 0xFF)) + packet[2:]
+        waiting.deadline = now + self.timeout
+        waiting.ignored = ""
+        pending[qid] = waiting
         if not channel.outbox:
             if not self._flushing:
                 self._loop.call_soon(self._flush)
@@ -202,7 +214,7 @@ class Upstream:
             channel.sock.close()
             pending, channel.pending = channel.pending, {}
             for waiting in pending.values():
-                _deliver(waiting.done, None, f"upstream {self.name}: its event loop ended")
+                _deliver(waiting.answered, None, f"upstream {self.name}: its event loop ended")
 
     def _retire(self, now: float) -> None:
         """Close sockets that no longer take queries and have none waiting."""
@@ -256,9 +268,9 @@ class Upstream:
             if type(data) is str:
                 self._give_up(waiting, f"upstream {self.name}: {data}")
             elif data[2] & 0x02:  # TC: retry over TCP
-                self._start_tcp(waiting.packet, waiting.orig_id, waiting.done)
+                self._start_tcp(waiting.packet, waiting.orig_id, waiting.answered)
             else:
-                _deliver(waiting.done, waiting.orig_id + data[2:], "")
+                _deliver(waiting.answered, waiting.orig_id + data[2:], "")
 
     def _ignore(self, reason: str) -> None:
         self.ignored[reason] = self.ignored.get(reason, 0) + 1
@@ -266,7 +278,7 @@ class Upstream:
     def _give_up(self, waiting: _Waiting, error: str) -> None:
         if waiting.ignored:
             error += f" (ignored a reply: {waiting.ignored})"
-        _deliver(waiting.done, None, error)
+        _deliver(waiting.answered, None, error)
 
     # ------------------------------------------------------------------ timeouts
 
@@ -422,14 +434,15 @@ HEALTH_PROBE = bytes.fromhex("0000010000010000000000000000020001")  # ". IN NS",
 Observe = Callable[[str, int, float], None]
 
 
-class _Forwarding:
-    """One client query on its way through the upstreams in policy order (failover on error)."""
+class _Forwarding(_Waiting):
+    """One client query on its way through the upstreams in policy order (failover on error); also the
+    record it waits as on the current upstream's socket (Upstream.send_waiting): one object per query."""
 
-    __slots__ = ("owner", "packet", "qend", "tcp", "done", "observe", "order", "next", "state", "start", "errors")
+    __slots__ = ("owner", "query", "qend", "tcp", "observe", "order", "next", "state", "start", "errors")
 
     def __init__(self, owner: "Forwarder", packet: bytes, qend: int, tcp: bool, done: Done, observe, order):
         self.owner = owner
-        self.packet = packet
+        self.query = packet  # as the client sent it
         self.qend = qend
         self.tcp = tcp
         self.done = done
@@ -449,7 +462,7 @@ class _Forwarding:
         self.state = state = order[self.next]
         self.next += 1
         self.start = now = time.monotonic()
-        state.upstream.send(self.packet, self.qend, self.answered, self.tcp, now)
+        state.upstream.send_waiting(self, self.query, self.qend, self.tcp, now)
 
     def answered(self, reply: bytes | None, error: str) -> None:
         state = self.state

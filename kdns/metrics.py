@@ -148,6 +148,46 @@ class Histogram:
         return fam
 
 
+class Tally:
+    """coredns_dns_* of the direct forward path (QueryHandler._forward_done) as plain counters: per
+    (IPv6?, type, DO, request size, rcode, response size) -- the rest of the label set is the block's, "." and
+    "forward" -- the queries per duration bucket and their seconds, folded into DnsMetrics when read
+    (fold: every scrape); at most MAX_TALLY label sets between folds. DnsMetrics owns it, so a reply that
+    comes after its listener closed is counted all the same."""
+
+    MAX_TALLY = 512
+
+    def __init__(self, metrics: "DnsMetrics"):
+        self.metrics = metrics
+        self.counts: dict[tuple, list] = {}  # -> [seconds, count per duration bucket..., (labels, req, resp)]
+
+    def add(self, server: str, v6: bool, qtype: int, do: bool, req_size: int, rcode: int, resp_size: int,
+            seconds: float) -> None:
+        """One forwarded query answered over UDP (as DnsMetrics.observe(server, ".", "udp", ...) counts it)."""
+        key = (v6, qtype, do, req_size, rcode, resp_size, server)
+        counts = self.counts.get(key)
+        if counts is None:
+            if len(self.counts) >= self.MAX_TALLY:
+                self.fold()
+                self.counts.clear()
+            labels = self.metrics.key(server, ".", "udp", "2" if v6 else "1", qtype, do, req_size, rcode, "forward",
+                                      resp_size)
+            counts = self.counts[key] = [0.0] + [0] * (len(DURATION_BUCKETS) + 1) + [(labels, req_size, resp_size)]
+        counts[0] += seconds
+        counts[bisect_left(DURATION_BUCKETS, seconds) + 1] += 1
+
+    def fold(self) -> None:
+        """Hand the counts to DnsMetrics (raw, sums) and start again from zero."""
+        for counts in self.counts.values():
+            buckets = counts[1:-1]
+            n = sum(buckets)
+            if n:
+                labels, req_size, resp_size = counts[-1]
+                self.metrics.count_buckets(labels, buckets, counts[0], req_size * n, resp_size * n)
+                counts[0] = 0.0
+                counts[1:-1] = [0] * len(buckets)
+
+
 def _fmt(value: float) -> str:
     return repr(float(value))
 
@@ -163,8 +203,8 @@ class DnsMetrics:
         # (server, zone, proto, family, qtype, do, rcode, plugin, req bucket, resp bucket, duration bucket)
         self.raw: dict[tuple, int] = {}
         self.sums: dict[tuple, list] = {}  # (server, zone, proto) -> [seconds, request bytes, response bytes]
-        self.upstream_raw: dict[tuple, int] = {}  # (to, rcode, duration bucket) -> answers from upstream
-        self.upstream_seconds: dict[tuple, float] = {}  # (to, rcode) -> their time in all
+        # (to, rcode) -> [their time in all, answers from upstream per duration bucket...]
+        self._upstream: dict[tuple, list] = {}
         self.autopath_success: dict[str, int] = defaultdict(int)
         self.reload_failed = 0
         self.reload_hash = ""
@@ -174,6 +214,7 @@ class DnsMetrics:
         self.caches: list = []  # (server, zones text, ResponseCache)
         self.loop_detected: dict[str, int] = {}
         self.handlers: weakref.WeakSet = weakref.WeakSet()  # query handlers whose front answers fold in here
+        self.tally = Tally(self)  # the direct forward path's coredns_dns_* (QueryHandler._forward_done)
         self._labels: dict[tuple, tuple] = {}  # key(): one tuple per label set
 
     def observe(self, server: str, zone: str, proto: str, family: str, qtype: int, do: bool, req_size: int,
@@ -219,6 +260,15 @@ class DnsMetrics:
         raw[full] = raw.get(full, 0) + n
         self._add_sums(key, seconds, req_bytes, resp_bytes)
 
+    def count_buckets(self, key: tuple, counts: list[int], seconds: float, req_bytes: int, resp_bytes: int) -> None:
+        """Queries of label set `key`: counts[i] of them in duration bucket i, `seconds` in all."""
+        raw = self.raw
+        for bucket, n in enumerate(counts):
+            if n:
+                full = key + (bucket,)
+                raw[full] = raw.get(full, 0) + n
+        self._add_sums(key, seconds, req_bytes, resp_bytes)
+
     def _add_sums(self, key: tuple, seconds: float, req_bytes: int, resp_bytes: int) -> None:
         sums = self.sums.get(key[:3])
         if sums is None:
@@ -231,6 +281,7 @@ class DnsMetrics:
         """The coredns_dns_* families' data, folded from the per-query counters."""
         for handler in list(self.handlers):
             handler.flush()
+        self.tally.fold()
         out = FoldedDns()
         for (server, zone, proto, family, qtype, do, rcode, plugin, req_b, resp_b, dur_b), n in list(self.raw.items()):
             out.requests[(server, zone, proto, family, qtype)] += n
@@ -248,18 +299,28 @@ class DnsMetrics:
 
     def observe_upstream(self, to: str, rcode: int, seconds: float) -> None:
         """An answer from upstream `to`: plain counters here, coredns_forward_*/proxy_* at scrape time."""
-        key = (to, rcode, bisect_left(DURATION_BUCKETS, seconds))
-        raw = self.upstream_raw
-        raw[key] = raw.get(key, 0) + 1
-        sums = self.upstream_seconds
-        key = (to, rcode)
-        sums[key] = sums.get(key, 0.0) + seconds
+        counts = self._upstream.get((to, rcode))
+        if counts is None:
+            counts = self._upstream[(to, rcode)] = [0.0] + [0] * (len(DURATION_BUCKETS) + 1)
+        counts[0] += seconds
+        counts[bisect_left(DURATION_BUCKETS, seconds) + 1] += 1
+
+    @property
+    def upstream_raw(self) -> dict[tuple, int]:
+        """(to, rcode, duration bucket) -> answers from upstream."""
+        return {(to, rcode, bucket): n for (to, rcode), counts in list(self._upstream.items())
+                for bucket, n in enumerate(counts[1:]) if n}
+
+    @property
+    def upstream_seconds(self) -> dict[tuple, float]:
+        """(to, rcode) -> the time of their answers in all."""
+        return {key: counts[0] for key, counts in list(self._upstream.items())}
 
     @property
     def forward_requests(self) -> dict[str, int]:
         """coredns_forward_requests_total: to -> answers."""
         out: dict[str, int] = defaultdict(int)
-        for (to, _, _), n in list(self.upstream_raw.items()):
+        for (to, _, _), n in self.upstream_raw.items():
             out[to] += n
         return out
 
@@ -267,7 +328,7 @@ class DnsMetrics:
     def forward_responses(self) -> dict[tuple, int]:
         """coredns_forward_responses_total: (to, rcode name) -> answers."""
         out: dict[tuple, int] = defaultdict(int)
-        for (to, rcode, _), n in list(self.upstream_raw.items()):
+        for (to, rcode, _), n in self.upstream_raw.items():
             out[(to, RCODES.get(rcode, str(rcode)))] += n
         return out
 
@@ -275,9 +336,9 @@ class DnsMetrics:
     def proxy_duration(self) -> Histogram:
         """coredns_proxy_request_duration_seconds, labels ("forward", to, rcode name)."""
         out = Histogram(DURATION_BUCKETS)
-        for (to, rcode, bucket), n in list(self.upstream_raw.items()):
+        for (to, rcode, bucket), n in self.upstream_raw.items():
             out.add(("forward", to, RCODES.get(rcode, str(rcode))), bucket, n)
-        for (to, rcode), seconds in list(self.upstream_seconds.items()):
+        for (to, rcode), seconds in self.upstream_seconds.items():
             out.add_sum(("forward", to, RCODES.get(rcode, str(rcode))), seconds)
         return out
 

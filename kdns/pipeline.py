@@ -266,9 +266,14 @@ class Block:
         if reply is None:
             self._error(query, error)
             return error_response(query.data, SERVFAIL, query)
+        return self.forwarded(query.key, query.qend, name, cache, reply)
+
+    def forwarded(self, key: tuple, qend: int, name: str, cache: ResponseCache | None, reply: bytes) -> bytes:
+        """The response to a query (cache key `key`, question ending at `qend`, `name` as text) from the
+        upstream's reply: cached and rotated."""
         groups = None
         if cache is not None:
-            reply, groups = cache.store(query, reply, name)
+            reply, groups = cache.store_key(key, qend, reply, name)
         if self.config.loadbalance:
             reply = self.balance(reply) if groups is None else \
                 rotate(reply, groups, random.randrange(1 << 16)) if groups else reply

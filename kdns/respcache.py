@@ -20,6 +20,7 @@ from .memory import MemoryBudget
 from .wire import RR_FIXED, Query, WireError, _read_name, patch, rotation_groups
 
 T_SOA, T_OPT = 6, 41
+_PUT_TTL = struct.Struct("!I").pack_into
 
 
 # bytes of an entry beyond its packed response: the Entry, its key tuple and name, the offsets tuple's
@@ -56,8 +57,9 @@ class ResponseCache:
         self.own_zones = list(own_zones)
         self._covers = zone_matcher(config.zones)
         self._own = zone_matcher(self.own_zones)
-        self._no_success = zone_matcher(config.disable_success)
-        self._no_denial = zone_matcher(config.disable_denial)
+        # None when nothing is disabled (no matcher called for every stored reply)
+        self._no_success = zone_matcher(config.disable_success) if config.disable_success else None
+        self._no_denial = zone_matcher(config.disable_denial) if config.disable_denial else None
         self.clock = clock
         self.max_bytes = max_bytes if max_bytes is not None else MemoryBudget().responses
         self.bytes = 0
@@ -217,26 +219,31 @@ class ResponseCache:
     def store(self, query: Query, response: bytes, name: str) -> tuple[bytes, tuple | None]:
         """put(), and loadbalance's rotation groups of what it returns, found in the same walk
         (None when the response could not be walked)."""
+        return self.store_key(query.key, query.qend, response, name)
+
+    def store_key(self, key: tuple, qend: int, response: bytes, name: str) -> tuple[bytes, tuple | None]:
+        """store() for the query of cache key `key` whose question ends at `qend` (no Query needed)."""
         if len(response) < 12 or response[2] & 0x02:  # never cache a truncated answer
             return response, None
-        rcode = response[3] & 0x0F
         try:  # the question was checked against the query's (Upstream): the walk starts after it
-            scan = scan_response(response, query.qend if response[4:6] == b"\x00\x01" else 0)
+            offsets, answer_ttl, soa, groups, top = _scan(response, qend if response[4:6] == b"\x00\x01" else 0)
         except WireError:
             return response, None
-        offsets, answer_ttl, soa, groups = scan
+        rcode = response[3] & 0x0F
         cfg = self.config
-        if rcode == 2:  # SERVFAIL
+        if rcode == 0 and answer_ttl is not None:
+            if self._no_success is not None and self._no_success(name):
+                return response, groups
+            kind = "success"
+            ttl = answer_ttl if answer_ttl < cfg.success_ttl else cfg.success_ttl
+            if ttl < cfg.success_minttl:
+                ttl = cfg.success_minttl
+        elif rcode == 2:  # SERVFAIL
             if cfg.servfail_ttl <= 0 or self._own(name):
                 return response, groups
             kind, ttl = "denial", cfg.servfail_ttl
-        elif rcode == 0 and answer_ttl is not None:
-            if self._no_success(name):
-                return response, groups
-            kind = "success"
-            ttl = max(cfg.success_minttl, min(answer_ttl, cfg.success_ttl))
-        elif rcode in (0, 3):
-            if self._no_denial(name):
+        elif rcode == 0 or rcode == 3:
+            if self._no_denial is not None and self._no_denial(name):
                 return response, groups
             kind = "denial"
             if soa is None:
@@ -247,7 +254,6 @@ class ResponseCache:
         if ttl <= 0:
             return response, groups
         bucket = self._entries[kind]
-        key = query.key
         old = bucket.pop(key, None)
         if old is not None:
             self._forget(old)
@@ -256,20 +262,17 @@ class ResponseCache:
         now = self.clock()
         # cached TTLs never exceed the time the entry lives
         cap = int(ttl)
-        capped = response
-        for _, t in offsets:
-            if t > cap:
-                capped = _cap(response, offsets, cap)
-                offsets = [(o, t if t < cap else cap) for o, t in offsets]
-                break
+        if top > cap:
+            capped, offsets = _cap(response, offsets, cap)
+        else:
+            capped, offsets = response, tuple(offsets)
         # the packed response twice: as stored and as last served with TTLs decremented
         cost = ENTRY_OVERHEAD + 2 * len(capped) + len(key[0]) + OFFSET_BYTES * len(offsets)
         if cost > self.max_bytes // 4:
             return capped, groups  # one response may not take a quarter of the cache
         while self.bytes + cost > self.max_bytes:
             self._evict(max(self._entries, key=lambda k: len(self._entries[k])))
-        outside = not self._own(name)
-        bucket[key] = Entry(capped, tuple(offsets), now, now + ttl, kind, cost, 0, capped, outside, groups)
+        bucket[key] = Entry(capped, offsets, now, now + ttl, kind, cost, 0, capped, not self._own(name), groups)
         self.bytes += cost
         return capped, groups
 
@@ -279,8 +282,13 @@ class ResponseCache:
         names that evicted one entry per insert would pay that walk every time."""
         bucket = self._entries[kind]
         oldest = list(islice(bucket, max(1, len(bucket) // EVICT_SHARE)))
+        freed = 0
         for key in oldest:
-            self._forget(bucket.pop(key))
+            entry = bucket.pop(key)
+            if entry.fronts:
+                self._drop_fronts(entry)
+            freed += entry.cost  # _forget, inline: once per stored reply in a flood of new names
+        self.bytes -= freed
         self.evictions[kind] += len(oldest)
 
 
@@ -291,23 +299,33 @@ def scan_response(packet: bytes, question_end: int = 0) -> tuple[list[tuple[int,
     and MINIMUM, RFC 2308; None without one), and loadbalance's rotation groups (as wire.rotation_groups).
     `question_end`, when the caller knows it, skips walking the question. Raises WireError naming the
     offset of what does not fit."""
+    return _scan(packet, question_end)[:4]
+
+
+def _scan(packet: bytes, question_end: int) -> tuple[list[tuple[int, int]], int | None, int | None, tuple, int]:
+    """scan_response(), and the highest TTL of its offsets (0 without any)."""
     n = len(packet)
     if n < 12:
         raise WireError(n, f"{n} bytes, shorter than a DNS header")
-    qd, an, ns, ar = struct.unpack_from("!HHHH", packet, 4)
+    an = packet[6] << 8 | packet[7]
+    auth_end = an + (packet[8] << 8 | packet[9])
     pos = 12
     if question_end:
         pos = question_end
     else:
-        for _ in range(qd):
+        for _ in range(packet[4] << 8 | packet[5]):
             pos = _read_name(packet, pos, allow_pointers=True) + 4
     offsets: list[tuple[int, int]] = []
     answer_ttl = soa = None
-    addresses = []  # (owner, type, rdata offset) of the answer's A/AAAA records
+    top = 0
+    addresses = None  # (owner, type, rdata offset) of the answer's A/AAAA records
     unpack = RR_FIXED.unpack_from
-    for i in range(an + ns + ar):
+    for i in range(auth_end + (packet[10] << 8 | packet[11])):
         owner = pos
-        pos = _read_name(packet, pos, allow_pointers=True)
+        if pos + 2 <= n and packet[pos] >= 0xC0:
+            pos += 2  # the usual owner: a compression pointer (_read_name's own check, inline)
+        else:
+            pos = _read_name(packet, pos, allow_pointers=True)
         if pos + 10 > n:
             raise WireError(pos, "resource record header runs past the end of the packet")
         rtype, _, ttl, rdlen = unpack(packet, pos)
@@ -317,32 +335,40 @@ def scan_response(packet: bytes, question_end: int = 0) -> tuple[list[tuple[int,
             raise WireError(pos + 8, f"rdlength {rdlen} runs past the end of the packet")
         if rtype != T_OPT:
             offsets.append((pos + 4, ttl))
+            if ttl > top:
+                top = ttl
         if i < an:
             if answer_ttl is None or ttl < answer_ttl:
                 answer_ttl = ttl
             if (rtype == 1 and rdlen == 4) or (rtype == 28 and rdlen == 16):
+                if addresses is None:
+                    addresses = []
                 addresses.append((packet[owner:owner + 2] if packet[owner] & 0xC0 == 0xC0 else owner, rtype, rdata))
-        elif soa is None and rtype == T_SOA and i < an + ns:
+        elif soa is None and rtype == T_SOA and i < auth_end:
             if rdlen < 22:
                 raise WireError(rdata, f"SOA rdata of {rdlen} bytes is too short")
             minimum = struct.unpack_from("!I", packet, end - 4)[0]
             soa = ttl if ttl < minimum else minimum
         pos = end
-    if len(addresses) < 2:
-        return offsets, answer_ttl, soa, ()
+    if addresses is None or len(addresses) < 2:
+        return offsets, answer_ttl, soa, (), top
     sets: dict[tuple, list[int]] = {}
     for name, rtype, rdata in addresses:
         sets.setdefault((name, rtype), []).append(rdata)
     return offsets, answer_ttl, soa, tuple((4 if rtype == 1 else 16, tuple(offs))
-                                           for (_, rtype), offs in sets.items() if len(offs) > 1)
+                                           for (_, rtype), offs in sets.items() if len(offs) > 1), top
 
 
-def _cap(packet: bytes, offsets, cap: int) -> bytes:
+def _cap(packet: bytes, offsets, cap: int) -> tuple[bytes, tuple[tuple[int, int], ...]]:
+    """`packet` with every TTL above `cap` written down to it, and its offsets with their TTLs so capped."""
     out = bytearray(packet)
+    capped = []
     for off, ttl in offsets:
         if ttl > cap:
-            struct.pack_into("!I", out, off, cap)
-    return bytes(out)
+            _PUT_TTL(out, off, cap)
+            ttl = cap
+        capped.append((off, ttl))
+    return bytes(out), tuple(capped)
 
 
 def _decrement(packet: bytes, offsets, elapsed: int) -> bytes:

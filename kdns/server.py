@@ -24,7 +24,7 @@ from .log import Logger
 from .memory import MemoryBudget
 from .metrics import DnsMetrics
 from .wire import (MIN_UDP_SIZE, NOERROR, REFUSED, SERVFAIL, Query, WireError, error_response, fast_key, parse_query, patch, qtype_name,
-                   pack_answer, query_from_fast, rotate, truncate)
+                   pack_answer, query_from_fast, rotate, truncate, wire_labels)
 
 TCP_MAX = 65535
 SHARED_TAIL = 300  # a front answer longer than this shares its cache entry's bytes (Front)
@@ -297,15 +297,33 @@ class QueryHandler:
 
     def _forward_done(self, data: bytes, fast: tuple, client, send, block, cache, start: float,
                       reply: bytes | None, error: str) -> None:
-        """The upstream's reply to a _forward_now query (or why none came): answered to the client."""
-        query = query_from_fast(data, fast)
+        """The upstream's reply to a _forward_now query (or why none came): answered to the client. A reply
+        that fits, with nothing to log or rate-limit, is cached, counted and measured without a Query."""
+        key, qend, udp_size = fast
         try:
-            response = block.forward_response(query, ".".join(query.labels), cache, reply, error)
-            self._count_forwarded(response)
+            if reply is not None:
+                response = block.forwarded(key, qend, ".".join(wire_labels(key[0])), cache, reply)
+                self._stats["forwarded"] += 1
+                rcode = response[3] & 0x0F
+                if rcode == SERVFAIL:  # the upstream answered SERVFAIL
+                    self._stats["upstream_errors"] += 1
+                if len(response) <= udp_size and self.negative_limit is None and block.config.log is None:
+                    if self._observe:  # counted as _done counts it, folded into the metrics when read (flush)
+                        self.metrics.tally.add(block.name, ":" in client[0], key[1], key[4], udp_size, rcode,
+                                               len(response), time.perf_counter() - start)
+                    send(response, client)
+                    return
+                query = query_from_fast(data, fast)
+            else:
+                query = query_from_fast(data, fast)
+                response = block.forward_response(query, ".".join(query.labels), cache, reply, error)
+                self._count_forwarded(response)
             response = self._fit(response, query, False, client)
+            if response is None:
+                return  # rate-limited: dropped
             self._done(block, ".", "forward", query, False, client, response, start)
         except Exception as exc:  # noqa: BLE001 - a bug must cost one SERVFAIL, never the server
-            response = self._internal_error(query, exc)
+            response = self._internal_error(query_from_fast(data, fast), exc)
         send(response, client)
 
     def _front(self, data: bytes, qend: int, key: tuple, entry, udp_size: int, client, start: float) -> bytes:
@@ -424,7 +442,9 @@ class QueryHandler:
             self.metrics.count(front.metric, seconds, 1, front.req_size, front.resp_size)
 
     def flush(self) -> None:
-        """Fold the front answers' counts into the stats, the caches' hits and the metrics."""
+        """Fold the front answers' and the direct forward path's counts into the stats, the caches' hits and the
+        metrics."""
+        self.metrics.tally.fold()
         for fronts in (*self.cache.fronts, *self.timed_fronts, *self.cache.cover_fronts):
             for front in fronts.values():
                 if front.n:

@@ -60,17 +60,7 @@ class Query:
         return self._labels
 
     def _split(self) -> tuple[str, ...]:
-        out = []
-        pos = 0
-        name = self.qname.lower()
-        text = name.decode("latin-1")  # one decode; the labels are slices of it
-        n = name[0]
-        while n:
-            end = pos + 1 + n
-            out.append(text[pos + 1:end])
-            pos = end
-            n = name[pos]
-        return tuple(out)
+        return wire_labels(self.qname.lower())
 
     @property
     def name_text(self) -> str:
@@ -110,6 +100,20 @@ def fast_key(data: bytes):
     udp = data[qend + 3] << 8 | data[qend + 4]
     return ((data[12:pos + 1].lower(), qtype, qclass, True, bool(data[qend + 7] & 0x80)), qend,
             udp if udp > MIN_UDP_SIZE else MIN_UDP_SIZE)
+
+
+def wire_labels(name: bytes) -> tuple[str, ...]:
+    """The labels of a wire-format name (as a cache key holds it, lower case) as text, as Query.labels."""
+    out = []
+    pos = 0
+    text = name.decode("latin-1")  # one decode; the labels are slices of it
+    n = name[0]
+    while n:
+        end = pos + 1 + n
+        out.append(text[pos + 1:end])
+        pos = end
+        n = name[pos]
+    return tuple(out)
 
 
 def query_from_fast(data: bytes, fast: tuple) -> Query:

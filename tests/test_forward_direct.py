@@ -50,7 +50,9 @@ def _stop(served: list, *handlers: QueryHandler) -> None:
 
 
 def _counters(handler: QueryHandler) -> dict:
-    """Everything the two paths must count alike (durations aside: they are timings)."""
+    """Everything the two paths must count alike (durations aside: they are timings), folded first as a scrape
+    folds them (DnsMetrics.folded: the front answers', the direct path's Tally)."""
+    handler.flush()
     m = handler.metrics
     dns_ = {}
     for key, n in m.raw.items():

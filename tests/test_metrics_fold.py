@@ -7,7 +7,7 @@ import re
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from kdns.metrics import COMMON_TYPES, CoreDnsCollector, DnsMetrics
+from kdns.metrics import COMMON_TYPES, DURATION_BUCKETS, CoreDnsCollector, DnsMetrics, Tally
 
 
 def scrape(m: DnsMetrics) -> dict[tuple, float]:
@@ -65,3 +65,28 @@ def test_label_sets_stay_bounded_under_any_qtype():
     assert len(m.raw) <= len(set(COMMON_TYPES.values())) + 1
     got = scrape(m)
     assert at(got, "coredns_dns_requests_total", family="1", proto="udp", type="other") > 9000
+
+
+def test_the_direct_forward_tally_folds_to_what_observe_counts():
+    """Tally (the direct forward path's counters) against DnsMetrics.observe fed the same queries: the same
+    raw counts per label set and duration bucket and the same sums once scraped (DnsMetrics.folded), across
+    more label sets than it keeps between folds (MAX_TALLY: folded early) and scraped twice (nothing counted
+    again)."""
+    want, got = DnsMetrics(), DnsMetrics()
+    tally = got.tally
+    queries = []
+    for i in range(Tally.MAX_TALLY + 200):
+        v6 = i % 3 == 0
+        qtype = (1, 28, 33, 12, 99)[i % 5]
+        seconds = DURATION_BUCKETS[i % len(DURATION_BUCKETS)] * (0.5 if i % 2 else 1.5)  # below and above a bound
+        queries.append((v6, qtype, bool(i % 2), 512 + i % 7, (0, 3, 2)[i % 3], 60 + i, seconds))
+    for v6, qtype, do, req, rcode, resp, seconds in queries * 2:
+        want.observe("dns://:53", ".", "udp", "2" if v6 else "1", qtype, do, req, rcode, "forward", resp, seconds)
+        tally.add("dns://:53", v6, qtype, do, req, rcode, resp, seconds)
+    got.folded()  # a scrape folds it
+    got.folded()
+    assert got.raw == want.raw
+    assert got.sums.keys() == want.sums.keys()
+    for key, (seconds, req, resp) in want.sums.items():
+        assert got.sums[key][1:] == [req, resp]
+        assert abs(got.sums[key][0] - seconds) < 1e-9
