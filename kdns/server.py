@@ -303,10 +303,8 @@ class QueryHandler:
         try:
             if reply is not None:
                 response = block.forwarded(key, qend, ".".join(wire_labels(key[0])), cache, reply)
-                self._stats["forwarded"] += 1
+                self._count_forwarded(response)
                 rcode = response[3] & 0x0F
-                if rcode == SERVFAIL:  # the upstream answered SERVFAIL
-                    self._stats["upstream_errors"] += 1
                 if len(response) <= udp_size and self.negative_limit is None and block.config.log is None:
                     if self._observe:  # counted as _done counts it, folded into the metrics when read (flush)
                         self.metrics.tally.add(block.name, ":" in client[0], key[1], key[4], udp_size, rcode,
