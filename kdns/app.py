@@ -533,7 +533,7 @@ class _MergedCache:
         self.hits = sum(c.hits for c in caches)
         self.misses = sum(c.misses for c in caches)
         self.demotions = sum(c.demotions for c in caches)
-        self.kept_out = sum(c.kept_out for c in caches)
+        self.not_promoted = sum(c.not_promoted for c in caches)
         self._len = sum(len(c) for c in caches)
 
     def __len__(self) -> int:

@@ -72,7 +72,7 @@ class AnswerCache:
         self.evictions = 0
         self.promotions = 0
         self.demotions = 0  # protected answers unused for COLD_SECONDS demoted to make room (_make_room)
-        self.kept_out = 0  # reused answers left on probation: every protected answer was in use (promote)
+        self.not_promoted = 0  # reused answers left on probation: every protected answer was in use (promote)
         self.not_admitted = 0
         self._seen = KeyBits()  # names asked once (seen_before)
         self._gone = KeyBits()  # answers evicted from probation before their reuse (put)
@@ -117,7 +117,7 @@ class AnswerCache:
         """A reused probation entry joins the protected segment, if there is room for it: answers unused
         for COLD_SECONDS give way first (_make_room), then front answers (a quicker way to an answer: the
         answers come first). While every protected answer is in use it stays on probation (counted in
-        `kept_out`): a hot set a little larger than the segment keeps most of itself protected instead of
+        `not_promoted`): a hot set a little larger than the segment keeps most of itself protected instead of
         each answer pushing out the next one it will need (a cyclic scan through an LRU)."""
         cost = self._probation.get(key)
         if cost is None:
@@ -126,7 +126,7 @@ class AnswerCache:
             while self.protected_bytes + cost > self.protected_max and self._front_keys:
                 self._drop_fronts(next(iter(self._front_keys)))
             if self.protected_bytes + cost > self.protected_max:
-                self.kept_out += 1
+                self.not_promoted += 1
                 return
         del self._probation[key]
         self.probation_bytes -= cost

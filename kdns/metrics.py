@@ -51,7 +51,7 @@ class KdnsCollector:
         yield CounterMetricFamily("kdns_answer_cache_demotions", "Protected answers unused for 2 s moved back to "
                                   "probation to make room.", value=cache.demotions)
         yield CounterMetricFamily("kdns_answer_cache_not_promoted", "Reused answers left on probation because "
-                                  "every protected answer was in use.", value=cache.kept_out)
+                                  "every protected answer was in use.", value=cache.not_promoted)
         yield GaugeMetricFamily("kdns_index_generation", "Changes applied to the cluster index.",
                                 value=self.index.generation)
         yield GaugeMetricFamily("kdns_index_services", "Services in the index.", value=len(self.index.services))

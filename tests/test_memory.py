@@ -435,9 +435,9 @@ def test_a_hot_set_asked_in_turn_keeps_what_fits_protected():
     assert cache.evictions > 0 and cache.protected_bytes + 1000 > cache.protected_max
     protected = set(cache._protected)
     for _ in range(2):
-        hits, kept_out = cache.hits, cache.kept_out
+        hits, not_promoted = cache.hits, cache.not_promoted
         ask_times(handler, hot, 1)
-        assert cache.hits - hits >= 0.6 * len(hot) and cache.kept_out > kept_out
+        assert cache.hits - hits >= 0.6 * len(hot) and cache.not_promoted > not_promoted
         assert set(cache._protected) == protected
     assert cache.bytes <= cache.max_bytes
 
@@ -474,10 +474,10 @@ def test_a_reused_answer_waits_on_probation_while_every_protected_answer_is_in_u
         ask_times(handler, [q], 2)
     protected = set(cache._protected)
     assert cache.protected_bytes + 1000 > cache.protected_max
-    kept_out = cache.kept_out
+    not_promoted = cache.not_promoted
     late = queries[300]
     ask_times(handler, [late], 2)
-    assert set(cache._protected) == protected and cache.kept_out == kept_out + 1
+    assert set(cache._protected) == protected and cache.not_promoted == not_promoted + 1
     assert fast_key(late)[0] in cache._probation
     cache.clock.now += COLD_SECONDS + 0.5
     late2 = queries[301]
