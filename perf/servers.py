@@ -221,10 +221,19 @@ class ServerProcess:
                                        f"{self.startup_timeout:.0f}s:\n" + self.log_tail())
                 time.sleep(0.05)
             self.ready_s = time.monotonic() - self.started_at
+            self.pin_threads()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def pin_threads(self) -> None:
+        """Pin every thread of the server to its core again, once it answers: a server may set its own
+        threads' affinity at start (Knot pins UDP worker i to CPU i % online CPUs, so its worker 0 left the
+        load core for kdns's core when it was the forward plugin's upstream)."""
+        if self.cpu:
+            subprocess.run(["taskset", "-a", "-p", "-c", self.cpu, str(self.pid)], check=True,
+                           stdout=subprocess.DEVNULL)
 
     def _pump(self) -> None:
         assert self.proc and self.proc.stdout
