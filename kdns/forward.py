@@ -29,15 +29,13 @@ class _IdPool:
     """Unpredictable 16-bit query IDs from os.urandom, drawn a few thousand at a time."""
 
     def __init__(self) -> None:
-        self._ids: list[int] = []
+        self.ids: list[int] = []  # drawn and not yet taken (Upstream.send_waiting pops it inline)
 
     def take(self) -> int:
-        try:
-            return self._ids.pop()
-        except IndexError:
+        if not self.ids:
             raw = os.urandom(8192)
-            self._ids = list(struct.unpack(f"!{len(raw) // 2}H", raw))
-            return self._ids.pop()
+            self.ids.extend(struct.unpack(f"!{len(raw) // 2}H", raw))
+        return self.ids.pop()
 
 
 _IDS = _IdPool()
@@ -114,7 +112,7 @@ class Upstream:
 
     def send_waiting(self, waiting: _Waiting, packet: bytes, qend: int, tcp: bool = False,
                      now: float | None = None) -> None:
-        """send(), the reply handed to `waiting.answered` (a record the caller keeps: _Forwarding)."""
+        """send(), the reply handed to `waiting.answered` (a record the caller keeps: Forwarding)."""
         if self.closed:
             waiting.answered(None, f"upstream {self.name}: forwarder closed")
             return
@@ -129,7 +127,8 @@ class Upstream:
             waiting.answered(None, f"upstream {self.name}: {exc}")
             return
         pending = channel.pending
-        qid = _IDS.take()
+        ids = _IDS.ids
+        qid = ids.pop() if ids else _IDS.take()
         while qid in pending:
             qid = _IDS.take()
         waiting.question = packet[12:qend]
@@ -176,7 +175,11 @@ class Upstream:
 
     def _channel(self, now: float) -> _Channel:
         channels = self._channels
-        loop = asyncio.get_running_loop()
+        # the loop of the sockets is the running one while it runs (asking asyncio for the running loop
+        # costs a getpid() system call on Python 3.11: once per forwarded query)
+        loop = self._loop
+        if loop is None or not loop.is_running() or loop.is_closed():
+            loop = asyncio.get_running_loop()
         if loop is not self._loop:
             self._rebind(loop)
             channels = self._channels
@@ -255,11 +258,14 @@ class Upstream:
             if waiting is None:
                 self._ignore("no query waits with this ID")
                 continue
-            problem = _reply_problem(waiting.question, data)
-            if problem:
-                waiting.ignored = problem
-                self._ignore(problem)
-                continue
+            question = waiting.question
+            # the usual reply (QR, one question, echoed as sent) passes at once; _reply_problem has the rest
+            if not (data[2] & 0x80 and data[4:6] == b"\x00\x01" and data.startswith(question, 12)):
+                problem = _reply_problem(question, data)
+                if problem:
+                    waiting.ignored = problem
+                    self._ignore(problem)
+                    continue
             del pending[qid]
             replies.append((waiting, data))
         if not pending and (self.closed or self._channels[-1] is not channel):
@@ -270,7 +276,10 @@ class Upstream:
             elif data[2] & 0x02:  # TC: retry over TCP
                 self._start_tcp(waiting.packet, waiting.orig_id, waiting.answered)
             else:
-                _deliver(waiting.answered, waiting.orig_id + data[2:], "")
+                try:  # as _deliver: a failing callback must not stop the other replies being handed on
+                    waiting.answered(waiting.orig_id + data[2:], "")
+                except Exception:  # noqa: BLE001 - the callback's owner reports its own errors
+                    pass
 
     def _ignore(self, reason: str) -> None:
         self.ignored[reason] = self.ignored.get(reason, 0) + 1
@@ -434,30 +443,32 @@ HEALTH_PROBE = bytes.fromhex("0000010000010000000000000000020001")  # ". IN NS",
 Observe = Callable[[str, int, float], None]
 
 
-class _Forwarding(_Waiting):
+class Forwarding(_Waiting):
     """One client query on its way through the upstreams in policy order (failover on error); also the
-    record it waits as on the current upstream's socket (Upstream.send_waiting): one object per query."""
+    record it waits as on the current upstream's socket (Upstream.send_waiting): one object per query.
+    Its end is `finish(reply, error)`, which calls `done`; a subclass may answer there itself (the query
+    handler's direct forward path: no callback object per query). Forwarder.submit begins it."""
 
     __slots__ = ("owner", "query", "qend", "tcp", "observe", "order", "next", "state", "start", "errors")
 
-    def __init__(self, owner: "Forwarder", packet: bytes, qend: int, tcp: bool, done: Done, observe, order):
-        self.owner = owner
+    def __init__(self, packet: bytes, qend: int, tcp: bool, done: Done | None = None, observe: Observe | None = None):
         self.query = packet  # as the client sent it
         self.qend = qend
         self.tcp = tcp
         self.done = done
         self.observe = observe
-        self.order = order
         self.next = 0
-        self.state: UpstreamState | None = None
-        self.start = 0.0
         self.errors: list[str] | None = None
+
+    def finish(self, reply: bytes | None, error: str) -> None:
+        """The upstream's reply (the asker's ID), or None and why every upstream failed: once per query."""
+        self.done(reply, error)
 
     def attempt(self) -> None:
         order = self.order
         if self.next >= len(order):
             self.owner.inflight -= 1
-            self.done(None, "; ".join(self.errors or ()) or "no upstream")
+            self.finish(None, "; ".join(self.errors or ()) or "no upstream")
             return
         self.state = state = order[self.next]
         self.next += 1
@@ -477,7 +488,7 @@ class _Forwarding(_Waiting):
         self.owner.inflight -= 1
         if self.observe is not None:
             self.observe(state.upstream.name, reply[3] & 0x0F, time.monotonic() - self.start)
-        self.done(reply, "")
+        self.finish(reply, "")
 
 
 class Forwarder:
@@ -531,6 +542,10 @@ class Forwarder:
         """Forward `packet` (its question ends at qend); `done(reply, error)` is called once with the
         upstream's reply (the asker's ID) or why every upstream failed. Raises Overloaded, or
         UpstreamError when forwarding is disabled, before anything is sent."""
+        self.begin(Forwarding(packet, qend, tcp, done, observe))
+
+    def begin(self, forwarding: Forwarding) -> None:
+        """submit() of a record made by the caller: its `finish` is called once. Raises as submit()."""
         if self.disabled_reason:
             raise UpstreamError(f"forwarding disabled: {self.disabled_reason}")
         cfg = self.config
@@ -538,8 +553,10 @@ class Forwarder:
             self.rejects += 1
             raise Overloaded(f"{self.inflight} queries in flight (max_concurrent {cfg.max_concurrent})")
         self.inflight += 1
-        _Forwarding(self, packet, qend, cfg.force_tcp or (tcp and not cfg.prefer_udp), done, observe,
-                    self._order()).attempt()
+        forwarding.tcp = cfg.force_tcp or (forwarding.tcp and not cfg.prefer_udp)
+        forwarding.owner = self
+        forwarding.order = self._order()
+        forwarding.attempt()
 
     async def forward(self, packet: bytes, tcp: bool, observe: Observe | None = None) -> bytes:
         """The upstream's reply. Raises Overloaded, or UpstreamError when every upstream failed."""

@@ -268,12 +268,13 @@ class Block:
             return error_response(query.data, SERVFAIL, query)
         return self.forwarded(query.key, query.qend, name, cache, reply)
 
-    def forwarded(self, key: tuple, qend: int, name: str, cache: ResponseCache | None, reply: bytes) -> bytes:
-        """The response to a query (cache key `key`, question ending at `qend`, `name` as text) from the
-        upstream's reply: cached and rotated."""
+    def forwarded(self, key: tuple, qend: int, name: str | None, cache: ResponseCache | None, reply: bytes,
+                  outside: bool | None = None) -> bytes:
+        """The response to a query (cache key `key`, question ending at `qend`, `name` as text or None) from
+        the upstream's reply: cached (ResponseCache.store_key: `name`, `outside`) and rotated."""
         groups = None
         if cache is not None:
-            reply, groups = cache.store_key(key, qend, reply, name)
+            reply, groups = cache.store_key(key, qend, reply, name, outside)
         if self.config.loadbalance:
             reply = self.balance(reply) if groups is None else \
                 rotate(reply, groups, random.randrange(1 << 16)) if groups else reply

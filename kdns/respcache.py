@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from .cache import FRONT_OVERHEAD, MAX_FRONTS
 from .config import CacheConfig, zone_matcher
 from .memory import MemoryBudget
-from .wire import RR_FIXED, Query, WireError, _read_name, patch, rotation_groups
+from .wire import RR_FIXED, Query, WireError, _read_name, patch, rotation_groups, wire_labels
 
 T_SOA, T_OPT = 6, 41
 _PUT_TTL = struct.Struct("!I").pack_into
@@ -221,8 +221,11 @@ class ResponseCache:
         (None when the response could not be walked)."""
         return self.store_key(query.key, query.qend, response, name)
 
-    def store_key(self, key: tuple, qend: int, response: bytes, name: str) -> tuple[bytes, tuple | None]:
-        """store() for the query of cache key `key` whose question ends at `qend` (no Query needed)."""
+    def store_key(self, key: tuple, qend: int, response: bytes, name: str | None,
+                  outside: bool | None = None) -> tuple[bytes, tuple | None]:
+        """store() for the query of cache key `key` whose question ends at `qend` (no Query needed). `name`:
+        the query's name as text, or None to make it from the key only if a zone list must be matched;
+        `outside`: whether it is in none of our zones, when the caller knows (else matched)."""
         if len(response) < 12 or response[2] & 0x02:  # never cache a truncated answer
             return response, None
         try:  # the question was checked against the query's (Upstream): the walk starts after it
@@ -232,18 +235,18 @@ class ResponseCache:
         rcode = response[3] & 0x0F
         cfg = self.config
         if rcode == 0 and answer_ttl is not None:
-            if self._no_success is not None and self._no_success(name):
+            if self._no_success is not None and self._no_success(name or key_name(key)):
                 return response, groups
             kind = "success"
             ttl = answer_ttl if answer_ttl < cfg.success_ttl else cfg.success_ttl
             if ttl < cfg.success_minttl:
                 ttl = cfg.success_minttl
         elif rcode == 2:  # SERVFAIL
-            if cfg.servfail_ttl <= 0 or self._own(name):
+            if cfg.servfail_ttl <= 0 or (not outside and self._own(name or key_name(key))):
                 return response, groups
             kind, ttl = "denial", cfg.servfail_ttl
         elif rcode == 0 or rcode == 3:
-            if self._no_denial is not None and self._no_denial(name):
+            if self._no_denial is not None and self._no_denial(name or key_name(key)):
                 return response, groups
             kind = "denial"
             if soa is None:
@@ -253,6 +256,8 @@ class ResponseCache:
             return response, groups
         if ttl <= 0:
             return response, groups
+        if outside is None:
+            outside = not self._own(name or key_name(key))
         bucket = self._entries[kind]
         old = bucket.pop(key, None)
         if old is not None:
@@ -272,7 +277,7 @@ class ResponseCache:
             return capped, groups  # one response may not take a quarter of the cache
         while self.bytes + cost > self.max_bytes:
             self._evict(max(self._entries, key=lambda k: len(self._entries[k])))
-        bucket[key] = Entry(capped, offsets, now, now + ttl, kind, cost, 0, capped, not self._own(name), groups)
+        bucket[key] = Entry(capped, offsets, now, now + ttl, kind, cost, 0, capped, outside, groups)
         self.bytes += cost
         return capped, groups
 
@@ -290,6 +295,11 @@ class ResponseCache:
             freed += entry.cost  # _forget, inline: once per stored reply in a flood of new names
         self.bytes -= freed
         self.evictions[kind] += len(oldest)
+
+
+def key_name(key: tuple) -> str:
+    """The text of a cache key's (lowercase wire-format) name, as the zone lists are matched against."""
+    return ".".join(wire_labels(key[0]))
 
 
 def scan_response(packet: bytes, question_end: int = 0) -> tuple[list[tuple[int, int]], int | None, int | None,

@@ -19,12 +19,12 @@ from typing import Awaitable
 from dnslib import QTYPE, RCODE
 
 from .cache import AnswerCache, cover_key
-from .forward import Overloaded, UpstreamError
+from .forward import Forwarding, Overloaded, UpstreamError
 from .log import Logger
 from .memory import MemoryBudget
 from .metrics import DnsMetrics
 from .wire import (MIN_UDP_SIZE, NOERROR, REFUSED, SERVFAIL, Query, WireError, error_response, fast_key, parse_query, patch, qtype_name,
-                   pack_answer, query_from_fast, rotate, truncate, wire_labels)
+                   pack_answer, query_from_fast, rotate, truncate)
 
 TCP_MAX = 65535
 SHARED_TAIL = 300  # a front answer longer than this shares its cache entry's bytes (Front)
@@ -283,9 +283,7 @@ class QueryHandler:
         cache.misses += 1
         self._stats["forward_direct"] += 1
         try:
-            block.forwarder.submit(data, fast[1], False,
-                                   partial(self._forward_done, data, fast, client, send, block, cache, start),
-                                   block.metrics.observe_upstream)  # where the full path counts it (Block._forward)
+            block.forwarder.begin(_Direct(self, data, fast, client, send, block, cache, start))
             return True
         except (Overloaded, UpstreamError) as exc:
             query = query_from_fast(data, fast)
@@ -295,14 +293,17 @@ class QueryHandler:
         except Exception as exc:  # noqa: BLE001 - a bug must cost one SERVFAIL, never the server
             return self._internal_error(query_from_fast(data, fast), exc)
 
-    def _forward_done(self, data: bytes, fast: tuple, client, send, block, cache, start: float,
-                      reply: bytes | None, error: str) -> None:
+    def _forward_done(self, forwarding: "_Direct", reply: bytes | None, error: str) -> None:
         """The upstream's reply to a _forward_now query (or why none came): answered to the client. A reply
         that fits, with nothing to log or rate-limit, is cached, counted and measured without a Query."""
+        data, fast, client, send, block = forwarding.query, forwarding.fast, forwarding.client, forwarding.send, \
+            forwarding.block
         key, qend, udp_size = fast
+        start = forwarding.began
         try:
             if reply is not None:
-                response = block.forwarded(key, qend, ".".join(wire_labels(key[0])), cache, reply)
+                # its name is outside our zones (_fast): the `cache` plugin needs no text of it for that
+                response = block.forwarded(key, qend, None, forwarding.cache, reply, outside=True)
                 self._count_forwarded(response)
                 rcode = response[3] & 0x0F
                 if len(response) <= udp_size and self.negative_limit is None and block.config.log is None:
@@ -314,7 +315,7 @@ class QueryHandler:
                 query = query_from_fast(data, fast)
             else:
                 query = query_from_fast(data, fast)
-                response = block.forward_response(query, ".".join(query.labels), cache, reply, error)
+                response = block.forward_response(query, ".".join(query.labels), forwarding.cache, reply, error)
                 self._count_forwarded(response)
             response = self._fit(response, query, False, client)
             if response is None:
@@ -646,6 +647,27 @@ class QueryHandler:
         self._stats["formerr" if exc.rcode == RCODE.FORMERR else "notimp"] += 1
         self.log.debug("packet_rejected", rcode=RCODE.get(exc.rcode), reason=exc.reason, offset=exc.offset)
         return error_response(data, exc.rcode)
+
+
+class _Direct(Forwarding):
+    """A UDP query of the direct forward path (QueryHandler._forward_now): the forwarder's record of it and
+    what answering it needs, so its reply is answered from `finish` (no callback object per query)."""
+
+    __slots__ = ("handler", "fast", "client", "send", "block", "cache", "began")
+
+    def __init__(self, handler: QueryHandler, data: bytes, fast: tuple, client, send, block, cache, began: float):
+        # upstream answers are counted where the full path counts them (Block._forward)
+        Forwarding.__init__(self, data, fast[1], False, None, block.metrics.observe_upstream)
+        self.handler = handler
+        self.fast = fast  # fast_key's reading of the query: (cache key, question end, UDP size)
+        self.client = client
+        self.send = send  # send(response, client)
+        self.block = block
+        self.cache = cache  # the block's `cache` plugin
+        self.began = began  # time.perf_counter() when the query was read
+
+    def finish(self, reply: bytes | None, error: str) -> None:
+        self.handler._forward_done(self, reply, error)
 
 
 def _direct_suffixes(block) -> tuple | None:
