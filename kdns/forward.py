@@ -121,11 +121,16 @@ class Upstream:
             return
         if now is None:
             now = time.monotonic()
-        try:
-            channel = self._channel(now)
-        except OSError as exc:
-            waiting.answered(None, f"upstream {self.name}: {exc}")
-            return
+        channels = self._channels
+        channel = channels[-1] if channels else None
+        # the current socket takes it while it has room and is young, and its loop runs (else _channel)
+        if channel is None or len(channel.pending) >= MAX_PENDING or now - channel.opened >= self.expire or \
+                not self._loop.is_running():
+            try:
+                channel = self._channel(now)
+            except OSError as exc:
+                waiting.answered(None, f"upstream {self.name}: {exc}")
+                return
         pending = channel.pending
         ids = _IDS.ids
         qid = ids.pop() if ids else _IDS.take()

@@ -59,6 +59,7 @@ class UDPReader:
         first_bucket = DURATION_BUCKETS[0]
         clock = time.perf_counter
         fronts, timed, covers = self.front, self.timed, self.cover_front
+        reply = self._reply  # bound once per wake-up, not once per forwarded query
         out = []  # the answers of this wake-up, sent together after the reads (see below)
         # a front answer's duration runs from the end of the wake-up's previous answer (or the wake-up) to
         # its reply, its read included: one clock reading per answer
@@ -106,7 +107,7 @@ class UDPReader:
                     handler._stats["udp_backlog_dropped"] += 1
                 last = clock()
                 continue
-            response = handler.quick(data, addr, self._reply)
+            response = handler.quick(data, addr, reply)
             if type(response) is bytes:
                 out.append((response, addr))
             elif response is True:
@@ -202,8 +203,12 @@ class UDPReader:
     def _flush(self) -> None:
         outbox, self._outbox = self._outbox, []
         if not self._closing:
+            sendto = self.sock.sendto
             for response, addr in outbox:
-                self._send(response, addr)
+                try:  # as _send, inline: once per forwarded answer
+                    sendto(response, addr)
+                except OSError:
+                    self.handler._stats["udp_errors"] += 1
 
     def _send_later(self, addr, result: asyncio.Future) -> None:
         if not result.cancelled() and not self._closing:
