@@ -446,14 +446,18 @@ class CoreDnsCollector:
                                        labels=["server", "zones", "view"])
         evictions = CounterMetricFamily("coredns_cache_evictions", "The count of cache evictions.",
                                         labels=["server", "type", "zones", "view"])
+        not_admitted = CounterMetricFamily("kdns_cache_not_admitted", "Answers the cache plugin did not store: it "
+                                           "was full and their name was asked for the first time.",
+                                           labels=["server", "type", "zones"])
         for server, zones, cache in m.caches:
             for kind in ("success", "denial"):
                 entries.add_metric([server, kind, zones, ""], cache.entries(kind))
                 hits.add_metric([server, kind, zones, ""], cache.hits[kind])
                 evictions.add_metric([server, kind, zones, ""], cache.evictions[kind])
+                not_admitted.add_metric([server, kind, zones], cache.not_admitted[kind])
             misses.add_metric([server, zones, ""], cache.misses)
             requests.add_metric([server, zones, ""], cache.requests)
-        yield from (entries, hits, misses, requests, evictions)
+        yield from (entries, hits, misses, requests, evictions, not_admitted)
         ap = CounterMetricFamily("coredns_autopath_success", "Counter of requests that did autopath.",
                                  labels=["server"])
         for server, n in m.autopath_success.items():

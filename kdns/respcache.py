@@ -14,7 +14,7 @@ import time
 from itertools import islice
 from dataclasses import dataclass
 
-from .cache import FRONT_OVERHEAD, MAX_FRONTS
+from .cache import FRONT_OVERHEAD, MAX_FRONTS, KeyBits
 from .config import CacheConfig, zone_matcher
 from .memory import MemoryBudget
 from .wire import RR_FIXED, Query, WireError, _read_name, patch, rotation_groups, wire_labels
@@ -67,6 +67,10 @@ class ResponseCache:
         self.hits = {"success": 0, "denial": 0}
         self.misses = 0
         self.evictions = {"success": 0, "denial": 0}
+        # answers not stored because storing them would evict others and their name was asked the first time
+        # (store_key): names seen while full, by a one-hash Bloom filter (128 KiB, made when first full)
+        self.not_admitted = {"success": 0, "denial": 0}
+        self._seen: KeyBits | None = None
         self.requests = 0
         # front answers (server.TimedFront) by the exact bytes of a UDP query after its ID, per socket family:
         # the query handler's tables (attach_fronts), None while it serves no front from this cache
@@ -98,11 +102,13 @@ class ResponseCache:
         """The live entry for a query key, counting nothing (the query handler's fast path counts
         with count_hit() only what it serves, and asks only for names outside our zones: inside them,
         e.g. a reverse name that fell through, the kubernetes plugin must look first)."""
-        now = self.clock()
+        now = None  # read once an entry is found: a miss (every forwarded name) needs no clock
         for kind in ("success", "denial"):
             entry = self._entries[kind].get(key)
             if entry is None or (outside_only and not entry.outside):
                 continue
+            if now is None:
+                now = self.clock()
             if now >= entry.expires:
                 del self._entries[kind][key]
                 self._forget(entry)
@@ -258,23 +264,39 @@ class ResponseCache:
             return response, groups
         if outside is None:
             outside = not self._own(name or key_name(key))
-        bucket = self._entries[kind]
-        old = bucket.pop(key, None)
-        if old is not None:
-            self._forget(old)
-        elif len(bucket) >= (cfg.success_capacity if kind == "success" else cfg.denial_capacity):
-            self._evict(kind)
-        now = self.clock()
         # cached TTLs never exceed the time the entry lives
         cap = int(ttl)
         if top > cap:
-            capped, offsets = _cap(response, offsets, cap)
+            if len(offsets) == 1:  # _cap of the usual one-record answer, inline
+                capped = bytearray(response)
+                _PUT_TTL(capped, offsets[0][0], cap)
+                capped, offsets = bytes(capped), ((offsets[0][0], cap),)
+            else:
+                capped, offsets = _cap(response, offsets, cap)
         else:
             capped, offsets = response, tuple(offsets)
         # the packed response twice: as stored and as last served with TTLs decremented
         cost = ENTRY_OVERHEAD + 2 * len(capped) + len(key[0]) + OFFSET_BYTES * len(offsets)
         if cost > self.max_bytes // 4:
             return capped, groups  # one response may not take a quarter of the cache
+        bucket = self._entries[kind]
+        capacity = cfg.success_capacity if kind == "success" else cfg.denial_capacity
+        # within one eviction (EVICT_SHARE) of its capacity or of the byte budget, storing an answer evicts older
+        # ones, now or at a next store: worth it from its name's second asking only -- a flood of names asked once
+        # would push out the answers in use, at the cost of a store each. (Its name is not cached: it missed.)
+        if len(bucket) + max(1, capacity // EVICT_SHARE) > capacity or \
+                self.bytes + cost > self.max_bytes - self.max_bytes // EVICT_SHARE:
+            if self._seen is None:
+                self._seen = KeyBits()
+            if not self._seen.add(key):
+                self.not_admitted[kind] += 1
+                return capped, groups
+        old = bucket.pop(key, None)
+        if old is not None:
+            self._forget(old)
+        elif len(bucket) >= capacity:
+            self._evict(kind)
+        now = self.clock()
         while self.bytes + cost > self.max_bytes:
             self._evict(max(self._entries, key=lambda k: len(self._entries[k])))
         bucket[key] = Entry(capped, offsets, now, now + ttl, kind, cost, 0, capped, outside, groups)

@@ -143,3 +143,28 @@ spec: {clusterIP: 10.96.0.77, ports: [{port: 80}]}
 """)
         wait_until(lambda: answers(proc.query("77.0.96.10.in-addr.arpa", "PTR"))
                    == ["late.default.svc.cluster.local."], timeout=15, what="the cluster's PTR")
+
+
+def test_a_flood_of_names_asked_once_leaves_the_cached_answers_in_place(tmp_path, upstream):
+    """The cache plugin full (buckets of 64): new names (NXDOMAIN upstream) asked once are answered but not stored --
+    nothing is evicted, so the oldest cached denial stays and is not asked upstream again (the bucket would have
+    evicted it first); a name asked twice is stored (kdns_cache_not_admitted_total counts the others)."""
+    small = KUBEADM_BLOCK_CACHE.replace("    cache 30 {\n", "    cache 30 {\n       success 64\n       denial 64\n")
+    assert small != KUBEADM_BLOCK_CACHE
+    with start(tmp_path, small, upstream, "--manifests", EXAMPLE) as kdns:
+        assert kdns.query("hot.example.com").rcode() == dns.rcode.NXDOMAIN  # the oldest entry of the bucket
+        asked = upstream.count("hot.example.com", "A")
+        for i in range(60):  # fill the denial bucket: stored at once while it has room
+            assert kdns.query(f"fill{i}.example.com").rcode() == dns.rcode.NXDOMAIN
+        for i in range(300):
+            assert kdns.query(f"flood{i}.example.com").rcode() == dns.rcode.NXDOMAIN
+        not_admitted = kdns.metric("kdns_cache_not_admitted_total", server="dns://:53", type="denial")
+        assert not_admitted >= 300 - 5  # a doorkeeper false positive (~0.1% each) may store one
+        assert (kdns.metric("coredns_cache_evictions_total", server="dns://:53", type="denial") or 0) == 0
+        assert kdns.query("hot.example.com").rcode() == dns.rcode.NXDOMAIN
+        assert upstream.count("hot.example.com", "A") == asked  # still cached
+        for _ in range(2):
+            assert kdns.query("twice.example.com").rcode() == dns.rcode.NXDOMAIN
+        asked_twice = upstream.count("twice.example.com", "A")
+        assert kdns.query("twice.example.com").rcode() == dns.rcode.NXDOMAIN  # stored on its second asking
+        assert upstream.count("twice.example.com", "A") == asked_twice

@@ -166,7 +166,9 @@ def test_an_evicted_entry_takes_its_front_and_its_bytes_with_it(upstream):
             front_cost = entry.fronts[0][2]
             assert s.cache.bytes > front_cost > 0
             asked = upstream.count("www.example.com", "A")
-            await s.ask("other.example.com")  # a bucket of one: www is evicted
+            await s.ask("other.example.com")  # a bucket of one, full: a name asked once is not stored
+            assert s.cache.not_admitted["success"] == 1 and len(s.fronts()) == 1
+            await s.ask("other.example.com")  # asked again: stored, www is evicted
             assert s.cache.entries("success") == 1 and not s.fronts()
             assert s.cache.bytes == s.cache.find(parse_query((await s.ask("other.example.com"))[0]).key).cost
             _, reply = await s.ask("www.example.com")  # the front is gone with its entry: asked upstream again
