@@ -60,6 +60,8 @@ class ResponseCache:
         # None when nothing is disabled (no matcher called for every stored reply)
         self._no_success = zone_matcher(config.disable_success) if config.disable_success else None
         self._no_denial = zone_matcher(config.disable_denial) if config.disable_denial else None
+        # a `disable` zone outside our zones: a name outside them may be in it (store_key's early check)
+        self._disables_outside = any(not self._own(z) for z in (*config.disable_success, *config.disable_denial))
         self.clock = clock
         self.max_bytes = max_bytes if max_bytes is not None else MemoryBudget().responses
         self.bytes = 0
@@ -234,6 +236,17 @@ class ResponseCache:
         `outside`: whether it is in none of our zones, when the caller knows (else matched)."""
         if len(response) < 12 or response[2] & 0x02:  # never cache a truncated answer
             return response, None
+        admitted = False
+        if outside and response[6] == 0 and response[7] <= 1 and not self._disables_outside:
+            # one answer record at most (nothing for loadbalance to rotate) of a name outside our zones: whether a
+            # full cache admits it is known from the header -- one not admitted goes out as the upstream sent it,
+            # as every answer this cache does not store does, without the walk
+            rcode = response[3] & 0x0F
+            if rcode == 0 or rcode == 3:
+                kind = "success" if response[7] and not rcode else "denial"
+                if not self._admits(kind, key, ENTRY_OVERHEAD + 2 * len(response) + len(key[0]) + OFFSET_BYTES):
+                    return response, ()
+                admitted = True
         try:  # the question was checked against the query's (Upstream): the walk starts after it
             offsets, answer_ttl, soa, groups, top = _scan(response, qend if response[4:6] == b"\x00\x01" else 0)
         except WireError:
@@ -264,6 +277,12 @@ class ResponseCache:
             return response, groups
         if outside is None:
             outside = not self._own(name or key_name(key))
+        # the packed response twice: as stored and as last served with TTLs decremented
+        cost = ENTRY_OVERHEAD + 2 * len(response) + len(key[0]) + OFFSET_BYTES * len(offsets)
+        if cost > self.max_bytes // 4:
+            return response, groups  # one response may not take a quarter of the cache
+        if not admitted and not self._admits(kind, key, cost):
+            return response, groups  # goes out as the upstream sent it, as every answer not stored here
         # cached TTLs never exceed the time the entry lives
         cap = int(ttl)
         if top > cap:
@@ -275,26 +294,11 @@ class ResponseCache:
                 capped, offsets = _cap(response, offsets, cap)
         else:
             capped, offsets = response, tuple(offsets)
-        # the packed response twice: as stored and as last served with TTLs decremented
-        cost = ENTRY_OVERHEAD + 2 * len(capped) + len(key[0]) + OFFSET_BYTES * len(offsets)
-        if cost > self.max_bytes // 4:
-            return capped, groups  # one response may not take a quarter of the cache
         bucket = self._entries[kind]
-        capacity = cfg.success_capacity if kind == "success" else cfg.denial_capacity
-        # within one eviction (EVICT_SHARE) of its capacity or of the byte budget, storing an answer evicts older
-        # ones, now or at a next store: worth it from its name's second asking only -- a flood of names asked once
-        # would push out the answers in use, at the cost of a store each. (Its name is not cached: it missed.)
-        if len(bucket) + max(1, capacity // EVICT_SHARE) > capacity or \
-                self.bytes + cost > self.max_bytes - self.max_bytes // EVICT_SHARE:
-            if self._seen is None:
-                self._seen = KeyBits()
-            if not self._seen.add(key):
-                self.not_admitted[kind] += 1
-                return capped, groups
         old = bucket.pop(key, None)
         if old is not None:
             self._forget(old)
-        elif len(bucket) >= capacity:
+        elif len(bucket) >= (cfg.success_capacity if kind == "success" else cfg.denial_capacity):
             self._evict(kind)
         now = self.clock()
         while self.bytes + cost > self.max_bytes:
@@ -302,6 +306,22 @@ class ResponseCache:
         bucket[key] = Entry(capped, offsets, now, now + ttl, kind, cost, 0, capped, outside, groups)
         self.bytes += cost
         return capped, groups
+
+    def _admits(self, kind: str, key: tuple, cost: int) -> bool:
+        """Whether to store an answer of `kind` costing `cost` bytes for `key` (whose name is not cached: it missed).
+        Within one eviction (EVICT_SHARE) of its bucket's capacity or of the byte budget, storing evicts older
+        answers, now or at a next store: worth it from the name's second asking only -- a flood of names asked
+        once would push out the answers in use, at the cost of a store each. Counts what it turns away."""
+        capacity = self.config.success_capacity if kind == "success" else self.config.denial_capacity
+        if len(self._entries[kind]) + max(1, capacity // EVICT_SHARE) <= capacity and \
+                self.bytes + cost <= self.max_bytes - self.max_bytes // EVICT_SHARE:
+            return True
+        if self._seen is None:
+            self._seen = KeyBits()
+        if self._seen.add(key):
+            return True
+        self.not_admitted[kind] += 1
+        return False
 
     def _evict(self, kind: str) -> None:
         """Drop the oldest entries of `kind` (insertion order), 1/32 of the bucket at once: finding the
