@@ -560,7 +560,8 @@ class Forwarder:
         self.inflight += 1
         forwarding.tcp = cfg.force_tcp or (forwarding.tcp and not cfg.prefer_udp)
         forwarding.owner = self
-        forwarding.order = self._order()
+        ups = self.upstreams
+        forwarding.order = ups if len(ups) == 1 else self._order()
         forwarding.attempt()
 
     async def forward(self, packet: bytes, tcp: bool, observe: Observe | None = None) -> bytes:

@@ -72,6 +72,9 @@ class ResponseCache:
         # answers not stored because storing them would evict others and their name was asked the first time
         # (store_key): names seen while full, by a one-hash Bloom filter (128 KiB, made when first full)
         self.not_admitted = {"success": 0, "denial": 0}
+        # entries below which a bucket stores every answer (_admits): more than one eviction from its capacity
+        self._admit_all_below = {kind: capacity - max(1, capacity // EVICT_SHARE) + 1 for kind, capacity in
+                                 (("success", config.success_capacity), ("denial", config.denial_capacity))}
         self._seen: KeyBits | None = None
         self.requests = 0
         # front answers (server.TimedFront) by the exact bytes of a UDP query after its ID, per socket family:
@@ -312,13 +315,12 @@ class ResponseCache:
         Within one eviction (EVICT_SHARE) of its bucket's capacity or of the byte budget, storing evicts older
         answers, now or at a next store: worth it from the name's second asking only -- a flood of names asked
         once would push out the answers in use, at the cost of a store each. Counts what it turns away."""
-        capacity = self.config.success_capacity if kind == "success" else self.config.denial_capacity
-        if len(self._entries[kind]) + max(1, capacity // EVICT_SHARE) <= capacity and \
+        if len(self._entries[kind]) < self._admit_all_below[kind] and \
                 self.bytes + cost <= self.max_bytes - self.max_bytes // EVICT_SHARE:
             return True
         if self._seen is None:
             self._seen = KeyBits()
-        if self._seen.add(key):
+        if self._seen.add(hash(key[0]) ^ key[1]):  # name and type (the name's bytes keep their hash: no tuple hash)
             return True
         self.not_admitted[kind] += 1
         return False
