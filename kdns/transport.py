@@ -47,6 +47,7 @@ class UDPReader:
         self.cover_front = handler.cache.cover_fronts[family]
         self.backlog: deque = deque()
         self._outbox: list = []  # forwarded answers to send this turn (_reply)
+        self._reply_to = self._reply  # bound once, not once per forwarded query (nor per wake-up)
         self._scheduled = False
         self._closing = False
         self._loop = asyncio.get_running_loop()
@@ -59,7 +60,7 @@ class UDPReader:
         first_bucket = DURATION_BUCKETS[0]
         clock = time.perf_counter
         fronts, timed, covers = self.front, self.timed, self.cover_front
-        reply = self._reply  # bound once per wake-up, not once per forwarded query
+        reply = self._reply_to
         out = []  # the answers of this wake-up, sent together after the reads (see below)
         # a front answer's duration runs from the end of the wake-up's previous answer (or the wake-up) to
         # its reply, its read included: one clock reading per answer
