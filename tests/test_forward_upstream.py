@@ -429,7 +429,8 @@ def test_a_full_cache_bucket_admits_a_name_from_its_second_asking_and_evicts_its
     # the rest were asked once: not stored (a doorkeeper false positive, ~0.1% each, may store one or two)
     assert 1000 - stored - 3 <= cache.not_admitted["success"] <= 1000 - stored
     assert cache.evictions["success"] == 0
-    assert cached(0) is not None and cached(stored - 1) is not None and cached(999) is None
+    assert cached(0) is not None and cached(stored - 1) is not None
+    assert sum(cached(i) is not None for i in range(stored, 1000)) == 1000 - stored - cache.not_admitted["success"]
     for i in range(900, 1000):  # asked again: admitted, the oldest entries make room
         put(i)
     assert all(cached(i) is not None for i in range(900, 1000))
