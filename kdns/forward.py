@@ -29,7 +29,7 @@ class _IdPool:
     """Unpredictable 16-bit query IDs from os.urandom, drawn a few thousand at a time."""
 
     def __init__(self) -> None:
-        self.ids: list[int] = []  # drawn and not yet taken (Upstream.send_waiting pops it inline)
+        self.ids: list[int] = []  # drawn and not yet taken
 
     def take(self) -> int:
         if not self.ids:
@@ -121,19 +121,13 @@ class Upstream:
             return
         if now is None:
             now = time.monotonic()
-        channels = self._channels
-        channel = channels[-1] if channels else None
-        # the current socket takes it while it has room and is young, and its loop runs (else _channel)
-        if channel is None or len(channel.pending) >= MAX_PENDING or now - channel.opened >= self.expire or \
-                not self._loop.is_running():
-            try:
-                channel = self._channel(now)
-            except OSError as exc:
-                waiting.answered(None, f"upstream {self.name}: {exc}")
-                return
+        try:
+            channel = self._channel(now)
+        except OSError as exc:
+            waiting.answered(None, f"upstream {self.name}: {exc}")
+            return
         pending = channel.pending
-        ids = _IDS.ids
-        qid = ids.pop() if ids else _IDS.take()
+        qid = _IDS.take()
         while qid in pending:
             qid = _IDS.take()
         waiting.question = packet[12:qend]
@@ -281,10 +275,7 @@ class Upstream:
             elif data[2] & 0x02:  # TC: retry over TCP
                 self._start_tcp(waiting.packet, waiting.orig_id, waiting.answered)
             else:
-                try:  # as _deliver: a failing callback must not stop the other replies being handed on
-                    waiting.answered(waiting.orig_id + data[2:], "")
-                except Exception:  # noqa: BLE001 - the callback's owner reports its own errors
-                    pass
+                _deliver(waiting.answered, waiting.orig_id + data[2:], "")
 
     def _ignore(self, reason: str) -> None:
         self.ignored[reason] = self.ignored.get(reason, 0) + 1
@@ -560,8 +551,7 @@ class Forwarder:
         self.inflight += 1
         forwarding.tcp = cfg.force_tcp or (forwarding.tcp and not cfg.prefer_udp)
         forwarding.owner = self
-        ups = self.upstreams
-        forwarding.order = ups if len(ups) == 1 else self._order()
+        forwarding.order = self._order()
         forwarding.attempt()
 
     async def forward(self, packet: bytes, tcp: bool, observe: Observe | None = None) -> bytes:

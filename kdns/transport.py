@@ -120,12 +120,7 @@ class UDPReader:
             last = clock()
         # sent as one burst: a client's first answer wakes it, the rest join its queue while it runs
         # (sent between reads, each answer could wake the client anew)
-        sendto = self.sock.sendto
-        for response, addr in out:
-            try:
-                sendto(response, addr)
-            except OSError:  # a full send buffer, an unreachable client: that answer is lost, we go on
-                handler._stats["udp_errors"] += 1
+        self._send_all(out)
         if self.backlog and not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._drain)
@@ -160,8 +155,7 @@ class UDPReader:
                 result.add_done_callback(partial(self._send_later, addr))
             else:
                 asyncio.ensure_future(self._later(result, addr))
-        for response, addr in out:  # together, as the reader sends its own
-            self._send(response, addr)
+        self._send_all(out)  # together, as the reader sends its own
         if backlog and not self._scheduled and not self._closing:
             self._scheduled = True
             self._loop.call_soon(self._drain)
@@ -187,11 +181,14 @@ class UDPReader:
             self.handler.front_hit(front, seconds)
         return response
 
-    def _send(self, response: bytes, addr) -> None:
-        try:
-            self.sock.sendto(response, addr)
-        except OSError:  # a full send buffer, an unreachable client: that answer is lost, we go on
-            self.handler._stats["udp_errors"] += 1
+    def _send_all(self, out: list) -> None:
+        """Send (response, address) pairs back to back."""
+        sendto = self.sock.sendto
+        for response, addr in out:
+            try:
+                sendto(response, addr)
+            except OSError:  # a full send buffer, an unreachable client: that answer is lost, we go on
+                self.handler._stats["udp_errors"] += 1
 
     def _reply(self, response: bytes, addr) -> None:
         """A forwarded answer from the forwarder's callback: sent with the others of this turn of the event
@@ -204,23 +201,18 @@ class UDPReader:
     def _flush(self) -> None:
         outbox, self._outbox = self._outbox, []
         if not self._closing:
-            sendto = self.sock.sendto
-            for response, addr in outbox:
-                try:  # as _send, inline: once per forwarded answer
-                    sendto(response, addr)
-                except OSError:
-                    self.handler._stats["udp_errors"] += 1
+            self._send_all(outbox)
 
     def _send_later(self, addr, result: asyncio.Future) -> None:
         if not result.cancelled() and not self._closing:
             response = result.result()
             if response is not None:
-                self._send(response, addr)
+                self._send_all([(response, addr)])
 
     async def _later(self, pending: Awaitable, addr) -> None:
         response = await pending
         if response is not None and not self._closing:
-            self._send(response, addr)
+            self._send_all([(response, addr)])
 
     # the parts of a DatagramTransport that kdns's listeners use
     def get_extra_info(self, name: str, default=None):
