@@ -12,6 +12,8 @@ import time
 from functools import partial
 from typing import Callable
 
+# Times here are time.perf_counter() (CLOCK_MONOTONIC on Linux, as time.monotonic): the query handler's clock, so
+# the time it read a query can stand for the time the query was sent upstream, read once.
 DEFAULT_TIMEOUT = 2.0
 DEFAULT_EXPIRE = 10.0  # CoreDNS's `expire`: a socket takes new queries this long, then a fresh one (new port) does
 MAX_PENDING = 1024  # queries waiting on one socket; more open another (16-bit IDs stay hard to guess)
@@ -107,12 +109,13 @@ class Upstream:
     def send(self, packet: bytes, qend: int, done: Done, tcp: bool = False, now: float | None = None) -> None:
         """Send `packet` (question ends at qend) with a fresh ID, once this turn of the event loop ends
         (_flush); `done` is called exactly once, possibly before this returns (no socket could be opened).
-        `now`: time.monotonic(), when the caller just read it."""
+        `now`: time.perf_counter() (this module's clock), when the caller just read it."""
         self.send_waiting(_Waiting(done), packet, qend, tcp, now)
 
     def send_waiting(self, waiting: _Waiting, packet: bytes, qend: int, tcp: bool = False,
-                     now: float | None = None) -> None:
-        """send(), the reply handed to `waiting.answered` (a record the caller keeps: Forwarding)."""
+                     now: float | None = None, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """send(), the reply handed to `waiting.answered` (a record the caller keeps: Forwarding). `loop`: the
+        running event loop, when the caller knows it (the query handler's UDP reader)."""
         if self.closed:
             waiting.answered(None, f"upstream {self.name}: forwarder closed")
             return
@@ -120,9 +123,9 @@ class Upstream:
             self._start_tcp(packet, packet[:2], waiting.answered)
             return
         if now is None:
-            now = time.monotonic()
+            now = time.perf_counter()
         try:
-            channel = self._channel(now)
+            channel = self._channel(now, loop)
         except OSError as exc:
             waiting.answered(None, f"upstream {self.name}: {exc}")
             return
@@ -172,13 +175,16 @@ class Upstream:
         self.send(packet, question_end(packet), partial(_settle, fut), tcp)
         return await fut
 
-    def _channel(self, now: float) -> _Channel:
+    def _channel(self, now: float, loop: asyncio.AbstractEventLoop | None = None) -> _Channel:
+        """The socket to send on: the current one while it takes queries, else a new one. `loop`: the running
+        event loop, when the caller knows it."""
         channels = self._channels
-        # the loop of the sockets is the running one while it runs (asking asyncio for the running loop
-        # costs a getpid() system call on Python 3.11: once per forwarded query)
-        loop = self._loop
-        if loop is None or not loop.is_running() or loop.is_closed():
-            loop = asyncio.get_running_loop()
+        if loop is None:
+            # the loop of the sockets is the running one while it runs (asking asyncio for the running loop
+            # costs a getpid() system call on Python 3.11: once per forwarded query)
+            loop = self._loop
+            if loop is None or not loop.is_running() or loop.is_closed():
+                loop = asyncio.get_running_loop()
         if loop is not self._loop:
             self._rebind(loop)
             channels = self._channels
@@ -275,7 +281,10 @@ class Upstream:
             elif data[2] & 0x02:  # TC: retry over TCP
                 self._start_tcp(waiting.packet, waiting.orig_id, waiting.answered)
             else:
-                _deliver(waiting.answered, waiting.orig_id + data[2:], "")
+                try:  # as _deliver: a failing callback must not stop the other replies being handed on
+                    waiting.answered(waiting.orig_id + data[2:], "")
+                except Exception:  # noqa: BLE001 - the callback's owner reports its own errors
+                    pass
 
     def _ignore(self, reason: str) -> None:
         self.ignored[reason] = self.ignored.get(reason, 0) + 1
@@ -293,7 +302,7 @@ class Upstream:
     def _sweep(self) -> None:
         """Time out, oldest first, every query whose deadline passed; re-arm while any wait."""
         self._sweeper = None
-        now = time.monotonic()
+        now = time.perf_counter()
         waiting_any = False
         for channel in list(self._channels):
             pending = channel.pending
@@ -460,7 +469,8 @@ class Forwarding(_Waiting):
         """The upstream's reply (the asker's ID), or None and why every upstream failed: once per query."""
         self.done(reply, error)
 
-    def attempt(self) -> None:
+    def attempt(self, now: float | None = None, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Send the query to the next upstream in order (`now`, `loop`: as Forwarder.begin's), or finish."""
         order = self.order
         if self.next >= len(order):
             self.owner.inflight -= 1
@@ -468,8 +478,8 @@ class Forwarding(_Waiting):
             return
         self.state = state = order[self.next]
         self.next += 1
-        self.start = now = time.monotonic()
-        state.upstream.send_waiting(self, self.query, self.qend, self.tcp, now)
+        self.start = now = time.perf_counter() if now is None else now
+        state.upstream.send_waiting(self, self.query, self.qend, self.tcp, now, loop)
 
     def answered(self, reply: bytes | None, error: str) -> None:
         state = self.state
@@ -483,7 +493,7 @@ class Forwarding(_Waiting):
         state.fails = 0
         self.owner.inflight -= 1
         if self.observe is not None:
-            self.observe(state.upstream.name, reply[3] & 0x0F, time.monotonic() - self.start)
+            self.observe(state.upstream.name, reply[3] & 0x0F, time.perf_counter() - self.start)
         self.finish(reply, "")
 
 
@@ -518,8 +528,6 @@ class Forwarder:
 
     def _order(self) -> list[UpstreamState]:
         ups = self.upstreams
-        if len(ups) == 1:
-            return ups
         policy = self.config.policy
         if policy == "sequential":
             ordered = list(ups)
@@ -540,8 +548,10 @@ class Forwarder:
         UpstreamError when forwarding is disabled, before anything is sent."""
         self.begin(Forwarding(packet, qend, tcp, done, observe))
 
-    def begin(self, forwarding: Forwarding) -> None:
-        """submit() of a record made by the caller: its `finish` is called once. Raises as submit()."""
+    def begin(self, forwarding: Forwarding, now: float | None = None,
+              loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """submit() of a record made by the caller: its `finish` is called once. Raises as submit(). `now`:
+        time.perf_counter() when the caller just read it; `loop`: the running event loop, when it knows it."""
         if self.disabled_reason:
             raise UpstreamError(f"forwarding disabled: {self.disabled_reason}")
         cfg = self.config
@@ -551,8 +561,9 @@ class Forwarder:
         self.inflight += 1
         forwarding.tcp = cfg.force_tcp or (forwarding.tcp and not cfg.prefer_udp)
         forwarding.owner = self
-        forwarding.order = self._order()
-        forwarding.attempt()
+        ups = self.upstreams
+        forwarding.order = ups if len(ups) == 1 else self._order()
+        forwarding.attempt(now, loop)
 
     async def forward(self, packet: bytes, tcp: bool, observe: Observe | None = None) -> bytes:
         """The upstream's reply. Raises Overloaded, or UpstreamError when every upstream failed."""

@@ -150,21 +150,25 @@ class Histogram:
 
 class Tally:
     """coredns_dns_* of the direct forward path (QueryHandler._forward_done) as plain counters: per
-    (IPv6?, type, DO, request size, rcode, response size) -- the rest of the label set is the block's, "." and
-    "forward" -- the queries per duration bucket and their seconds, folded into DnsMetrics when read
-    (fold: every scrape); at most MAX_TALLY label sets between folds. DnsMetrics owns it, so a reply that
-    comes after its listener closed is counted all the same."""
+    (IPv6?, type, DO, request size, rcode, response size, server block, upstream) -- the rest of the label set is
+    the block's, "." and "forward" -- the queries per duration bucket and their seconds, folded into DnsMetrics
+    when read (fold: every scrape); at most MAX_TALLY label sets between folds. `to`, when given, is the upstream
+    that answered within the same time: its coredns_forward_* count too (DnsMetrics.count_upstream), so one
+    tally stands for both. DnsMetrics owns it, so a reply that comes after its listener closed is counted all
+    the same."""
 
     MAX_TALLY = 512
 
     def __init__(self, metrics: "DnsMetrics"):
         self.metrics = metrics
-        self.counts: dict[tuple, list] = {}  # -> [seconds, count per duration bucket..., (labels, req, resp)]
+        # -> [seconds, count per duration bucket..., (labels, req, resp, to, rcode)]
+        self.counts: dict[tuple, list] = {}
 
     def add(self, server: str, v6: bool, qtype: int, do: bool, req_size: int, rcode: int, resp_size: int,
-            seconds: float) -> None:
-        """One forwarded query answered over UDP (as DnsMetrics.observe(server, ".", "udp", ...) counts it)."""
-        key = (v6, qtype, do, req_size, rcode, resp_size, server)
+            seconds: float, to: str | None = None) -> None:
+        """One forwarded query answered over UDP (as DnsMetrics.observe(server, ".", "udp", ...) counts it), and
+        when `to` is given, upstream `to`'s answer to it in the same `seconds` (as observe_upstream counts it)."""
+        key = (v6, qtype, do, req_size, rcode, resp_size, server, to)
         counts = self.counts.get(key)
         if counts is None:
             if len(self.counts) >= self.MAX_TALLY:
@@ -172,18 +176,21 @@ class Tally:
                 self.counts.clear()
             labels = self.metrics.key(server, ".", "udp", "2" if v6 else "1", qtype, do, req_size, rcode, "forward",
                                       resp_size)
-            counts = self.counts[key] = [0.0] + [0] * (len(DURATION_BUCKETS) + 1) + [(labels, req_size, resp_size)]
+            counts = self.counts[key] = [0.0] + [0] * (len(DURATION_BUCKETS) + 1) + \
+                [(labels, req_size, resp_size, to, rcode)]
         counts[0] += seconds
         counts[bisect_left(DURATION_BUCKETS, seconds) + 1] += 1
 
     def fold(self) -> None:
-        """Hand the counts to DnsMetrics (raw, sums) and start again from zero."""
+        """Hand the counts to DnsMetrics (raw, sums; the upstreams') and start again from zero."""
         for counts in self.counts.values():
             buckets = counts[1:-1]
             n = sum(buckets)
             if n:
-                labels, req_size, resp_size = counts[-1]
+                labels, req_size, resp_size, to, rcode = counts[-1]
                 self.metrics.count_buckets(labels, buckets, counts[0], req_size * n, resp_size * n)
+                if to is not None:
+                    self.metrics.count_upstream(to, rcode, buckets, counts[0])
                 counts[0] = 0.0
                 counts[1:-1] = [0] * len(buckets)
 
@@ -297,23 +304,36 @@ class DnsMetrics:
             out.duration.add_sum((server, zone, ""), seconds)
         return out
 
-    def observe_upstream(self, to: str, rcode: int, seconds: float) -> None:
-        """An answer from upstream `to`: plain counters here, coredns_forward_*/proxy_* at scrape time."""
+    def _upstream_counts(self, to: str, rcode: int) -> list:
         counts = self._upstream.get((to, rcode))
         if counts is None:
             counts = self._upstream[(to, rcode)] = [0.0] + [0] * (len(DURATION_BUCKETS) + 1)
+        return counts
+
+    def observe_upstream(self, to: str, rcode: int, seconds: float) -> None:
+        """An answer from upstream `to`: plain counters here, coredns_forward_*/proxy_* at scrape time."""
+        counts = self._upstream_counts(to, rcode)
         counts[0] += seconds
         counts[bisect_left(DURATION_BUCKETS, seconds) + 1] += 1
+
+    def count_upstream(self, to: str, rcode: int, buckets: list[int], seconds: float) -> None:
+        """Answers from upstream `to`: buckets[i] of them in duration bucket i, `seconds` in all (Tally.fold)."""
+        counts = self._upstream_counts(to, rcode)
+        counts[0] += seconds
+        for i, n in enumerate(buckets, 1):
+            counts[i] += n
 
     @property
     def upstream_raw(self) -> dict[tuple, int]:
         """(to, rcode, duration bucket) -> answers from upstream."""
+        self.tally.fold()
         return {(to, rcode, bucket): n for (to, rcode), counts in list(self._upstream.items())
                 for bucket, n in enumerate(counts[1:]) if n}
 
     @property
     def upstream_seconds(self) -> dict[tuple, float]:
         """(to, rcode) -> the time of their answers in all."""
+        self.tally.fold()
         return {key: counts[0] for key, counts in list(self._upstream.items())}
 
     @property

@@ -141,6 +141,7 @@ class QueryHandler:
         self.timed_fronts: tuple[dict[bytes, TimedFront], dict[bytes, TimedFront]] = ({}, {})
         self.timed_clock = time.monotonic
         self.forward_cache = None
+        self.reader_loop = None  # the event loop its UDP readers run on (UDPReader sets it)
         self.metrics.handlers.add(self)
         self.set_blocks(blocks)
 
@@ -283,7 +284,9 @@ class QueryHandler:
         cache.misses += 1
         self._stats["forward_direct"] += 1
         try:
-            block.forwarder.begin(_Direct(self, data, fast, client, send, block, cache, start))
+            # read and sent within the same microseconds: the read time stands for the send time (one clock)
+            block.forwarder.begin(_Direct(self, data, fast, client, send, block, cache, start), start,
+                                  self.reader_loop)
             return True
         except (Overloaded, UpstreamError) as exc:
             query = query_from_fast(data, fast)
@@ -293,9 +296,10 @@ class QueryHandler:
         except Exception as exc:  # noqa: BLE001 - a bug must cost one SERVFAIL, never the server
             return self._internal_error(query_from_fast(data, fast), exc)
 
-    def _forward_done(self, forwarding: "_Direct", reply: bytes | None, error: str) -> None:
+    def _forward_done(self, forwarding: "_Direct", reply: bytes | None, error: str, to: str | None = None) -> None:
         """The upstream's reply to a _forward_now query (or why none came): answered to the client. A reply
-        that fits, with nothing to log or rate-limit, is cached, counted and measured without a Query."""
+        that fits, with nothing to log or rate-limit, is cached, counted and measured without a Query. `to`:
+        the upstream that answered, when its answer is to be counted with the query's (Tally.add)."""
         data, fast, client, send, block = forwarding.query, forwarding.fast, forwarding.client, forwarding.send, \
             forwarding.block
         key, qend, udp_size = fast
@@ -304,14 +308,17 @@ class QueryHandler:
             if reply is not None:
                 # its name is outside our zones (_fast): the `cache` plugin needs no text of it for that
                 response = block.forwarded(key, qend, None, forwarding.cache, reply, outside=True)
-                self._count_forwarded(response)
-                rcode = response[3] & 0x0F
-                if len(response) <= udp_size and self.negative_limit is None and block.config.log is None:
+                rcode = self._count_forwarded(response)
+                if len(response) <= udp_size and self.plain:  # (plain: nothing logged or rate-limited)
                     if self._observe:  # counted as _done counts it, folded into the metrics when read (flush)
                         self.metrics.tally.add(block.name, ":" in client[0], key[1], key[4], udp_size, rcode,
-                                               len(response), time.perf_counter() - start)
+                                               len(response), time.perf_counter() - start, to)
+                    elif to is not None:
+                        block.metrics.observe_upstream(to, rcode, time.perf_counter() - start)
                     send(response, client)
                     return
+                if to is not None:
+                    block.metrics.observe_upstream(to, rcode, time.perf_counter() - start)
                 query = query_from_fast(data, fast)
             else:
                 query = query_from_fast(data, fast)
@@ -593,10 +600,13 @@ class QueryHandler:
             response = self._internal_error(query, exc)
         out.set_result(response)
 
-    def _count_forwarded(self, response: bytes) -> None:
+    def _count_forwarded(self, response: bytes) -> int:
+        """Count a forwarded query's response; its rcode."""
         self._stats["forwarded"] += 1
-        if response[3] & 0x0F == SERVFAIL:  # the upstreams failed, or answered SERVFAIL
+        rcode = response[3] & 0x0F
+        if rcode == SERVFAIL:  # the upstreams failed, or answered SERVFAIL
             self._stats["upstream_errors"] += 1
+        return rcode
 
     def _acl(self, block, query: Query, client):
         """False when allowed, else what to send (None: drop)."""
@@ -651,20 +661,35 @@ class QueryHandler:
 
 class _Direct(Forwarding):
     """A UDP query of the direct forward path (QueryHandler._forward_now): the forwarder's record of it and
-    what answering it needs, so its reply is answered from `finish` (no callback object per query)."""
+    what answering it needs, so its reply is answered from `answered` (no callback object per query)."""
 
     __slots__ = ("handler", "fast", "client", "send", "block", "cache", "began")
 
     def __init__(self, handler: QueryHandler, data: bytes, fast: tuple, client, send, block, cache, began: float):
-        # upstream answers are counted where the full path counts them (Block._forward)
-        Forwarding.__init__(self, data, fast[1], False, None, block.metrics.observe_upstream)
+        # Forwarding's fields set here (one call less per query); answers from a later upstream than the first
+        # are counted by `observe`, as the full path counts them (Block._forward)
+        self.query = data
+        self.qend = fast[1]
+        self.tcp = False
+        self.observe = block.metrics.observe_upstream
+        self.next = 0
+        self.errors = None
         self.handler = handler
         self.fast = fast  # fast_key's reading of the query: (cache key, question end, UDP size)
         self.client = client
         self.send = send  # send(response, client)
         self.block = block
         self.cache = cache  # the block's `cache` plugin
-        self.began = began  # time.perf_counter() when the query was read
+        self.began = began  # time.perf_counter() when the query was read (and sent to the first upstream)
+
+    def answered(self, reply: bytes | None, error: str) -> None:
+        if reply is None or self.next != 1:
+            Forwarding.answered(self, reply, error)  # failover; or a later upstream's answer, timed from its send
+            return
+        # the first upstream's answer (Forwarding.answered's success path): timed from the read, with the query
+        self.state.fails = 0
+        self.owner.inflight -= 1
+        self.handler._forward_done(self, reply, "", self.state.upstream.name)
 
     def finish(self, reply: bytes | None, error: str) -> None:
         self.handler._forward_done(self, reply, error)

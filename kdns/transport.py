@@ -50,7 +50,7 @@ class UDPReader:
         self._reply_to = self._reply  # bound once, not once per forwarded query (nor per wake-up)
         self._scheduled = False
         self._closing = False
-        self._loop = asyncio.get_running_loop()
+        self._loop = handler.reader_loop = asyncio.get_running_loop()
         self._fd = sock.fileno()
         self._loop.add_reader(self._fd, self._readable)
 
