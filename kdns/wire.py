@@ -67,38 +67,40 @@ class Query:
         return ".".join(self.labels) + "."
 
 
+_PLAIN_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00"  # QDCOUNT 1, ANCOUNT 0, NSCOUNT 0, ARCOUNT's high byte 0
+_TYPE_CLASS = struct.Struct("!HH").unpack_from
+_OPT_FIXED = struct.Struct("!BHHxBHH").unpack_from  # root name, type, UDP size, (extended rcode), version, flags, rdlen
+
+
 def fast_key(data: bytes):
     """The cache key of an ordinary query -- one question, no answer/authority records, at most one
     OPT (EDNS version 0) -- and (question end, UDP payload size); None sends it down the full parser.
     Equal to parse_query(data).key for every packet it accepts."""
     n = len(data)
-    if n < 17 or data[2] & 0xF8 or data[4:10] != b"\x00\x01\x00\x00\x00\x00" or data[10]:
+    if n < 17 or data[2] & 0xF8 or data[4:11] != _PLAIN_COUNTS:
         return None
     pos = 12
-    length = data[pos]
+    length = data[12]
     while length:
-        if length > 63:
-            return None
         pos += length + 1
-        if pos >= n:
+        if length > 63 or pos >= n:
             return None
         length = data[pos]
     qend = pos + 5
-    if qend > n or pos - 12 > 254:  # the name, root byte included, is at most 255 bytes
+    if qend > n or pos > 266:  # the name, root byte included, is at most 255 bytes
         return None
-    qtype = data[pos + 1] << 8 | data[pos + 2]
-    qclass = data[pos + 3] << 8 | data[pos + 4]
+    qtype, qclass = _TYPE_CLASS(data, pos + 1)
     ar = data[11]
     if ar == 0:
         if qend != n:
             return None
         return (data[12:pos + 1].lower(), qtype, qclass, False, False), qend, MIN_UDP_SIZE
-    if ar != 1 or n < qend + 11 or data[qend] or data[qend + 1] or data[qend + 2] != T_OPT or data[qend + 6]:
-        return None  # not a plain root OPT of version 0
-    if qend + 11 + (data[qend + 9] << 8 | data[qend + 10]) != n:
+    if ar != 1 or n < qend + 11:
         return None
-    udp = data[qend + 3] << 8 | data[qend + 4]
-    return ((data[12:pos + 1].lower(), qtype, qclass, True, bool(data[qend + 7] & 0x80)), qend,
+    root, rtype, udp, version, flags, rdlen = _OPT_FIXED(data, qend)
+    if root or rtype != T_OPT or version or qend + 11 + rdlen != n:
+        return None  # not a plain root OPT of version 0
+    return ((data[12:pos + 1].lower(), qtype, qclass, True, flags >= 0x8000), qend,
             udp if udp > MIN_UDP_SIZE else MIN_UDP_SIZE)
 
 

@@ -210,6 +210,43 @@ def test_fast_key_leaves_unusual_packets_to_the_full_parser(mutate):
     assert fast_key(mutate(dns.message.make_query("s.ns.svc.cluster.local", "A", use_edns=False).to_wire())) is None
 
 
+def test_fast_key_accepts_only_what_the_full_parser_reads_alike():
+    """Damaged copies of ordinary queries (bytes changed, cut, added): whatever fast_key accepts, the full parser
+    reads to the same key, question end and UDP size."""
+    import random
+    from kdns.wire import WireError, fast_key
+    bases = [dns.message.make_query(name, rdtype, **kw).to_wire() for name, rdtype, kw in [
+        ("n1x123456.outside.example", "A", dict(use_edns=False)), ("a.b", "AAAA", dict(use_edns=0, payload=4096)),
+        ("kubernetes.default.svc.cluster.local", "SRV", dict(use_edns=0, want_dnssec=True)), (".", "NS", {})]]
+    values = (0, 1, 2, 0x29, 63, 64, 0x80, 0xC0, 0xFF)
+    damaged = [b[:i] for b in bases for i in range(len(b))] + \
+        [b[:i] + bytes((v,)) + b[i + 1:] for b in bases for i in range(len(b)) for v in values]
+    rnd = random.Random(7)
+    for _ in range(20000):
+        d = bytearray(rnd.choice(bases))
+        for _ in range(rnd.randrange(1, 4)):
+            op = rnd.random()
+            if op < 0.6 and d:
+                d[rnd.randrange(len(d))] = rnd.choice(values + (rnd.randrange(256),))
+            elif op < 0.8 and d:
+                del d[rnd.randrange(len(d)):]
+            else:
+                d += bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 5)))
+        damaged.append(bytes(d))
+    accepted = 0
+    for d in damaged:
+        fast = fast_key(d)
+        if fast is None:
+            continue
+        accepted += 1
+        try:
+            q = parse_query(d)
+        except WireError as exc:
+            raise AssertionError(f"fast_key accepted {d!r}, the full parser did not: {exc}") from None
+        assert fast == (q.key, q.qend, q.udp_size if q.edns else 512), d
+    assert accepted > 1000  # damage that leaves a query readable (an ID, a name's letter) keeps it on the fast path
+
+
 def test_an_unrelated_change_keeps_cached_negative_answers():
     index, h = handler_for(namespace("ns"), clusterip("ns", "s", "10.0.0.1"))
     no_cover(h)  # the exact-key negative cache (tests/test_negative_cover.py: the cover)
