@@ -41,6 +41,7 @@ class _IdPool:
 
 
 _IDS = _IdPool()
+_U16 = struct.Struct("!H").pack
 
 
 class _Waiting:
@@ -124,18 +125,27 @@ class Upstream:
             return
         if now is None:
             now = time.perf_counter()
-        try:
-            channel = self._channel(now, loop)
-        except OSError as exc:
-            waiting.answered(None, f"upstream {self.name}: {exc}")
-            return
+        if loop is None:
+            loop = self._running_loop()
+        channels = self._channels
+        # the newest socket takes the query while it has room and has not expired (on this event loop)
+        if loop is self._loop and channels and len((channel := channels[-1]).pending) < MAX_PENDING and \
+                now - channel.opened < self.expire:
+            pass
+        else:
+            try:
+                channel = self._open(now, loop)
+            except OSError as exc:
+                waiting.answered(None, f"upstream {self.name}: {exc}")
+                return
         pending = channel.pending
-        qid = _IDS.take()
+        ids = _IDS.ids
+        qid = ids.pop() if ids else _IDS.take()
         while qid in pending:
             qid = _IDS.take()
         waiting.question = packet[12:qend]
         waiting.orig_id = packet[:2]
-        waiting.packet = bytes((qid >> 8, qid & 0xFF)) + packet[2:]
+        waiting.packet = _U16(qid) + packet[2:]
         waiting.deadline = now + self.timeout
         waiting.ignored = ""
         pending[qid] = waiting
@@ -175,23 +185,18 @@ class Upstream:
         self.send(packet, question_end(packet), partial(_settle, fut), tcp)
         return await fut
 
-    def _channel(self, now: float, loop: asyncio.AbstractEventLoop | None = None) -> _Channel:
-        """The socket to send on: the current one while it takes queries, else a new one. `loop`: the running
-        event loop, when the caller knows it."""
-        channels = self._channels
-        if loop is None:
-            # the loop of the sockets is the running one while it runs (asking asyncio for the running loop
-            # costs a getpid() system call on Python 3.11: once per forwarded query)
-            loop = self._loop
-            if loop is None or not loop.is_running() or loop.is_closed():
-                loop = asyncio.get_running_loop()
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        # the loop of the sockets is the running one while it runs (asking asyncio for the running loop
+        # costs a getpid() system call on Python 3.11: once per forwarded query)
+        loop = self._loop
+        if loop is None or not loop.is_running() or loop.is_closed():
+            loop = asyncio.get_running_loop()
+        return loop
+
+    def _open(self, now: float, loop: asyncio.AbstractEventLoop) -> _Channel:
+        """A new socket to take the queries, on `loop` (the running one)."""
         if loop is not self._loop:
             self._rebind(loop)
-            channels = self._channels
-        elif channels:
-            current = channels[-1]
-            if len(current.pending) < MAX_PENDING and now - current.opened < self.expire:
-                return current
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -202,7 +207,7 @@ class Upstream:
             raise
         channel = _Channel(sock, now)
         self._loop.add_reader(channel.fd, self._readable, channel)
-        channels.append(channel)
+        self._channels.append(channel)
         self._retire(now)
         return channel
 
@@ -326,7 +331,7 @@ class Upstream:
         task.add_done_callback(self._tcp_tasks.discard)
 
     async def _tcp_exchange(self, packet: bytes, orig_id: bytes, done: Done) -> None:
-        out = struct.pack("!H", _IDS.take()) + packet[2:]
+        out = _U16(_IDS.take()) + packet[2:]
         try:
             reply = await asyncio.wait_for(self._tcp(out), self.timeout)
         except asyncio.TimeoutError:
