@@ -378,24 +378,29 @@ class KeyBits:
 
     __slots__ = ("bits", "count")
 
+    MASK = DOORKEEPER_BITS - 1
+    LIMIT = DOORKEEPER_BITS // 16  # keys added before it starts again
+
     def __init__(self):
         self.bits = bytearray(DOORKEEPER_BITS // 8)
         self.count = 0
 
     def __contains__(self, key: Hashable) -> bool:
-        h = hash(key) & (DOORKEEPER_BITS - 1)
+        h = hash(key) & self.MASK
         return bool(self.bits[h >> 3] & (1 << (h & 7)))
 
     def add(self, key: Hashable) -> bool:
         """Add the key; whether it was there already."""
-        h = hash(key) & (DOORKEEPER_BITS - 1)
-        byte, bit = h >> 3, 1 << (h & 7)
-        if self.bits[byte] & bit:
+        h = hash(key) & self.MASK
+        byte = h >> 3
+        bit = 1 << (h & 7)
+        bits = self.bits
+        if bits[byte] & bit:
             return True
-        if self.count >= DOORKEEPER_BITS // 16:
-            self.bits = bytearray(DOORKEEPER_BITS // 8)
+        if self.count >= self.LIMIT:
+            self.bits = bits = bytearray(DOORKEEPER_BITS // 8)
             self.count = 0
-        self.bits[byte] |= bit
+        bits[byte] |= bit
         self.count += 1
         return False
 

@@ -66,6 +66,7 @@ class ResponseCache:
         self.max_bytes = max_bytes if max_bytes is not None else MemoryBudget().responses
         self.bytes = 0
         self._entries: dict[str, dict[tuple, Entry]] = {"success": {}, "denial": {}}
+        self._success, self._denial = self._entries["success"], self._entries["denial"]
         self.hits = {"success": 0, "denial": 0}
         self.misses = 0
         self.evictions = {"success": 0, "denial": 0}
@@ -76,6 +77,7 @@ class ResponseCache:
         self._admit_all_below = {kind: capacity - max(1, capacity // EVICT_SHARE) + 1 for kind, capacity in
                                  (("success", config.success_capacity), ("denial", config.denial_capacity))}
         self._seen: KeyBits | None = None
+        self._admit_bytes = self.max_bytes - self.max_bytes // EVICT_SHARE  # the byte share storing every answer
         self.requests = 0
         # front answers (server.TimedFront) by the exact bytes of a UDP query after its ID, per socket family:
         # the query handler's tables (attach_fronts), None while it serves no front from this cache
@@ -107,13 +109,13 @@ class ResponseCache:
         """The live entry for a query key, counting nothing (the query handler's fast path counts
         with count_hit() only what it serves, and asks only for names outside our zones: inside them,
         e.g. a reverse name that fell through, the kubernetes plugin must look first)."""
-        now = None  # read once an entry is found: a miss (every forwarded name) needs no clock
+        if key not in self._success and key not in self._denial:
+            return None  # the usual miss (every forwarded name): two lookups, no clock
+        now = self.clock()
         for kind in ("success", "denial"):
             entry = self._entries[kind].get(key)
             if entry is None or (outside_only and not entry.outside):
                 continue
-            if now is None:
-                now = self.clock()
             if now >= entry.expires:
                 del self._entries[kind][key]
                 self._forget(entry)
@@ -315,8 +317,7 @@ class ResponseCache:
         Within one eviction (EVICT_SHARE) of its bucket's capacity or of the byte budget, storing evicts older
         answers, now or at a next store: worth it from the name's second asking only -- a flood of names asked
         once would push out the answers in use, at the cost of a store each. Counts what it turns away."""
-        if len(self._entries[kind]) < self._admit_all_below[kind] and \
-                self.bytes + cost <= self.max_bytes - self.max_bytes // EVICT_SHARE:
+        if len(self._entries[kind]) < self._admit_all_below[kind] and self.bytes + cost <= self._admit_bytes:
             return True
         if self._seen is None:
             self._seen = KeyBits()
