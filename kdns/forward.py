@@ -520,6 +520,7 @@ class Forwarder:
                 continue
             self.upstreams.append(UpstreamState(Upstream(host, port, timeout=config.timeout, expire=expire)))
         self.inflight = 0
+        self._max_inflight = config.max_concurrent if config.max_concurrent is not None else float("inf")
         self.closed = False
         self._rr = 0
         self.disabled_reason = "" if self.upstreams else "no usable upstream"
@@ -560,7 +561,7 @@ class Forwarder:
         if self.disabled_reason:
             raise UpstreamError(f"forwarding disabled: {self.disabled_reason}")
         cfg = self.config
-        if cfg.max_concurrent is not None and self.inflight >= cfg.max_concurrent:
+        if self.inflight >= self._max_inflight:
             self.rejects += 1
             raise Overloaded(f"{self.inflight} queries in flight (max_concurrent {cfg.max_concurrent})")
         self.inflight += 1

@@ -666,12 +666,10 @@ class _Direct(Forwarding):
     __slots__ = ("handler", "fast", "client", "send", "block", "cache", "began")
 
     def __init__(self, handler: QueryHandler, data: bytes, fast: tuple, client, send, block, cache, began: float):
-        # Forwarding's fields set here (one call less per query); answers from a later upstream than the first
-        # are counted by `observe`, as the full path counts them (Block._forward)
+        # Forwarding's fields set here (`done` and `observe` are not used: answered() and finish() answer the query)
         self.query = data
         self.qend = fast[1]
         self.tcp = False
-        self.observe = block.metrics.observe_upstream
         self.next = 0
         self.errors = None
         self.handler = handler
@@ -683,13 +681,17 @@ class _Direct(Forwarding):
         self.began = began  # time.perf_counter() when the query was read (and sent to the first upstream)
 
     def answered(self, reply: bytes | None, error: str) -> None:
-        if reply is None or self.next != 1:
-            Forwarding.answered(self, reply, error)  # failover; or a later upstream's answer, timed from its send
+        if reply is None:
+            Forwarding.answered(self, reply, error)  # the next upstream; finish() once none is left
             return
-        # the first upstream's answer (Forwarding.answered's success path): timed from the read, with the query
-        self.state.fails = 0
+        state = self.state
+        state.fails = 0
         self.owner.inflight -= 1
-        self.handler._forward_done(self, reply, "", self.state.upstream.name)
+        if self.next == 1:  # the first upstream: sent when the query was read, its time is the query's (one tally)
+            self.handler._forward_done(self, reply, "", state.upstream.name)
+        else:  # a later one (failover): timed from its own send, as the full path counts it (Block._forward)
+            self.block.metrics.observe_upstream(state.upstream.name, reply[3] & 0x0F, time.perf_counter() - self.start)
+            self.handler._forward_done(self, reply, "")
 
     def finish(self, reply: bytes | None, error: str) -> None:
         self.handler._forward_done(self, reply, error)
