@@ -241,17 +241,8 @@ class ResponseCache:
         `outside`: whether it is in none of our zones, when the caller knows (else matched)."""
         if len(response) < 12 or response[2] & 0x02:  # never cache a truncated answer
             return response, None
-        admitted = False
-        if outside and response[6] == 0 and response[7] <= 1 and not self._disables_outside:
-            # one answer record at most (nothing for loadbalance to rotate) of a name outside our zones: whether a
-            # full cache admits it is known from the header -- one not admitted goes out as the upstream sent it,
-            # as every answer this cache does not store does, without the walk
-            rcode = response[3] & 0x0F
-            if rcode == 0 or rcode == 3:
-                kind = "success" if response[7] and not rcode else "denial"
-                if not self._admits(kind, key, ENTRY_OVERHEAD + 2 * len(response) + len(key[0]) + OFFSET_BYTES):
-                    return response, ()
-                admitted = True
+        if outside and self.declines(key, response):
+            return response, ()
         try:  # the question was checked against the query's (Upstream): the walk starts after it
             offsets, answer_ttl, soa, groups, top = _scan(response, qend if response[4:6] == b"\x00\x01" else 0)
         except WireError:
@@ -286,7 +277,7 @@ class ResponseCache:
         cost = ENTRY_OVERHEAD + 2 * len(response) + len(key[0]) + OFFSET_BYTES * len(offsets)
         if cost > self.max_bytes // 4:
             return response, groups  # one response may not take a quarter of the cache
-        if not admitted and not self._admits(kind, key, cost):
+        if not self._admits(kind, key, cost):
             return response, groups  # goes out as the upstream sent it, as every answer not stored here
         # cached TTLs never exceed the time the entry lives
         cap = int(ttl)
@@ -311,6 +302,20 @@ class ResponseCache:
         bucket[key] = Entry(capped, offsets, now, now + ttl, kind, cost, 0, capped, outside, groups)
         self.bytes += cost
         return capped, groups
+
+    def declines(self, key: tuple, response: bytes) -> bool:
+        """Whether store_key(key, qend, response, name, outside=True) stores nothing and hands the response back as
+        the upstream sent it, known from the header: an answer of one record at most (nothing for loadbalance to
+        rotate), NOERROR or NXDOMAIN, of a name outside our zones, that a full cache does not admit (_admits:
+        counted) -- it goes out as every answer this cache does not store does, without the walk. The direct
+        forward path asks it first, so such an answer costs one call."""
+        if len(response) >= 12 and response[6] == 0 and response[7] <= 1 and not response[2] & 0x02 and \
+                not self._disables_outside:
+            rcode = response[3] & 0x0F
+            if rcode == 0 or rcode == 3:
+                return not self._admits("success" if response[7] and not rcode else "denial", key,
+                                        ENTRY_OVERHEAD + 2 * len(response) + len(key[0]) + OFFSET_BYTES)
+        return False
 
     def _admits(self, kind: str, key: tuple, cost: int) -> bool:
         """Whether to store an answer of `kind` costing `cost` bytes for `key` (whose name is not cached: it missed).

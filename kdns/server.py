@@ -306,8 +306,11 @@ class QueryHandler:
         start = forwarding.began
         try:
             if reply is not None:
-                # its name is outside our zones (_fast): the `cache` plugin needs no text of it for that
-                response = block.forwarded(key, qend, None, forwarding.cache, reply, outside=True)
+                # its name is outside our zones (_fast): the `cache` plugin needs no text of it for that; an answer
+                # a full cache does not admit is sent as it came (the usual one in a flood of new names)
+                cache = forwarding.cache
+                response = reply if cache.declines(key, reply) else \
+                    block.forwarded(key, qend, None, cache, reply, outside=True)
                 rcode = self._count_forwarded(response)
                 if len(response) <= udp_size and self.plain:  # (plain: nothing logged or rate-limited)
                     if self._observe:  # counted as _done counts it, folded into the metrics when read (flush)
