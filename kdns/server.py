@@ -208,22 +208,21 @@ class QueryHandler:
         """Response bytes, None (drop), or an awaitable producing bytes or None."""
         self._stats["queries_tcp" if tcp else "queries_udp"] += 1
         if self.plain:
-            response = self._fast(data, tcp, client)
+            response = self.fast(data, tcp, client)
             if type(response) is bytes:
                 return response
             return self.slow(data, tcp, client, response)
         return self.slow(data, tcp, client)
 
-    def quick(self, data: bytes, client: tuple, send=None) -> bytes | tuple | bool | None:
-        """A UDP query counted and, when the cache holds its answer, answered (bytes); True when it went
-        upstream at once and `send(response, client)` will answer it (_forward_now); else what slow()
-        needs next: fast_key's reading of the packet, or None."""
-        self._stats["queries_udp"] += 1
-        return self._fast(data, False, client, send) if self.plain else None
+    def count_udp(self, n: int) -> None:
+        """n UDP queries read by a UDPReader, which asks fast() for each while the handler is plain."""
+        self._stats["queries_udp"] += n
 
-    def _fast(self, data: bytes, tcp: bool, client, send=None) -> bytes | tuple | bool | None:
-        """A cached answer with nothing to log or filter (bytes); True when forwarded by _forward_now (UDP
-        with `send`); else fast_key's reading of the packet (None when it takes the full parser), for slow()."""
+    def fast(self, data: bytes, tcp: bool, client, send=None) -> bytes | tuple | bool | None:
+        """The fast path, for a handler that is `plain` (the caller has counted the query): a cached answer with
+        nothing to log or filter (bytes); True when forwarded at once (UDP with `send`: the direct forward path,
+        answered by `send(response, client)`); else fast_key's reading of the packet (None when it takes the full
+        parser), for slow()."""
         start = time.perf_counter()
         fast = fast_key(data)
         if fast is None:
@@ -272,32 +271,35 @@ class QueryHandler:
                                            "cache", start)
                 elif send is not None and self.forward_direct is not None and not block.loop_probe and \
                         key[1] not in REFUSED_TYPES and not key[0].endswith(self.forward_direct):
-                    return self._forward_now(data, fast, client, send, block, cache, start)
+                    # the direct forward path: a UDP query for a name outside our zones that the `cache` plugin
+                    # does not hold goes upstream as it came, and the reply is answered from the forwarder's record
+                    # (_Direct), without the full path's Query, pipeline and future; counted, cached and reported
+                    # as that path does
+                    cache.requests += 1  # the `cache` plugin's miss, counted as its lookup() counts one
+                    cache.misses += 1
+                    self._stats["forward_direct"] += 1
+                    try:
+                        # read and sent within the same microseconds: the read time stands for the send time
+                        block.forwarder.begin(_Direct(self, data, fast, client, send, block, cache, start), start,
+                                              self.reader_loop)
+                        return True
+                    except Exception as exc:  # noqa: BLE001 - answered here (_not_forwarded)
+                        return self._not_forwarded(data, fast, client, block, exc, start)
         return fast
 
-    def _forward_now(self, data: bytes, fast: tuple, client, send, block, cache, start: float) -> bytes | bool:
-        """A UDP query for a name outside our zones that the `cache` plugin does not hold: its raw bytes go
-        upstream at once and the reply is answered from the forwarder's callback (_forward_done), without
-        the full path's Query, pipeline and future; counted, cached and reported as that path does. True
-        when sent upstream, else the answer (REFUSED over max_concurrent, SERVFAIL: forwarding disabled)."""
-        cache.requests += 1  # the `cache` plugin's miss, counted as its lookup() counts one
-        cache.misses += 1
-        self._stats["forward_direct"] += 1
-        try:
-            # read and sent within the same microseconds: the read time stands for the send time (one clock)
-            block.forwarder.begin(_Direct(self, data, fast, client, send, block, cache, start), start,
-                                  self.reader_loop)
-            return True
-        except (Overloaded, UpstreamError) as exc:
-            query = query_from_fast(data, fast)
-            response = self._fit(block.not_forwarded(query, exc), query, False, client)
-            self._done(block, ".", "forward", query, False, client, response, start)
-            return response
-        except Exception as exc:  # noqa: BLE001 - a bug must cost one SERVFAIL, never the server
-            return self._internal_error(query_from_fast(data, fast), exc)
+    def _not_forwarded(self, data: bytes, fast: tuple, client, block, exc: Exception, start: float) -> bytes:
+        """The answer to a direct forward path query the forwarder did not take: REFUSED over max_concurrent,
+        SERVFAIL when forwarding is disabled -- or SERVFAIL for a bug, which must cost one answer, never the
+        server."""
+        query = query_from_fast(data, fast)
+        if not isinstance(exc, (Overloaded, UpstreamError)):
+            return self._internal_error(query, exc)
+        response = self._fit(block.not_forwarded(query, exc), query, False, client)
+        self._done(block, ".", "forward", query, False, client, response, start)
+        return response
 
     def _forward_done(self, forwarding: "_Direct", reply: bytes | None, error: str, to: str | None = None) -> None:
-        """The upstream's reply to a _forward_now query (or why none came): answered to the client. A reply
+        """The upstream's reply to a direct forward path query (or why none came): answered to the client. A reply
         that fits, with nothing to log or rate-limit, is cached, counted and measured without a Query. `to`:
         the upstream that answered, when its answer is to be counted with the query's (Tally.add)."""
         data, fast, client, send, block = forwarding.query, forwarding.fast, forwarding.client, forwarding.send, \
@@ -306,7 +308,7 @@ class QueryHandler:
         start = forwarding.began
         try:
             if reply is not None:
-                # its name is outside our zones (_fast): the `cache` plugin needs no text of it for that; an answer
+                # its name is outside our zones (fast()): the `cache` plugin needs no text of it for that; an answer
                 # a full cache does not admit is sent as it came (the usual one in a flood of new names)
                 cache = forwarding.cache
                 response = reply if cache.declines(key, reply) else \
@@ -436,7 +438,7 @@ class QueryHandler:
 
     def _shape(self, covered: tuple, cover, qend: int, serial: int, packed: bytes) -> None:
         """Keep `packed` as the cover's NXDOMAIN for questions ending at `qend` (at most MAX_SHAPES lengths,
-        charged to the cover's cache entry), for _fast to answer the next such name with."""
+        charged to the cover's cache entry), for fast() to answer the next such name with."""
         old = cover.shapes.get(qend)
         if old is not None:  # the index changed: same length, new SOA serial, the same metric label sets
             cover.shapes[qend] = (serial, packed, old[2])
@@ -663,7 +665,7 @@ class QueryHandler:
 
 
 class _Direct(Forwarding):
-    """A UDP query of the direct forward path (QueryHandler._forward_now): the forwarder's record of it and
+    """A UDP query of the direct forward path (QueryHandler.fast): the forwarder's record of it and
     what answering it needs, so its reply is answered from `answered` (no callback object per query)."""
 
     __slots__ = ("handler", "fast", "client", "send", "block", "cache", "began")
@@ -701,7 +703,7 @@ class _Direct(Forwarding):
 
 
 def _direct_suffixes(block) -> tuple | None:
-    """For QueryHandler._forward_now: the wire-format endings of the kubernetes zones (a name ending so
+    """For QueryHandler.fast's direct forward path: the wire-format endings of the kubernetes zones (a name ending so
     takes the full path), or None when the direct path cannot stand for the chain: `forward` or `cache`
     not covering every name, or a kubernetes zone at the root."""
     if block.forwarder.config.from_zone or block.forwarder.config.except_zones or "" not in block.cache.config.zones:

@@ -61,6 +61,8 @@ class UDPReader:
         clock = time.perf_counter
         fronts, timed, covers = self.front, self.timed, self.cover_front
         reply = self._reply_to
+        fast = handler.fast if handler.plain else None  # the handler's fast path, for what fronts do not answer
+        asked = 0  # queries counted for the handler (count_udp), once after the reads
         out = []  # the answers of this wake-up, sent together after the reads (see below)
         # a front answer's duration runs from the end of the wake-up's previous answer (or the wake-up) to
         # its reply, its read included: one clock reading per answer
@@ -108,16 +110,19 @@ class UDPReader:
                     handler._stats["udp_backlog_dropped"] += 1
                 last = clock()
                 continue
-            response = handler.quick(data, addr, reply)
+            asked += 1
+            response = fast(data, False, addr, reply) if fast is not None else None
             if type(response) is bytes:
                 out.append((response, addr))
             elif response is True:
-                pass  # gone upstream: answered from the forwarder's callback (_reply)
+                pass  # gone upstream: answered from the forwarder's record (_reply)
             elif len(self.backlog) < self.BACKLOG:
                 self.backlog.append((data, addr, response))
             else:
                 handler._stats["udp_backlog_dropped"] += 1
             last = clock()
+        if asked:
+            handler.count_udp(asked)
         # sent as one burst: a client's first answer wakes it, the rest join its queue while it runs
         # (sent between reads, each answer could wake the client anew)
         self._send_all(out)

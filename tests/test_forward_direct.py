@@ -1,4 +1,4 @@
-"""The direct forward path (QueryHandler._forward_now): a UDP query for an outside name that the `cache`
+"""The direct forward path (QueryHandler.fast): a UDP query for an outside name that the `cache`
 plugin misses goes upstream as soon as it is read and is answered from the forwarder's callback. Over
 real loopback sockets, against a real upstream, its answers and every counter (coredns_dns_*,
 coredns_forward_*, coredns_cache_*, kdns_*) equal the full path's, query by query; names it must not
