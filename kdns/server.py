@@ -298,36 +298,19 @@ class QueryHandler:
         self._done(block, ".", "forward", query, False, client, response, start)
         return response
 
-    def _forward_done(self, forwarding: "_Direct", reply: bytes | None, error: str, to: str | None = None) -> None:
-        """The upstream's reply to a direct forward path query (or why none came): answered to the client. A reply
-        that fits, with nothing to log or rate-limit, is cached, counted and measured without a Query. `to`:
-        the upstream that answered, when its answer is to be counted with the query's (Tally.add)."""
-        data, fast, client, send, block = forwarding.query, forwarding.fast, forwarding.client, forwarding.send, \
-            forwarding.block
-        key, qend, udp_size = fast
+    def _forward_done(self, forwarding: "_Direct", response: bytes | None, error: str, to: str | None = None) -> None:
+        """A direct forward path query's answer that _Direct.answered does not send itself: `response` (cached and
+        counted; `to`: the upstream, when its answer is to be counted with the query's) that must be fitted to the
+        client's UDP size, logged or rate-limited; or None and why no upstream answered (SERVFAIL)."""
+        data, fast, client, block = forwarding.query, forwarding.fast, forwarding.client, forwarding.block
         start = forwarding.began
         try:
-            if reply is not None:
-                # its name is outside our zones (fast()): the `cache` plugin needs no text of it for that; an answer
-                # a full cache does not admit is sent as it came (the usual one in a flood of new names)
-                cache = forwarding.cache
-                response = reply if cache.declines(key, reply) else \
-                    block.forwarded(key, qend, None, cache, reply, outside=True)
-                rcode = self._count_forwarded(response)
-                if len(response) <= udp_size and self.plain:  # (plain: nothing logged or rate-limited)
-                    if self._observe:  # counted as _done counts it, folded into the metrics when read (flush)
-                        self.metrics.tally.add(block.name, ":" in client[0], key[1], key[4], udp_size, rcode,
-                                               len(response), time.perf_counter() - start, to)
-                    elif to is not None:
-                        block.metrics.observe_upstream(to, rcode, time.perf_counter() - start)
-                    send(response, client)
-                    return
+            query = query_from_fast(data, fast)
+            if response is not None:
                 if to is not None:
-                    block.metrics.observe_upstream(to, rcode, time.perf_counter() - start)
-                query = query_from_fast(data, fast)
+                    block.metrics.observe_upstream(to, response[3] & 0x0F, time.perf_counter() - start)
             else:
-                query = query_from_fast(data, fast)
-                response = block.forward_response(query, ".".join(query.labels), forwarding.cache, reply, error)
+                response = block.forward_response(query, ".".join(query.labels), forwarding.cache, None, error)
                 self._count_forwarded(response)
             response = self._fit(response, query, False, client)
             if response is None:
@@ -335,7 +318,7 @@ class QueryHandler:
             self._done(block, ".", "forward", query, False, client, response, start)
         except Exception as exc:  # noqa: BLE001 - a bug must cost one SERVFAIL, never the server
             response = self._internal_error(query_from_fast(data, fast), exc)
-        send(response, client)
+        forwarding.send(response, client)
 
     def _front(self, data: bytes, qend: int, key: tuple, entry, udp_size: int, client, start: float) -> bytes:
         """An answer asked again over UDP: served, and kept by the exact bytes of this query after its
@@ -686,19 +669,48 @@ class _Direct(Forwarding):
         self.began = began  # time.perf_counter() when the query was read (and sent to the first upstream)
 
     def answered(self, reply: bytes | None, error: str) -> None:
+        """The upstream's reply (Forwarding.answered's success path): cached, counted, measured and sent -- what the
+        full path does, without a Query -- when it fits and nothing is logged or rate-limited (else _forward_done)."""
         if reply is None:
             Forwarding.answered(self, reply, error)  # the next upstream; finish() once none is left
             return
         state = self.state
         state.fails = 0
         self.owner.inflight -= 1
+        handler = self.handler
+        key, qend, udp_size = self.fast
         if self.next == 1:  # the first upstream: sent when the query was read, its time is the query's (one tally)
-            self.handler._forward_done(self, reply, "", state.upstream.name)
+            to = state.upstream.name
         else:  # a later one (failover): timed from its own send, as the full path counts it (Block._forward)
+            to = None
             self.block.metrics.observe_upstream(state.upstream.name, reply[3] & 0x0F, time.perf_counter() - self.start)
-            self.handler._forward_done(self, reply, "")
+        try:
+            # its name is outside our zones (fast()): the `cache` plugin needs no text of it for that; an answer a
+            # full cache does not admit is sent as it came (the usual one in a flood of new names)
+            cache = self.cache
+            response = reply if cache.declines(key, reply) else \
+                self.block.forwarded(key, qend, None, cache, reply, outside=True)
+            stats = handler._stats
+            stats["forwarded"] += 1
+            rcode = response[3] & 0x0F
+            if rcode == SERVFAIL:  # the upstream answered SERVFAIL
+                stats["upstream_errors"] += 1
+        except Exception as exc:  # noqa: BLE001 - a bug must cost one SERVFAIL, never the server
+            self.send(handler._internal_error(query_from_fast(self.query, self.fast), exc), self.client)
+            return
+        if len(response) > udp_size or not handler.plain:  # to fit, log or rate-limit (plain: nothing logged...)
+            handler._forward_done(self, response, "", to)
+            return
+        if handler._observe:  # counted as _done counts it, folded into the metrics when read (flush)
+            client = self.client
+            handler.metrics.tally.add(self.block.name, ":" in client[0], key[1], key[4], udp_size, rcode, len(response),
+                                      time.perf_counter() - self.began, to)
+        elif to is not None:
+            self.block.metrics.observe_upstream(to, rcode, time.perf_counter() - self.began)
+        self.send(response, self.client)
 
     def finish(self, reply: bytes | None, error: str) -> None:
+        """Every upstream failed (reply None): SERVFAIL, as the full path answers."""
         self.handler._forward_done(self, reply, error)
 
 
