@@ -690,11 +690,7 @@ class _Direct(Forwarding):
             cache = self.cache
             response = reply if cache.declines(key, reply) else \
                 self.block.forwarded(key, qend, None, cache, reply, outside=True)
-            stats = handler._stats
-            stats["forwarded"] += 1
-            rcode = response[3] & 0x0F
-            if rcode == SERVFAIL:  # the upstream answered SERVFAIL
-                stats["upstream_errors"] += 1
+            rcode = handler._count_forwarded(response)
         except Exception as exc:  # noqa: BLE001 - a bug must cost one SERVFAIL, never the server
             self.send(handler._internal_error(query_from_fast(self.query, self.fast), exc), self.client)
             return
