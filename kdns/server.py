@@ -218,12 +218,15 @@ class QueryHandler:
         """n UDP queries read by a UDPReader, which asks fast() for each while the handler is plain."""
         self._stats["queries_udp"] += n
 
-    def fast(self, data: bytes, tcp: bool, client, send=None) -> bytes | tuple | bool | None:
+    def fast(self, data: bytes, tcp: bool, client, send=None,
+             start: float | None = None) -> bytes | tuple | bool | None:
         """The fast path, for a handler that is `plain` (the caller has counted the query): a cached answer with
         nothing to log or filter (bytes); True when forwarded at once (UDP with `send`: the direct forward path,
         answered by `send(response, client)`); else fast_key's reading of the packet (None when it takes the full
-        parser), for slow()."""
-        start = time.perf_counter()
+        parser), for slow(). `start`: time.perf_counter() when the query's handling began, if the caller has it
+        (the UDP reader: the end of the previous datagram's, the read included, as it times front answers)."""
+        if start is None:
+            start = time.perf_counter()
         fast = fast_key(data)
         if fast is None:
             return None

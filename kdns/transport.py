@@ -111,7 +111,7 @@ class UDPReader:
                 last = clock()
                 continue
             asked += 1
-            response = fast(data, False, addr, reply) if fast is not None else None
+            response = fast(data, False, addr, reply, last) if fast is not None else None
             if type(response) is bytes:
                 out.append((response, addr))
             elif response is True:
