@@ -27,28 +27,12 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "perf"))
 
-COREFILE = """.:53 {
-    errors
-    health {
-       lameduck 5s
-    }
-    ready
-    kubernetes cluster.local in-addr.arpa ip6.arpa {
-       pods insecure
-       fallthrough in-addr.arpa ip6.arpa
-       ttl 30
-    }
-    prometheus :9153
-    forward . 127.0.0.1:9 {
-       max_concurrent 1000
-    }
-    cache 30
-    loop
-    reload
-    loadbalance
-}
-"""
+import servers  # noqa: E402
+
+UPSTREAM = "127.0.0.1:9"  # never reached: its socket is swapped for a MemorySocket before the first send
+
 BATCH = 256  # queries up, then their replies back (under max_concurrent)
 ANSWER = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x0e\x10\x00\x04\x0a\x00\x00\x01"  # the name: A 10.0.0.1, TTL 3600
 
@@ -113,7 +97,7 @@ async def measure(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         corefile = os.path.join(tmp, "Corefile")
         with open(corefile, "w") as fh:
-            fh.write(COREFILE)
+            fh.write(servers.kubeadm_corefile(UPSTREAM))
         ports = ["--port-map", "53=0", "--port-map", "8080=0", "--port-map", "8181=0", "--port-map", "9153=0"]
         settings = load_settings(build_parser().parse_args(
             ["serve", "--corefile", corefile, "--bind", "127.0.0.1", *ports,
