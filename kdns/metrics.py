@@ -149,7 +149,7 @@ class Histogram:
 
 
 class Tally:
-    """coredns_dns_* of the direct forward path (server._Direct.answered) as plain counters: per
+    """coredns_dns_* of the direct forward path (direct.Direct.answered) as plain counters: per
     (IPv6?, type, DO, request size, rcode, response size, server block, upstream) -- the rest of the label set is
     the block's, "." and "forward" -- the queries per duration bucket and their seconds, folded into DnsMetrics
     when read (fold: every scrape); at most MAX_TALLY label sets between folds. `to`, when given, is the upstream
@@ -221,7 +221,7 @@ class DnsMetrics:
         self.caches: list = []  # (server, zones text, ResponseCache)
         self.loop_detected: dict[str, int] = {}
         self.handlers: weakref.WeakSet = weakref.WeakSet()  # query handlers whose front answers fold in here
-        self.tally = Tally(self)  # the direct forward path's coredns_dns_* (server._Direct.answered)
+        self.tally = Tally(self)  # the direct forward path's coredns_dns_* (direct.Direct.answered)
         self._labels: dict[tuple, tuple] = {}  # key(): one tuple per label set
 
     def observe(self, server: str, zone: str, proto: str, family: str, qtype: int, do: bool, req_size: int,

@@ -241,7 +241,8 @@ class ResponseCache:
         `outside`: whether it is in none of our zones, when the caller knows (else matched)."""
         if len(response) < 12 or response[2] & 0x02:  # never cache a truncated answer
             return response, None
-        if outside and self.declines(key, response):
+        admitted = self.admission(key, response) if outside else None
+        if admitted is False:
             return response, ()
         try:  # the question was checked against the query's (Upstream): the walk starts after it
             offsets, answer_ttl, soa, groups, top = _scan(response, qend if response[4:6] == b"\x00\x01" else 0)
@@ -273,11 +274,10 @@ class ResponseCache:
             return response, groups
         if outside is None:
             outside = not self._own(name or key_name(key))
-        # the packed response twice: as stored and as last served with TTLs decremented
-        cost = ENTRY_OVERHEAD + 2 * len(response) + len(key[0]) + OFFSET_BYTES * len(offsets)
+        cost = entry_cost(response, key, len(offsets))
         if cost > self.max_bytes // 4:
             return response, groups  # one response may not take a quarter of the cache
-        if not self._admits(kind, key, cost):
+        if not admitted and not self._admits(kind, key, cost):
             return response, groups  # goes out as the upstream sent it, as every answer not stored here
         # cached TTLs never exceed the time the entry lives
         cap = int(ttl)
@@ -303,19 +303,19 @@ class ResponseCache:
         self.bytes += cost
         return capped, groups
 
-    def declines(self, key: tuple, response: bytes) -> bool:
-        """Whether store_key(key, qend, response, name, outside=True) stores nothing and hands the response back as
-        the upstream sent it, known from the header: an answer of one record at most (nothing for loadbalance to
-        rotate), NOERROR or NXDOMAIN, of a name outside our zones, that a full cache does not admit (_admits:
-        counted) -- it goes out as every answer this cache does not store does, without the walk. The direct
-        forward path asks it first, so such an answer costs one call."""
+    def admission(self, key: tuple, response: bytes) -> bool | None:
+        """For the answer of a name outside our zones, whether this cache admits it, known from the header: an
+        answer of one record at most (nothing for loadbalance to rotate), NOERROR or NXDOMAIN (_admits: counted
+        when not). False: store_key(key, qend, response, name, outside=True) stores nothing and hands it back as
+        the upstream sent it, without the walk -- the direct forward path asks first, so such an answer costs one
+        call. None: the header cannot tell (store_key decides after its walk)."""
         if len(response) >= 12 and response[6] == 0 and response[7] <= 1 and not response[2] & 0x02 and \
                 not self._disables_outside:
             rcode = response[3] & 0x0F
             if rcode == 0 or rcode == 3:
-                return not self._admits("success" if response[7] and not rcode else "denial", key,
-                                        ENTRY_OVERHEAD + 2 * len(response) + len(key[0]) + OFFSET_BYTES)
-        return False
+                return self._admits("success" if response[7] and not rcode else "denial", key,
+                                    entry_cost(response, key, 1))
+        return None
 
     def _admits(self, kind: str, key: tuple, cost: int) -> bool:
         """Whether to store an answer of `kind` costing `cost` bytes for `key` (whose name is not cached: it missed).
@@ -345,6 +345,12 @@ class ResponseCache:
             freed += entry.cost  # _forget, inline: once per stored reply in a flood of new names
         self.bytes -= freed
         self.evictions[kind] += len(oldest)
+
+
+def entry_cost(response: bytes, key: tuple, records: int) -> int:
+    """Bytes an entry holds: the packed response twice (as stored and as last served with TTLs decremented), the
+    key's name, the TTL offsets of `records` records, the rest."""
+    return ENTRY_OVERHEAD + 2 * len(response) + len(key[0]) + OFFSET_BYTES * records
 
 
 def key_name(key: tuple) -> str:

@@ -19,7 +19,8 @@ from typing import Awaitable
 from dnslib import QTYPE, RCODE
 
 from .cache import AnswerCache, cover_key
-from .forward import Forwarding, Overloaded, UpstreamError
+from .direct import Direct, direct_suffixes
+from .forward import Overloaded, UpstreamError
 from .log import Logger
 from .memory import MemoryBudget
 from .metrics import DnsMetrics
@@ -177,7 +178,7 @@ class QueryHandler:
                 cache.attach_fronts(self.timed_fronts, self._fold)
             self.timed_clock = cache.clock
             if self.plain:
-                self.forward_direct = _direct_suffixes(self.blocks[0])
+                self.forward_direct = direct_suffixes(self.blocks[0])
 
     @property
     def observe(self) -> bool:
@@ -276,14 +277,14 @@ class QueryHandler:
                         key[1] not in REFUSED_TYPES and not key[0].endswith(self.forward_direct):
                     # the direct forward path: a UDP query for a name outside our zones that the `cache` plugin
                     # does not hold goes upstream as it came, and the reply is answered from the forwarder's record
-                    # (_Direct), without the full path's Query, pipeline and future; counted, cached and reported
+                    # (Direct), without the full path's Query, pipeline and future; counted, cached and reported
                     # as that path does
                     cache.requests += 1  # the `cache` plugin's miss, counted as its lookup() counts one
                     cache.misses += 1
                     self._stats["forward_direct"] += 1
                     try:
                         # read and sent within the same microseconds: the read time stands for the send time
-                        block.forwarder.begin(_Direct(self, data, fast, client, send, block, cache, start), start,
+                        block.forwarder.begin(Direct(self, data, fast, client, send, block, cache, start), start,
                                               self.reader_loop)
                         return True
                     except Exception as exc:  # noqa: BLE001 - answered here (_not_forwarded)
@@ -301,8 +302,8 @@ class QueryHandler:
         self._done(block, ".", "forward", query, False, client, response, start)
         return response
 
-    def _forward_done(self, forwarding: "_Direct", response: bytes | None, error: str, to: str | None = None) -> None:
-        """A direct forward path query's answer that _Direct.answered does not send itself: `response` (cached and
+    def _forward_done(self, forwarding: Direct, response: bytes | None, error: str, to: str | None = None) -> None:
+        """A direct forward path query's answer that Direct.answered does not send itself: `response` (cached and
         counted; `to`: the upstream, when its answer is to be counted with the query's) that must be fitted to the
         client's UDP size, logged or rate-limited; or None and why no upstream answered (SERVFAIL)."""
         data, fast, client, block = forwarding.query, forwarding.fast, forwarding.client, forwarding.block
@@ -648,82 +649,6 @@ class QueryHandler:
         self._stats["formerr" if exc.rcode == RCODE.FORMERR else "notimp"] += 1
         self.log.debug("packet_rejected", rcode=RCODE.get(exc.rcode), reason=exc.reason, offset=exc.offset)
         return error_response(data, exc.rcode)
-
-
-class _Direct(Forwarding):
-    """A UDP query of the direct forward path (QueryHandler.fast): the forwarder's record of it and
-    what answering it needs, so its reply is answered from `answered` (no callback object per query)."""
-
-    __slots__ = ("handler", "fast", "client", "send", "block", "cache", "began")
-
-    def __init__(self, handler: QueryHandler, data: bytes, fast: tuple, client, send, block, cache, began: float):
-        # Forwarding's fields set here (`done` and `observe` are not used: answered() and finish() answer the query)
-        self.query = data
-        self.qend = fast[1]
-        self.tcp = False
-        self.next = 0
-        self.errors = None
-        self.handler = handler
-        self.fast = fast  # fast_key's reading of the query: (cache key, question end, UDP size)
-        self.client = client
-        self.send = send  # send(response, client)
-        self.block = block
-        self.cache = cache  # the block's `cache` plugin
-        self.began = began  # time.perf_counter() when the query was read (and sent to the first upstream)
-
-    def answered(self, reply: bytes | None, error: str) -> None:
-        """The upstream's reply (Forwarding.answered's success path): cached, counted, measured and sent -- what the
-        full path does, without a Query -- when it fits and nothing is logged or rate-limited (else _forward_done)."""
-        if reply is None:
-            Forwarding.answered(self, reply, error)  # the next upstream; finish() once none is left
-            return
-        state = self.state
-        state.fails = 0
-        self.owner.inflight -= 1
-        handler = self.handler
-        key, qend, udp_size = self.fast
-        if self.next == 1:  # the first upstream: sent when the query was read, its time is the query's (one tally)
-            to = state.upstream.name
-        else:  # a later one (failover): timed from its own send, as the full path counts it (Block._forward)
-            to = None
-            self.block.metrics.observe_upstream(state.upstream.name, reply[3] & 0x0F, time.perf_counter() - self.start)
-        try:
-            # its name is outside our zones (fast()): the `cache` plugin needs no text of it for that; an answer a
-            # full cache does not admit is sent as it came (the usual one in a flood of new names)
-            cache = self.cache
-            response = reply if cache.declines(key, reply) else \
-                self.block.forwarded(key, qend, None, cache, reply, outside=True)
-            rcode = handler._count_forwarded(response)
-        except Exception as exc:  # noqa: BLE001 - a bug must cost one SERVFAIL, never the server
-            self.send(handler._internal_error(query_from_fast(self.query, self.fast), exc), self.client)
-            return
-        if len(response) > udp_size or not handler.plain:  # to fit, log or rate-limit (plain: nothing logged...)
-            handler._forward_done(self, response, "", to)
-            return
-        if handler._observe:  # counted as _done counts it, folded into the metrics when read (flush)
-            client = self.client
-            handler.metrics.tally.add(self.block.name, ":" in client[0], key[1], key[4], udp_size, rcode, len(response),
-                                      time.perf_counter() - self.began, to)
-        elif to is not None:
-            self.block.metrics.observe_upstream(to, rcode, time.perf_counter() - self.began)
-        self.send(response, self.client)
-
-    def finish(self, reply: bytes | None, error: str) -> None:
-        """Every upstream failed (reply None): SERVFAIL, as the full path answers."""
-        self.handler._forward_done(self, reply, error)
-
-
-def _direct_suffixes(block) -> tuple | None:
-    """For QueryHandler.fast's direct forward path: the wire-format endings of the kubernetes zones (a name ending so
-    takes the full path), or None when the direct path cannot stand for the chain: `forward` or `cache`
-    not covering every name, or a kubernetes zone at the root."""
-    if block.forwarder.config.from_zone or block.forwarder.config.except_zones or "" not in block.cache.config.zones:
-        return None
-    zones = block.resolver.config.zones.zones if block.resolver is not None else ()
-    if any(not zone.labels for zone in zones):
-        return None
-    return tuple(b"".join(bytes((len(label),)) + label.encode("latin-1") for label in zone.labels) + b"\0"
-                 for zone in zones)
 
 
 def _ancount(response: bytes) -> int:
