@@ -1,4 +1,6 @@
-"""The direct forward path's Python cost per query, without system calls: kdns with the kubeadm Corefile (its
+"""The Python cost per query of kdns's two UDP lanes, without system calls.
+
+--lane direct (the default) -- the direct forward path: kdns with the kubeadm Corefile (its
 `forward` upstream a socket swapped for an in-memory one once opened) takes every name new, outside the cluster,
 as its UDP reader hands it over (QueryHandler.fast); the forwarder's datagrams are answered in memory with one A
 record each and read back through Upstream._readable. Prints the microseconds per query of each side (the
@@ -6,7 +8,13 @@ query's way up: fast path, forwarding record, send queue; the reply's way back: 
 hand-off), the least of the rounds after the first. --ops also counts the bytecodes each kdns function runs per
 query (sys.settrace: slow, one round traced). For A/B runs of two builds, alternate them: a single run moves ±5%.
 
-    .venv/bin/python perf/lane_cost.py [--src DIR] [--queries 20000] [--rounds 8] [--ops]
+--lane front -- the front answers (the exact query bytes seen before, answered by the UDP reader with one dict
+lookup): UDPReader._readable over wake-ups of 64 plain cluster queries (examples/cluster.yaml's ClusterIP names,
+A and AAAA), its socket swapped for one fed from memory (C-level callables: recvfrom, sendto), against perf/
+ceiling.py's ReplayReader.readable replaying the same answers on the same feed -- the reader's cost over the
+ceiling responder's, without the kernel's (run.py's `a` mix at saturation measures them with it).
+
+    .venv/bin/python perf/lane_cost.py [--lane direct|front] [--src DIR] [--queries 20000] [--rounds 8] [--ops]
 
 --src: a directory holding a `kdns/` package to measure instead of the work tree's (`git archive REV kdns`).
 perf/forward_load.py measures the same path whole, sockets and dnsperf included.
@@ -17,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import functools
 import gc
 import io
 import os
@@ -95,18 +104,25 @@ async def measure(args) -> None:
     from kdns.log import Logger
 
     with tempfile.TemporaryDirectory() as tmp:
+        manifests = os.path.join(ROOT, "examples", "cluster.yaml")
+        if args.services:
+            import gen_cluster
+            gen_cluster.generate(os.path.join(tmp, "cluster"), args.services, args.services * 3, zones=False,
+                                 unique_queries=0)
+            manifests = os.path.join(tmp, "cluster", "manifests")
+            with open(os.path.join(tmp, "cluster", "queries", "a.txt")) as fh:
+                args.names = [line.split()[0] for line in fh if line.strip()]
         corefile = os.path.join(tmp, "Corefile")
         with open(corefile, "w") as fh:
             fh.write(servers.kubeadm_corefile(UPSTREAM))
         ports = ["--port-map", "53=0", "--port-map", "8080=0", "--port-map", "8181=0", "--port-map", "9153=0"]
         settings = load_settings(build_parser().parse_args(
-            ["serve", "--corefile", corefile, "--bind", "127.0.0.1", *ports,
-             "--manifests", os.path.join(ROOT, "examples", "cluster.yaml")]))
+            ["serve", "--corefile", corefile, "--bind", "127.0.0.1", *ports, "--manifests", manifests]))
         runtime = Runtime(settings, Logger(stream=io.StringIO()), bind_host="127.0.0.1",
                           port_map={53: 0, 8080: 0, 8181: 0, 9153: 0})
         await runtime.start()
         try:
-            print(run(runtime, args))
+            print(run_front(runtime, args) if args.lane == "front" else run(runtime, args))
         finally:
             await runtime.shutdown()
 
@@ -170,13 +186,130 @@ def run(runtime, args) -> str:
     return "\n".join(lines)
 
 
+FRONT_NAMES = ["kubernetes.default", "kube-dns.kube-system", "gateway.shop", "api.shop", "payments.shop",
+               "legacy-api.shop", "search.shop", "db.data", "cache.data"]
+WAKE = 64  # datagrams per wake-up (the reader's READS): a reader at saturation
+
+
+def cluster_query(qid: int, name: str, qtype: int) -> bytes:
+    wire = b"".join(bytes((len(label),)) + label.encode() for label in name.rstrip(".").split("."))
+    return struct.pack("!6H", qid, 0x0100, 1, 0, 0, 0) + wire + b"\0" + struct.pack("!2H", qtype, 1)
+
+
+def spell(name: str, k: int) -> str:
+    """The name as written the k-th way (k = 0: as is): its letters' case at random -- a different query, the
+    same answer, so as many fronts as the mix's distinct names (dnsperf's `a` file: 10,000) without a cluster."""
+    if k == 0:
+        return name
+    return "".join(c.upper() if random.random() < 0.5 else c for c in name)
+
+
+class FeedSocket:
+    """A UDP socket in memory for one reader: `feed()` sets recvfrom to hand out one wake-up's datagrams and
+    sendto to keep the answers (both C-level callables, so the measured cost is the reader's own)."""
+
+    def __init__(self):
+        self.sent: dict[bytes, tuple] = {}
+        self.sendto = self.sent.__setitem__
+        self.recvfrom = None
+
+    def feed(self, datagrams: list[tuple[bytes, tuple]]) -> None:
+        self.recvfrom = functools.partial(next, iter(datagrams))
+
+    def close(self) -> None:
+        pass
+
+
+def run_front(runtime, args) -> str:
+    """The front lane: kdns's UDP reader and the ceiling's, on the same wake-ups of front answers."""
+    import socket
+
+    reader = next(iter(runtime.listeners.values()))[0]
+    loop = asyncio.get_running_loop()
+    loop.remove_reader(reader._fd)
+    # the reader asks the kernel's queue size once a wake-up (FIONREAD): a socket with a datagram waiting
+    pending = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    pending.bind(("127.0.0.1", 0))
+    pending.sendto(b"x", pending.getsockname())
+    reader._fd = pending.fileno()
+    real, sock = reader.sock, FeedSocket()
+    try:
+        reader.sock = sock
+        return front_rounds(reader, sock, args)
+    finally:
+        reader.sock = real
+        reader._fd = real.fileno()
+        pending.close()
+
+
+def front_rounds(reader, sock: FeedSocket, args) -> str:
+    from ceiling import ReplayReader
+    client = ("127.0.0.1", 40000)
+    random.seed(1)
+    if args.names:  # a generated cluster's `a` mix
+        queries = list({cluster_query(0, name, 1): None for name in args.names})
+    else:
+        queries = list({cluster_query(0, spell(f"{name}.svc.cluster.local", k), qtype): None
+                        for name in FRONT_NAMES for qtype in (1, 28) for k in range(args.spellings)})
+    for _ in range(4):  # cached, then fronts
+        for i in range(0, len(queries), WAKE):
+            sock.feed([(queries[(i + j) % len(queries)], client) for j in range(WAKE)])
+            reader._readable()
+            while reader.backlog:
+                reader._drain()
+    fronts = reader.front
+    asked = len(queries)
+    queries = [q for q in queries if q[2:] in fronts]
+    if len(queries) < asked // 2:
+        raise SystemExit(f"only {len(queries)} of {asked} queries became front answers")
+    # the ceiling replays kdns's own answers, keyed as it keys them (the question section)
+    answers = {q[12:]: b"\0\0" + fronts[q[2:]].tail for q in queries}
+    ceiling = ReplayReader(answers, FeedSocket())
+    wakeups = []
+    for i in range(max(1, args.queries // WAKE)):
+        wake = []
+        for j in range(WAKE):
+            q = queries[(i * WAKE + j) % len(queries)]
+            wake.append((struct.pack("!H", (i * WAKE + j) & 0xFFFF) + q[2:], client))
+        wakeups.append(wake)
+    n = len(wakeups) * WAKE
+    rounds = {"kdns": [], "ceiling": []}
+    for r in range(args.rounds):
+        for name, target, call in (("kdns", sock, reader._readable), ("ceiling", ceiling.sock, ceiling.readable)):
+            target.sent.clear()
+            gc.collect()
+            t = 0.0
+            for wake in wakeups:
+                target.feed(wake)
+                t0 = time.perf_counter()
+                call()
+                t += time.perf_counter() - t0
+                if len(target.sent) != WAKE:
+                    raise SystemExit(f"{name}: {len(target.sent)} answers to {WAKE} queries")
+                target.sent.clear()
+            rounds[name].append(t / n * 1e6)
+    reader.handler.flush()
+    kdns_us, ceiling_us = min(rounds["kdns"][1:]), min(rounds["ceiling"][1:])
+    return (f"{args.src or 'work tree'}: front answers {kdns_us:.3f} us, ceiling {ceiling_us:.3f} us per query, "
+            f"{(kdns_us - ceiling_us) * 1000:+.0f} ns (least of {args.rounds - 1} rounds of {n:,}; "
+            f"{len(queries)} of {asked} distinct queries front answers)")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--lane", choices=("direct", "front"), default="direct",
+                   help="direct: the direct forward path; front: the UDP reader's front answers (vs the ceiling)")
+    p.add_argument("--services", type=int, default=0,
+                   help="front lane: a generated cluster of this many services (perf/gen_cluster.py) and its `a` "
+                        "mix's names, instead of examples/cluster.yaml's")
+    p.add_argument("--spellings", type=int, default=1,
+                   help="front lane: ways each name is spelt (letter case), for as many distinct fronts")
     p.add_argument("--src", help="a directory with a kdns/ package to measure instead of the work tree's")
     p.add_argument("--queries", type=int, default=20000, help="queries per round")
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--ops", action="store_true", help="count bytecodes per kdns function (one more round, traced)")
     args = p.parse_args()
+    args.names = None
     if args.rounds < 2:
         p.error("--rounds: at least 2 (the first is not counted)")
     if args.ops:
