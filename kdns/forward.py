@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import os
 import random
@@ -21,6 +22,51 @@ READS_PER_WAKEUP = 256  # replies read in one go before the loop serves the othe
 
 # done(reply, error): the reply with the asker's ID restored, or None and why
 Done = Callable[[bytes | None, str], None]
+
+
+# The sockets kdns opens towards other servers (upstreams, its own listener for the loop check) are made and
+# connected here, to numeric addresses, not by the event loop: uvloop resolves every address it is given, numeric
+# or not, in libuv's thread pool (create_datagram_endpoint(remote_addr=...), sock_connect, open_connection(host,
+# port)), which then keeps four threads for the life of the process -- and a process with threads pays for them
+# on every system call (atomic file-table references, glibc's cancellation points) and every GIL hand-off:
+# 2-4% of the CPU per cached answer at a fixed rate (perf/BENCH.md). (The API source's reflectors are threads
+# of their own: kdns fed by the API pays that anyway.)
+
+
+def connected_udp(host: str, port: int) -> socket.socket:
+    """A non-blocking UDP socket connected to the numeric address (host, port)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.connect((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def connected_tcp(host: str, port: int) -> socket.socket:
+    """A non-blocking TCP socket connected to the numeric address (host, port), the connect awaited on the
+    running loop."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        error = sock.connect_ex((host, port))
+        if error in (errno.EINPROGRESS, errno.EAGAIN):
+            loop = asyncio.get_running_loop()
+            writable = loop.create_future()
+            loop.add_writer(sock.fileno(), lambda: writable.done() or writable.set_result(None))
+            try:
+                await writable
+            finally:
+                loop.remove_writer(sock.fileno())
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            raise OSError(error, f"connect to {host}:{port}: {os.strerror(error)}")
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class UpstreamError(Exception):
@@ -197,15 +243,7 @@ class Upstream:
         """A new socket to take the queries, on `loop` (the running one)."""
         if loop is not self._loop:
             self._rebind(loop)
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            sock.setblocking(False)
-            sock.connect((self.host, self.port))
-        except OSError:
-            sock.close()
-            raise
-        channel = _Channel(sock, now)
+        channel = _Channel(connected_udp(self.host, self.port), now)
         self._loop.add_reader(channel.fd, self._readable, channel)
         self._channels.append(channel)
         self._retire(now)
@@ -350,7 +388,7 @@ class Upstream:
             _deliver(done, orig_id + reply[2:], "")
 
     async def _tcp(self, packet: bytes) -> bytes:
-        reader, writer = await asyncio.open_connection(self.host, self.port)
+        reader, writer = await asyncio.open_connection(sock=await connected_tcp(self.host, self.port))
         try:
             writer.write(struct.pack("!H", len(packet)) + packet)
             await writer.drain()

@@ -18,7 +18,7 @@ from dnslib import CNAME, QTYPE, RR, DNSError, DNSLabel, DNSRecord
 
 from .cache import AnswerCache, cover_key
 from .config import BlockConfig, in_zone
-from .forward import Forwarder, Overloaded, UpstreamError
+from .forward import Forwarder, Overloaded, UpstreamError, connected_udp
 from .hosts import Hosts
 from .index import ClusterIndex
 from .log import Logger
@@ -408,7 +408,7 @@ class Block:
                     if not fut.done():
                         fut.set_exception(exc)
 
-            transport, _ = await loop.create_datagram_endpoint(_Probe, remote_addr=address)
+            transport, _ = await loop.create_datagram_endpoint(_Probe, sock=connected_udp(*address))
             try:
                 transport.sendto(packet)
                 await asyncio.wait_for(fut, timeout)

@@ -82,6 +82,14 @@ def test_kubeadm_corefile_forwards_and_falls_through_reverse_zones(tmp_path, ups
         # but a name in cluster.local is never passed on
         assert kdns.query("nope.default.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN
         assert upstream.count("nope.default.svc.cluster.local") == 0
+        # asked over TCP: forwarded over TCP
+        assert answers(kdns.query("www.example.com", tcp=True)) == ["93.184.215.15"]
+        assert ("tcp", "www.example.com", "A") in upstream.queries
+        # the `loop` check's probe (HINFO through kdns itself) and both upstream protocols used sockets kdns
+        # made: the event loop resolved no address, so it started no resolver threads (uvloop's stay for
+        # good, and a process with threads pays for them on every system call: kdns.forward.connected_udp)
+        wait_until(lambda: any(t == "HINFO" for _, _, t in upstream.queries), what="the loop check's probe")
+        assert os.listdir(f"/proc/{kdns.proc.pid}/task") == [str(kdns.proc.pid)]
 
 
 def test_kubeadm_corefile_with_the_api_double(tmp_path, upstream):
