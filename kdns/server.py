@@ -79,9 +79,10 @@ class NegativeRateLimit:
 class Front:
     """A hot answer kept by the exact bytes of a UDP query after its ID: the reply is that ID + `tail`
     (its own bytes, or a view of the cache entry's packed answer when they are the same).
-    Its queries are counted here (n, seconds) and folded into the stats and metrics when they are read."""
+    Its queries are counted here (n) and folded into the stats and metrics when they are read; their time is
+    the handler's (QueryHandler.front_seconds), shared out when they are folded."""
 
-    __slots__ = ("tail", "metric", "req_size", "resp_size", "n", "seconds")
+    __slots__ = ("tail", "metric", "req_size", "resp_size", "n")
     EXTRA = 0  # bytes a subclass holds beyond a Front (cache.front_cost)
 
     def __init__(self, tail: bytes, metric: tuple | None, req_size: int, resp_size: int):
@@ -90,7 +91,6 @@ class Front:
         self.req_size = req_size
         self.resp_size = resp_size
         self.n = 0
-        self.seconds = 0.0
 
 
 class CoverFront(Front):
@@ -137,6 +137,10 @@ class QueryHandler:
         self._observe = False
         self.negative_limit: NegativeRateLimit | None = None
         self.cache.on_front_drop = self._fold
+        # the time the front answers counted in their fronts' n took, together (the UDP reader times a run of
+        # them with one clock reading): each front's share, by its count, is folded with it (_fold)
+        self.front_seconds = 0.0
+        self.front_answers = 0
         # front answers of the `cache` plugin (TimedFront) per socket family, as cache.fronts; the clock
         # they are valid by is the plugin's
         self.timed_fronts: tuple[dict[bytes, TimedFront], dict[bytes, TimedFront]] = ({}, {})
@@ -462,10 +466,13 @@ class QueryHandler:
         n = front.n
         self._stats["queries_udp"] += n
         self._count_answers(front, n)
+        # its share of the front answers' time: their mean, as they are one dict lookup each alike
+        seconds = self.front_seconds * n / self.front_answers if n < self.front_answers else self.front_seconds
+        self.front_seconds -= seconds
+        self.front_answers -= n
         if front.metric is not None:
-            self.metrics.count_fast(front.metric, n, front.seconds, front.req_size * n, front.resp_size * n)
+            self.metrics.count_fast(front.metric, n, seconds, front.req_size * n, front.resp_size * n)
         front.n = 0
-        front.seconds = 0.0
 
     def slow(self, data: bytes, tcp: bool, client: tuple | None = None,
              fast: tuple | None = None) -> bytes | None | Awaitable[bytes | None]:

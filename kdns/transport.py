@@ -57,15 +57,15 @@ class UDPReader:
     def _readable(self) -> None:
         recvfrom = self.sock.recvfrom
         handler = self.handler
-        first_bucket = DURATION_BUCKETS[0]
         clock = time.perf_counter
         fronts, timed, covers = self.front, self.timed, self.cover_front
         reply = self._reply_to
         fast = handler.fast if handler.plain else None  # the handler's fast path, for what fronts do not answer
         asked = 0  # queries counted for the handler (count_udp), once after the reads
         out = []  # the answers of this wake-up, sent together after the reads (see below)
-        # a front answer's duration runs from the end of the wake-up's previous answer (or the wake-up) to
-        # its reply, its read included: one clock reading per answer
+        # an answer's duration runs from the end of the wake-up's previous answer (or the wake-up) to its reply,
+        # its read included; front answers one after another (a run) are timed together (_timed)
+        run = []
         last = clock()
         for i in range(self.READS):
             # one datagram per wake-up is the rule below saturation: asking the queue's size costs a third
@@ -86,17 +86,13 @@ class UDPReader:
                 if front is not None and front.until <= handler.timed_clock():
                     front = None  # its second is over: the handler counts the TTLs down again
             if front is not None:
-                response = data[:2] + front.tail
-                now = clock()
-                seconds = now - last
-                last = now
-                if seconds <= first_bucket:
-                    front.n += 1
-                    front.seconds += seconds
-                else:
-                    handler.front_hit(front, seconds)
-                out.append((response, addr))
+                out.append((data[:2] + front.tail, addr))
+                front.n += 1
+                run.append(front)
                 continue
+            if run:
+                last = self._timed(run, last)
+                run = []
             if covers and len(data) > 17 and 0 < data[12] < 64 and \
                     (front := covers.get(data[2:13] + data[13 + data[12]:])) is not None and \
                     (front.ns, data[13:13 + data[12]].lower().decode("latin-1")) not in front.index.views:
@@ -121,6 +117,8 @@ class UDPReader:
             else:
                 handler._stats["udp_backlog_dropped"] += 1
             last = clock()
+        if run:
+            self._timed(run, last)
         if asked:
             handler.count_udp(asked)
         # sent as one burst: a client's first answer wakes it, the rest join its queue while it runs
@@ -129,6 +127,26 @@ class UDPReader:
         if self.backlog and not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._drain)
+
+    def _timed(self, run: list, start: float) -> float:
+        """A run of front answers (counted in their fronts) ends: one clock reading for the run, not one per
+        answer. Its time since `start` goes to the handler's front_seconds, shared out by count when the fronts
+        are folded, while the run's mean is within the first duration bucket (where a front answer of a few
+        microseconds belongs; exactly so when the whole run fits in it, as every answer then does). A slower
+        run -- the process was paused in it -- counts each of its answers at once, at the run's mean. Returns
+        the time read."""
+        now = time.perf_counter()
+        seconds = now - start
+        n = len(run)
+        handler = self.handler
+        if seconds <= DURATION_BUCKETS[0] * n:
+            handler.front_seconds += seconds
+            handler.front_answers += n
+        else:
+            for front in run:
+                front.n -= 1
+                handler.front_hit(front, seconds / n)
+        return now
 
     def _drain(self) -> None:
         self._scheduled = False
@@ -178,12 +196,8 @@ class UDPReader:
                 (front.ns, data[13:13 + n].lower().decode("latin-1")) in index.views:
             return None
         response = data[:2] + front.head + data[12:front.qend] + front.tail
-        seconds = time.perf_counter() - start
-        if seconds <= DURATION_BUCKETS[0]:
-            front.n += 1
-            front.seconds += seconds
-        else:
-            self.handler.front_hit(front, seconds)
+        front.n += 1
+        self._timed([front], start)
         return response
 
     def _send_all(self, out: list) -> None:

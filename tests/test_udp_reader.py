@@ -5,7 +5,9 @@ ahead of queries that wait in the backlog (a flood of new names); the backlog is
 from __future__ import annotations
 
 import asyncio
+import bisect
 import socket
+import time
 
 import dns.message
 import dns.rcode
@@ -13,6 +15,7 @@ import pytest
 
 from builders import clusterip, handler_for, namespace
 
+from kdns.metrics import DURATION_BUCKETS
 from kdns.transport import UDPReader, bind
 
 NAME = "web.shop.svc.cluster.local"
@@ -74,6 +77,47 @@ def test_front_answers_are_exact_and_counted():
             requests = sum(n for k, n in handler.metrics.raw.items() if k[4] == "A")
             assert requests == 9
             assert all(f.n == 0 for f in handler.cache.fronts[0].values())
+        finally:
+            _close(udp, tcp_server, client)
+
+    asyncio.run(main())
+
+
+def test_front_answers_are_timed_by_run():
+    """Front answers read one after another are timed with one clock reading per run: each answer is in the
+    duration histogram once, and the time the runs took is shared out to the fronts by count when they are
+    folded, none left over; a run the process was paused in counts each of its answers at once, at the run's
+    mean, in that duration's bucket."""
+    async def main():
+        index, handler = handler_for(*_objects())
+        handler.observe = True
+        udp, tcp_server, client = await _serve(handler)
+        try:
+            started = time.perf_counter()
+            for i in range(3):  # cached, then a front
+                client.send(_query(NAME, i))
+                await _recv(client, 1)
+            for i in range(50):  # in the socket together: read in runs of front answers
+                client.send(_query(NAME, 100 + i))
+            await _recv(client, 50)
+            elapsed = time.perf_counter() - started
+            assert handler.front_answers > 0
+            assert handler.stats["queries_udp"] == 53  # folds the fronts' counts and time
+            assert handler.front_answers == 0 and handler.front_seconds == 0.0
+            durations = {k: n for k, n in handler.metrics.raw.items() if k[4] == "A"}
+            assert sum(durations.values()) == 53
+            seconds = sum(s[0] for s in handler.metrics.sums.values())
+            assert 0 < seconds <= elapsed
+
+            # a run of two answers that took 3 ms: 1.5 ms each, in the 2 ms bucket, counted at once
+            (front,) = handler.cache.fronts[0].values()
+            bucket = bisect.bisect_left(DURATION_BUCKETS, 0.0015)
+            before = sum(n for k, n in handler.metrics.raw.items() if k[4] == "A" and k[-1] == bucket)
+            front.n += 2  # as the reader counts them
+            udp._timed([front, front], time.perf_counter() - 0.003)
+            assert front.n == 0 and handler.front_answers == 0
+            assert sum(n for k, n in handler.metrics.raw.items() if k[4] == "A" and k[-1] == bucket) == before + 2
+            assert 0.003 <= sum(s[0] for s in handler.metrics.sums.values()) - seconds < 0.004
         finally:
             _close(udp, tcp_server, client)
 
