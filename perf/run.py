@@ -24,7 +24,9 @@ Issue 11 (perf/targets.py): server CPU per answered query at one fixed offered r
 kdns, the ceiling, Knot and NSD; `--workers 2` against one worker at that rate; `flood` (a hot set at a
 fixed rate while unique names arrive at full speed); start-up by cluster size from manifests and from
 the API double, with the RSS peak of a full relist (perf/startup.py); event -> answer latency
-(perf/event_latency.py). The targets table divides figures of this one run.
+(perf/event_latency.py); kdns's `a` against the ceiling's with their saturation runs alternated, the
+ceiling started beside kdns (hits_alternated: the two figures of that ratio from the same minute). The
+targets table divides figures of this one run.
 
 All traffic goes to 127.0.0.1; every step has a deadline; servers are ended by their own PIDs.
 """
@@ -584,6 +586,40 @@ def split_one_pass(data: str, repeats: int) -> None:
                 fh.writelines(names[i * per:(i + 1) * per])
 
 
+def hits_alternated(srv, data: str, cfg, budget: Budget) -> dict | None:
+    """kdns's `a` against the ceiling's, their saturation runs alternated (kdns, ceiling, kdns, ...): the two
+    figures of the hits-vs-ceiling ratio from the same minute of the shared machine, not from runs minutes
+    apart (the ratio of those moved 0.77-0.94x over unchanged code, perf/BENCH.md). The ceiling is started
+    beside kdns (same core; each idles while the other is measured) and stopped after."""
+    qfile = os.path.join(data, "queries", "a.txt")
+    if not os.path.exists(os.path.join(data, "ceiling.answers")) or \
+            not budget.ok("hits vs the ceiling, alternated", 2 * cfg.repeats * (cfg.duration + 2) + 15):
+        return None
+    ceil = make_server("ceiling", data, None, cfg.startup_timeout)
+    try:
+        ceil.start()
+    except RuntimeError as exc:
+        log(f"ceiling did not start: {exc}")
+        return None
+    try:
+        dnsperf(ceil.port, qfile, duration=1.0)  # its first run, as kdns's was before its mixes
+        runs: dict[str, list[dict]] = {"kdns": [], "ceiling": []}
+        for _ in range(cfg.repeats):
+            for name, server in (("kdns", srv), ("ceiling", ceil)):
+                runs[name].append(_measure_once(name, server, qfile, False, cfg))
+    finally:
+        ceil.stop()
+    out = {name: {"qps": [r["qps"] for r in rows], "gen_cpu": [r["gen_cpu"] for r in rows],
+                  "other_cpu": [r["other_cpu"] for r in rows]} for name, rows in runs.items()}
+    pairs = [k / c for k, c in zip(out["kdns"]["qps"], out["ceiling"]["qps"])]
+    out["pair_ratios"] = pairs
+    log("hits vs the ceiling, alternated: kdns " + "/".join(f"{q / 1000:.0f}k" for q in out["kdns"]["qps"])
+        + ", ceiling " + "/".join(f"{q / 1000:.0f}k" for q in out["ceiling"]["qps"])
+        + f"; best {max(out['kdns']['qps']) / max(out['ceiling']['qps']):.2f}x, pairs "
+        + "/".join(f"{p:.2f}" for p in pairs))
+    return out
+
+
 def record_ceiling(srv, data: str, mixes: list[str]) -> dict:
     """Ask kdns once for every distinct query of the mixes the ceiling replays (not the one-pass ones)
     and store the answers for perf/ceiling.py."""
@@ -769,6 +805,8 @@ def run(cfg) -> dict:
                 for row in report["results"]:
                     if row["server"] == name and "qps" in row:
                         max_qps[(name, row["mix"])] = row["qps"]
+                if name == "kdns" and "ceiling" in cfg.servers and "a" in mixes and cfg.have_dnsperf:
+                    report["alternated"] = hits_alternated(srv, data, cfg, budget)
                 if name in ("kdns", "ceiling", "knot", "nsd"):
                     fixed_rate_cpu(name, srv, data, cfg, budget, report)
                 if name == "kdns":

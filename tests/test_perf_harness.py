@@ -170,3 +170,18 @@ def test_missing_measurements_are_not_verdicts():
     # the flood row needs the hot set's answers too: hits at 100% with 5% lost fail
     flood = {"hit_pct": 100.0, "hot_rate": 2000, "hot": {"p99_ms": 1.0, "lost_pct": 5.0}, "flood": {}}
     assert verdicts(report(flood=flood))["`flood`"] is False
+
+
+def test_hits_vs_ceiling_takes_the_alternated_runs_when_measured():
+    """run.py's hits_alternated: the ratio of the best alternated runs decides the row; the throughput table's
+    figures (runs minutes apart) are shown beside it, not used."""
+    alternated = {"kdns": {"qps": [80_000, 84_000]}, "ceiling": {"qps": [100_000, 105_000]},
+                  "pair_ratios": [0.8, 0.8]}
+    rep = report(alternated=alternated)  # apart: 100k / 110k = 0.91x; alternated: 84k / 105k = 0.80x
+    assert verdicts(rep)["cluster hits at saturation vs the ceiling responder"] is False
+    (measured,) = [m for what, _, m, _ in targets.target_rows(rep) if what.startswith("cluster hits at")]
+    assert measured.startswith("0.80× (kdns `a` 84,000 / ceiling `a` 105,000 QPS") and "0.91×" in measured
+    alternated["kdns"]["qps"] = [95_000, 90_000]
+    assert verdicts(rep)["cluster hits at saturation vs the ceiling responder"] is True  # 0.90x
+    # not measured (no ceiling run beside kdns): the table's figures decide
+    assert verdicts(report(alternated=None))["cluster hits at saturation vs the ceiling responder"] is True
