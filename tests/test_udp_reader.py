@@ -16,6 +16,7 @@ import pytest
 from builders import clusterip, handler_for, namespace
 
 from kdns.metrics import DURATION_BUCKETS
+from kdns.server import Front
 from kdns.transport import UDPReader, bind
 
 NAME = "web.shop.svc.cluster.local"
@@ -102,6 +103,9 @@ def test_front_answers_are_timed_by_run():
             await _recv(client, 50)
             elapsed = time.perf_counter() - started
             assert handler.front_answers > 0
+            pooled = handler.front_seconds
+            handler._fold(Front(b"", None, 0, 0))  # a front with no answers (dropped unused) takes none of the time
+            assert handler.front_seconds == pooled > 0
             assert handler.stats["queries_udp"] == 53  # folds the fronts' counts and time
             assert handler.front_answers == 0 and handler.front_seconds == 0.0
             durations = {k: n for k, n in handler.metrics.raw.items() if k[4] == "A"}
